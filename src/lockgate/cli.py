@@ -1,0 +1,274 @@
+"""Composition root: parse flags (each with a LOCKGATE_* environment variable) once, build the
+configs, start the process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lockgate import __version__
+from lockgate.config import BatchConfig, RunnerConfig, ServeConfig, default_intra_op_threads
+from lockgate.errors import LockgateError, invalid
+from lockgate.logs import configure_logging
+
+log = logging.getLogger("lockgate")
+_BATCH = BatchConfig()
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, default: Any, help: str, **kw: Any) -> None:
+    """A flag whose default comes from LOCKGATE_<FLAG> when set."""
+    env = "LOCKGATE_" + flag.lstrip("-").replace("-", "_").upper()
+    if kw.get("action") == "store_true":
+        env_value = os.environ.get(env)
+        default = env_value.lower() in ("1", "true", "yes", "on") if env_value else default
+        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kw)
+        return
+    parser.add_argument(
+        flag,
+        default=os.environ.get(env, default),
+        help=f"{help} (default: {default}) [env {env}]",
+        **kw,
+    )
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--home",
+        "lockgate-home",
+        "state directory: registry, state database, prediction log",
+        type=Path,
+    )
+    _flag(parser, "--log-level", "info", "debug, info, warning or error")
+    _flag(parser, "--log-json", False, "log JSON lines instead of text", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lockgate", description="ONNX model gateway and online monitor"
+    )
+    parser.add_argument("--version", action="version", version=f"lockgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (HTTP, gRPC, admin)")
+    _common(serve)
+    _flag(serve, "--http", "0.0.0.0:8000", "HTTP listen address", type=host_port)
+    _flag(serve, "--grpc", "0.0.0.0:8001", "gRPC listen address", type=host_port)
+    _flag(
+        serve, "--admin", "127.0.0.1:8002", "admin API and /metrics listen address", type=host_port
+    )
+    _flag(
+        serve,
+        "--demo",
+        False,
+        "build and register the demo models when missing",
+        action="store_true",
+    )
+    _flag(serve, "--max-batch-rows", _BATCH.max_batch_rows, "rows per model run", type=int)
+    _flag(serve, "--max-queue-delay-ms", 0.0, "busy-period wait for a fuller batch", type=float)
+    _flag(
+        serve,
+        "--max-queue-rows",
+        _BATCH.max_queue_rows,
+        "queued rows per version before shedding",
+        type=int,
+    )
+    _flag(serve, "--timeout", 30.0, "default request deadline in seconds", type=float)
+    _flag(serve, "--max-body-mb", 64.0, "largest request body accepted", type=float)
+    _flag(
+        serve,
+        "--intra-op-threads",
+        default_intra_op_threads(),
+        "onnxruntime threads per session",
+        type=int,
+    )
+    _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    serve.set_defaults(run=_serve)
+
+    models = sub.add_parser("models", help="the model registry")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    reg = msub.add_parser("register", help="publish an ONNX file as a new immutable version")
+    _common(reg)
+    reg.add_argument("file", type=Path, help="the .onnx file")
+    reg.add_argument("--name", required=True, help="model name")
+    reg.add_argument(
+        "--reference", type=Path, help="reference data (.npy or .csv) for drift profiles"
+    )
+    reg.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata"
+    )
+    reg.add_argument("--json", action="store_true", help="print JSON")
+    reg.set_defaults(run=_models_register)
+    lst = msub.add_parser("list", help="list models and versions")
+    _common(lst)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(run=_models_list)
+    show = msub.add_parser("show", help="show one version (latest when omitted)")
+    _common(show)
+    show.add_argument("name")
+    show.add_argument("version", nargs="?")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(run=_models_show)
+    return parser
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(
+        home=Path(args.home),
+        http_host=args.http[0],
+        http_port=args.http[1],
+        grpc_host=args.grpc[0],
+        grpc_port=args.grpc[1],
+        admin_host=args.admin[0],
+        admin_port=args.admin[1],
+        default_timeout=float(args.timeout),
+        max_body_bytes=int(float(args.max_body_mb) * 1024 * 1024),
+        grace_period=float(args.grace),
+        demo=bool(args.demo),
+        batch=BatchConfig(
+            max_batch_rows=int(args.max_batch_rows),
+            max_queue_delay=float(args.max_queue_delay_ms) / 1000,
+            max_queue_rows=int(args.max_queue_rows),
+        ),
+        runner=RunnerConfig(intra_op_threads=int(args.intra_op_threads)),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lockgate.control.registry import Registry
+    from lockgate.serve.app import Gateway
+
+    config = serve_config(args)
+    registry = Registry(config.home)
+    if config.demo:
+        from lockgate.demo import ensure_demo_models
+
+        for info in ensure_demo_models(registry):
+            log.info("demo model %s v%s registered", info.name, info.version)
+
+    async def run() -> None:
+        gateway = Gateway(config, registry)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gateway.request_stop)
+        task = asyncio.create_task(gateway.run())
+        started = asyncio.create_task(gateway.started.wait())
+        await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        if config.demo and gateway.started.is_set():
+            print(demo_banner(gateway.ports), flush=True)
+        await task
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def demo_banner(ports: dict[str, int]) -> str:
+    http, grpc = ports["http"], ports["grpc"]
+    row = ", ".join(["0.5"] * 16)
+    return f"""
+lockgate is serving the demo models (classifier v1+v2, regressor, mlp).
+
+  curl -s localhost:{http}/v2/models/classifier/infer \\
+    -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,16],"data":[{row}]}}]}}'
+
+  # the stock tritonclient, over HTTP and gRPC:
+  .venv/bin/python examples/client.py --http-port {http} --grpc-port {grpc}
+
+Ctrl-C stops the gateway (in-flight requests finish first).
+"""
+
+
+def _models_register(args: argparse.Namespace) -> int:
+    from lockgate.control.registry import Registry
+
+    meta = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise invalid(f"--meta expects KEY=VALUE, got {item!r}")
+        meta[key] = value
+    info = Registry(Path(args.home)).register(
+        args.file, args.name, metadata=meta, reference=args.reference
+    )
+    if args.json:
+        print(orjson.dumps(info.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"registered {info.name} version {info.version} (sha256 {info.sha256[:12]}...)")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from lockgate.control.registry import Registry
+
+    registry = Registry(Path(args.home))
+    rows = [(name, [v.version for v in registry.versions(name)]) for name in registry.models()]
+    if args.json:
+        print(orjson.dumps({name: versions for name, versions in rows}).decode())
+        return 0
+    if not rows:
+        print(f"no models registered in {args.home}")
+    for name, versions in rows:
+        print(f"{name:24s} versions {', '.join(versions)}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from lockgate.control.registry import Registry
+
+    registry = Registry(Path(args.home))
+    info = registry.get(args.name, args.version) if args.version else registry.latest(args.name)
+    doc = info.to_json()
+    if args.json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"{info.name} version {info.version}")
+    print(f"  created  {info.created}")
+    print(f"  sha256   {info.sha256}")
+    for kind, tensors in (("input ", info.spec.inputs), ("output", info.spec.outputs)):
+        for t in tensors:
+            print(f"  {kind}   {t.name} {t.datatype} {list(t.shape)}")
+    for key, value in (info.metadata or {}).items():
+        print(f"  meta     {key} = {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, json_lines=args.log_json)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except LockgateError as exc:
+        print(f"lockgate: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

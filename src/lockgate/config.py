@@ -1,0 +1,44 @@
+"""Frozen configuration objects, built once by the CLI and passed down (no globals)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_intra_op_threads() -> int:
+    """One compute thread per spare core: the event loop keeps one core, the model gets the rest."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    max_batch_rows: int = 64  # rows (not requests) per model run
+    max_queue_delay: float = 0.0  # seconds a busy-period batch may wait to fill; 0 = purely greedy
+    max_queue_rows: int = 2048  # queued rows per version beyond which requests are shed
+    inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    intra_op_threads: int = default_intra_op_threads()
+    inter_op_threads: int = 1
+    warmup_runs: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    home: Path = Path("lockgate-home")
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8002
+    default_timeout: float = 30.0  # seconds, when the client sends no deadline
+    max_body_bytes: int = 64 * 1024 * 1024
+    grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
+    demo: bool = False
+    batch: BatchConfig = BatchConfig()
+    runner: RunnerConfig = RunnerConfig()

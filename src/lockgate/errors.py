@@ -1,0 +1,39 @@
+"""One error type for the whole gateway; each transport maps ErrorKind to its own status codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    INVALID = "invalid"  # the client's request is malformed or does not match the model
+    NOT_FOUND = "not_found"  # unknown model, version, output or route
+    TOO_LARGE = "too_large"  # request body or tensor beyond the configured limit
+    UNAVAILABLE = "unavailable"  # not ready yet, shutting down, or the version failed to load
+    OVERLOADED = "overloaded"  # queue full: shed load rather than collapse
+    DEADLINE = "deadline"  # the request's deadline passed before it was answered
+    CONFLICT = "conflict"  # stale revision (optimistic concurrency)
+    UNAUTHORIZED = "unauthorized"  # missing or wrong credentials
+    UNPROCESSABLE = "unprocessable"  # well-formed but semantically refused (e.g. weights)
+    MODEL_FAILED = "model_failed"  # onnxruntime raised while running a valid request
+
+
+class LockgateError(Exception):
+    """An expected failure with a message meant for the caller."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"LockgateError({self.kind.name}, {self.message!r})"
+
+
+def invalid(message: str) -> LockgateError:
+    return LockgateError(ErrorKind.INVALID, message)
+
+
+def not_found(message: str) -> LockgateError:
+    return LockgateError(ErrorKind.NOT_FOUND, message)

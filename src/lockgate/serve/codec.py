@@ -1,0 +1,343 @@
+"""HTTP bodies <-> InferRequest / InferResponse: JSON (orjson), the binary tensor data extension,
+and msgpack (same structure, tensor data as raw little-endian bytes).
+
+Every client mistake becomes LockgateError(INVALID) with a message naming the tensor or field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgpack
+import numpy as np
+import orjson
+
+from lockgate.errors import invalid
+from lockgate.serve.tensors import (
+    DATATYPES,
+    array_from_raw,
+    check_shape,
+    element_count,
+    numpy_dtype,
+    raw_from_array,
+)
+from lockgate.types import (
+    InferRequest,
+    InferResponse,
+    ModelSpec,
+    Parameters,
+    RequestedOutput,
+    Tensor,
+)
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+OCTET = "application/octet-stream"
+HEADER_LENGTH = "inference-header-content-length"
+_INT_KINDS = "iu"
+
+
+def is_msgpack(content_type: str) -> bool:
+    return "msgpack" in content_type
+
+
+# -- requests ---------------------------------------------------------------------------------
+def decode_request(
+    body: bytes, content_type: str, header_length: int | None, model: str, version: str | None
+) -> InferRequest:
+    """Decode a JSON, binary-extension or msgpack infer request body."""
+    if not body:
+        raise invalid("empty request body")
+    if is_msgpack(content_type):
+        try:
+            doc = msgpack.unpackb(body, raw=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise invalid(f"malformed msgpack body: {exc}") from None
+        return _request_from_doc(doc, b"", model, version, raw_data=True)
+    binary: bytes | memoryview = b""
+    head: bytes | memoryview = body
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise invalid(
+                f"Inference-Header-Content-Length {header_length} is beyond the body's "
+                f"{len(body)} bytes"
+            )
+        view = memoryview(body)
+        head, binary = view[:header_length], view[header_length:]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON body: {exc}") from None
+    return _request_from_doc(doc, binary, model, version, raw_data=False)
+
+
+def decode_raw_input(body: bytes, spec: ModelSpec, model: str, version: str | None) -> InferRequest:
+    """The binary extension's raw form: the whole body is the data of the model's single input."""
+    if len(spec.inputs) != 1:
+        raise invalid(
+            f"a raw binary body needs a model with one input; {spec.name} has {len(spec.inputs)}"
+        )
+    (inp,) = spec.inputs
+    if inp.datatype == "BYTES" or any(d < 0 for d in inp.shape[1:]):
+        raise invalid(f"input {inp.name!r}: a raw binary body needs fixed-size elements")
+    row_bytes = element_count(inp.shape[1:]) * numpy_dtype(inp.datatype).itemsize
+    if inp.shape and inp.shape[0] == -1:
+        if not body or len(body) % row_bytes:
+            raise invalid(
+                f"input {inp.name!r}: raw body of {len(body)} bytes is not whole rows "
+                f"of {row_bytes} bytes"
+            )
+        shape = (len(body) // row_bytes, *inp.shape[1:])
+    else:
+        shape = inp.shape
+    data = array_from_raw(inp.name, inp.datatype, shape, body)
+    return InferRequest(model, version, uuid.uuid4().hex, [Tensor(inp.name, inp.datatype, data)])
+
+
+def _request_from_doc(
+    doc: Any, binary: bytes | memoryview, model: str, version: str | None, *, raw_data: bool
+) -> InferRequest:
+    if not isinstance(doc, dict):
+        raise invalid("request body must be an object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise invalid("request needs a non-empty 'inputs' list")
+    offset = 0
+    inputs = []
+    for i, item in enumerate(raw_inputs):
+        tensor, used = _input(item, i, binary, offset, raw_data)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise invalid(f"binary data has {len(binary)} bytes but the inputs declare {offset}")
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise invalid("'id' must be a string")
+    params = _parameters(doc.get("parameters"), "request")
+    outputs = _requested_outputs(doc.get("outputs"))
+    return InferRequest(model, version, req_id or uuid.uuid4().hex, inputs, outputs, params)
+
+
+def _input(
+    item: Any, index: int, binary: bytes | memoryview, offset: int, raw_data: bool
+) -> tuple[Tensor, int]:
+    if not isinstance(item, dict):
+        raise invalid(f"inputs[{index}] must be an object")
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid(f"inputs[{index}] needs a 'name' string")
+    datatype = item.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
+    shape = check_shape(name, item.get("shape"))
+    params = _parameters(item.get("parameters"), f"input {name!r}")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if "data" in item:
+            raise invalid(f"input {name!r} has both 'data' and binary_data_size")
+        if offset + size > len(binary):
+            raise invalid(
+                f"input {name!r}: binary_data_size {size} runs past the "
+                f"{len(binary)} bytes of binary data"
+            )
+        return Tensor(
+            name,
+            datatype,
+            array_from_raw(name, datatype, shape, binary[offset : offset + size]),
+            params,
+        ), size
+    if "data" not in item:
+        raise invalid(f"input {name!r} has no 'data' and no binary_data_size")
+    data = item["data"]
+    if raw_data and isinstance(data, (bytes, bytearray)):
+        return Tensor(name, datatype, array_from_raw(name, datatype, shape, data), params), 0
+    return Tensor(name, datatype, array_from_json(name, datatype, shape, data), params), 0
+
+
+def array_from_json(
+    name: str, datatype: str, shape: tuple[int, ...], data: Any
+) -> np.ndarray[Any, Any]:
+    """JSON `data` (flat or nested, row-major) -> array of `shape`, refusing lossy conversions."""
+    if not isinstance(data, list):
+        data = [data]
+    count = element_count(shape)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(x, (str, bytes)) for x in flat):
+            raise invalid(f"input {name!r}: BYTES data must be strings")
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = [x.encode() if isinstance(x, str) else x for x in flat]
+    else:
+        try:
+            arr = np.asarray(data)
+            if arr.dtype.kind == "f" and numpy_dtype(datatype).kind == "u":
+                # Values above INT64_MAX mixed with small ones make numpy pick float64: keep
+                # exact Python ints instead (rare, so the per-element check is affordable).
+                arr = _exact_ints(name, datatype, data, arr)
+        except ValueError:
+            raise invalid(
+                f"input {name!r}: data is ragged (nested lists of unequal length)"
+            ) from None
+        arr = _cast(name, datatype, arr)
+    if arr.size != count:
+        raise invalid(
+            f"input {name!r}: {arr.size} data elements for shape {list(shape)} ({count} expected)"
+        )
+    return arr.reshape(shape)
+
+
+def _cast(name: str, datatype: str, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    dtype = numpy_dtype(datatype)
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        return arr.astype(dtype)
+    if datatype == "BOOL":
+        if kind != "b":
+            raise invalid(f"input {name!r}: BOOL data must be true/false")
+        return arr
+    if kind not in "biuf":
+        raise invalid(f"input {name!r}: {datatype} data must be numbers")
+    if dtype.kind in _INT_KINDS:
+        if kind not in "iu":
+            raise invalid(f"input {name!r}: {datatype} data must be integers")
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise invalid(f"input {name!r}: value out of range for {datatype}")
+    elif kind == "b":
+        raise invalid(f"input {name!r}: {datatype} data must be numbers")
+    return arr.astype(dtype, copy=False)
+
+
+def _exact_ints(
+    name: str, datatype: str, data: list[Any], arr: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    flat = _flatten(data)
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
+        return arr  # genuinely floats: _cast refuses them with the usual message
+    info = np.iinfo(numpy_dtype(datatype))
+    if min(flat, default=0) < info.min or max(flat, default=0) > info.max:
+        raise invalid(f"input {name!r}: value out of range for {datatype}")
+    return np.asarray(flat, dtype=numpy_dtype(datatype)).reshape(arr.shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+def _parameters(raw: Any, where: str) -> Parameters:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise invalid(f"{where}: 'parameters' must be an object")
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise invalid(f"{where}: parameter names must be strings, got {key!r}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise invalid(f"{where}: parameter {key!r} must be a bool, number or string")
+    return raw
+
+
+def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise invalid("'outputs' must be a list")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid(f"outputs[{i}] needs a 'name' string")
+        params = _parameters(item.get("parameters"), f"output {item['name']!r}")
+        binary = params.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise invalid(f"output {item['name']!r}: binary_data must be true or false")
+        out.append(RequestedOutput(item["name"], binary))
+    return out
+
+
+# -- responses --------------------------------------------------------------------------------
+def encode_response(
+    response: InferResponse, request: InferRequest, *, msgpack_body: bool
+) -> tuple[bytes, dict[str, str]]:
+    """Encode a response as the request asked: JSON, JSON + binary outputs, or msgpack."""
+    head: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "id": response.id,
+    }
+    if response.parameters:
+        head["parameters"] = response.parameters
+    if msgpack_body:
+        head["outputs"] = [_msgpack_output(t) for t in response.outputs]
+        return msgpack.packb(head, use_bin_type=True), {"content-type": MSGPACK}
+    binary_flags = _binary_flags(request)
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
+        if binary_flags.get(tensor.name, binary_flags.get("", False)):
+            blob = raw_from_array(tensor.data)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(tensor.data)
+        outputs.append(entry)
+    head["outputs"] = outputs
+    body = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return body, {"content-type": JSON}
+    headers = {"content-type": OCTET, HEADER_LENGTH: str(len(body))}
+    return b"".join([body, *blobs]), headers
+
+
+def _binary_flags(request: InferRequest) -> dict[str, bool]:
+    """Per-output binary choice; key "" is the request-wide default (binary_data_output)."""
+    flags = {"": request.parameters.get("binary_data_output") is True}
+    for wanted in request.outputs or ():
+        if wanted.binary is not None:
+            flags[wanted.name] = wanted.binary
+    return flags
+
+
+def _json_data(arr: np.ndarray[Any, Any]) -> Any:
+    if arr.dtype.kind in "OSU":
+        return [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            for x in arr.reshape(-1)
+        ]
+    return np.ascontiguousarray(arr).reshape(-1)
+
+
+def _msgpack_output(tensor: Tensor) -> dict[str, Any]:
+    return {
+        "name": tensor.name,
+        "datatype": tensor.datatype,
+        "shape": list(tensor.shape),
+        "data": raw_from_array(tensor.data),
+    }
+
+
+def encode_error(message: str, *, msgpack_body: bool = False) -> tuple[bytes, str]:
+    if msgpack_body:
+        return msgpack.packb({"error": message}), MSGPACK
+    return orjson.dumps({"error": message}), JSON
+
+
+def dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,153 @@
+"""Open Inference Protocol over gRPC (grpc.aio, on the gateway's event loop), plus the standard
+`grpc.health.v1.Health` service. Both transports call the same Pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from lockgate._proto import grpc_service_pb2 as pb
+from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve import protobuf_codec
+from lockgate.types import InferencePipeline
+
+log = logging.getLogger(__name__)
+SERVICE = "inference.GRPCInferenceService"
+
+STATUS = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.CONFLICT: grpc.StatusCode.ABORTED,
+    ErrorKind.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.UNPROCESSABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.MODEL_FAILED: grpc.StatusCode.INTERNAL,
+}
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """LockgateError -> its status code; anything else is our bug: log once, INTERNAL."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(request, context)
+        except LockgateError as exc:
+            if exc.retry_after is not None:
+                context.set_trailing_metadata((("retry-after", f"{exc.retry_after:.3f}"),))
+            await context.abort(STATUS[exc.kind], exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in gRPC %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    call.__name__ = handler.__name__
+    return call
+
+
+class InferenceService:
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        self.pipeline = pipeline
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.pipeline.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        ready = self.pipeline.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        p = self.pipeline
+        return pb.ServerMetadataResponse(
+            name=p.server_name, version=p.server_version, extensions=p.extensions
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        spec = self.pipeline.model_spec(request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=spec.name,
+            versions=self.pipeline.model_versions(spec.name),
+            platform=spec.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in spec.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in spec.outputs],
+        )
+
+    async def ModelInfer(self, body: bytes, context: grpc.aio.ServicerContext) -> Any:
+        # The request arrives as bytes so that a malformed message is INVALID_ARGUMENT, not the
+        # INTERNAL that grpc reports for a failing deserializer.
+        msg = protobuf_codec.parse_request(body)
+        request = protobuf_codec.decode_request(msg, context.time_remaining())
+        response = await self.pipeline.infer(request)
+        return protobuf_codec.encode_response(response)
+
+
+def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
+    def unary(name: str, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(service, name)),
+            request_deserializer=request_type.FromString if request_type else None,
+            response_serializer=response_type.SerializeToString,
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ServerLive": unary("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary("ServerReady", pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(
+                "ServerMetadata", pb.ServerMetadataRequest, pb.ServerMetadataResponse
+            ),
+            "ModelMetadata": unary(
+                "ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse
+            ),
+            "ModelInfer": unary("ModelInfer", None, pb.ModelInferResponse),
+        },
+    )
+
+
+class _Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """Health answers from the pipeline's readiness rather than from stored statuses."""
+
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        if request.service not in ("", SERVICE):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        status = health_pb2.HealthCheckResponse
+        return status(status=status.SERVING if self.pipeline.ready() else status.NOT_SERVING)
+
+
+def build_grpc_server(
+    pipeline: InferencePipeline, host: str, port: int, *, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((_handlers(InferenceService(pipeline)),))
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(pipeline), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} for gRPC")
+    return server, bound

@@ -1,0 +1,176 @@
+"""Open Inference Protocol REST API (KServe V2 / Triton) on starlette, including the binary tensor
+data extension and msgpack bodies. Errors are `{"error": "..."}` with the status from one table."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.serve import codec
+from lockgate.types import InferencePipeline
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[ErrorKind, int] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNPROCESSABLE: 422,
+    ErrorKind.MODEL_FAILED: 500,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.OVERLOADED: 503,
+    ErrorKind.DEADLINE: 504,
+}
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: LockgateError, *, msgpack_body: bool = False) -> Response:
+    body, media = codec.encode_error(exc.message, msgpack_body=msgpack_body)
+    headers = {}
+    if exc.kind is ErrorKind.OVERLOADED:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
+    return Response(body, status_code=STATUS[exc.kind], headers=headers, media_type=media)
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Expected errors -> their status; anything else is our bug: logged once, 500."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except LockgateError as exc:
+            return error_response(
+                exc, msgpack_body=codec.is_msgpack(request.headers.get("content-type", ""))
+            )
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.url.path)
+            body, media = codec.encode_error("internal server error")
+            return Response(body, status_code=500, media_type=media)
+
+    return run
+
+
+def _json(doc: object, status: int = 200) -> Response:
+    return Response(codec.dumps(doc), status_code=status, media_type=codec.JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes before reading them when the length is known."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise invalid(f"bad Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise LockgateError(
+                ErrorKind.TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit"
+            )
+        return await request.body()
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(codec.HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise invalid(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}"
+        )
+    return int(raw)
+
+
+def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starlette:
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = pipeline.ready()
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return _json(
+            {
+                "name": pipeline.server_name,
+                "version": pipeline.server_version,
+                "extensions": pipeline.extensions,
+            }
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        name = request.path_params["model"]
+        spec = pipeline.model_spec(name, request.path_params.get("version"))
+        return _json(
+            {
+                "name": name,
+                "versions": pipeline.model_versions(name),
+                "platform": spec.platform,
+                "inputs": [
+                    {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.inputs
+                ],
+                "outputs": [
+                    {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in spec.outputs
+                ],
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        ok = pipeline.model_ready(request.path_params["model"], request.path_params.get("version"))
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    async def infer(request: Request) -> Response:
+        model = request.path_params["model"]
+        version = request.path_params.get("version")
+        content_type = request.headers.get("content-type", "")
+        header_length = _header_length(request)
+        body = await read_body(request, max_body_bytes)
+        if header_length == 0 and body:
+            spec = pipeline.model_spec(model, version)
+            req = codec.decode_raw_input(body, spec, model, version)
+        else:
+            req = codec.decode_request(body, content_type, header_length, model, version)
+        resp = await pipeline.infer(req)
+        as_msgpack = codec.is_msgpack(content_type) or codec.is_msgpack(
+            request.headers.get("accept", "")
+        )
+        out, headers = codec.encode_response(resp, req, msgpack_body=as_msgpack)
+        return Response(out, headers=headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal server error"
+        if status == 404:
+            detail = f"no route for {request.method} {request.url.path}"
+        body, media = codec.encode_error(str(detail))
+        return Response(body, status_code=status, media_type=media)
+
+    model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    routes = [
+        Route("/v2/health/live", _guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
+        Route("/v2", _guarded(server_metadata), methods=["GET"]),
+    ]
+    for base in model_paths:
+        routes += [
+            Route(base, _guarded(model_metadata), methods=["GET"]),
+            Route(base + "/ready", _guarded(model_ready), methods=["GET"]),
+            Route(base + "/infer", _guarded(infer), methods=["POST"]),
+        ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

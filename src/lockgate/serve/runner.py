@@ -1,0 +1,129 @@
+"""One onnxruntime session per loaded model version: load, verify, warm up, run a batch.
+
+The runner also keeps a small cost model (fixed cost per call + cost per row, measured at warm-up
+and refined online) so the batcher can run tiny batches inline on the event loop instead of paying
+a thread hand-off that costs more than the model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from lockgate.config import RunnerConfig
+from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve.tensors import numpy_dtype
+from lockgate.types import ModelSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+_EWMA = 0.05  # weight of a new observation in the per-row cost estimate
+
+
+class ModelRunner:
+    """Owns the session of one model version. `run` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(self, spec: ModelSpec, model_path: Path, config: RunnerConfig) -> None:
+        self.spec = spec
+        self.path = model_path
+        self.config = config
+        self._session: ort.InferenceSession | None = None
+        self._output_names = [o.name for o in spec.outputs]
+        self._string_inputs = {i.name for i in spec.inputs if i.datatype == "BYTES"}
+        self.fixed_cost = 0.0  # seconds per call, independent of rows
+        self.row_cost = 0.0  # seconds per row
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        """Create the session, check it matches the registered schema, warm it up. Blocking."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = self.config.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise LockgateError(
+                ErrorKind.UNAVAILABLE, f"model {self.spec.name} v{self.spec.version}: {exc}"
+            ) from exc
+        self._check_schema(session)
+        self._session = session
+        self._warm_up()
+
+    def _check_schema(self, session: ort.InferenceSession) -> None:
+        got = {i.name for i in session.get_inputs()}
+        want = {i.name for i in self.spec.inputs}
+        if got != want:
+            raise LockgateError(
+                ErrorKind.UNAVAILABLE,
+                f"model {self.spec.name} v{self.spec.version}: session inputs {sorted(got)} "
+                f"differ from the registered schema {sorted(want)}",
+            )
+
+    def _warm_up(self) -> None:
+        """Run batch sizes 1 and 8 to fit the cost model (and trigger lazy allocations)."""
+        timings: dict[int, float] = {}
+        for rows in (1, 8) if self.spec.batchable else (1,):
+            feeds = {t.name: _zeros(t, rows) for t in self.spec.inputs}
+            best = float("inf")
+            for _ in range(max(1, self.config.warmup_runs)):
+                start = time.perf_counter()
+                self.run(feeds)
+                best = min(best, time.perf_counter() - start)
+            timings[rows] = best
+        if 8 in timings:
+            self.row_cost = max(0.0, (timings[8] - timings[1]) / 7)
+        self.fixed_cost = max(0.0, timings[1] - self.row_cost)
+
+    def predicted_cost(self, rows: int) -> float:
+        return self.fixed_cost + self.row_cost * rows
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Refine the per-row cost from a real run so the inline decision tracks the machine."""
+        per_row = max(0.0, seconds - self.fixed_cost) / max(rows, 1)
+        self.row_cost += _EWMA * (per_row - self.row_cost)
+
+    def run(self, feeds: Arrays) -> Arrays:
+        session = self._session
+        if session is None:
+            raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self.spec.name} is not loaded")
+        if self._string_inputs:
+            feeds = {k: _as_str(v) if k in self._string_inputs else v for k, v in feeds.items()}
+        try:
+            results = session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise LockgateError(
+                ErrorKind.MODEL_FAILED, f"model {self.spec.name} v{self.spec.version} failed: {exc}"
+            ) from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def release(self) -> None:
+        self._session = None
+
+
+def _zeros(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
+    shape = [rows if i == 0 and d == -1 else (1 if d < 0 else d) for i, d in enumerate(spec.shape)]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+
+
+def _as_str(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """onnxruntime wants str for string tensors; the wire gives bytes."""
+    flat = [
+        x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)
+    ]
+    return np.array(flat, dtype=object).reshape(arr.shape)

@@ -1,0 +1,94 @@
+"""Transport-neutral request/response types: what codecs produce and the pipeline consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+Parameters = dict[str, bool | int | float | str]
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor. `data` is a numpy array of the final shape; BYTES tensors use dtype object
+    holding `bytes` elements."""
+
+    name: str
+    datatype: str
+    data: np.ndarray[Any, Any]
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # HTTP binary extension: None means "use the request default"
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model: str
+    version: str | None
+    id: str
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None = None  # None: every output of the model
+    parameters: Parameters = field(default_factory=dict)
+    deadline: float = float("inf")  # time.monotonic() value after which the answer is useless
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    id: str
+    outputs: list[Tensor]
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A model input or output as the model declares it; -1 marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str = "onnxruntime_onnx"
+
+    @property
+    def batchable(self) -> bool:
+        """Requests can be concatenated on axis 0 when every tensor has a dynamic leading dim."""
+        return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+class InferencePipeline(Protocol):
+    """What a transport needs from the pipeline (lets transports be tested on their own)."""
+
+    server_name: str
+    server_version: str
+    extensions: list[str]
+
+    async def infer(self, request: InferRequest) -> InferResponse: ...
+    def model_spec(self, name: str, version: str | None) -> ModelSpec: ...
+    def model_versions(self, name: str) -> list[str]: ...
+    def model_ready(self, name: str, version: str | None) -> bool: ...
+    def ready(self) -> bool: ...

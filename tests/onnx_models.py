@@ -1,0 +1,91 @@
+"""Small ONNX models built in-process for tests (nothing downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="lockgate-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def scale_model(path: Path, features: int = 4, elem: int = TensorProto.FLOAT) -> Path:
+    """y = 2 * x, batch-major: every output row depends only on its input row."""
+    two = numpy_helper.from_array(np.array(2, dtype=helper.tensor_dtype_to_np_dtype(elem)), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", elem, ["batch", features])],
+        [helper.make_tensor_value_info("y", elem, ["batch", features])],
+        [two],
+    )
+    return _save(graph, path)
+
+
+def slow_model(path: Path, width: int = 1024, layers: int = 24) -> Path:
+    """A chain of square MatMuls: a few milliseconds per call, for overload and deadline tests."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("ReduceMean", [prev], ["y"], keepdims=1, axes=[1]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def multi_io_model(path: Path) -> Path:
+    """Two inputs of different datatypes and two outputs: a + 1 (INT64), b * b (FP64), plus a
+    string passthrough, to exercise datatypes and requested outputs."""
+    one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "one"], ["a_plus_one"]),
+            helper.make_node("Mul", ["b", "b"], ["b_squared"]),
+            helper.make_node("Identity", ["s"], ["s_out"]),
+        ],
+        "multi",
+        [
+            helper.make_tensor_value_info("a", TensorProto.INT64, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.DOUBLE, ["batch", 3]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("a_plus_one", TensorProto.INT64, ["batch", 2]),
+            helper.make_tensor_value_info("b_squared", TensorProto.DOUBLE, ["batch", 3]),
+            helper.make_tensor_value_info("s_out", TensorProto.STRING, ["batch", 1]),
+        ],
+        [one],
+    )
+    return _save(graph, path)
+
+
+def lookup_model(path: Path, size: int = 10) -> Path:
+    """y = table[i]: an index outside the table makes onnxruntime fail, for failure isolation."""
+    table = numpy_helper.from_array(np.arange(size, dtype=np.float32) * 10, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        [table],
+    )
+    return _save(graph, path)

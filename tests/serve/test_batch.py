@@ -1,0 +1,127 @@
+"""The batcher in-process with real onnxruntime sessions: greedy start, rows-not-requests limits,
+isolation of a failing request, deadlines, shedding and draining."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lockgate.config import BatchConfig, RunnerConfig
+from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve.batch import Batcher
+from lockgate.serve.runner import ModelRunner
+from lockgate.types import ModelSpec, TensorSpec
+from tests import onnx_models
+
+SCALE = ModelSpec(
+    "scale", "1", (TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 4)),)
+)
+LOOKUP = ModelSpec(
+    "lookup", "1", (TensorSpec("i", "INT64", (-1,)),), (TensorSpec("y", "FP32", (-1,)),)
+)
+SLOW = ModelSpec(
+    "slow", "1", (TensorSpec("x", "FP32", (-1, 1024)),), (TensorSpec("y", "FP32", (-1, 1)),)
+)
+
+
+def make_batcher(spec: ModelSpec, path: Path, **batch: Any) -> Batcher:
+    runner = ModelRunner(spec, path, RunnerConfig(intra_op_threads=1))
+    runner.load()
+    return Batcher(runner, BatchConfig(**batch), ThreadPoolExecutor(2))
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 30
+
+
+async def test_idle_model_runs_a_request_at_once(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), max_queue_delay=0.5)
+    x = np.ones((3, 4), np.float32)
+    out, info = await b.submit({"x": x}, 3, far())
+    np.testing.assert_array_equal(out["y"], x * 2)
+    # max_queue_delay only applies to busy periods: an idle model does not wait for it.
+    assert info.queue_ns < 0.25e9 and info.batch_requests == 1
+
+
+async def test_max_batch_rows_counts_rows_not_requests(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), max_batch_rows=10)
+    sizes = [4, 4, 4, 4, 1, 9, 3]
+    xs = [np.full((n, 4), i, np.float32) for i, n in enumerate(sizes)]
+    results = await asyncio.gather(*(b.submit({"x": x}, len(x), far()) for x in xs))
+    for x, (out, info) in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+        assert info.batch_rows <= 10 or info.batch_requests == 1
+    assert b.stats.multi_request_batches >= 1 and b.stats.rows == sum(sizes)
+
+
+async def test_an_oversized_request_runs_alone(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), max_batch_rows=4)
+    x = np.ones((9, 4), np.float32)
+    out, info = await b.submit({"x": x}, 9, far())
+    assert out["y"].shape == (9, 4) and info.batch_rows == 9
+
+
+async def test_a_failing_request_does_not_fail_its_batch(tmp_path: Path) -> None:
+    b = make_batcher(LOOKUP, onnx_models.lookup_model(tmp_path / "m.onnx"))
+    good = [np.array([i, 9 - i], np.int64) for i in range(5)]
+    bad = np.array([99], np.int64)
+    calls = [b.submit({"i": g}, 2, far()) for g in good[:3]]
+    calls.append(b.submit({"i": bad}, 1, far()))
+    calls += [b.submit({"i": g}, 2, far()) for g in good[3:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[3], LockgateError) and results[3].kind is ErrorKind.MODEL_FAILED
+    for g, res in zip(good, results[:3] + results[4:], strict=True):
+        assert not isinstance(res, BaseException)
+        np.testing.assert_array_equal(res[0]["y"], g.astype(np.float32) * 10)
+
+
+async def test_expired_request_never_reaches_the_model(tmp_path: Path) -> None:
+    b = make_batcher(SLOW, onnx_models.slow_model(tmp_path / "m.onnx"), max_batch_rows=1)
+    x = np.zeros((1, 1024), np.float32)
+    loop = asyncio.get_running_loop()
+    busy = [asyncio.create_task(b.submit({"x": x}, 1, far())) for _ in range(3)]
+    await asyncio.sleep(0)  # the busy requests queue first
+    with pytest.raises(LockgateError) as info:
+        await b.submit({"x": x}, 1, loop.time() + 0.001)
+    assert info.value.kind is ErrorKind.DEADLINE
+    await asyncio.gather(*busy)
+    assert b.stats.requests == 3 and b.stats.expired == 1
+
+
+async def test_full_queue_sheds_with_retry_hint(tmp_path: Path) -> None:
+    b = make_batcher(
+        SLOW, onnx_models.slow_model(tmp_path / "m.onnx"), max_batch_rows=1, max_queue_rows=2
+    )
+    x = np.zeros((1, 1024), np.float32)
+    results = await asyncio.gather(
+        *(b.submit({"x": x}, 1, far()) for _ in range(8)), return_exceptions=True
+    )
+    shed = [r for r in results if isinstance(r, LockgateError)]
+    assert shed and all(r.kind is ErrorKind.OVERLOADED and r.retry_after for r in shed)
+    assert len(results) - len(shed) >= 2 and b.stats.shed == len(shed)
+
+
+async def test_close_waits_for_in_flight_then_refuses(tmp_path: Path) -> None:
+    b = make_batcher(SLOW, onnx_models.slow_model(tmp_path / "m.onnx"), max_batch_rows=1)
+    x = np.zeros((1, 1024), np.float32)
+    pending = [asyncio.create_task(b.submit({"x": x}, 1, far())) for _ in range(4)]
+    await asyncio.sleep(0)
+    assert await b.close(timeout=30)
+    assert all(t.done() and not t.exception() for t in pending)
+    with pytest.raises(LockgateError) as info:
+        await b.submit({"x": x}, 1, far())
+    assert info.value.kind is ErrorKind.UNAVAILABLE
+
+
+async def test_cost_model_sends_tiny_batches_inline(tmp_path: Path) -> None:
+    tiny = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "a.onnx"))
+    await tiny.submit({"x": np.ones((1, 4), np.float32)}, 1, far())
+    assert tiny.stats.inline_batches == 1
+    slow = make_batcher(SLOW, onnx_models.slow_model(tmp_path / "b.onnx"))
+    await slow.submit({"x": np.zeros((1, 1024), np.float32)}, 1, far())
+    assert slow.stats.inline_batches == 0
