@@ -4,7 +4,7 @@ is downloaded):
 - `classifier` v1 and v2: logistic regression on 16 float features -> `probability`, `label`;
   v2 is trained on more data. Both carry their training features as reference data.
 - `regressor`: least-squares linear regression on 8 features -> `value`.
-- `mlp`: a 32 -> 1024 -> 1024 -> 1024 -> 1 ReLU network, about 1 ms per batch-1 call on one
+- `mlp`: a 32 -> 1536 -> 1536 -> 1536 -> 1 ReLU network, about 1 ms per batch-1 call on one
   core, so that batching has something to win.
 
 `python -m lockgate.demo OUT_DIR` writes the ONNX files and reference data to OUT_DIR.
@@ -27,7 +27,7 @@ SEED = 20261123
 CLASSIFIER_FEATURES = 16
 REGRESSOR_FEATURES = 8
 MLP_FEATURES = 32
-MLP_HIDDEN = 1024
+MLP_HIDDEN = 1536
 OPSET = 17
 IR_VERSION = 8
 

@@ -68,9 +68,14 @@ class Pipeline:
 
     async def load(self, info: VersionInfo) -> None:
         key = (info.name, info.version)
-        runner = ModelRunner(info.spec, info.path / "model.onnx", self.config.runner)
+        runner = ModelRunner(info.spec, info.model_path, self.config.runner)
+
+        def verify_and_load() -> None:
+            self.registry.verify(info)  # never serve a file that changed after registration
+            runner.load()
+
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, runner.load)
+            await asyncio.get_running_loop().run_in_executor(self._executor, verify_and_load)
         except LockgateError as exc:
             self._failed[key] = exc.message
             log.error("model %s v%s failed to load: %s", info.name, info.version, exc.message)

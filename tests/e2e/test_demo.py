@@ -1,0 +1,74 @@
+"""`lockgate serve --demo` on a fresh home: builds and registers the demo models, and the curl
+and tritonclient commands it prints work exactly as printed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _read_banner(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("gateway exited before printing the banner:\n" + "".join(lines))
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            return "".join(lines)
+    raise AssertionError("no banner")
+
+
+def _command(banner: str, starts: str) -> str:
+    """The shell command starting with `starts`, joined across backslash continuations."""
+    lines = banner.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(starts))
+    parts = []
+    for line in lines[start:]:
+        parts.append(line.strip().removesuffix("\\"))
+        if not line.rstrip().endswith("\\"):
+            break
+    return " ".join(parts)
+
+
+def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--demo", "--home", str(home)]
+    cmd += ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        banner = _read_banner(proc)
+        curl = subprocess.run(
+            _command(banner, "curl"), shell=True, cwd=ROOT, capture_output=True, text=True
+        )
+        answer = json.loads(curl.stdout)
+        assert answer["model_name"] == "classifier" and answer["model_version"] == "2"
+        assert [o["name"] for o in answer["outputs"]] == ["probability", "label"]
+        client = subprocess.run(
+            _command(banner, ".venv/bin/python"),
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert client.returncode == 0, client.stderr
+        assert "HTTP  probability:" in client.stdout and "gRPC  probability:" in client.stdout
+        assert [p.name for p in sorted((home / "models").iterdir())] == [
+            "classifier",
+            "mlp",
+            "regressor",
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
