@@ -13,7 +13,9 @@ import pytest
 import uvloop
 
 from lockgate.config import BatchConfig, ServeConfig
+from lockgate.control import traffic
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
 from lockgate.serve.app import Gateway
 from tests import onnx_models
@@ -111,7 +113,22 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry.register(home / "scale.onnx", "scale")
     onnx_models.multi_io_model(home / "multi.onnx")
     registry.register(home / "multi.onnx", "multi")
+    pin_versions(home, ("classifier", "1"))  # v2 is latest; keep v1 warm for explicit calls
     return home
+
+
+def catalog(registry: Registry) -> traffic.Catalog:
+    return traffic.Catalog(
+        {name: frozenset(v.version for v in registry.versions(name)) for name in registry.models()}
+    )
+
+
+def pin_versions(home: Path, *keys: tuple[str, str]) -> None:
+    store = StateStore(home)
+    for model, version in keys:
+        mutation = traffic.pin(model, version, catalog(Registry(home)))
+        store.apply(mutation, actor="tests", expected_revision=None)
+    store.close()
 
 
 @pytest.fixture(scope="session")

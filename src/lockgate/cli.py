@@ -17,6 +17,7 @@ import orjson
 
 from lockgate import __version__
 from lockgate.config import BatchConfig, RunnerConfig, ServeConfig, default_intra_op_threads
+from lockgate.control.auth import load_tokens
 from lockgate.errors import LockgateError, invalid
 from lockgate.logs import configure_logging
 
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    _flag(
+        serve,
+        "--admin-token-file",
+        None,
+        "admin API bearer tokens, one `name:token` per line (also: LOCKGATE_ADMIN_TOKENS="
+        "name:token,...); without tokens the admin API binds only to loopback",
+        type=Path,
+    )
     serve.set_defaults(run=_serve)
 
     models = sub.add_parser("models", help="the model registry")
@@ -141,6 +150,12 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_body_bytes=int(float(args.max_body_mb) * 1024 * 1024),
         grace_period=float(args.grace),
         demo=bool(args.demo),
+        admin_tokens=tuple(
+            load_tokens(
+                Path(args.admin_token_file) if args.admin_token_file else None,
+                os.environ.get("LOCKGATE_ADMIN_TOKENS"),
+            ).items()
+        ),
         batch=BatchConfig(
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,

@@ -40,6 +40,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output of the model
     parameters: Parameters = field(default_factory=dict)
     deadline: float = float("inf")  # time.monotonic() value after which the answer is useless
+    routing_key: str | None = None  # sticky routing (header x-lockgate-key); else a parameter
 
 
 @dataclass(slots=True)

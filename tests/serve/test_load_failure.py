@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lockgate.control.registry import Registry
 from tests import onnx_models
-from tests.conftest import RunningGateway, loopback_config
+from tests.conftest import RunningGateway, loopback_config, pin_versions
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def broken_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     broken.model_path.write_bytes(b"not onnx any more")
     shutil.copy(model, home / "other.onnx")
     registry.register(home / "other.onnx", "other")
+    pin_versions(home, ("scale", "1"))
     with RunningGateway(loopback_config(home), registry) as gw:
         yield gw
 

@@ -1,16 +1,272 @@
-"""Admin listener (127.0.0.1:8002 by default). The operator API and /metrics are mounted here."""
+"""The admin API (own listener, 127.0.0.1:8002 by default): traffic splits, blue-green switches,
+canaries, shadows, pinned versions and the audit log, as JSON; its OpenAPI document is served at
+`/openapi.json`.
+
+Every write: authenticate (bearer token, named in the audit) -> read the state and check the
+revision the caller read (`If-Match`, else the current one) -> validate -> load and warm every
+version the change needs -> commit (state + audit record + new revision, one transaction) ->
+apply to this process's route table. A refusal at any step changes nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lockgate.control import traffic
+from lockgate.control.admin_openapi import openapi_document
+from lockgate.control.auth import TokenCheck
+from lockgate.control.state import Mutation, State, StateStore
+from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.serve.http_api import error_response, read_body
 
-def build_admin_app() -> Starlette:
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+MAX_ADMIN_BODY = 1024 * 1024
+
+
+class ServingControl(Protocol):
+    """What the admin API needs from the gateway's pipeline."""
+
+    async def refresh_registry(self) -> None: ...
+    def registered_versions(self) -> dict[str, frozenset[str]]: ...
+    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]: ...
+    async def apply(self, state: State) -> dict[Key, str]: ...
+    def versions_in_use(self) -> set[Key]: ...
+    def serving_status(self) -> dict[str, Any]: ...
+
+
+def _json(doc: Any, status: int = 200, revision: int | None = None) -> Response:
+    headers = {"etag": f'"{revision}"'} if revision is not None else None
+    body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _if_match(request: Request) -> int | None:
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    value = raw.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise invalid(f"If-Match must be a state revision number, got {raw!r}")
+    return int(value)
+
+
+async def _body(request: Request) -> Any:
+    body = await read_body(request, MAX_ADMIN_BODY)
+    if not body:
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON body: {exc}") from None
+
+
+def _field(doc: Any, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    if not isinstance(doc, dict):
+        raise invalid("request body must be a JSON object")
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise invalid(f"field {name!r} is required")
+        return None
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # versions may be sent as numbers
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise invalid(f"field {name!r} has the wrong type")
+    return value
+
+
+def _endpoint_view(name: str, state: State, catalog: traffic.Catalog) -> dict[str, Any]:
+    spec = traffic.current_endpoint(state, catalog, name)
+    return {"name": name, "implicit": name not in state.endpoints, **spec}
+
+
+def build_admin_app(store: StateStore, control: ServingControl, tokens: TokenCheck) -> Starlette:
+    async def catalog() -> traffic.Catalog:
+        await control.refresh_registry()
+        return traffic.Catalog(control.registered_versions())
+
+    async def read_state() -> State:
+        return await asyncio.to_thread(store.read)
+
+    async def write(
+        request: Request, build: Callable[[traffic.Catalog], Mutation], target_versions: bool
+    ) -> Response:
+        actor: str = request.state.actor
+        expected = _if_match(request)
+        mutation = build(await catalog())
+        current = await read_state()
+        if expected is not None and expected != current.revision:
+            raise LockgateError(
+                ErrorKind.CONFLICT,
+                f"stale revision: you read {expected}, the state is at {current.revision}",
+            )
+        _, pins, change = mutation(current)  # dry run: validates, names the versions
+        needed = set(pins - current.pins)
+        if target_versions and change.after is not None:
+            needed |= traffic.endpoint_versions(change.after)
+        failures = await control.ensure_loaded(needed)
+        if failures:
+            reasons = "; ".join(f"{m} v{v}: {why}" for (m, v), why in sorted(failures.items()))
+            raise LockgateError(ErrorKind.UNPROCESSABLE, f"nothing changed: {reasons}")
+        state = await asyncio.to_thread(
+            store.apply, mutation, actor=actor, expected_revision=current.revision
+        )
+        await control.apply(state)
+        log.info(
+            "admin: %s %s by %s -> revision %d", change.action, change.target, actor, state.revision
+        )
+        doc = {
+            "revision": state.revision,
+            "action": change.action,
+            "target": change.target,
+            "before": change.before,
+            "after": change.after,
+        }
+        return _json(doc, revision=state.revision)
+
+    # -- reads --------------------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
-        return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
+        return _json({"status": "ok"})
 
-    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])])
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
+
+    async def show_state(request: Request) -> Response:
+        cat, state = await catalog(), await read_state()
+        names = sorted(state.endpoints.keys() | {m for m, v in cat.versions.items() if v})
+        doc = {
+            "revision": state.revision,
+            "endpoints": [_endpoint_view(n, state, cat) for n in names],
+            "pins": [{"model": m, "version": v} for m, v in sorted(state.pins)],
+            "serving": control.serving_status(),
+        }
+        return _json(doc, revision=state.revision)
+
+    async def show_endpoint(request: Request) -> Response:
+        cat, state = await catalog(), await read_state()
+        doc = _endpoint_view(request.path_params["name"], state, cat)
+        return _json({"revision": state.revision, **doc}, revision=state.revision)
+
+    async def audit(request: Request) -> Response:
+        limit = request.query_params.get("limit", "100")
+        if not limit.isdigit() or not 0 < int(limit) <= 10_000:
+            raise invalid("limit must be an integer from 1 to 10000")
+        target = request.query_params.get("target")
+        records = await asyncio.to_thread(store.audit, int(limit), target)
+        return _json({"records": records})
+
+    # -- writes -------------------------------------------------------------------------------
+    async def put_endpoint(request: Request) -> Response:
+        name, doc = request.path_params["name"], await _body(request)
+        return await write(request, lambda c: traffic.put_endpoint(name, doc, c), True)
+
+    async def delete_endpoint(request: Request) -> Response:
+        name = request.path_params["name"]
+        return await write(request, lambda c: traffic.delete_endpoint(name), False)
+
+    async def set_weights(request: Request) -> Response:
+        name, doc = request.path_params["name"], await _body(request)
+        weights = _field(doc, "weights", dict)
+        return await write(request, lambda c: traffic.set_weights(name, weights, c), True)
+
+    async def switch(request: Request) -> Response:
+        name, doc = request.path_params["name"], await _body(request)
+        to = _field(doc, "variant", str)
+        return await write(request, lambda c: traffic.switch(name, to, c), True)
+
+    async def canary(request: Request) -> Response:
+        name, doc = request.path_params["name"], await _body(request)
+        model = _field(doc, "model", str, required=False)
+        version = _field(doc, "version", str)
+        weight = _field(doc, "weight", (int, float))
+        return await write(request, lambda c: traffic.canary(name, model, version, weight, c), True)
+
+    async def promote(request: Request) -> Response:
+        name = request.path_params["name"]
+        return await write(request, lambda c: traffic.promote(name, c), True)
+
+    async def rollback(request: Request) -> Response:
+        name = request.path_params["name"]
+        return await write(request, lambda c: traffic.rollback(name, c), True)
+
+    async def add_shadow(request: Request) -> Response:
+        name, doc = request.path_params["name"], await _body(request)
+        variant = _field(doc, "variant", str)
+        model = _field(doc, "model", str, required=False)
+        version = _field(doc, "version", str)
+        return await write(
+            request, lambda c: traffic.add_shadow(name, variant, model, version, c), True
+        )
+
+    async def remove_shadow(request: Request) -> Response:
+        name, variant = request.path_params["name"], request.path_params["variant"]
+        return await write(request, lambda c: traffic.remove_shadow(name, variant, c), False)
+
+    async def load(request: Request) -> Response:
+        model, version = request.path_params["model"], request.path_params["version"]
+        return await write(request, lambda c: traffic.pin(model, version, c), False)
+
+    async def unload(request: Request) -> Response:
+        model, version = request.path_params["model"], request.path_params["version"]
+        in_use = control.versions_in_use()
+        return await write(request, lambda c: traffic.unpin(model, version, in_use), False)
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]], *, public: bool = False
+    ) -> Callable[..., Any]:
+        """Authenticate (before the body is read), then map errors to statuses."""
+
+        async def run(request: Request) -> Response:
+            try:
+                if not public:
+                    request.state.actor = tokens.actor(request.headers.get("authorization"))
+                return await handler(request)
+            except LockgateError as exc:
+                response = error_response(exc)
+                if exc.kind is ErrorKind.UNAUTHORIZED:
+                    response.headers["www-authenticate"] = 'Bearer realm="lockgate-admin"'
+                return response
+            except Exception:
+                log.exception("unexpected error serving admin %s %s", request.method, request.url)
+                return _json({"error": "internal server error"}, 500)
+
+        return run
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"no route for {request.method} {request.url.path}"
+        if status == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return _json({"error": message}, status)
+
+    ep = "/v1/endpoints/{name}"
+    routes = [
+        Route("/healthz", guarded(healthz, public=True), methods=["GET"]),
+        Route("/openapi.json", guarded(openapi, public=True), methods=["GET"]),
+        Route("/v1/state", guarded(show_state), methods=["GET"]),
+        Route("/v1/audit", guarded(audit), methods=["GET"]),
+        Route(ep, guarded(show_endpoint), methods=["GET"]),
+        Route(ep, guarded(put_endpoint), methods=["PUT"]),
+        Route(ep, guarded(delete_endpoint), methods=["DELETE"]),
+        Route(ep + "/weights", guarded(set_weights), methods=["POST"]),
+        Route(ep + "/switch", guarded(switch), methods=["POST"]),
+        Route(ep + "/canary", guarded(canary), methods=["POST"]),
+        Route(ep + "/canary/promote", guarded(promote), methods=["POST"]),
+        Route(ep + "/canary/rollback", guarded(rollback), methods=["POST"]),
+        Route(ep + "/shadows", guarded(add_shadow), methods=["POST"]),
+        Route(ep + "/shadows/{variant}", guarded(remove_shadow), methods=["DELETE"]),
+        Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
+        Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

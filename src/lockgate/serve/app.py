@@ -14,7 +14,10 @@ import uvicorn
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
+from lockgate.control.auth import TokenCheck, is_loopback
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
+from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.grpc_api import build_grpc_server
 from lockgate.serve.http_api import build_http_app
 from lockgate.serve.pipeline import Pipeline
@@ -70,7 +73,8 @@ class Gateway:
     def __init__(self, config: ServeConfig, registry: Registry | None = None) -> None:
         self.config = config
         self.registry = registry or Registry(config.home)
-        self.pipeline = Pipeline(self.registry, config)
+        self.state = StateStore(config.home)
+        self.pipeline = Pipeline(self.registry, config, self.state)
         self.ports: dict[str, int] = {}
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -80,6 +84,13 @@ class Gateway:
 
     async def run(self) -> None:
         cfg = self.config
+        tokens = TokenCheck(dict(cfg.admin_tokens))
+        if not tokens.enabled and not is_loopback(cfg.admin_host):
+            raise LockgateError(
+                ErrorKind.INVALID,
+                f"the admin API would listen on {cfg.admin_host} without a token: configure "
+                "tokens (--admin-token-file or LOCKGATE_ADMIN_TOKENS) or bind it to loopback",
+            )
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
@@ -93,7 +104,8 @@ class Gateway:
         http = _uvicorn(
             build_http_app(self.pipeline, max_body_bytes=cfg.max_body_bytes), cfg.grace_period
         )
-        admin = _uvicorn(build_admin_app(), cfg.grace_period)
+        admin_app = build_admin_app(self.state, self.pipeline, tokens)
+        admin = _uvicorn(admin_app, cfg.grace_period)
         await grpc_server.start()
         tasks = [
             asyncio.create_task(http.serve(sockets=[http_sock]), name="http"),

@@ -17,6 +17,7 @@ from lockgate.types import InferencePipeline
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
+ROUTING_KEY_METADATA = "x-lockgate-key"
 
 STATUS = {
     ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,6 +91,9 @@ class InferenceService:
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
         request = protobuf_codec.decode_request(msg, context.time_remaining())
+        for key, value in context.invocation_metadata() or ():
+            if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
+                request.routing_key = value
         response = await self.pipeline.infer(request)
         return protobuf_codec.encode_response(response)
 

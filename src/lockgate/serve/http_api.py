@@ -19,6 +19,8 @@ from lockgate.types import InferencePipeline
 
 log = logging.getLogger(__name__)
 
+ROUTING_KEY_HEADER = "x-lockgate-key"
+VARIANT_HEADER = "x-lockgate-variant"
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
     ErrorKind.UNAUTHORIZED: 401,
@@ -146,11 +148,15 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
             req = codec.decode_raw_input(body, spec, model, version)
         else:
             req = codec.decode_request(body, content_type, header_length, model, version)
+        req.routing_key = request.headers.get(ROUTING_KEY_HEADER) or None
         resp = await pipeline.infer(req)
         as_msgpack = codec.is_msgpack(content_type) or codec.is_msgpack(
             request.headers.get("accept", "")
         )
         out, headers = codec.encode_response(resp, req, msgpack_body=as_msgpack)
+        variant = resp.parameters.get("variant")
+        if variant is not None:
+            headers[VARIANT_HEADER] = str(variant)
         return Response(out, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:

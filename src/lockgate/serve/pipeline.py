@@ -1,35 +1,36 @@
-"""handle(request): resolve the model version -> validate -> batch -> run -> answer.
+"""handle(request): route -> validate -> batch -> run -> shadow -> answer.
 
 This is the one place the order of the request path is written; both transports call `infer`.
+The route table is swapped whole when the state database changes; between choosing a variant and
+queueing on its batcher there is no `await`, so a version is never released under a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from lockgate import __version__
 from lockgate.config import ServeConfig
-from lockgate.control.registry import Registry, VersionInfo
+from lockgate.control.registry import Registry
+from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
-from lockgate.serve.batch import Batcher, RunInfo
-from lockgate.serve.runner import Arrays, ModelRunner
+from lockgate.serve.batch import BatchStats, RunInfo
+from lockgate.serve.models import Key, LoadedVersion, ModelSet
+from lockgate.serve.route import RouteTable, build_route_table
+from lockgate.serve.runner import Arrays
+from lockgate.serve.shadow import ShadowTraffic
 from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data", "msgpack_tensor_data", "model_repository_read"]
-
-
-@dataclass(slots=True)
-class LoadedVersion:
-    spec: ModelSpec
-    runner: ModelRunner
-    batcher: Batcher
+STATE_POLL_SECONDS = 0.2
+REGISTRY_SCAN_SECONDS = 5.0
 
 
 class Pipeline:
@@ -37,60 +38,77 @@ class Pipeline:
     server_version = __version__
     extensions = EXTENSIONS
 
-    def __init__(self, registry: Registry, config: ServeConfig) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, config: ServeConfig, state: StateStore) -> None:
         self.config = config
-        self._registered: dict[str, dict[str, VersionInfo]] = {}
-        self._loaded: dict[tuple[str, str], LoadedVersion] = {}
-        self._failed: dict[tuple[str, str], str] = {}
-        self._latest: dict[str, str] = {}
-        # One thread per core is enough: a batcher keeps at most one batch in flight.
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lockgate-run")
+        self.state = state
+        self.models = ModelSet(registry, config)
+        self.shadows = ShadowTraffic(self.models)
+        self.routes = RouteTable(-1, {})
+        self._pins: frozenset[Key] = frozenset()
+        self._apply_lock = asyncio.Lock()  # one route change at a time (not on the hot path)
+        self._watcher: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load and warm every registered version; a version that fails is reported, not fatal."""
-        for name in self.registry.models():
-            versions = self.registry.versions(name)
-            self._registered[name] = {v.version: v for v in versions}
-            if versions:
-                self._latest[name] = versions[-1].version
-        for registered in self._registered.values():
-            for info in registered.values():
-                await self.load(info)
+        """Load and warm every version that receives traffic or is pinned, then watch the state
+        database for changes. A version that fails to load is reported, not fatal."""
+        await self.models.refresh()
+        await self.apply(await asyncio.to_thread(self.state.read))
+        self._watcher = asyncio.create_task(self._watch(), name="state-watcher")
         self._ready = True
         log.info(
-            "serving %d model versions (%d failed to load)", len(self._loaded), len(self._failed)
+            "serving %d endpoints, %d model versions (%d failed to load)",
+            len(self.routes.endpoints),
+            len(self.models.loaded),
+            len(self.models.failed),
         )
 
-    async def load(self, info: VersionInfo) -> None:
-        key = (info.name, info.version)
-        runner = ModelRunner(info.spec, info.model_path, self.config.runner)
+    async def apply(self, state: State) -> dict[Key, str]:
+        """Make `state` the serving configuration: load what it needs, swap the route table,
+        then release what nothing uses any more. Endpoints whose new variants fail to load keep
+        their previous route. Returns the versions that failed, with reasons."""
+        async with self._apply_lock:
+            table = build_route_table(state.revision, state.endpoints, self.models.latest())
+            failures = await self.models.ensure(table.versions() | state.pins)
+            if failures:
+                kept = dict(table.endpoints)
+                for name, route in table.endpoints.items():
+                    if route.versions() & failures.keys():
+                        old = self.routes.endpoints.get(name)
+                        if old is None:
+                            kept.pop(name)
+                        else:
+                            kept[name] = old
+                table = RouteTable(state.revision, kept)
+            self.routes = table
+            self._pins = state.pins
+            unused = self.models.loaded.keys() - table.versions() - state.pins
+            for key in unused:
+                task = asyncio.create_task(self.models.release(key))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+            return failures
 
-        def verify_and_load() -> None:
-            self.registry.verify(info)  # never serve a file that changed after registration
-            runner.load()
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, verify_and_load)
-        except LockgateError as exc:
-            self._failed[key] = exc.message
-            log.error("model %s v%s failed to load: %s", info.name, info.version, exc.message)
-            return
-        self._failed.pop(key, None)
-        self._loaded[key] = LoadedVersion(
-            info.spec, runner, Batcher(runner, self.config.batch, self._executor)
-        )
-        log.info(
-            "loaded %s v%s (%.0f us/call + %.1f us/row)",
-            info.name,
-            info.version,
-            runner.fixed_cost * 1e6,
-            runner.row_cost * 1e6,
-        )
+    async def _watch(self) -> None:
+        """Notice new state revisions (and newly registered models) and apply them."""
+        last_scan = time.monotonic()
+        while True:
+            await asyncio.sleep(STATE_POLL_SECONDS)
+            try:
+                revision = await asyncio.to_thread(self.state.revision)
+                rescan = time.monotonic() - last_scan > REGISTRY_SCAN_SECONDS
+                if revision == self.routes.revision and not rescan:
+                    continue
+                if rescan:
+                    last_scan = time.monotonic()
+                await self.models.refresh()
+                await self.apply(await asyncio.to_thread(self.state.read))
+            except Exception:
+                log.exception("applying the state database failed; keeping the current routes")
 
     def begin_shutdown(self) -> None:
         """Report not-ready so load balancers stop sending, while in-flight traffic completes."""
@@ -99,63 +117,110 @@ class Pipeline:
     async def drain(self, timeout: float) -> bool:
         """Stop taking new requests and wait for in-flight ones; True if all finished in time."""
         self._draining = True
-        results = await asyncio.gather(*(lv.batcher.close(timeout) for lv in self._loaded.values()))
-        self._executor.shutdown(wait=False)
-        return all(results)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.shadows.drain(timeout)
+        return await self.models.drain(timeout)
+
+    # -- control (for the admin API) -----------------------------------------------------------
+    async def refresh_registry(self) -> None:
+        await self.models.refresh()
+
+    def registered_versions(self) -> dict[str, frozenset[str]]:
+        return {name: frozenset(versions) for name, versions in self.models.registered.items()}
+
+    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
+        return await self.models.ensure(keys)
+
+    def versions_in_use(self) -> set[Key]:
+        return self.routes.versions()
+
+    def serving_status(self) -> dict[str, Any]:
+        """What this process serves right now: revision, versions, failures, shadow counters."""
+        return {
+            "revision": self.routes.revision,
+            "loaded": [{"model": m, "version": v} for m, v in sorted(self.models.loaded)],
+            "failed": [
+                {"model": m, "version": v, "reason": why}
+                for (m, v), why in sorted(self.models.failed.items())
+            ],
+            "shadows": [
+                {"endpoint": e, "variant": v, **dataclasses.asdict(stats)}
+                for (e, v), stats in sorted(self.shadows.stats.items())
+            ],
+        }
 
     # -- metadata ----------------------------------------------------------------------------
     def ready(self) -> bool:
         return self._ready and not (self._shutting_down or self._draining)
 
     def model_versions(self, name: str) -> list[str]:
-        return list(self._versions_of(name))
+        if name in self.models.registered:
+            return sorted(self.models.versions_of(name), key=int)
+        return sorted({v.version for v in self.routes.resolve(name).variants}, key=int)
 
     def model_spec(self, name: str, version: str | None) -> ModelSpec:
-        return self._info(name, version).spec
+        if version:
+            return self._explicit(name, version).spec
+        return self.models.info(*self.routes.resolve(name).primary.key).spec
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        info = self._info(name, version)
-        return self.ready() and (info.name, info.version) in self._loaded
+        if not self.ready():
+            return False
+        if version:
+            model, version = self._explicit_key(name, version)
+            return (model, version) in self.models.loaded
+        route = self.routes.resolve(name)
+        return all(v.key in self.models.loaded for v in route.variants if v.weight > 0)
 
-    def batch_stats(self, name: str, version: str) -> Any:
-        return self._loaded[(name, version)].batcher.stats
+    def batch_stats(self, model: str, version: str) -> BatchStats:
+        return self.models.batch_stats(model, version)
 
-    def _versions_of(self, name: str) -> dict[str, VersionInfo]:
-        versions = self._registered.get(name)
-        if versions is None:
-            raise not_found(f"unknown model {name!r}")
-        return versions
+    def _explicit_key(self, name: str, version: str) -> Key:
+        """An explicit version: of the model `name`, or of the endpoint `name`'s variants."""
+        if name in self.models.registered:
+            return (name, version)
+        route = self.routes.resolve(name)
+        matches = {v.key for v in (*route.variants, *route.shadows) if v.version == version}
+        if len(matches) != 1:
+            raise not_found(f"endpoint {name!r} has no single variant at version {version!r}")
+        (key,) = matches
+        return key
 
-    def _info(self, name: str, version: str | None) -> VersionInfo:
-        versions = self._versions_of(name)
-        if not version:
-            return versions[self._latest[name]]
-        info = versions.get(version)
-        if info is None:
-            raise not_found(f"unknown version {version!r} of model {name!r}")
-        return info
+    def _explicit(self, name: str, version: str) -> LoadedVersion:
+        return self.models.get(*self._explicit_key(name, version))
 
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._draining:
             raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        info = self._info(request.model, request.version)
-        loaded = self._loaded.get((info.name, info.version))
-        if loaded is None:
-            reason = self._failed.get((info.name, info.version), "not loaded")
-            raise LockgateError(
-                ErrorKind.UNAVAILABLE, f"model {info.name} v{info.version}: {reason}"
-            )
-        feeds, rows = validate_inputs(request, loaded.spec)
-        outputs = select_outputs(request, loaded.spec)
+        route = variant = None
+        if request.version:
+            loaded = self._explicit(request.model, request.version)
+        else:
+            route = self.routes.resolve(request.model)
+            variant = route.pick(_routing_key(request))
+            loaded = self.models.get(*variant.key)
+        spec = loaded.spec
+        feeds, rows = validate_inputs(request, spec)
+        outputs = select_outputs(request, spec)
         deadline = self._deadline(request)
         results, run = await loaded.batcher.submit(feeds, rows, deadline)
+        parameters = _run_parameters(run)
+        if variant is not None and route is not None:
+            parameters["variant"] = variant.name
+            if variant.model != request.model:
+                parameters["model"] = variant.model
+            for shadow in route.shadows:
+                self.shadows.send(route.name, shadow, feeds, rows, results)
         return InferResponse(
-            model=info.name,
-            version=info.version,
+            model=request.model,
+            version=spec.version,
             id=request.id,
             outputs=[Tensor(name, dt, results[name]) for name, dt in outputs],
-            parameters=_run_parameters(run),
+            parameters=parameters,
         )
 
     def _deadline(self, request: InferRequest) -> float:
@@ -174,6 +239,17 @@ class Pipeline:
         if deadline <= now:
             raise LockgateError(ErrorKind.DEADLINE, "deadline already passed on arrival")
         return deadline
+
+
+def _routing_key(request: InferRequest) -> str | None:
+    if request.routing_key is not None:
+        return request.routing_key
+    key = request.parameters.get("routing_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise invalid(f"parameter 'routing_key' must be a non-empty string, got {key!r}")
+    return key
 
 
 def validate_inputs(request: InferRequest, spec: ModelSpec) -> tuple[Arrays, int]:

@@ -1,0 +1,166 @@
+"""The admin API's OpenAPI 3.1 document (served at /openapi.json; a test keeps it and the routes
+in step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockgate import __version__
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_VARIANT = {
+    "type": "object",
+    "required": ["name", "model", "version"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "model": {"type": "string"},
+        "version": {"type": ["string", "integer"]},
+        "weight": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "required": ["variants"],
+    "properties": {
+        "variants": {"type": "array", "minItems": 1, "items": _VARIANT},
+        "shadows": {"type": "array", "items": _VARIANT},
+    },
+    "description": "Variant weights (percent) must sum to 100.",
+}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _op(summary: str, body: dict[str, Any] | None = None, write: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK (ETag: the new state revision)"},
+            "400": _ERROR,
+            "401": _ERROR,
+            "404": _ERROR,
+        },
+    }
+    if write:
+        op["parameters"] = [{"$ref": "#/components/parameters/IfMatch"}]
+        op["responses"] |= {"409": _ERROR, "422": _ERROR}
+    if body is not None:
+        op["requestBody"] = _body(body)
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    ep = "/v1/endpoints/{name}"
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    version_ref = {"type": ["string", "integer"]}
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness of the admin listener", "security": []}},
+        "/openapi.json": {"get": {"summary": "This document", "security": []}},
+        "/v1/state": {
+            "get": _op("Endpoints (stored and implicit), pins, serving status", write=False)
+        },
+        "/v1/audit": {
+            "get": {
+                **_op("Audit log, newest first", write=False),
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "target", "in": "query", "schema": {"type": "string"}},
+                ],
+            }
+        },
+        ep: {
+            "parameters": [name],
+            "get": _op("One endpoint", write=False),
+            "put": _op("Create or replace an endpoint", _ENDPOINT),
+            "delete": _op("Delete a stored endpoint"),
+        },
+        ep + "/weights": {
+            "parameters": [name],
+            "post": _op(
+                "Set variant weights",
+                _obj(
+                    ["weights"],
+                    weights={"type": "object", "additionalProperties": {"type": "number"}},
+                ),
+            ),
+        },
+        ep + "/switch": {
+            "parameters": [name],
+            "post": _op(
+                "Blue-green switch: 100% to one variant",
+                _obj(["variant"], variant={"type": "string"}),
+            ),
+        },
+        ep + "/canary": {
+            "parameters": [name],
+            "post": _op(
+                "Start or adjust the canary variant",
+                _obj(
+                    ["version", "weight"],
+                    model={"type": "string"},
+                    version=version_ref,
+                    weight={"type": "number"},
+                ),
+            ),
+        },
+        ep + "/canary/promote": {"parameters": [name], "post": _op("Canary takes all traffic")},
+        ep + "/canary/rollback": {"parameters": [name], "post": _op("Remove the canary")},
+        ep + "/shadows": {
+            "parameters": [name],
+            "post": _op(
+                "Add a shadow variant",
+                _obj(
+                    ["variant", "version"],
+                    variant={"type": "string"},
+                    model={"type": "string"},
+                    version=version_ref,
+                ),
+            ),
+        },
+        ep + "/shadows/{variant}": {
+            "parameters": [
+                name,
+                {"name": "variant", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "delete": _op("Remove a shadow variant"),
+        },
+    }
+    for action, summary in (("load", "Pin: keep a version loaded"), ("unload", "Unpin a version")):
+        paths[f"/v1/models/{{model}}/versions/{{version}}/{action}"] = {
+            "parameters": [
+                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "post": _op(summary),
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "lockgate admin API", "version": __version__},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "parameters": {
+                "IfMatch": {
+                    "name": "If-Match",
+                    "in": "header",
+                    "description": "The state revision the change is based on; stale -> 409",
+                    "schema": {"type": "string"},
+                }
+            },
+            "responses": {
+                "Error": {
+                    "description": "Error",
+                    "content": {
+                        "application/json": {"schema": _obj(["error"], error={"type": "string"})}
+                    },
+                }
+            },
+        },
+    }

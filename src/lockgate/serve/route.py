@@ -1,0 +1,118 @@
+"""The route table: endpoint -> weighted variants (+ shadows), immutable and swapped whole, so the
+hot path reads it without a lock.
+
+Each variant owns a contiguous range of 10,000 buckets, in the endpoint's variant order. A request
+with a routing key always lands in the same bucket; ramping a canary from 5% to 25% moves the
+range boundary, so keys only ever move from the stable variant to the canary, never back and
+forth. Requests without a key draw a bucket at random (a weighted random choice).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lockgate.errors import invalid, not_found
+
+BUCKETS = 10_000
+DEFAULT_VARIANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    model: str
+    version: str
+    weight: float = 0.0  # percent; shadows have none
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model, self.version)
+
+
+def sticky_bucket(key: str) -> int:
+    """A stable bucket for a routing key, identical in every process and on every host."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % BUCKETS
+
+
+def bucket_bounds(weights: Iterable[float]) -> tuple[int, ...]:
+    """Cumulative upper bucket bounds for weights in percent (0.01% resolution)."""
+    bounds, total = [], 0
+    for weight in weights:
+        total += round(weight * BUCKETS / 100)
+        bounds.append(total)
+    if total != BUCKETS:
+        raise invalid(f"weights must sum to 100, got {total * 100 / BUCKETS:g}")
+    return tuple(bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRoute:
+    name: str
+    variants: tuple[Variant, ...]
+    bounds: tuple[int, ...]
+    shadows: tuple[Variant, ...] = ()
+
+    def pick(self, routing_key: str | None) -> Variant:
+        if len(self.variants) == 1:
+            return self.variants[0]
+        # a traffic split, not security: the stdlib generator is right here
+        bucket = random.randrange(BUCKETS) if routing_key is None else sticky_bucket(routing_key)
+        return self.variants[bisect.bisect_right(self.bounds, bucket)]
+
+    @property
+    def primary(self) -> Variant:
+        """The variant with the most traffic: its schema is the endpoint's metadata."""
+        return max(self.variants, key=lambda v: v.weight)
+
+    def versions(self) -> set[tuple[str, str]]:
+        return {v.key for v in (*self.variants, *self.shadows)}
+
+
+def endpoint_from_spec(name: str, spec: Mapping[str, Any]) -> EndpointRoute:
+    """An endpoint from its stored JSON document (validated when it was written)."""
+    variants = tuple(
+        Variant(v["name"], v["model"], str(v["version"]), float(v["weight"]))
+        for v in spec["variants"]
+    )
+    shadows = tuple(
+        Variant(s["name"], s["model"], str(s["version"])) for s in spec.get("shadows", ())
+    )
+    return EndpointRoute(name, variants, bucket_bounds(v.weight for v in variants), shadows)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    revision: int
+    endpoints: Mapping[str, EndpointRoute]
+
+    def resolve(self, name: str) -> EndpointRoute:
+        route = self.endpoints.get(name)
+        if route is None:
+            raise not_found(f"unknown model {name!r}")
+        return route
+
+    def versions(self) -> set[tuple[str, str]]:
+        """Every model version that receives traffic (or a shadow copy of it)."""
+        out: set[tuple[str, str]] = set()
+        for route in self.endpoints.values():
+            out |= route.versions()
+        return out
+
+
+def build_route_table(
+    revision: int, endpoint_specs: Mapping[str, Mapping[str, Any]], latest: Mapping[str, str]
+) -> RouteTable:
+    """Explicit endpoints from the state database, plus one implicit endpoint per model that has
+    none of its name, serving the model's latest version."""
+    endpoints = {name: endpoint_from_spec(name, spec) for name, spec in endpoint_specs.items()}
+    for model, version in latest.items():
+        if model not in endpoints:
+            variant = Variant(DEFAULT_VARIANT, model, version, 100.0)
+            endpoints[model] = EndpointRoute(model, (variant,), (BUCKETS,))
+    return RouteTable(revision, endpoints)
