@@ -46,6 +46,11 @@ class RunningGateway:
         task = asyncio.create_task(self.gateway.run())
         started = asyncio.create_task(self.gateway.started.wait())
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # failed while starting: report it to __enter__
+            started.cancel()
+            self._error = task.exception() or RuntimeError("gateway stopped while starting")
+            self._started.set()
+            return
         self._started.set()
         await task
 

@@ -32,21 +32,34 @@ def scale_model(path: Path, features: int = 4, elem: int = TensorProto.FLOAT) ->
     return _save(graph, path)
 
 
-def slow_model(path: Path, width: int = 1024, layers: int = 24) -> Path:
-    """A chain of square MatMuls: a few milliseconds per call, for overload and deadline tests."""
+def slow_model(
+    path: Path,
+    width: int = 1024,
+    layers: int = 24,
+    features: int | None = None,
+    names: tuple[str, str] = ("x", "y"),
+) -> Path:
+    """A chain of square MatMuls: a few milliseconds per call, for overload and deadline tests.
+    With `features`, a first layer maps that many inputs to `width` (a slow stand-in for a
+    model of that schema)."""
     rng = np.random.default_rng(0)
-    nodes, inits, prev = [], [], "x"
+    nodes, inits, prev = [], [], names[0]
+    if features is not None:
+        w = (rng.standard_normal((features, width)) / np.sqrt(features)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "w_in"))
+        nodes.append(helper.make_node("MatMul", [prev, "w_in"], ["h_in"]))
+        prev = "h_in"
     for i in range(layers):
         w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
         prev = f"h{i}"
-    nodes.append(helper.make_node("ReduceMean", [prev], ["y"], keepdims=1, axes=[1]))
+    nodes.append(helper.make_node("ReduceMean", [prev], [names[1]], keepdims=1, axes=[1]))
     graph = helper.make_graph(
         nodes,
         "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, ["batch", features or width])],
+        [helper.make_tensor_value_info(names[1], TensorProto.FLOAT, ["batch", 1])],
         inits,
     )
     return _save(graph, path)

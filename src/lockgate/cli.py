@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from lockgate import __version__
+from lockgate.cli_traffic import add_traffic_parser
 from lockgate.config import BatchConfig, RunnerConfig, ServeConfig, default_intra_op_threads
 from lockgate.control.auth import load_tokens
 from lockgate.errors import LockgateError, invalid
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("version", nargs="?")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(run=_models_show)
+    add_traffic_parser(sub, _flag)
     return parser
 
 

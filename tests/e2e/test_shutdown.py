@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,45 +14,7 @@ import pytest
 
 from lockgate.control.registry import Registry
 from tests import onnx_models
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_gateway(home: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    http = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "lockgate.cli",
-        "serve",
-        "--home",
-        str(home),
-        "--http",
-        f"127.0.0.1:{http}",
-        "--grpc",
-        f"127.0.0.1:{free_port()}",
-        "--admin",
-        f"127.0.0.1:{free_port()}",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "gateway exited")
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not become ready")
+from tests.processes import start_gateway
 
 
 @pytest.fixture
@@ -66,9 +24,10 @@ def slow_home(tmp_path: Path) -> Path:
 
 
 def test_sigterm_finishes_accepted_requests(slow_home: Path) -> None:
-    proc, base = start_gateway(
+    gateway = start_gateway(
         slow_home, "--max-batch-rows", "1", "--max-queue-rows", "1000", "--grace", "30"
     )
+    proc, base = gateway.proc, gateway.base
     body = orjson.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024], "data": [0.1] * 1024}]}
     )

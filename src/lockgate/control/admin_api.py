@@ -219,8 +219,7 @@ def build_admin_app(store: StateStore, control: ServingControl, tokens: TokenChe
 
     async def unload(request: Request) -> Response:
         model, version = request.path_params["model"], request.path_params["version"]
-        in_use = control.versions_in_use()
-        return await write(request, lambda c: traffic.unpin(model, version, in_use), False)
+        return await write(request, lambda c: traffic.unpin(model, version), False)
 
     def guarded(
         handler: Callable[[Request], Awaitable[Response]], *, public: bool = False

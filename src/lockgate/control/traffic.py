@@ -287,16 +287,13 @@ def pin(model: str, version: str, catalog: Catalog) -> Mutation:
     return run
 
 
-def unpin(model: str, version: str, in_use: set[Key]) -> Mutation:
+def unpin(model: str, version: str) -> Mutation:
+    """Drop the pin; the version stays loaded for as long as it still receives traffic."""
+
     def run(state: State) -> tuple[dict[str, Spec], frozenset[Key], Change]:
         key = (model, version)
         if key not in state.pins:
             raise not_found(f"{model} v{version} is not pinned")
-        if key in in_use:
-            raise LockgateError(
-                ErrorKind.CONFLICT,
-                f"{model} v{version} still receives traffic; route it away before unloading",
-            )
         change = Change("version.unload", f"{model}/{version}", {"pinned": True}, None)
         return state.endpoints, state.pins - {key}, change
 

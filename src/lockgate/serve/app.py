@@ -76,6 +76,7 @@ class Gateway:
         self.state = StateStore(config.home)
         self.pipeline = Pipeline(self.registry, config, self.state)
         self.ports: dict[str, int] = {}
+        self.admin_app: Any = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -104,8 +105,8 @@ class Gateway:
         http = _uvicorn(
             build_http_app(self.pipeline, max_body_bytes=cfg.max_body_bytes), cfg.grace_period
         )
-        admin_app = build_admin_app(self.state, self.pipeline, tokens)
-        admin = _uvicorn(admin_app, cfg.grace_period)
+        self.admin_app = build_admin_app(self.state, self.pipeline, tokens)
+        admin = _uvicorn(self.admin_app, cfg.grace_period)
         await grpc_server.start()
         tasks = [
             asyncio.create_task(http.serve(sockets=[http_sock]), name="http"),

@@ -5,19 +5,16 @@ Numeric features (:func:`histogram_update`)
     ``f`` of a 2-D ``edges`` array of width ``M >= m`` (padding after ``m`` is ignored; the
     reference side pads with ``+inf``). The counts array is ``int64[n_features, M + 2]``:
 
-    ====================  =================================  ===========================
-    slot                  values                             numpy equivalent
-    ====================  =================================  ===========================
-    ``0``                 underflow ``v < e[0]`` and -inf   ``searchsorted(e, v, "right") == 0``
-    ``j`` (1 <= j < m)    interior ``e[j-1] <= v < e[j]``    ``searchsorted(...) == j``
-    ``m``                 overflow ``v >= e[m-1]`` and +inf  ``searchsorted(...) == m``
-    ``m+1 .. M``          unused (always 0 for this feature)
-    ``M + 1`` (= ``-1``)  NaN                                ``isnan(v)``
-    ====================  =================================  ===========================
+    - slot ``0``: underflow, ``v < e[0]`` and -inf;
+    - slot ``j`` for ``1 <= j < m``: interior bin ``e[j-1] <= v < e[j]``;
+    - slot ``m``: overflow, ``v >= e[m-1]`` and +inf;
+    - slots ``m+1 .. M``: unused by this feature (always 0);
+    - slot ``M + 1`` (:data:`NAN_SLOT`, the last column): NaN.
 
-    Bins are closed on the left and open on the right, exactly
-    ``numpy.searchsorted(e, v, side="right")``: a value equal to an edge belongs to the bin that
-    starts at that edge. float32 values are widened to float64 (exactly) before comparing. The
+    For finite and infinite values the slot is exactly ``numpy.searchsorted(e, v, side="right")``:
+    bins are closed on the left and open on the right, so a value equal to an edge belongs to the
+    bin that starts at that edge. float32 values are widened to float64 (exactly) before comparing;
+    numba has no float16, so callers widen float16 inputs to float32 first. The
     NaN slot sits at a fixed column so that every feature shares one layout and the drift kernels
     can skip it without knowing ``m``; the unused slots are zero in reference and window alike, so
     they do not move any drift score.

@@ -1,0 +1,288 @@
+"""Traffic management end to end on a real gateway process: weighted splits on HTTP and gRPC,
+sticky keys, blue-green flips under load, shadows that never touch the primary, and a state
+database that survives `kill -9` during a stream of admin writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+from scipy import stats
+
+from lockgate._proto import grpc_service_pb2 as pb
+from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
+from lockgate.control.registry import Registry
+from lockgate.demo import ensure_demo_models
+from tests import onnx_models
+from tests.processes import GatewayProcess, RawHTTP, start_gateway
+
+BODY = orjson.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
+)
+N = 20_000
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    home = tmp_path_factory.mktemp("traffic-home")
+    registry = Registry(home)
+    ensure_demo_models(registry)
+    registry.register(onnx_models.scale_model(home / "scale.onnx"), "scale")
+    slow = onnx_models.slow_model(home / "slow.onnx", features=16, names=("input", "probability"))
+    registry.register(slow, "slowshadow")
+    gw = start_gateway(home)
+    yield gw
+    gw.stop()
+
+
+def put_endpoint(
+    gw: GatewayProcess, name: str, *variants: tuple[str, str, float], **extra: Any
+) -> None:
+    body = {
+        "variants": [
+            {"name": n, "model": "classifier", "version": v, "weight": w} for n, v, w in variants
+        ],
+        **extra,
+    }
+    r = httpx.put(f"http://{gw.admin}/v1/endpoints/{name}", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def admin_post(gw: GatewayProcess, path: str, body: Any) -> httpx.Response:
+    r = httpx.post(f"http://{gw.admin}{path}", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def assert_split(counts: dict[str, int], weights: dict[str, float]) -> None:
+    observed = [counts.get(v, 0) for v in weights]
+    expected = [sum(observed) * w / 100 for w in weights.values()]
+    assert sum(observed) == N
+    assert stats.chisquare(observed, expected).pvalue > 0.001, counts
+
+
+def test_weighted_split_over_http(gateway: GatewayProcess) -> None:
+    put_endpoint(gateway, "split-http", ("stable", "1", 90), ("canary", "2", 10))
+
+    async def worker(n: int, counts: Counter[str]) -> None:
+        conn = await RawHTTP.connect(gateway.http)
+        for _ in range(n):
+            status, headers, body = await conn.post("/v2/models/split-http/infer", BODY)
+            assert status == 200
+            variant = headers["x-lockgate-variant"]
+            answer = orjson.loads(body)
+            assert answer["parameters"]["variant"] == variant
+            assert answer["model_version"] == {"stable": "1", "canary": "2"}[variant]
+            counts[variant] += 1
+        await conn.close()
+
+    async def run() -> Counter[str]:
+        counts: Counter[str] = Counter()
+        await asyncio.gather(*(worker(N // 32, counts) for _ in range(32)))
+        return counts
+
+    assert_split(asyncio.run(run()), {"stable": 90, "canary": 10})
+
+
+def _grpc_request(endpoint: str, key: str | None = None) -> Any:
+    req = pb.ModelInferRequest(model_name=endpoint, raw_input_contents=[b"\0" * 64])
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 16])
+    if key is not None:
+        req.parameters["routing_key"].string_param = key
+    return req
+
+
+def test_weighted_split_over_grpc(gateway: GatewayProcess) -> None:
+    put_endpoint(gateway, "split-grpc", ("stable", "1", 90), ("canary", "2", 10))
+    counts: Counter[str] = Counter()
+    request = _grpc_request("split-grpc")
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(N // 100):  # 100 calls in flight at a time
+            futures = [stub.ModelInfer.future(request, timeout=30) for _ in range(100)]
+            for future in futures:
+                reply = future.result()
+                variant = reply.parameters["variant"].string_param
+                assert reply.model_version == {"stable": "1", "canary": "2"}[variant]
+                counts[variant] += 1
+    assert_split(counts, {"stable": 90, "canary": 10})
+
+
+def test_sticky_keys_on_both_transports(gateway: GatewayProcess) -> None:
+    put_endpoint(gateway, "sticky", ("stable", "1", 50), ("canary", "2", 50))
+    url = f"http://{gateway.http}/v2/models/sticky/infer"
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for key in (f"user-{i}" for i in range(40)):
+            http = {
+                httpx.post(url, content=BODY, headers={"x-lockgate-key": key}).headers[
+                    "x-lockgate-variant"
+                ]
+                for _ in range(3)
+            }
+            via_param = stub.ModelInfer(_grpc_request("sticky", key), timeout=10)
+            via_meta = stub.ModelInfer(
+                _grpc_request("sticky"), metadata=[("x-lockgate-key", key)], timeout=10
+            )
+            variants = http | {
+                via_param.parameters["variant"].string_param,
+                via_meta.parameters["variant"].string_param,
+            }
+            assert len(variants) == 1, (key, variants)
+
+
+def test_blue_green_flip_under_load(gateway: GatewayProcess) -> None:
+    put_endpoint(gateway, "flip", ("blue", "1", 100), ("green", "2", 0))
+    results: list[tuple[float, int, str]] = []
+    switched: list[float] = []
+
+    async def caller(stop: float) -> None:
+        conn = await RawHTTP.connect(gateway.http)
+        while time.monotonic() < stop:
+            start = time.monotonic()
+            status, headers, _ = await conn.post("/v2/models/flip/infer", BODY)
+            results.append((start, status, headers.get("x-lockgate-variant", "")))
+        await conn.close()
+
+    async def operator() -> None:
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(base_url=f"http://{gateway.admin}", timeout=30) as admin:
+            r = await admin.post("/v1/endpoints/flip/switch", json={"variant": "green"})
+            assert r.status_code == 200, r.text
+        switched.append(time.monotonic())
+
+    async def run() -> None:
+        stop = time.monotonic() + 3.0
+        await asyncio.gather(operator(), *(caller(stop) for _ in range(200)))
+
+    asyncio.run(run())
+    assert len(results) > 1000
+    assert [status for _, status, _ in results if status != 200] == []
+    after = [variant for start, _, variant in results if start > switched[0]]
+    assert after and set(after) == {"green"}
+    assert {variant for start, _, variant in results if start < switched[0] - 0.5} == {"blue"}
+
+
+def _primary(gw: GatewayProcess, n: int) -> tuple[list[Any], list[float]]:
+    outputs, latencies = [], []
+    with httpx.Client(base_url=f"http://{gw.http}", timeout=30) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            r = client.post("/v2/models/shadowed/infer", content=BODY)
+            latencies.append(time.perf_counter() - start)
+            assert r.status_code == 200
+            outputs.append(r.json()["outputs"])
+    return outputs, latencies
+
+
+def _shadow_stats(gw: GatewayProcess, variant: str) -> dict[str, Any]:
+    serving = httpx.get(f"http://{gw.admin}/v1/state").json()["serving"]
+    return next(s for s in serving["shadows"] if s["variant"] == variant)
+
+
+def test_shadows_never_change_or_slow_the_primary(gateway: GatewayProcess, tmp_path: Path) -> None:
+    put_endpoint(gateway, "shadowed", ("stable", "2", 100))
+    baseline, _ = _primary(gateway, 30)
+    admin_post(
+        gateway,
+        "/v1/endpoints/shadowed/shadows",
+        {"variant": "slow", "model": "slowshadow", "version": "1"},
+    )
+    slow = onnx_models.slow_model(
+        tmp_path / "slow.onnx", features=16, names=("input", "probability")
+    )
+    session = ort.InferenceSession(str(slow), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 16), np.float32)
+    session.run(None, {"input": x})
+    start = time.perf_counter()
+    for _ in range(5):
+        session.run(None, {"input": x})
+    shadow_seconds = (time.perf_counter() - start) / 5
+    with_shadow, latencies = _primary(gateway, 60)
+    assert with_shadow == baseline[:1] * 60  # the same answer, every time
+    # The primary does not wait for its (much slower) shadow copy.
+    assert float(np.median(latencies)) < shadow_seconds / 2, (np.median(latencies), shadow_seconds)
+    deadline = time.monotonic() + 20
+    while (s := _shadow_stats(gateway, "slow"))["requests"] + s[
+        "shed"
+    ] < 60 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert s["requests"] > 0 and s["requests"] + s["shed"] + s["failed"] == 60
+    assert s["disagreeing_rows"] == s["rows"]  # a different model: every row differs
+    httpx.delete(f"http://{gateway.admin}/v1/endpoints/shadowed/shadows/slow", timeout=30)
+
+
+def test_failing_shadow_does_not_fail_the_primary(gateway: GatewayProcess) -> None:
+    put_endpoint(gateway, "shadowed-bad", ("stable", "2", 100))
+    admin_post(
+        gateway,
+        "/v1/endpoints/shadowed-bad/shadows",
+        {"variant": "broken", "model": "scale", "version": "1"},
+    )
+    with httpx.Client(base_url=f"http://{gateway.http}", timeout=30) as client:
+        for _ in range(20):
+            assert client.post("/v2/models/shadowed-bad/infer", content=BODY).status_code == 200
+    deadline = time.monotonic() + 10
+    while (
+        _shadow_stats(gateway, "broken")["failed"] + _shadow_stats(gateway, "broken")["shed"] < 20
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _shadow_stats(gateway, "broken")["requests"] == 0
+
+
+def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path) -> None:
+    ensure_demo_models(Registry(tmp_path))
+    gw = start_gateway(tmp_path)
+    proc, admin = gw.proc, gw.admin
+    acknowledged: list[int] = []
+    body = {
+        "variants": [
+            {"name": "a", "model": "classifier", "version": "1", "weight": 50},
+            {"name": "b", "model": "classifier", "version": "2", "weight": 50},
+        ]
+    }
+
+    def writer() -> None:
+        with httpx.Client(base_url=f"http://{admin}", timeout=5) as client:
+            assert client.put("/v1/endpoints/kill", json=body).status_code == 200
+            i = 0
+            while True:
+                i += 1
+                weights = {"a": i % 100, "b": 100 - i % 100}
+                try:
+                    r = client.post("/v1/endpoints/kill/weights", json={"weights": weights})
+                except httpx.TransportError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.append(r.json()["revision"])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    thread.join(10)
+    assert len(acknowledged) > 10
+    db = sqlite3.connect(tmp_path / "state.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    (revision,) = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+    audited = [r for (r,) in db.execute("SELECT revision FROM audit ORDER BY id")]
+    assert audited == list(range(1, revision + 1))  # every change whole, none half-written
+    assert set(acknowledged) <= set(audited)  # nothing acknowledged was lost
+    (spec,) = db.execute("SELECT spec FROM endpoints WHERE name = 'kill'").fetchone()
+    assert sum(v["weight"] for v in orjson.loads(spec)["variants"]) == 100

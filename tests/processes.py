@@ -1,0 +1,94 @@
+"""Real `lockgate serve` processes on free loopback ports, and a lean HTTP/1.1 client for tests
+that need thousands of requests (httpx costs more per request than the gateway does)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    http: str
+    grpc: str
+    admin: str
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.http}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_gateway(home: Path, *extra: str) -> GatewayProcess:
+    """Start `lockgate serve` on `home` and wait until it is ready (or fail with its output)."""
+    http, grpc, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
+    cmd += ["--http", http, "--grpc", grpc, "--admin", admin, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    gw = GatewayProcess(proc, http, grpc, admin)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "gateway exited")
+        try:
+            if httpx.get(f"{gw.base}/v2/health/ready", timeout=1).status_code == 200:
+                return gw
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("gateway did not become ready")
+
+
+class RawHTTP:
+    """One keep-alive HTTP/1.1 connection; enough protocol for a gateway that always sends a
+    Content-Length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, address: str) -> RawHTTP:
+        host, port = address.rsplit(":", 1)
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        lines = [f"POST {path} HTTP/1.1", "host: gateway", f"content-length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = {}
+        for line in header_lines:
+            if line:
+                key, _, value = line.partition(":")
+                parsed[key.strip().lower()] = value.strip()
+        content = await self.reader.readexactly(int(parsed.get("content-length", "0")))
+        return int(status_line.split()[1]), parsed, content
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()

@@ -1,0 +1,73 @@
+"""The route table: contiguous bucket ranges, sticky keys that only ever move towards the canary,
+and implicit endpoints for models without one."""
+
+from __future__ import annotations
+
+import pytest
+from scipy import stats
+
+from lockgate.errors import LockgateError
+from lockgate.serve.route import (
+    BUCKETS,
+    EndpointRoute,
+    Variant,
+    bucket_bounds,
+    build_route_table,
+    endpoint_from_spec,
+    sticky_bucket,
+)
+
+
+def _canary_route(canary_weight: float) -> EndpointRoute:
+    spec = {
+        "variants": [
+            {"name": "stable", "model": "m", "version": "1", "weight": 100 - canary_weight},
+            {"name": "canary", "model": "m", "version": "2", "weight": canary_weight},
+        ]
+    }
+    return endpoint_from_spec("m", spec)
+
+
+def test_bucket_bounds_are_cumulative_and_exact() -> None:
+    assert bucket_bounds([90, 10]) == (9000, 10000)
+    assert bucket_bounds([0, 100, 0]) == (0, 10000, 10000)
+    assert bucket_bounds([33.33, 33.33, 33.34]) == (3333, 6666, 10000)
+    with pytest.raises(LockgateError, match="sum to 100"):
+        bucket_bounds([50, 49])
+
+
+def test_sticky_bucket_is_stable_and_uniform() -> None:
+    assert sticky_bucket("user-42") == sticky_bucket("user-42")
+    counts = [0] * 10
+    for i in range(20_000):
+        counts[sticky_bucket(f"user-{i}") * 10 // BUCKETS] += 1
+    assert stats.chisquare(counts).pvalue > 0.001
+
+
+def test_keys_only_move_from_stable_to_canary_while_ramping() -> None:
+    keys = [f"customer-{i}" for i in range(10_000)]
+    previous = {k: "stable" for k in keys}
+    for weight in (5, 25, 50, 100):
+        route = _canary_route(weight)
+        current = {k: route.pick(k).name for k in keys}
+        moved_back = [k for k in keys if previous[k] == "canary" and current[k] == "stable"]
+        assert not moved_back, f"{len(moved_back)} keys left the canary at {weight}%"
+        share = sum(v == "canary" for v in current.values()) / len(keys)
+        assert abs(share - weight / 100) < 0.02
+        previous = current
+
+
+def test_zero_weight_variants_never_get_traffic() -> None:
+    route = _canary_route(0)
+    assert {route.pick(None).name for _ in range(2000)} == {"stable"}
+    assert {route.pick(f"k{i}").name for i in range(2000)} == {"stable"}
+
+
+def test_implicit_endpoints_serve_the_latest_version() -> None:
+    spec = {"variants": [{"name": "a", "model": "m", "version": "1", "weight": 100}]}
+    table = build_route_table(7, {"m": spec}, {"m": "3", "other": "2"})
+    assert table.resolve("m").variants == (Variant("a", "m", "1", 100.0),)  # stored wins
+    assert table.resolve("other").variants[0].key == ("other", "2")
+    assert table.versions() == {("m", "1"), ("other", "2")}
+    with pytest.raises(LockgateError, match="unknown model 'nope'"):
+        table.resolve("nope")
