@@ -25,7 +25,9 @@ from scipy import stats
 
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
+from lockgate.control import traffic
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
 from tests import onnx_models
 from tests.processes import GatewayProcess, RawHTTP, start_gateway
@@ -44,6 +46,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     registry.register(onnx_models.scale_model(home / "scale.onnx"), "scale")
     slow = onnx_models.slow_model(home / "slow.onnx", features=16, names=("input", "probability"))
     registry.register(slow, "slowshadow")
+    registry.register(slow, "slowshadow")  # v2 is what the implicit endpoint serves
     gw = start_gateway(home)
     yield gw
     gw.stop()
@@ -286,3 +289,59 @@ def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path)
     assert set(acknowledged) <= set(audited)  # nothing acknowledged was lost
     (spec,) = db.execute("SELECT spec FROM endpoints WHERE name = 'kill'").fetchone()
     assert sum(v["weight"] for v in orjson.loads(spec)["variants"]) == 100
+
+
+def test_a_change_made_elsewhere_is_served_within_a_second(gateway: GatewayProcess) -> None:
+    """Another process (another worker's admin API, the retrain worker) writes the database:
+    this gateway notices the new revision by itself."""
+    put_endpoint(gateway, "elsewhere", ("blue", "1", 100), ("green", "2", 0))
+    home = Path(gateway.proc.args[gateway.proc.args.index("--home") + 1])
+    store = StateStore(home)
+    registry = Registry(home)
+    catalog = traffic.Catalog(
+        {name: frozenset(v.version for v in registry.versions(name)) for name in registry.models()}
+    )
+    store.apply(
+        traffic.switch("elsewhere", "green", catalog), actor="other", expected_revision=None
+    )
+    written = time.monotonic()
+    with httpx.Client(base_url=gateway.base, timeout=10) as client:
+        while (
+            client.post("/v2/models/elsewhere/infer", content=BODY).headers["x-lockgate-variant"]
+            != "green"
+        ):
+            assert time.monotonic() - written < 1.0, "the new revision was not served within 1 s"
+            time.sleep(0.01)
+
+
+def test_a_version_is_released_only_after_its_in_flight_requests(gateway: GatewayProcess) -> None:
+    r = httpx.put(
+        f"http://{gateway.admin}/v1/endpoints/draining",
+        json={"variants": [{"name": "old", "model": "slowshadow", "version": "1", "weight": 100}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+
+    async def run() -> list[int]:
+        conns = [await RawHTTP.connect(gateway.http) for _ in range(24)]
+        calls = [asyncio.create_task(c.post("/v2/models/draining/infer", BODY)) for c in conns]
+        await asyncio.sleep(0.01)  # all sent to the old version, most still waiting
+        assert not all(c.done() for c in calls)
+        async with httpx.AsyncClient(base_url=f"http://{gateway.admin}", timeout=30) as admin:
+            new = {"name": "new", "model": "classifier", "version": "2", "weight": 100}
+            body = {"variants": [new]}
+            assert (await admin.put("/v1/endpoints/draining", json=body)).status_code == 200
+        statuses = [status for status, _, _ in await asyncio.gather(*calls)]
+        for c in conns:
+            await c.close()
+        return statuses
+
+    assert asyncio.run(run()) == [200] * 24
+    deadline = time.monotonic() + 10
+    while {"model": "slowshadow", "version": "1"} in _loaded(gateway):
+        assert time.monotonic() < deadline, "the unused version was never released"
+        time.sleep(0.1)
+
+
+def _loaded(gw: GatewayProcess) -> list[dict[str, str]]:
+    return httpx.get(f"http://{gw.admin}/v1/state").json()["serving"]["loaded"]  # type: ignore[no-any-return]
