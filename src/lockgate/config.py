@@ -28,6 +28,20 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    enabled: bool = True
+    ring_rows: int = 16384  # per loaded version; the drain empties it every `drain_interval`
+    drain_interval: float = 0.1  # seconds
+    predlog: bool = True  # write every prediction to <home>/predlog segment files
+    segment_bytes: int = 64 * 1024 * 1024
+    retention_bytes: int = 4 * 1024 * 1024 * 1024
+    flush_interval: float = 1.0  # seconds; a crash loses at most this much of the log
+    drift_window_rows: int = 1000
+    drift_window_seconds: float = 60.0
+    feedback_window: int = 200_000  # recent request ids kept for joining labels online
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     home: Path = Path("lockgate-home")
     http_host: str = "0.0.0.0"
@@ -43,3 +57,4 @@ class ServeConfig:
     admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
+    monitor: MonitorConfig = MonitorConfig()

@@ -41,6 +41,8 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     deadline: float = float("inf")  # time.monotonic() value after which the answer is useless
     routing_key: str | None = None  # sticky routing (header x-lockgate-key); else a parameter
+    protocol: str = "http"
+    received_ns: int = 0  # time.perf_counter_ns() when the transport started on it
 
 
 @dataclass(slots=True)
@@ -93,3 +95,4 @@ class InferencePipeline(Protocol):
     def model_versions(self, name: str) -> list[str]: ...
     def model_ready(self, name: str, version: str | None) -> bool: ...
     def ready(self) -> bool: ...
+    def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None: ...

@@ -32,6 +32,7 @@ from lockgate.serve.http_api import error_response, read_body
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 MAX_ADMIN_BODY = 1024 * 1024
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServingControl(Protocol):
@@ -91,7 +92,12 @@ def _endpoint_view(name: str, state: State, catalog: traffic.Catalog) -> dict[st
     return {"name": name, "implicit": name not in state.endpoints, **spec}
 
 
-def build_admin_app(store: StateStore, control: ServingControl, tokens: TokenCheck) -> Starlette:
+def build_admin_app(
+    store: StateStore,
+    control: ServingControl,
+    tokens: TokenCheck,
+    metrics: Callable[[], bytes] | None = None,
+) -> Starlette:
     async def catalog() -> traffic.Catalog:
         await control.refresh_registry()
         return traffic.Catalog(control.registered_versions())
@@ -138,6 +144,11 @@ def build_admin_app(store: StateStore, control: ServingControl, tokens: TokenChe
     # -- reads --------------------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok"})
+
+    async def prometheus(request: Request) -> Response:
+        if metrics is None:
+            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
+        return Response(metrics(), media_type=METRICS_CONTENT_TYPE)
 
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())
@@ -253,6 +264,7 @@ def build_admin_app(store: StateStore, control: ServingControl, tokens: TokenChe
     routes = [
         Route("/healthz", guarded(healthz, public=True), methods=["GET"]),
         Route("/openapi.json", guarded(openapi, public=True), methods=["GET"]),
+        Route("/metrics", guarded(prometheus, public=True), methods=["GET"]),
         Route("/v1/state", guarded(show_state), methods=["GET"]),
         Route("/v1/audit", guarded(audit), methods=["GET"]),
         Route(ep, guarded(show_endpoint), methods=["GET"]),

@@ -62,6 +62,7 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness of the admin listener", "security": []}},
         "/openapi.json": {"get": {"summary": "This document", "security": []}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": []}},
         "/v1/state": {
             "get": _op("Endpoints (stored and implicit), pins, serving status", write=False)
         },

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from prometheus_client import generate_latest
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
@@ -18,6 +19,8 @@ from lockgate.control.auth import TokenCheck, is_loopback
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.monitor.drain import Monitor
+from lockgate.monitor.metrics import metrics_registry
 from lockgate.serve.grpc_api import build_grpc_server
 from lockgate.serve.http_api import build_http_app
 from lockgate.serve.pipeline import Pipeline
@@ -74,7 +77,8 @@ class Gateway:
         self.config = config
         self.registry = registry or Registry(config.home)
         self.state = StateStore(config.home)
-        self.pipeline = Pipeline(self.registry, config, self.state)
+        self.monitor = Monitor(config.monitor, config.home) if config.monitor.enabled else None
+        self.pipeline = Pipeline(self.registry, config, self.state, self.monitor)
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
         self.started = asyncio.Event()
@@ -105,7 +109,10 @@ class Gateway:
         http = _uvicorn(
             build_http_app(self.pipeline, max_body_bytes=cfg.max_body_bytes), cfg.grace_period
         )
-        self.admin_app = build_admin_app(self.state, self.pipeline, tokens)
+        registry = metrics_registry(self.pipeline, self.monitor)
+        self.admin_app = build_admin_app(
+            self.state, self.pipeline, tokens, lambda: generate_latest(registry)
+        )
         admin = _uvicorn(self.admin_app, cfg.grace_period)
         await grpc_server.start()
         tasks = [
@@ -123,6 +130,8 @@ class Gateway:
         )
         try:
             await self.pipeline.start()
+            if self.monitor is not None:
+                self.monitor.start()
             self.started.set()
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -146,6 +155,8 @@ class Gateway:
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )
         finished = await self.pipeline.drain(self.config.grace_period)
+        if self.monitor is not None:
+            await self.monitor.close()
         log.info(
             "shutdown complete%s", "" if finished else " (some requests did not finish in time)"
         )

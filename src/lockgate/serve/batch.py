@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.runner import Arrays, ModelRunner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -39,6 +42,21 @@ class _Pending:
     rows: int
     future: asyncio.Future[tuple[Arrays, RunInfo]]
     enqueued_ns: int
+    meta: Any = None  # opaque to the batcher; handed to the observer
+
+
+class BatchObserver(Protocol):
+    """Sees every successful model run (the monitor's ring); must be quick and never raise."""
+
+    def record(
+        self,
+        feeds: Arrays,
+        outputs: Arrays,
+        metas: list[Any],
+        rows: list[int],
+        enqueued_ns: list[int],
+        started_ns: int,
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -53,11 +71,20 @@ class BatchStats:
     shed: int = 0
     expired: int = 0
     failed: int = 0
+    observer_errors: int = 0
+    compute_ns: int = 0
 
 
 class Batcher:
-    def __init__(self, runner: ModelRunner, config: BatchConfig, executor: Executor) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        config: BatchConfig,
+        executor: Executor,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.runner = runner
+        self.observer = observer
         self.config = config
         self.stats = BatchStats()
         self._executor = executor
@@ -77,8 +104,11 @@ class Batcher:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def submit(self, inputs: Arrays, rows: int, deadline: float) -> tuple[Arrays, RunInfo]:
-        """Queue one request's rows; return exactly its own output rows."""
+    async def submit(
+        self, inputs: Arrays, rows: int, deadline: float, meta: Any = None
+    ) -> tuple[Arrays, RunInfo]:
+        """Queue one request's rows; return exactly its own output rows. `meta` goes to the
+        observer with the request's rows."""
         if self._closed:
             raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self._label()} is shutting down")
         if self._queued_rows and self._queued_rows + rows > self.config.max_queue_rows:
@@ -89,7 +119,7 @@ class Batcher:
                 retry_after=self._drain_estimate(),
             )
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns())
+        pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns(), meta)
         self._queue.append(pending)
         self._queued_rows += rows
         self._in_flight += 1
@@ -175,7 +205,9 @@ class Batcher:
             return
         compute_ns = time.perf_counter_ns() - start
         self.runner.observe(rows, compute_ns / 1e9)
-        self._count(batch, rows)
+        self._count(batch, rows, compute_ns)
+        if self.observer is not None:
+            self._observe(feeds, outputs, batch, start)
         offset = 0
         for p in batch:
             end = offset + p.rows
@@ -186,6 +218,22 @@ class Batcher:
                 )
             offset = end
 
+    def _observe(self, feeds: Arrays, outputs: Arrays, batch: list[_Pending], start: int) -> None:
+        assert self.observer is not None
+        try:
+            self.observer.record(
+                feeds,
+                outputs,
+                [p.meta for p in batch],
+                [p.rows for p in batch],
+                [p.enqueued_ns for p in batch],
+                start,
+            )
+        except Exception:  # the monitor must never fail a request
+            self.stats.observer_errors += 1
+            if self.stats.observer_errors == 1:
+                log.exception("recording a batch for the monitor failed")
+
     async def _compute(self, feeds: Arrays, rows: int) -> Arrays:
         if self.runner.predicted_cost(rows) < self.config.inline_threshold:
             self.stats.inline_batches += 1
@@ -193,8 +241,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.run, feeds)
 
-    def _count(self, batch: list[_Pending], rows: int) -> None:
+    def _count(self, batch: list[_Pending], rows: int, compute_ns: int) -> None:
         s = self.stats
+        s.compute_ns += compute_ns
         s.batches += 1
         s.requests += len(batch)
         s.rows += rows

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -87,14 +88,23 @@ class InferenceService:
         )
 
     async def ModelInfer(self, body: bytes, context: grpc.aio.ServicerContext) -> Any:
+        received = time.perf_counter_ns()
         # The request arrives as bytes so that a malformed message is INVALID_ARGUMENT, not the
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
-        request = protobuf_codec.decode_request(msg, context.time_remaining())
-        for key, value in context.invocation_metadata() or ():
-            if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
-                request.routing_key = value
-        response = await self.pipeline.infer(request)
+        try:
+            request = protobuf_codec.decode_request(msg, context.time_remaining())
+            request.protocol, request.received_ns = "grpc", received
+            for key, value in context.invocation_metadata() or ():
+                if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
+                    request.routing_key = value
+            response = await self.pipeline.infer(request)
+        except LockgateError as exc:
+            self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
+            raise
+        except Exception:
+            self.pipeline.count_failure(msg.model_name, "grpc", "internal")
+            raise
         return protobuf_codec.encode_response(response)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -138,7 +139,18 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
         return _json({"ready": ok}, 200 if ok else 503)
 
     async def infer(request: Request) -> Response:
+        received = time.perf_counter_ns()
         model = request.path_params["model"]
+        try:
+            return await _infer(request, model, received)
+        except LockgateError as exc:
+            pipeline.count_failure(model, "http", exc.kind.value)
+            raise
+        except Exception:
+            pipeline.count_failure(model, "http", "internal")
+            raise
+
+    async def _infer(request: Request, model: str, received: int) -> Response:
         version = request.path_params.get("version")
         content_type = request.headers.get("content-type", "")
         header_length = _header_length(request)
@@ -149,6 +161,7 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
         else:
             req = codec.decode_request(body, content_type, header_length, model, version)
         req.routing_key = request.headers.get(ROUTING_KEY_HEADER) or None
+        req.received_ns = received
         resp = await pipeline.infer(req)
         as_msgpack = codec.is_msgpack(content_type) or codec.is_msgpack(
             request.headers.get("accept", "")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry, VersionInfo
 from lockgate.errors import ErrorKind, LockgateError, not_found
+from lockgate.monitor.drain import Monitor
+from lockgate.monitor.record import VersionRecorder
 from lockgate.serve.batch import Batcher, BatchStats
 from lockgate.serve.runner import ModelRunner
 from lockgate.types import ModelSpec
@@ -28,6 +30,7 @@ class LoadedVersion:
     info: VersionInfo
     runner: ModelRunner
     batcher: Batcher
+    recorder: VersionRecorder | None  # the monitor's ring, when monitoring is on
 
     @property
     def spec(self) -> ModelSpec:
@@ -35,9 +38,10 @@ class LoadedVersion:
 
 
 class ModelSet:
-    def __init__(self, registry: Registry, config: ServeConfig) -> None:
+    def __init__(self, registry: Registry, config: ServeConfig, monitor: Monitor | None) -> None:
         self.registry = registry
         self.config = config
+        self.monitor = monitor
         self.registered: dict[str, dict[str, VersionInfo]] = {}
         self.loaded: dict[Key, LoadedVersion] = {}
         self.failed: dict[Key, str] = {}
@@ -130,8 +134,9 @@ class ModelSet:
             log.error("model %s v%s failed to load: %s", model, version, exc)
             return self.failed[key]
         self.failed.pop(key, None)
-        batcher = Batcher(runner, self.config.batch, self.executor)
-        self.loaded[key] = LoadedVersion(info, runner, batcher)
+        recorder = self.monitor.attach(info.spec) if self.monitor is not None else None
+        batcher = Batcher(runner, self.config.batch, self.executor, recorder)
+        self.loaded[key] = LoadedVersion(info, runner, batcher, recorder)
         log.info(
             "loaded %s v%s (%.0f us/call + %.1f us/row)",
             model,
@@ -148,6 +153,8 @@ class ModelSet:
             return
         finished = await loaded.batcher.close(self.config.grace_period)
         loaded.runner.release()
+        if self.monitor is not None:
+            self.monitor.detach(key)
         log.info(
             "released %s v%s%s", key[0], key[1], "" if finished else " (in-flight work timed out)"
         )

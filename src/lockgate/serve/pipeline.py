@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from lockgate import __version__
@@ -19,6 +20,7 @@ from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
+from lockgate.monitor.drain import Monitor
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
 from lockgate.serve.route import RouteTable, build_route_table
@@ -38,16 +40,25 @@ class Pipeline:
     server_version = __version__
     extensions = EXTENSIONS
 
-    def __init__(self, registry: Registry, config: ServeConfig, state: StateStore) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: ServeConfig,
+        state: StateStore,
+        monitor: Monitor | None = None,
+    ) -> None:
         self.config = config
         self.state = state
-        self.models = ModelSet(registry, config)
+        self.monitor = monitor
+        self.models = ModelSet(registry, config, monitor)
         self.shadows = ShadowTraffic(self.models)
         self.routes = RouteTable(-1, {})
         self._pins: frozenset[Key] = frozenset()
         self._apply_lock = asyncio.Lock()  # one route change at a time (not on the hot path)
         self._watcher: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
+        # requests by (endpoint, variant, model, version, protocol, outcome); read at scrape time
+        self.requests: Counter[tuple[str, str, str, str, str, str]] = Counter()
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
@@ -207,14 +218,23 @@ class Pipeline:
         feeds, rows = validate_inputs(request, spec)
         outputs = select_outputs(request, spec)
         deadline = self._deadline(request)
-        results, run = await loaded.batcher.submit(feeds, rows, deadline)
+        endpoint = route.name if route is not None else request.model
+        variant_name = variant.name if variant is not None else ""
+        received = request.received_ns or time.perf_counter_ns()
+        meta = None
+        if loaded.recorder is not None:
+            meta = loaded.recorder.meta(request.id, endpoint, variant_name, received)
+        results, run = await loaded.batcher.submit(feeds, rows, deadline, meta)
         parameters = _run_parameters(run)
+        self.requests[
+            (endpoint, variant_name, spec.name, spec.version, request.protocol, "ok")
+        ] += 1
         if variant is not None and route is not None:
             parameters["variant"] = variant.name
             if variant.model != request.model:
                 parameters["model"] = variant.model
             for shadow in route.shadows:
-                self.shadows.send(route.name, shadow, feeds, rows, results)
+                self.shadows.send(route.name, shadow, feeds, rows, results, request.id, received)
         return InferResponse(
             model=request.model,
             version=spec.version,
@@ -222,6 +242,12 @@ class Pipeline:
             outputs=[Tensor(name, dt, results[name]) for name, dt in outputs],
             parameters=parameters,
         )
+
+    def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None:
+        """A failed request; names that are not endpoints share one label value so that
+        garbage in URLs cannot grow the metrics without bound."""
+        name = endpoint if endpoint in self.routes.endpoints else "_unknown"
+        self.requests[(name, "", "", "", protocol, outcome)] += 1
 
     def _deadline(self, request: InferRequest) -> float:
         """The earliest of the transport deadline, the `timeout` parameter (microseconds, as

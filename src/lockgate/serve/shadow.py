@@ -59,7 +59,14 @@ class ShadowTraffic:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(
-        self, endpoint: str, shadow: Variant, feeds: Arrays, rows: int, primary: Arrays
+        self,
+        endpoint: str,
+        shadow: Variant,
+        feeds: Arrays,
+        rows: int,
+        primary: Arrays,
+        request_id: str,
+        received_ns: int,
     ) -> None:
         """Schedule a shadow copy; returns at once (the primary never waits for it)."""
         stats = self.stats[(endpoint, shadow.name)]
@@ -73,19 +80,29 @@ class ShadowTraffic:
             return
         assert loaded is not None
         self._in_flight += 1
+        meta = None
+        if loaded.recorder is not None:  # shadow answers are logged like any other
+            meta = loaded.recorder.meta(request_id, endpoint, shadow.name, received_ns)
         task = asyncio.get_running_loop().create_task(
-            self._run(loaded.batcher, stats, feeds, rows, primary)
+            self._run(loaded.batcher, stats, feeds, rows, primary, meta)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, batcher: Any, stats: ShadowStats, feeds: Arrays, rows: int, primary: Arrays
+        self,
+        batcher: Any,
+        stats: ShadowStats,
+        feeds: Arrays,
+        rows: int,
+        primary: Arrays,
+        meta: Any,
     ) -> None:
         try:
             # Yield first so the primary response is written before the copy competes for CPU.
             await asyncio.sleep(0)
-            outputs, _ = await batcher.submit(feeds, rows, time.monotonic() + SHADOW_TIMEOUT)
+            deadline = time.monotonic() + SHADOW_TIMEOUT
+            outputs, _ = await batcher.submit(feeds, rows, deadline, meta)
         except LockgateError:
             stats.failed += 1
             return
