@@ -35,6 +35,14 @@ MAX_ADMIN_BODY = 1024 * 1024
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class MonitorView(Protocol):
+    """What the admin API reads from the monitor."""
+
+    def drift_report(self, model: str, version: str) -> dict[str, Any]: ...
+    def sketch_state(self, model: str, version: str) -> bytes: ...
+    def recent(self, model: str, version: str, limit: int) -> dict[str, Any]: ...
+
+
 class ServingControl(Protocol):
     """What the admin API needs from the gateway's pipeline."""
 
@@ -97,6 +105,7 @@ def build_admin_app(
     control: ServingControl,
     tokens: TokenCheck,
     metrics: Callable[[], bytes] | None = None,
+    monitor: MonitorView | None = None,
 ) -> Starlette:
     async def catalog() -> traffic.Catalog:
         await control.refresh_registry()
@@ -176,6 +185,27 @@ def build_admin_app(
         target = request.query_params.get("target")
         records = await asyncio.to_thread(store.audit, int(limit), target)
         return _json({"records": records})
+
+    def watched(request: Request) -> tuple[MonitorView, str, str]:
+        if monitor is None:
+            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
+        return monitor, request.path_params["model"], request.path_params["version"]
+
+    async def drift(request: Request) -> Response:
+        view, model, version = watched(request)
+        return _json(await asyncio.to_thread(view.drift_report, model, version))
+
+    async def sketches(request: Request) -> Response:
+        view, model, version = watched(request)
+        body = await asyncio.to_thread(view.sketch_state, model, version)
+        return Response(body, media_type="application/msgpack")
+
+    async def recent(request: Request) -> Response:
+        view, model, version = watched(request)
+        limit = request.query_params.get("limit", "100")
+        if not limit.isdigit() or not 0 < int(limit) <= 10_000:
+            raise invalid("limit must be an integer from 1 to 10000")
+        return _json(view.recent(model, version, int(limit)))
 
     # -- writes -------------------------------------------------------------------------------
     async def put_endpoint(request: Request) -> Response:
@@ -261,6 +291,7 @@ def build_admin_app(
         return _json({"error": message}, status)
 
     ep = "/v1/endpoints/{name}"
+    mon = "/v1/models/{model}/versions/{version}"
     routes = [
         Route("/healthz", guarded(healthz, public=True), methods=["GET"]),
         Route("/openapi.json", guarded(openapi, public=True), methods=["GET"]),
@@ -277,6 +308,9 @@ def build_admin_app(
         Route(ep + "/canary/rollback", guarded(rollback), methods=["POST"]),
         Route(ep + "/shadows", guarded(add_shadow), methods=["POST"]),
         Route(ep + "/shadows/{variant}", guarded(remove_shadow), methods=["DELETE"]),
+        Route(mon + "/drift", guarded(drift), methods=["GET"]),
+        Route(mon + "/sketches", guarded(sketches), methods=["GET"]),
+        Route(mon + "/recent", guarded(recent), methods=["GET"]),
         Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
         Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
     ]

@@ -132,13 +132,23 @@ def openapi_document() -> dict[str, Any]:
             "delete": _op("Remove a shadow variant"),
         },
     }
+    model_version = [
+        {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
     for action, summary in (("load", "Pin: keep a version loaded"), ("unload", "Unpin a version")):
         paths[f"/v1/models/{{model}}/versions/{{version}}/{action}"] = {
-            "parameters": [
-                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
-            ],
+            "parameters": model_version,
             "post": _op(summary),
+        }
+    for view, summary in (
+        ("drift", "Drift report: alert state per feature and the last window (inputs, outputs)"),
+        ("sketches", "Raw latency sketches (msgpack), mergeable across replicas by addition"),
+        ("recent", "The newest predictions still in the ring (?limit=, default 100)"),
+    ):
+        paths[f"/v1/models/{{model}}/versions/{{version}}/{view}"] = {
+            "parameters": model_version,
+            "get": _op(summary, write=False),
         }
     return {
         "openapi": "3.1.0",

@@ -14,22 +14,29 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from lockgate.config import MonitorConfig
+from lockgate.errors import not_found
+from lockgate.monitor.drift import DriftConfig, DriftMonitor, build_profile
+from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import RingSlice, id_key
 from lockgate.monitor.sketch import LatencySketch
+from lockgate.serve.tensors import numpy_dtype
 from lockgate.types import ModelSpec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Array = np.ndarray[Any, Any]
+MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds load time and memory
 
 
 @dataclass
@@ -52,8 +59,8 @@ class VersionMonitor:
     rows: int = 0
     dropped: int = 0
     accuracy: Accuracy = field(default_factory=Accuracy)
-    input_drift: Any = None
-    output_drift: Any = None
+    input_drift: DriftMonitor | None = None
+    output_drift: DriftMonitor | None = None
 
     @property
     def prediction_column(self) -> int | None:
@@ -81,18 +88,74 @@ class Monitor:
         self._recent: dict[bytes, tuple[Key, float]] = {}  # request id -> (version, prediction)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-monitor")
         self._task: asyncio.Task[None] | None = None
-        self.predlog: Any = None
-        self.feedback_log: Any = None
+        self.predlog: PredictionLog | None = None
+        self.feedback_log: FeedbackLog | None = None
+        if config.predlog:
+            segment, retention = config.segment_bytes, config.retention_bytes
+            self.predlog = PredictionLog(
+                home / "predlog", segment_bytes=segment, retention_bytes=retention
+            )
+            self.feedback_log = FeedbackLog(
+                home / "feedback", segment_bytes=segment, retention_bytes=retention
+            )
         self._last_flush = time.monotonic()
 
     # -- versions -------------------------------------------------------------------------------
-    def attach(self, spec: ModelSpec) -> VersionRecorder:
-        """A ring for a version being loaded (the batcher's observer)."""
+    def attach(
+        self,
+        spec: ModelSpec,
+        reference: Array | None = None,
+        predict: Callable[[dict[str, Array]], dict[str, Array]] | None = None,
+    ) -> VersionRecorder:
+        """A ring for a version being loaded (the batcher's observer), and its drift profiles
+        from the version's reference data: inputs directly, outputs by running the model on it.
+        Blocking (called from the loading thread)."""
         key = (spec.name, spec.version)
         recorder = VersionRecorder(spec, self.config.ring_rows)
+        vm = VersionMonitor(key, recorder)
+        if reference is not None:
+            try:
+                vm.input_drift, vm.output_drift = self._drift_monitors(recorder, reference, predict)
+            except Exception as exc:  # a bad profile must not stop the model from serving
+                log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
         with self.lock:
-            self.versions[key] = VersionMonitor(key, recorder)
+            self.versions[key] = vm
         return recorder
+
+    def _drift_monitors(
+        self,
+        recorder: VersionRecorder,
+        reference: Array,
+        predict: Callable[[dict[str, Array]], dict[str, Array]] | None,
+    ) -> tuple[DriftMonitor | None, DriftMonitor | None]:
+        config = DriftConfig(
+            window_rows=self.config.drift_window_rows,
+            window_seconds=self.config.drift_window_seconds,
+        )
+        reference = reference[:MAX_REFERENCE_ROWS]
+        names = recorder.input_features
+        if reference.ndim != 2 or reference.shape[1] != len(names):
+            raise ValueError(
+                f"reference data has shape {reference.shape}, the monitored inputs are "
+                f"{len(names)} features"
+            )
+        inputs = DriftMonitor(build_profile(reference, names), config)
+        outputs = None
+        spec = recorder.spec
+        if predict is not None and len(recorder.input_tensors) == 1 and recorder.output_features:
+            (name,) = recorder.input_tensors
+            tensor = spec.input(name)
+            assert tensor is not None
+            feed = reference.astype(numpy_dtype(tensor.datatype)).reshape(
+                (reference.shape[0], *tensor.shape[1:])
+            )
+            predicted = predict({name: feed})
+            matrix = np.hstack(
+                [predicted[n].reshape(reference.shape[0], -1) for n in recorder.output_tensors]
+            )
+            profile = build_profile(matrix.astype(np.float64), recorder.output_features)
+            outputs = DriftMonitor(profile, config)
+        return inputs, outputs
 
     def detach(self, key: Key) -> None:
         """Forget a released version (its last rows were drained with everyone else's)."""
@@ -125,12 +188,37 @@ class Monitor:
         with self.lock:
             for vm, piece in pieces:
                 self._absorb(vm, piece)
+            for vm in self.versions.values():  # close drift windows by time when traffic stops
+                for drift in (vm.input_drift, vm.output_drift):
+                    if drift is not None:
+                        drift.tick()
         if self.predlog is not None:
             for vm, piece in pieces:
-                self.predlog.append_slice(vm.key, vm.recorder, piece)
+                if piece.rows:
+                    self._log(self.predlog, vm, piece)
             if time.monotonic() - self._last_flush >= self.config.flush_interval:
                 self.predlog.flush()
+                if self.feedback_log is not None:
+                    self.feedback_log.flush()
                 self._last_flush = time.monotonic()
+
+    @staticmethod
+    def _log(predlog: PredictionLog, vm: VersionMonitor, piece: RingSlice) -> None:
+        routes = vm.recorder.ring.routes
+        endpoints = np.array([e.encode() for e, _ in routes], dtype=bytes)[piece.route]
+        variants = np.array([v.encode() for _, v in routes], dtype=bytes)[piece.route]
+        predlog.append_predictions(
+            vm.key[0],
+            vm.key[1],
+            ts=piece.ts,
+            request_id=piece.request_id,
+            endpoint=endpoints,
+            variant=variants,
+            inputs=piece.inputs,
+            outputs=piece.outputs,
+            latency_s=piece.latency,
+            queue_s=piece.queue,
+        )
 
     def _absorb(self, vm: VersionMonitor, piece: RingSlice) -> None:
         vm.rows += piece.rows
@@ -142,22 +230,35 @@ class Monitor:
         for code in np.unique(route):
             vm.latency[int(code)].add(latency[route == code].astype(np.float64))
         vm.queue.add(queue.astype(np.float64))
-        if vm.input_drift is not None:
-            vm.input_drift.update(piece.inputs)
-        if vm.output_drift is not None:
-            vm.output_drift.update(piece.outputs)
+        for drift, values in ((vm.input_drift, piece.inputs), (vm.output_drift, piece.outputs)):
+            if drift is not None:
+                drift.update(values)
         column = vm.prediction_column
         if column is not None:
-            predictions = piece.outputs[:, column].tolist()
-            self._recent.update(
-                zip(piece.request_id.tolist(), ((vm.key, p) for p in predictions), strict=True)
-            )
+            # A label is for its request's first row (single-row requests are the usual case).
+            predictions = ((vm.key, p) for p in piece.outputs[first, column].tolist())
+            self._recent.update(zip(piece.request_id[first].tolist(), predictions, strict=True))
             excess = len(self._recent) - self.config.feedback_window
             if excess > 0:
                 for stale in list(self._recent)[:excess]:
                     del self._recent[stale]
 
     # -- feedback -------------------------------------------------------------------------------
+    async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
+        """Log labels and join them to recent predictions (drained first, so a label sent right
+        after its prediction still finds it)."""
+        await self.drain()
+        result = self.feedback(labels)
+        if self.feedback_log is not None and labels:
+            log_ = self.feedback_log
+            ids = np.array([id_key(request_id) for request_id, _ in labels], dtype="S32")
+            values = np.array([label for _, label in labels], dtype=np.float64)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self._executor, lambda: log_.append_labels(time.time(), ids, values)
+            )
+        return result
+
     def feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
         """Join labels to recent predictions by request id (unknown ids are counted)."""
         matched = 0
@@ -176,6 +277,58 @@ class Monitor:
             self.feedback_unknown += len(labels) - matched
         return FeedbackResult(matched, len(labels) - matched)
 
+    # -- read views for the admin API -------------------------------------------------------------
+    def _version(self, model: str, version: str) -> VersionMonitor:
+        vm = self.versions.get((model, version))
+        if vm is None:
+            raise not_found(f"{model} v{version} is not loaded (nothing is monitored for it)")
+        return vm
+
+    def drift_report(self, model: str, version: str) -> dict[str, Any]:
+        with self.lock:
+            vm = self._version(model, version)
+            return {
+                side: drift.report() if drift is not None else None
+                for side, drift in (("inputs", vm.input_drift), ("outputs", vm.output_drift))
+            }
+
+    def sketch_state(self, model: str, version: str) -> bytes:
+        """The raw latency sketches (msgpack), to merge across replicas by adding arrays."""
+        with self.lock:
+            vm = self._version(model, version)
+            routes = vm.recorder.ring.routes
+            doc = {
+                "model": model,
+                "version": version,
+                "latency": {
+                    "/".join(routes[code]): sketch.to_bytes() for code, sketch in vm.latency.items()
+                },
+                "queue": vm.queue.to_bytes(),
+            }
+        return bytes(msgpack.packb(doc, use_bin_type=True))
+
+    def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+        """The newest predictions still in the ring (read on the event loop, like the writer)."""
+        vm = self._version(model, version)
+        piece = vm.recorder.ring.peek(limit)
+        routes = vm.recorder.ring.routes
+        return {
+            "input_features": vm.recorder.input_features,
+            "output_features": vm.recorder.output_features,
+            "rows": [
+                {
+                    "ts": float(piece.ts[i]),
+                    "id": piece.request_id[i].decode(errors="replace"),
+                    "endpoint": routes[piece.route[i]][0],
+                    "variant": routes[piece.route[i]][1],
+                    "inputs": piece.inputs[i].tolist(),
+                    "outputs": piece.outputs[i].tolist(),
+                    "latency_s": float(piece.latency[i]),
+                }
+                for i in range(piece.rows)
+            ],
+        }
+
     async def close(self) -> None:
         """Drain what is left and close the logs."""
         if self._task is not None:
@@ -183,6 +336,7 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.drain()
-        if self.predlog is not None:
-            self.predlog.close()
+        for segment_log in (self.predlog, self.feedback_log):
+            if segment_log is not None:
+                segment_log.close()
         self._executor.shutdown(wait=True)

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from lockgate.monitor.drain import Monitor, VersionMonitor
+from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.sketch import LatencySketch
 
 LATENCY_BOUNDS = [2.0**k for k in range(-14, 4)]  # 61 us .. 8 s
@@ -163,7 +164,42 @@ class GatewayCollector(Collector):
         yield from (latency, quantiles, queue, written, dropped)
 
     def _drift(self, versions: list[VersionMonitor]) -> Iterator[Metric]:
-        return iter(())
+        side = [*VERSION, "side"]
+        score = GaugeMetricFamily(
+            "lockgate_drift_score",
+            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share)",
+            labels=[*side, "feature", "statistic"],
+        )
+        alert = GaugeMetricFamily(
+            "lockgate_drift_alert",
+            "1 while a feature's drift alert is on (bands, noise floors and hysteresis applied)",
+            labels=[*side, "feature"],
+        )
+        dataset = GaugeMetricFamily(
+            "lockgate_drift_dataset_alert", "1 while dataset-level drift is on", labels=side
+        )
+        share = GaugeMetricFamily(
+            "lockgate_drift_share", "Share of features alerting in the last window", labels=side
+        )
+        windows = CounterMetricFamily("lockgate_drift_windows", "Scored drift windows", labels=side)
+        for vm in versions:
+            for name, drift in (("input", vm.input_drift), ("output", vm.output_drift)):
+                if drift is None:
+                    continue
+                labels = [*vm.key, name]
+                st = drift.state
+                for f, feature in enumerate(drift.profile.names):
+                    alert.add_metric([*labels, feature], float(st.feature_alert[f]))
+                    if st.windows:
+                        for i, statistic in enumerate(SCORE_NAMES):
+                            v = float(st.last_scores[f, i])
+                            if v == v:  # NaN: not scored (too few finite values)
+                                score.add_metric([*labels, feature, statistic], v)
+                dataset.add_metric(labels, float(st.dataset_alert))
+                if st.windows:
+                    share.add_metric(labels, st.share)
+                windows.add_metric(labels, st.windows)
+        yield from (score, alert, dataset, share, windows)
 
     def _feedback(self, versions: list[VersionMonitor]) -> Iterator[Metric]:
         labelled = CounterMetricFamily(

@@ -116,6 +116,22 @@ class PredictionRing:
             column[: rows - skip - head] = values[skip + head :]
         self.written += rows
 
+    def peek(self, limit: int) -> RingSlice:
+        """A copy of the newest `limit` rows, leaving the drain's position alone."""
+        rows = min(limit, self.written, self.capacity)
+        index = (np.arange(self.written - rows, self.written)) % self.capacity
+        return RingSlice(
+            ts=self.ts[index],
+            request_id=self.request_id[index],
+            route=self.route[index],
+            inputs=self.inputs[index],
+            outputs=self.outputs[index],
+            latency=self.latency[index],
+            queue=self.queue[index],
+            first=self.first[index],
+            dropped=0,
+        )
+
     def take(self) -> RingSlice:
         """Copy out every row appended since the last take (the newest `capacity` at most)."""
         lost = max(0, self.written - self.read_upto - self.capacity)

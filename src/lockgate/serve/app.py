@@ -111,7 +111,7 @@ class Gateway:
         )
         registry = metrics_registry(self.pipeline, self.monitor)
         self.admin_app = build_admin_app(
-            self.state, self.pipeline, tokens, lambda: generate_latest(registry)
+            self.state, self.pipeline, tokens, lambda: generate_latest(registry), self.monitor
         )
         admin = _uvicorn(self.admin_app, cfg.grace_period)
         await grpc_server.start()

@@ -267,6 +267,40 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
     return out
 
 
+# -- feedback ---------------------------------------------------------------------------------
+MAX_LABELS = 100_000
+
+
+def decode_feedback(body: bytes, content_type: str) -> list[tuple[str, float]]:
+    """Ground-truth labels: `{"id": ..., "label": ...}` or `{"labels": [{...}, ...]}`, as JSON
+    or msgpack. Labels are numbers (class labels as integers)."""
+    if not body:
+        raise invalid("empty request body")
+    try:
+        doc = msgpack.unpackb(body, raw=False) if is_msgpack(content_type) else orjson.loads(body)
+    except Exception as exc:  # orjson and msgpack raise several types
+        raise invalid(f"malformed feedback body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("feedback body must be an object")
+    items = doc.get("labels", [doc] if "id" in doc else None)
+    if not isinstance(items, list) or not items:
+        raise invalid("feedback needs 'id' and 'label', or a non-empty 'labels' list")
+    if len(items) > MAX_LABELS:
+        raise invalid(f"at most {MAX_LABELS} labels per request")
+    out = []
+    for i, item in enumerate(items):
+        request_id = item.get("id") if isinstance(item, dict) else None
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(request_id, str) or not request_id:
+            raise invalid(f"labels[{i}] needs an 'id' string")
+        if isinstance(label, bool):
+            label = int(label)
+        if not isinstance(label, int | float) or label != label:
+            raise invalid(f"labels[{i}] needs a numeric 'label'")
+        out.append((request_id, float(label)))
+    return out
+
+
 # -- responses --------------------------------------------------------------------------------
 def encode_response(
     response: InferResponse, request: InferRequest, *, msgpack_body: bool

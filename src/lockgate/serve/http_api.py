@@ -172,6 +172,11 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
             headers[VARIANT_HEADER] = str(variant)
         return Response(out, headers=headers)
 
+    async def feedback(request: Request) -> Response:
+        body = await read_body(request, max_body_bytes)
+        labels = codec.decode_feedback(body, request.headers.get("content-type", ""))
+        return _json(await pipeline.feedback(request.path_params["model"], labels))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else "internal server error"
@@ -192,4 +197,5 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
             Route(base + "/ready", _guarded(model_ready), methods=["GET"]),
             Route(base + "/infer", _guarded(infer), methods=["POST"]),
         ]
+    routes.append(Route("/v2/models/{model}/feedback", _guarded(feedback), methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -119,12 +119,17 @@ class ModelSet:
             return exc.message
         runner = ModelRunner(info.spec, info.model_path, self.config.runner)
 
-        def verify_and_load() -> None:
+        def verify_and_load() -> VersionRecorder | None:
             self.registry.verify(info)  # never serve a file that changed after registration
             runner.load()
+            if self.monitor is None:
+                return None
+            reference = self.registry.load_reference(info)
+            return self.monitor.attach(info.spec, reference, runner.run)
 
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, verify_and_load)
+            loop = asyncio.get_running_loop()
+            recorder = await loop.run_in_executor(self.executor, verify_and_load)
         except LockgateError as exc:
             self.failed[key] = exc.message
             log.error("model %s v%s failed to load: %s", model, version, exc.message)
@@ -134,7 +139,6 @@ class ModelSet:
             log.error("model %s v%s failed to load: %s", model, version, exc)
             return self.failed[key]
         self.failed.pop(key, None)
-        recorder = self.monitor.attach(info.spec) if self.monitor is not None else None
         batcher = Batcher(runner, self.config.batch, self.executor, recorder)
         self.loaded[key] = LoadedVersion(info, runner, batcher, recorder)
         log.info(

@@ -243,6 +243,14 @@ class Pipeline:
             parameters=parameters,
         )
 
+    async def feedback(self, endpoint: str, labels: list[tuple[str, float]]) -> dict[str, int]:
+        """Ground truth for earlier predictions, joined by request id (unknown ids counted)."""
+        self.routes.resolve(endpoint)
+        if self.monitor is None:
+            raise LockgateError(ErrorKind.UNAVAILABLE, "monitoring is off: feedback is not kept")
+        result = await self.monitor.submit_feedback(labels)
+        return {"accepted": len(labels), "matched": result.matched, "unknown": result.unknown}
+
     def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None:
         """A failed request; names that are not endpoints share one label value so that
         garbage in URLs cannot grow the metrics without bound."""

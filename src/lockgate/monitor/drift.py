@@ -1,0 +1,501 @@
+"""Drift against a reference profile: tumbling windows, noise floors, alert rule and hysteresis.
+
+Scores come from :func:`~lockgate.monitor.kernels.divergence.drift_scores` on quantile-binned
+histograms. A fixed effect-size band alone is wrong at small windows (pure sampling noise in 100
+rows gives PSI ~ 0.1-0.3) and a significance test alone is wrong at large ones (with 10^5 rows a
+negligible shift is "significant"), so a score only counts when it beats both:
+
+    feature alerts  <=>  window and feature have >= min_rows finite values, and
+                         (PSI > max(psi_alert, psi_floor)) or (KS > max(ks_alert, ks_floor))
+
+Noise floors, for a feature with n finite window values, N finite reference values and B
+finite bins holding reference mass (``df = max(B - 1, 1)``):
+
+- PSI: to second order ``(q - p) ln(q / p) = (q - p)^2 / m`` with ``m = (p + q) / 2``, so PSI is
+  the symmetric chi-square distance ``sum (q - p)^2 / m``. Under the null both histograms sample
+  the same multinomial ``pi``, ``q - p`` has covariance ``(1/n + 1/N)(diag(pi) - pi pi^T)``, and
+  ``sum (q - p)^2 / pi / (1/n + 1/N)`` is asymptotically chi-square with ``B - 1`` degrees of
+  freedom (the two-sample Pearson statistic). Hence
+  ``psi_floor = chi2.ppf(1 - alpha, B - 1) * (1/n + 1/N)``.
+- KS: the two-sample statistic scaled by ``sqrt(nN / (n + N))`` tends to the Kolmogorov
+  distribution, whose tail is ``2 exp(-2 c^2)`` up to ``O(exp(-8 c^2))``; so
+  ``ks_floor = c(alpha) sqrt((n + N) / (nN))`` with ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``. The
+  binned KS is evaluated at the edges only and never exceeds the raw statistic, and ties make the
+  test conservative, so the floor errs on the quiet side.
+- JS (information only): JS in nats is ``sum (p - q)^2 / (8 m)`` to second order, i.e. PSI / 8,
+  so ``js_floor = psi_floor / (8 ln 2)`` in bits.
+
+Per feature the two tests at level ``alpha`` give a nominal false-alert rate <= ``2 alpha`` per
+window. JS and Wasserstein are reported, not alerted on: JS is PSI / 8 for small effects (it adds
+no power, only tests), and normed Wasserstein has no distribution-free null distribution.
+
+Dataset level: with F features, a window's dataset flag is raised when the share of features
+alerting with Bonferroni floors (each test at ``alpha / (2F)``) reaches ``dataset_share``. By the
+union bound the chance that any feature alerts at that level under the null is <= ``alpha``,
+whatever the dependence between features, so the dataset false-alarm rate is <= ``alpha``.
+
+Windows of several workers merge exactly: every closed window carries its raw ``counts``; sum
+them and call :func:`evaluate`, or add a foreign open window with :meth:`DriftMonitor.merge_window`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from lockgate.monitor import bins as binning
+from lockgate.monitor.kernels import divergence as dv
+from lockgate.monitor.kernels.histogram import histogram_update, new_counts
+
+SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share")
+_FORMAT = 1
+_ARRAYS = ("edges", "n_edges", "counts", "norms")
+
+
+def _frozen(array: ArrayLike, dtype: type[np.generic]) -> NDArray[Any]:
+    out = np.array(array, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceProfile:
+    """What a model version's training data looks like, frozen: the bins every window is counted
+    in and the reference counts they are compared with. Arrays are read-only copies."""
+
+    names: tuple[str, ...]
+    edges: NDArray[np.float64]  # [F, M] quantile edges, +inf padded (bins.padded_edges)
+    n_edges: NDArray[np.int64]  # [F]
+    counts: NDArray[np.int64]  # [F, M + 2] reference histogram, NaN in the last column
+    norms: NDArray[np.float64]  # [F] reference std (bins.reference_scale) for Wasserstein
+    rows: int  # N, reference rows
+
+    def __post_init__(self) -> None:
+        f, m = np.shape(self.edges)
+        if len(self.names) != f or len(set(self.names)) != f:
+            raise ValueError("need one unique name per feature")
+        shapes = (np.shape(self.n_edges), np.shape(self.counts), np.shape(self.norms))
+        if shapes != ((f,), (f, m + 2), (f,)):
+            raise ValueError("profile arrays do not match edges[F, M]")
+        for name, dtype in (("edges", np.float64), ("n_edges", np.int64), ("counts", np.int64)):
+            object.__setattr__(self, name, _frozen(getattr(self, name), dtype))
+        object.__setattr__(self, "norms", _frozen(self.norms, np.float64))
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+
+    @property
+    def n_features(self) -> int:
+        """F, the number of features (columns)."""
+        return len(self.names)
+
+    @property
+    def finite_rows(self) -> NDArray[np.int64]:
+        """Finite reference values per feature: the N of the noise floors (NaN is excluded)."""
+        out: NDArray[np.int64] = self.counts[:, :-1].sum(axis=1)
+        return out
+
+    @property
+    def bins(self) -> NDArray[np.int64]:
+        """B per feature: finite slots holding reference mass (the chi-square cells)."""
+        out: NDArray[np.int64] = (self.counts[:, :-1] > 0).sum(axis=1)
+        return out
+
+    def to_npz_bytes(self) -> bytes:
+        """Serialise (numpy ``.npz``, no pickle) to cache next to a model version."""
+        buf = io.BytesIO()
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        names = np.array(self.names, dtype=np.str_)
+        np.savez(buf, format=_FORMAT, names=names, rows=self.rows, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> ReferenceProfile:
+        """Inverse of :meth:`to_npz_bytes`, bit-exact; raises ValueError on another layout."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if int(z["format"]) != _FORMAT:
+                raise ValueError(f"unsupported profile format {int(z['format'])}")
+            names = tuple(str(n) for n in z["names"])
+            return cls(names=names, rows=int(z["rows"]), **{k: z[k] for k in _ARRAYS})
+
+
+def build_profile(
+    reference: ArrayLike, names: Sequence[str] | None = None, bins: int = binning.DEFAULT_BINS
+) -> ReferenceProfile:
+    """Profile of a 2-D reference ``[N, F]``: quantile edges (ties and constant columns collapse
+    to fewer edges), the reference histogram over them, and per-feature std norms."""
+    table = np.asarray(reference, dtype=np.float64)
+    if table.ndim != 2 or table.shape[1] == 0:
+        raise ValueError("reference must be 2-D (rows, features) with at least one feature")
+    edges, n_edges = binning.reference_edges(table, bins)
+    counts = new_counts(edges)
+    histogram_update(np.ascontiguousarray(table), edges, n_edges, counts)
+    norms = np.array([binning.reference_scale(table[:, f]) for f in range(table.shape[1])])
+    labels = tuple(names) if names is not None else tuple(f"f{i}" for i in range(table.shape[1]))
+    return ReferenceProfile(labels, edges, n_edges, counts, norms, table.shape[0])
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Window, band, significance and hysteresis settings; defaults and reasons inline.
+
+    A window closes after ``window_rows`` rows or ``window_seconds`` (``math.inf``: never by
+    time), whichever comes first. A window closed by time with fewer than ``min_rows`` rows is
+    carried over, not discarded: it keeps its counts and is examined again at the next time
+    boundary, so low traffic still gets scored, on longer windows.
+    """
+
+    window_rows: int = 1000  # enough for KS to see a 0.2-sigma shift within two windows
+    window_seconds: float = 60.0
+    min_rows: int = 100  # below this even the floors' asymptotics are poor
+    psi_warn: float = 0.1  # industry convention: < 0.1 stable, 0.1-0.25 moderate, > 0.25 major
+    psi_alert: float = 0.25
+    # KS band: 0.05 of probability mass moved across some quantile. PSI is quadratic in small
+    # shifts (0.2 sigma gives PSI ~ 0.04) while KS is linear (~0.08), so KS carries the
+    # detection of small location shifts; 0.05 keeps those and ignores immaterial ones.
+    ks_alert: float = 0.05
+    js_band: float = 0.01  # bits; information only. = Evidently's 0.1 on the JS *distance*
+    wasserstein_band: float = 0.1  # reference stds; information only (Evidently's default)
+    alpha: float = 0.001  # per test and feature; dataset level uses alpha / (2F) per test
+    dataset_share: float = 0.5  # share of features (Bonferroni level) that makes dataset drift
+    alert_after: int = 1  # consecutive alerting windows that switch an alert on
+    clear_after: int = 2  # consecutive clean windows that switch it off (no flapping)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_rows <= self.window_rows:
+            raise ValueError("need 1 <= min_rows <= window_rows")
+        if not self.window_seconds > 0 or not 0 < self.alpha < 1:
+            raise ValueError("need window_seconds > 0 and 0 < alpha < 1")
+        if not 0 < self.dataset_share <= 1 or self.alert_after < 1 or self.clear_after < 1:
+            raise ValueError("need 0 < dataset_share <= 1, alert_after >= 1, clear_after >= 1")
+
+
+def _chi2_sf(x: float, df: int) -> float:
+    """Chi-square survival for integer ``df`` by its closed form (no scipy at runtime)."""
+    if x <= 0.0:
+        return 1.0
+    h = x / 2.0
+    lh = math.log(h)
+    if df % 2 == 0:
+        return sum(math.exp(-h + i * lh - math.lgamma(i + 1)) for i in range(df // 2))
+    tail = sum(math.exp(-h + (i + 0.5) * lh - math.lgamma(i + 1.5)) for i in range(df // 2))
+    return math.erfc(math.sqrt(h)) + tail
+
+
+@lru_cache(maxsize=1024)
+def chi2_quantile(q: float, df: int) -> float:
+    """``scipy.stats.chi2.ppf(q, df)`` for integer ``df >= 1``, by bisection on the survival."""
+    if df < 1 or not 0.0 < q < 1.0:
+        raise ValueError("need df >= 1 and 0 < q < 1")
+    lo, hi = 0.0, float(df) + 10.0
+    while _chi2_sf(hi, df) > 1.0 - q:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _chi2_sf(mid, df) > 1.0 - q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def ks_coefficient(alpha: float) -> float:
+    """``c(alpha) = sqrt(-ln(alpha / 2) / 2)``, the asymptotic Kolmogorov critical value."""
+    return math.sqrt(-math.log(alpha / 2.0) / 2.0)
+
+
+def _inv_sum(n: NDArray[Any], ref_n: NDArray[Any]) -> NDArray[np.float64]:
+    with np.errstate(divide="ignore"):
+        out: NDArray[np.float64] = 1.0 / n.astype(np.float64) + 1.0 / ref_n.astype(np.float64)
+    return out
+
+
+def psi_floor(n: ArrayLike, ref_n: ArrayLike, bins: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """PSI noise floor ``chi2.ppf(1 - alpha, max(B - 1, 1)) * (1/n + 1/N)`` (module doc)."""
+    df = np.maximum(np.asarray(bins, dtype=np.int64) - 1, 1)
+    chi = np.array([chi2_quantile(1.0 - alpha, int(d)) for d in df.ravel()]).reshape(df.shape)
+    return chi * _inv_sum(np.asarray(n), np.asarray(ref_n))
+
+
+def ks_floor(n: ArrayLike, ref_n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """KS noise floor ``c(alpha) * sqrt((n + N) / (n N))`` (module doc)."""
+    out: NDArray[np.float64] = ks_coefficient(alpha) * np.sqrt(
+        _inv_sum(np.asarray(n), np.asarray(ref_n))
+    )
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class WindowScores:
+    """One window's counts scored against a profile: everything but the hysteresis state."""
+
+    counts: NDArray[np.int64]  # [F, M + 2] raw window histogram: sum these to merge workers
+    rows: int
+    finite: NDArray[np.int64]  # [F] finite values, the n of the floors
+    scores: NDArray[np.float64]  # [F, 5] columns SCORE_NAMES
+    psi_floor: NDArray[np.float64]
+    ks_floor: NDArray[np.float64]
+    scored: NDArray[np.bool_]  # >= min_rows finite values on both sides
+    psi_warn: NDArray[np.bool_]
+    alerting: NDArray[np.bool_]  # the alert rule, per feature, this window only
+    psi_alert: NDArray[np.bool_]
+    ks_alert: NDArray[np.bool_]
+    fwer_alerting: NDArray[np.bool_]  # the same rule with Bonferroni floors (alpha / 2F)
+    share: float  # alerting / scored features (NaN if none scored)
+    share_fwer: float
+    dataset_alerting: bool
+
+
+def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) -> WindowScores:
+    """Score a window histogram (possibly the sum of several workers') with the alert rule."""
+    win = np.array(counts, dtype=np.int64, copy=True)
+    if win.shape != profile.counts.shape:
+        raise ValueError(f"window counts must have shape {profile.counts.shape}")
+    rows = int(win[0].sum())
+    scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
+    finite, ref_n = win[:, :-1].sum(axis=1), profile.finite_rows
+    scored = (finite >= config.min_rows) & (ref_n > 0) & np.isfinite(scores[:, dv.PSI])
+    scored &= rows >= config.min_rows
+    psi, ks = scores[:, dv.PSI], scores[:, dv.KS]
+
+    def rule(alpha: float) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64]]:
+        pf, kf = psi_floor(finite, ref_n, profile.bins, alpha), ks_floor(finite, ref_n, alpha)
+        p_hit = scored & (psi > np.maximum(config.psi_alert, pf))
+        return p_hit, scored & (ks > np.maximum(config.ks_alert, kf)), pf
+
+    psi_alert, ks_alert, pf = rule(config.alpha)
+    fwer = np.logical_or(*rule(config.alpha / (2 * profile.n_features))[:2])
+    alerting = psi_alert | ks_alert
+    n_scored = int(scored.sum())
+    share = float(alerting.sum() / n_scored) if n_scored else math.nan
+    share_fwer = float(fwer.sum() / n_scored) if n_scored else math.nan
+    return WindowScores(
+        counts=win,
+        rows=rows,
+        finite=finite,
+        scores=scores,
+        psi_floor=pf,
+        ks_floor=ks_floor(finite, ref_n, config.alpha),
+        scored=scored,
+        psi_warn=scored & (psi > np.maximum(config.psi_warn, pf)),
+        alerting=alerting,
+        psi_alert=psi_alert,
+        ks_alert=ks_alert,
+        fwer_alerting=fwer,
+        share=share,
+        share_fwer=share_fwer,
+        dataset_alerting=bool(n_scored and share_fwer >= config.dataset_share),
+    )
+
+
+def _json(x: Any) -> Any:
+    """Plain JSON types; NaN and inf become None (JSON has neither)."""
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.bool_ | np.integer):
+        return x.item()
+    return x
+
+
+@dataclass(frozen=True, eq=False)
+class WindowReport:
+    """A closed, scored window plus the alert state after it (hysteresis applied)."""
+
+    index: int  # 0, 1, ... per monitor, scored windows only
+    started: float  # clock time the window opened (carried windows: the first opening)
+    ended: float
+    closed_by: str  # "rows" or "time"
+    window: WindowScores
+    feature_alert: NDArray[np.bool_]  # alert state per feature after this window
+    dataset_alert: bool
+
+    def to_dict(self, names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready summary keyed by feature name."""
+        w = self.window
+        features: dict[str, Any] = {}
+        for f, name in enumerate(names):
+            entry: dict[str, Any] = {k: _json(w.scores[f, i]) for i, k in enumerate(SCORE_NAMES)}
+            entry["finite_rows"] = int(w.finite[f])
+            pf, kf = _json(w.psi_floor[f]), _json(w.ks_floor[f])
+            entry["floors"] = {"psi": pf, "ks": kf, "js": pf and pf / (8.0 * math.log(2.0))}
+            for flag in ("scored", "psi_warn", "psi_alert", "ks_alert", "alerting"):
+                entry[flag] = bool(getattr(w, flag)[f])
+            entry["alert"] = bool(self.feature_alert[f])
+            features[name] = entry
+        return {
+            "index": self.index,
+            "started": self.started,
+            "ended": self.ended,
+            "closed_by": self.closed_by,
+            "rows": w.rows,
+            "share": _json(w.share),
+            "share_fwer": _json(w.share_fwer),
+            "dataset_alerting": w.dataset_alerting,
+            "dataset_alert": self.dataset_alert,
+            "features": features,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class DriftState:
+    """Snapshot of a monitor's alert state."""
+
+    windows: int  # scored windows so far
+    open_rows: int  # rows in the window being filled
+    feature_alert: NDArray[np.bool_]
+    alert_streak: NDArray[np.int64]  # consecutive alerting windows per feature
+    clean_streak: NDArray[np.int64]  # consecutive clean windows per feature
+    last_scores: NDArray[np.float64]  # [F, 5], NaN before the first window
+    share: float
+    dataset_alert: bool
+    dataset_clean_streak: int
+
+
+class _Hysteresis:
+    """On after ``alert_after`` consecutive hits, off after ``clear_after`` consecutive misses;
+    unseen (unscored) entries keep their state and streaks."""
+
+    def __init__(self, size: int) -> None:
+        self.on = np.zeros(size, dtype=np.bool_)
+        self.hits = np.zeros(size, dtype=np.int64)
+        self.misses = np.zeros(size, dtype=np.int64)
+
+    def step(self, hit: NDArray[np.bool_], seen: NDArray[np.bool_], cfg: DriftConfig) -> None:
+        miss = seen & ~hit
+        self.hits = np.where(hit, self.hits + 1, np.where(miss, 0, self.hits))
+        self.misses = np.where(miss, self.misses + 1, np.where(hit, 0, self.misses))
+        self.on = (self.on | (self.hits >= cfg.alert_after)) & ~(self.misses >= cfg.clear_after)
+
+
+class DriftMonitor:
+    """Tumbling-window drift monitor of one model version in one worker (not thread-safe: one
+    drain task owns it). ``clock`` is injectable for tests; it defaults to ``time.monotonic``."""
+
+    def __init__(
+        self,
+        profile: ReferenceProfile,
+        config: DriftConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.profile = profile
+        self.config = config if config is not None else DriftConfig()
+        self._clock = clock
+        self._counts = new_counts(profile.edges)
+        self._rows = 0
+        self._started = self._opened = clock()
+        self._index = 0
+        self._features = _Hysteresis(profile.n_features)
+        self._dataset = _Hysteresis(1)
+        self._last: WindowReport | None = None
+
+    @property
+    def window_counts(self) -> NDArray[np.int64]:
+        """A copy of the open window's histogram, for merging into another worker's monitor."""
+        return self._counts.copy()
+
+    def merge_window(self, counts: ArrayLike) -> list[WindowReport]:
+        """Add another worker's open-window histogram to this one (merge = add); closes the
+        window if that fills it."""
+        add = np.asarray(counts, dtype=np.int64)
+        if add.shape != self._counts.shape:
+            raise ValueError(f"window counts must have shape {self._counts.shape}")
+        self._counts += add
+        self._rows += int(add[0].sum())
+        return self._close(self._clock(), "rows") if self._rows >= self.config.window_rows else []
+
+    def update(self, values: ArrayLike) -> list[WindowReport]:
+        """Fold a slice ``[rows, F]`` into the window(s); returns the windows this call closed.
+
+        A window past its time boundary is closed first (the new rows arrived after it); then
+        the slice is split exactly at every ``window_rows`` boundary.
+        """
+        table = np.asarray(values)
+        if table.ndim != 2 or table.shape[1] != self.profile.n_features:
+            raise ValueError(f"values must be 2-D with {self.profile.n_features} columns")
+        if table.dtype not in (np.float32, np.float64):
+            table = table.astype(np.float32 if table.dtype == np.float16 else np.float64)
+        now = self._clock()
+        reports = self.tick(now)
+        start = 0
+        while start < table.shape[0]:
+            take = min(table.shape[0] - start, self.config.window_rows - self._rows)
+            chunk = np.ascontiguousarray(table[start : start + take])
+            histogram_update(chunk, self.profile.edges, self.profile.n_edges, self._counts)
+            self._rows += take
+            start += take
+            if self._rows >= self.config.window_rows:
+                reports += self._close(now, "rows")
+        return reports
+
+    def tick(self, now: float | None = None) -> list[WindowReport]:
+        """Close the window by time if its boundary has passed (call it when idle)."""
+        now = self._clock() if now is None else now
+        if now - self._opened >= self.config.window_seconds:
+            return self._close(now, "time")
+        return []
+
+    def _close(self, now: float, closed_by: str) -> list[WindowReport]:
+        self._opened = now
+        if self._rows < self.config.min_rows:  # carry over (0 rows: nothing to carry)
+            if self._rows == 0:
+                self._started = now
+            return []
+        scores = evaluate(self.profile, self.config, self._counts)
+        self._features.step(scores.alerting, scores.scored, self.config)
+        self._dataset.step(
+            np.array([scores.dataset_alerting]), np.array([scores.scored.any()]), self.config
+        )
+        on, dataset_on = self._features.on.copy(), bool(self._dataset.on[0])
+        report = WindowReport(self._index, self._started, now, closed_by, scores, on, dataset_on)
+        self._index += 1
+        self._last = report
+        self._counts = new_counts(self.profile.edges)
+        self._rows = 0
+        self._started = now
+        return [report]
+
+    @property
+    def state(self) -> DriftState:
+        """The current alert state (after hysteresis)."""
+        last = self._last
+        nan_scores = np.full((self.profile.n_features, dv.N_SCORES), np.nan)
+        return DriftState(
+            windows=self._index,
+            open_rows=self._rows,
+            feature_alert=self._features.on.copy(),
+            alert_streak=self._features.hits.copy(),
+            clean_streak=self._features.misses.copy(),
+            last_scores=last.window.scores.copy() if last else nan_scores,
+            share=last.window.share if last else math.nan,
+            dataset_alert=bool(self._dataset.on[0]),
+            dataset_clean_streak=int(self._dataset.misses[0]),
+        )
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready view: settings and bands, alert state per feature, the last window."""
+        st = self.state
+        names = self.profile.names
+        return {
+            "config": {k: _json(v) for k, v in asdict(self.config).items()},
+            "reference_rows": self.profile.rows,
+            "windows": st.windows,
+            "open_rows": st.open_rows,
+            "dataset_alert": st.dataset_alert,
+            "features": {
+                n: {
+                    "alert": bool(st.feature_alert[f]),
+                    "alert_streak": int(st.alert_streak[f]),
+                    "clean_streak": int(st.clean_streak[f]),
+                }
+                for f, n in enumerate(names)
+            },
+            "last_window": self._last.to_dict(names) if self._last else None,
+        }

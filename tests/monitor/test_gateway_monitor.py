@@ -1,0 +1,157 @@
+"""The monitor inside a real gateway: every answered request reaches the prediction log exactly
+once, labels join to predictions, overflow is counted, and /metrics says so."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lockgate.config import MonitorConfig
+from lockgate.control.registry import Registry
+from lockgate.demo import classifier_data, ensure_demo_models
+from lockgate.monitor.predlog import FeedbackLog, PredictionLog
+from lockgate.monitor.sketch import LatencySketch
+from tests.conftest import RunningGateway, loopback_config
+
+
+def metrics(gw: RunningGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(f"http://{gw.admin}/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    ensure_demo_models(Registry(tmp_path))
+    return tmp_path
+
+
+def _infer(client: httpx.Client, request_id: str, rows: np.ndarray) -> httpx.Response:
+    doc = {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ],
+    }
+    r = client.post("/v2/models/classifier/infer", json=doc)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_every_request_is_logged_once_and_labels_join(home: Path) -> None:
+    rng = np.random.default_rng(5)
+    sent: dict[str, int] = {}
+    predicted: dict[str, int] = {}
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
+            for i in range(60):
+                rows = rng.normal(size=(1 + i % 3, 16)).astype(np.float32)
+                r = _infer(client, f"req-{i}", rows)
+                sent[f"req-{i}"] = rows.shape[0]
+                label = next(o for o in r.json()["outputs"] if o["name"] == "label")
+                predicted[f"req-{i}"] = int(label["data"][0])
+            # labels: right for 40 requests, wrong for 20, plus 5 ids nobody asked about
+            labels = [
+                {"id": rid, "label": p if i < 40 else 1 - p}
+                for i, (rid, p) in enumerate(predicted.items())
+            ]
+            labels += [{"id": f"ghost-{i}", "label": 1} for i in range(5)]
+            r = client.post("/v2/models/classifier/feedback", json={"labels": labels})
+            assert r.json() == {"accepted": 65, "matched": 60, "unknown": 5}
+            bad = client.post("/v2/models/classifier/feedback", json={"labels": [{"id": 3}]})
+            assert bad.status_code == 400 and "'id' string" in bad.json()["error"]
+        samples = metrics(gw)
+        v2 = {"model": "classifier", "version": "2"}
+        # multi-row requests: accuracy counts the first row's label per request id
+        assert value(samples, "lockgate_feedback_labels_total", **v2) == 60
+        assert value(samples, "lockgate_online_accuracy", **v2) == pytest.approx(40 / 60)
+        assert value(samples, "lockgate_feedback_unknown_total") == 5
+        route = {"endpoint": "classifier", "variant": "default", **v2}
+        ok = {**route, "protocol": "http", "outcome": "ok"}
+        assert value(samples, "lockgate_requests_total", **ok) == 60
+        assert value(samples, "lockgate_request_latency_seconds_count", **route) == 60
+        assert value(samples, "lockgate_predlog_rows_total", **v2) == sum(sent.values())
+    log = PredictionLog(home / "predlog").read_predictions("classifier", "2")
+    ids, counts = np.unique(log["request_id"], return_counts=True)
+    assert dict(zip([i.decode() for i in ids], counts.tolist(), strict=True)) == sent
+    assert log["inputs"].shape == (sum(sent.values()), 16) and log["outputs"].shape[1] == 2
+    assert set(log["endpoint"].tolist()) == {b"classifier"}
+    feedback = FeedbackLog(home / "feedback").read_labels()
+    assert len(feedback["request_id"]) == 65
+
+
+def test_ring_overflow_is_counted_not_hidden(home: Path) -> None:
+    monitor = MonitorConfig(ring_rows=4, drain_interval=3600)
+    config = dataclasses.replace(loopback_config(home), monitor=monitor)
+    with RunningGateway(config, Registry(home)) as gw:
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
+            for i in range(10):
+                _infer(client, f"r{i}", np.zeros((1, 16), np.float32))
+        gw.call(gw.gateway.monitor.drain())
+        samples = metrics(gw)
+    v2 = {"model": "classifier", "version": "2"}
+    assert value(samples, "lockgate_predlog_dropped_total", **v2) == 6
+    assert value(samples, "lockgate_predlog_rows_total", **v2) == 4
+
+
+def test_monitoring_off_refuses_feedback(home: Path) -> None:
+    config = dataclasses.replace(loopback_config(home), monitor=MonitorConfig(enabled=False))
+    with RunningGateway(config, Registry(home)) as gw:
+        r = httpx.post(
+            f"http://{gw.http}/v2/models/classifier/feedback", json={"id": "x", "label": 1}
+        )
+        assert r.status_code == 503 and "monitoring is off" in r.json()["error"]
+        assert httpx.get(f"http://{gw.admin}/metrics").status_code == 200
+
+
+def test_shifted_traffic_flips_the_drift_alert(home: Path) -> None:
+    rng = np.random.default_rng(11)
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        client = httpx.Client(base_url=f"http://{gw.http}", timeout=30)
+        v2 = {"model": "classifier", "version": "2", "side": "input"}
+        for _ in range(2):  # two windows (1,000 rows each) from the training distribution
+            x, _ = classifier_data(rng, 1000)
+            _infer(client, "calm", x)
+        gw.call(gw.gateway.monitor.drain())
+        calm = metrics(gw)
+        assert value(calm, "lockgate_drift_windows_total", **v2) == 2
+        assert value(calm, "lockgate_drift_alert", **v2, feature="input[0]") == 0
+        assert value(calm, "lockgate_drift_dataset_alert", **v2) == 0
+        x, _ = classifier_data(rng, 1000)
+        x[:, 0] += 0.5  # feature 0 has std 0.5: a one-sigma shift
+        _infer(client, "shifted", x)
+        gw.call(gw.gateway.monitor.drain())
+        shifted = metrics(gw)
+        assert value(shifted, "lockgate_drift_alert", **v2, feature="input[0]") == 1
+        assert value(shifted, "lockgate_drift_alert", **v2, feature="input[5]") == 0
+        psi = value(shifted, "lockgate_drift_score", **v2, feature="input[0]", statistic="psi")
+        assert psi > 0.25
+        admin = f"http://{gw.admin}/v1/models/classifier/versions/2"
+        report = httpx.get(f"{admin}/drift").json()
+        assert report["inputs"]["features"]["input[0]"]["alert"] is True
+        assert report["outputs"]["last_window"]["rows"] == 1000
+        recent = httpx.get(f"{admin}/recent", params={"limit": 3}).json()
+        assert [r["id"] for r in recent["rows"]] == ["shifted"] * 3
+        assert recent["input_features"][0] == "input[0]"
+        sketches = msgpack.unpackb(httpx.get(f"{admin}/sketches").content)
+        merged = LatencySketch.from_bytes(sketches["latency"]["classifier/default"])
+        assert merged.count == 3  # three requests
+        client.close()
