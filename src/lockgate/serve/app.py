@@ -62,6 +62,7 @@ def _uvicorn(app: Any, grace: float) -> _Server:
         http="httptools",
         lifespan="off",
         access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: not needed, and not free
         log_config=None,
         timeout_graceful_shutdown=max(1, int(grace)),
         timeout_keep_alive=30,

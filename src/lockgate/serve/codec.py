@@ -6,7 +6,6 @@ Every client mistake becomes LockgateError(INVALID) with a message naming the te
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import msgpack
@@ -29,6 +28,7 @@ from lockgate.types import (
     Parameters,
     RequestedOutput,
     Tensor,
+    new_request_id,
 )
 
 JSON = "application/json"
@@ -92,7 +92,7 @@ def decode_raw_input(body: bytes, spec: ModelSpec, model: str, version: str | No
     else:
         shape = inp.shape
     data = array_from_raw(inp.name, inp.datatype, shape, body)
-    return InferRequest(model, version, uuid.uuid4().hex, [Tensor(inp.name, inp.datatype, data)])
+    return InferRequest(model, version, new_request_id(), [Tensor(inp.name, inp.datatype, data)])
 
 
 def _request_from_doc(
@@ -116,7 +116,7 @@ def _request_from_doc(
         raise invalid("'id' must be a string")
     params = _parameters(doc.get("parameters"), "request")
     outputs = _requested_outputs(doc.get("outputs"))
-    return InferRequest(model, version, req_id or uuid.uuid4().hex, inputs, outputs, params)
+    return InferRequest(model, version, req_id or new_request_id(), inputs, outputs, params)
 
 
 def _input(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -16,6 +15,7 @@ from starlette.routing import Route
 
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve import codec
+from lockgate.serve.infer_asgi import InferRoute
 from lockgate.types import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(codec.HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.strip().isdigit():
-        raise invalid(
-            f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}"
-        )
-    return int(raw)
+def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> InferRoute:
+    """The REST API: the infer route as bare ASGI in front of starlette for the rest."""
 
-
-def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starlette:
     async def live(request: Request) -> Response:
         return _json({"live": True})
 
@@ -138,40 +129,6 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
         ok = pipeline.model_ready(request.path_params["model"], request.path_params.get("version"))
         return _json({"ready": ok}, 200 if ok else 503)
 
-    async def infer(request: Request) -> Response:
-        received = time.perf_counter_ns()
-        model = request.path_params["model"]
-        try:
-            return await _infer(request, model, received)
-        except LockgateError as exc:
-            pipeline.count_failure(model, "http", exc.kind.value)
-            raise
-        except Exception:
-            pipeline.count_failure(model, "http", "internal")
-            raise
-
-    async def _infer(request: Request, model: str, received: int) -> Response:
-        version = request.path_params.get("version")
-        content_type = request.headers.get("content-type", "")
-        header_length = _header_length(request)
-        body = await read_body(request, max_body_bytes)
-        if header_length == 0 and body:
-            spec = pipeline.model_spec(model, version)
-            req = codec.decode_raw_input(body, spec, model, version)
-        else:
-            req = codec.decode_request(body, content_type, header_length, model, version)
-        req.routing_key = request.headers.get(ROUTING_KEY_HEADER) or None
-        req.received_ns = received
-        resp = await pipeline.infer(req)
-        as_msgpack = codec.is_msgpack(content_type) or codec.is_msgpack(
-            request.headers.get("accept", "")
-        )
-        out, headers = codec.encode_response(resp, req, msgpack_body=as_msgpack)
-        variant = resp.parameters.get("variant")
-        if variant is not None:
-            headers[VARIANT_HEADER] = str(variant)
-        return Response(out, headers=headers)
-
     async def feedback(request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
         labels = codec.decode_feedback(body, request.headers.get("content-type", ""))
@@ -195,7 +152,7 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Starl
         routes += [
             Route(base, _guarded(model_metadata), methods=["GET"]),
             Route(base + "/ready", _guarded(model_ready), methods=["GET"]),
-            Route(base + "/infer", _guarded(infer), methods=["POST"]),
         ]
     routes.append(Route("/v2/models/{model}/feedback", _guarded(feedback), methods=["POST"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return InferRoute(pipeline, app, max_body_bytes, STATUS)

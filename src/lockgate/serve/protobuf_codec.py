@@ -7,7 +7,6 @@ as `raw_output_contents` in output order, which is what tritonclient reads.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,14 @@ from lockgate.serve.tensors import (
     numpy_dtype,
     raw_from_array,
 )
-from lockgate.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from lockgate.types import (
+    InferRequest,
+    InferResponse,
+    Parameters,
+    RequestedOutput,
+    Tensor,
+    new_request_id,
+)
 
 # Which typed-contents field carries each datatype (FP16 has none: raw contents only).
 CONTENTS_FIELD = {
@@ -77,7 +83,7 @@ def decode_request(msg: Any, remaining: float | None) -> InferRequest:
     return InferRequest(
         model=msg.model_name,
         version=msg.model_version or None,
-        id=msg.id or uuid.uuid4().hex,
+        id=msg.id or new_request_id(),
         inputs=inputs,
         outputs=outputs,
         parameters=_parameters(msg.parameters),
