@@ -190,7 +190,7 @@ class Batcher:
         feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
         start = time.perf_counter_ns()
         try:
-            outputs = await self._compute(feeds, rows)
+            outputs, inline = await self._compute(feeds, rows)
         except LockgateError as exc:
             if len(batch) > 1:  # one bad request must not fail its neighbours: retry alone
                 for p in batch:
@@ -204,7 +204,10 @@ class Batcher:
             _fail(batch, LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}"))
             return
         compute_ns = time.perf_counter_ns() - start
-        self.runner.observe(rows, compute_ns / 1e9)
+        if inline:
+            # Only inline runs refine the cost model: a threaded run's wall time includes the
+            # hand-off and the wait for the GIL, which would push tiny models off the loop.
+            self.runner.observe(rows, compute_ns / 1e9)
         self._count(batch, rows, compute_ns)
         if self.observer is not None:
             self._observe(feeds, outputs, batch, start)
@@ -234,12 +237,13 @@ class Batcher:
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
 
-    async def _compute(self, feeds: Arrays, rows: int) -> Arrays:
+    async def _compute(self, feeds: Arrays, rows: int) -> tuple[Arrays, bool]:
+        """Run inline when the predicted compute is below the cost of a thread hand-off."""
         if self.runner.predicted_cost(rows) < self.config.inline_threshold:
             self.stats.inline_batches += 1
-            return self.runner.run(feeds)
+            return self.runner.run(feeds), True
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.run, feeds)
+        return await loop.run_in_executor(self._executor, self.runner.run, feeds), False
 
     def _count(self, batch: list[_Pending], rows: int, compute_ns: int) -> None:
         s = self.stats
