@@ -29,6 +29,13 @@ def test_every_serve_flag_has_an_env_var_and_help(capsys: pytest.CaptureFixture[
         "--log-json",
         "--grace",
         "--intra-op-threads",
+        "--no-monitor",
+        "--no-predlog",
+        "--ring-rows",
+        "--drift-window-rows",
+        "--drift-window-seconds",
+        "--predlog-retention-gb",
+        "--admin-token-file",
     ):
         env = "LOCKGATE_" + flag.lstrip("-").replace("-", "_").upper()
         assert flag in text and env in text, flag

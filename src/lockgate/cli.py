@@ -17,13 +17,20 @@ import orjson
 
 from lockgate import __version__
 from lockgate.cli_traffic import add_traffic_parser
-from lockgate.config import BatchConfig, RunnerConfig, ServeConfig, default_intra_op_threads
+from lockgate.config import (
+    BatchConfig,
+    MonitorConfig,
+    RunnerConfig,
+    ServeConfig,
+    default_intra_op_threads,
+)
 from lockgate.control.auth import load_tokens
 from lockgate.errors import LockgateError, invalid
 from lockgate.logs import configure_logging
 
 log = logging.getLogger("lockgate")
 _BATCH = BatchConfig()
+_MONITOR = MonitorConfig()
 
 
 def _flag(parser: argparse.ArgumentParser, flag: str, default: Any, help: str, **kw: Any) -> None:
@@ -101,6 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    _flag(serve, "--no-monitor", False, "turn the online monitor off", action="store_true")
+    _flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
+    _flag(serve, "--ring-rows", _MONITOR.ring_rows, "monitor ring rows per version", type=int)
+    _flag(
+        serve,
+        "--drift-window-rows",
+        _MONITOR.drift_window_rows,
+        "rows per drift window",
+        type=int,
+    )
+    _flag(
+        serve,
+        "--drift-window-seconds",
+        _MONITOR.drift_window_seconds,
+        "longest drift window in seconds",
+        type=float,
+    )
+    _flag(
+        serve,
+        "--predlog-retention-gb",
+        _MONITOR.retention_bytes / 2**30,
+        "prediction log size cap (oldest segments deleted)",
+        type=float,
+    )
     _flag(
         serve,
         "--admin-token-file",
@@ -164,6 +195,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             max_queue_rows=int(args.max_queue_rows),
         ),
         runner=RunnerConfig(intra_op_threads=int(args.intra_op_threads)),
+        monitor=MonitorConfig(
+            enabled=not args.no_monitor,
+            predlog=not args.no_predlog,
+            ring_rows=int(args.ring_rows),
+            drift_window_rows=int(args.drift_window_rows),
+            drift_window_seconds=float(args.drift_window_seconds),
+            retention_bytes=int(float(args.predlog_retention_gb) * 2**30),
+        ),
     )
 
 
