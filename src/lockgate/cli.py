@@ -309,6 +309,11 @@ def _models_show(args: argparse.Namespace) -> int:
             print(f"  {kind}   {t.name} {t.datatype} {list(t.shape)}")
     for key, value in (info.metadata or {}).items():
         print(f"  meta     {key} = {value}")
+    for key, value in (info.lineage or {}).items():
+        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+        print(f"  lineage  {key} = {shown}")
+    if info.card_path is not None:
+        print(f"  card     {info.card_path}")
     return 0
 
 

@@ -33,6 +33,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 REFERENCE_FILE = "reference.npz"
+CARD_FILE = "card.md"
 _TEMP_PREFIX = ".tmp-"
 
 # onnx TensorProto element types -> Open Inference Protocol datatypes
@@ -67,6 +68,11 @@ class VersionInfo:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def card_path(self) -> Path | None:
+        path = self.path / CARD_FILE
+        return path if path.exists() else None
 
     @property
     def reference_path(self) -> Path | None:
@@ -268,8 +274,10 @@ class Registry:
         metadata: dict[str, Any] | None = None,
         reference: Path | np.ndarray[Any, Any] | None = None,
         lineage: dict[str, Any] | None = None,
+        card: str | None = None,
     ) -> VersionInfo:
-        """Validate and publish `source` as the next version of `name`."""
+        """Validate and publish `source` as the next version of `name` (with its model card,
+        `card.md`, when given)."""
         check_name(name)
         if isinstance(source, bytes):
             model_bytes = source
@@ -301,6 +309,8 @@ class Registry:
             }
             _write_synced(temp / MODEL_FILE, model_bytes)
             _write_synced(temp / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            if card is not None:
+                _write_synced(temp / CARD_FILE, card.encode())
             if ref is not None:
                 buf = io.BytesIO()
                 np.savez(buf, data=ref)
