@@ -24,8 +24,8 @@ demo: $(VENV)/.installed-demo
 test: lint typecheck pytest
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks tools examples
-	$(BIN)/ruff format --check src tests benchmarks tools examples
+	$(BIN)/ruff check src tests benchmarks loadtests tools examples
+	$(BIN)/ruff format --check src tests benchmarks loadtests tools examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -24,7 +24,7 @@ class BatchConfig:
 class RunnerConfig:
     intra_op_threads: int = default_intra_op_threads()
     inter_op_threads: int = 1
-    warmup_runs: int = 2
+    warmup_runs: int = 5  # the cost model keeps the fastest, least disturbed run
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class MonitorConfig:
     flush_interval: float = 1.0  # seconds; a crash loses at most this much of the log
     drift_window_rows: int = 1000
     drift_window_seconds: float = 60.0
-    feedback_window: int = 200_000  # recent request ids kept for joining labels online
+    feedback_window: int = 100_000  # recent request ids kept for joining labels online
 
 
 @dataclass(frozen=True, slots=True)

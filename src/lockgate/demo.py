@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,22 @@ def _init(name: str, value: Array) -> Any:
     return numpy_helper.from_array(value, name)
 
 
-def classifier_data(rng: np.random.Generator, rows: int) -> tuple[Array, Array]:
-    """Features with distinct means and scales, labels from a fixed logistic ground truth."""
+def classifier_data(
+    rng: np.random.Generator, rows: int, *, drifted: bool = False
+) -> tuple[Array, Array]:
+    """Features with distinct means and scales, labels from a fixed logistic ground truth.
+
+    `drifted` is the world after a change: the first four features move by one standard
+    deviation and the relation between features and label changes (the signs of half the
+    ground-truth weights flip), so a model retrained on the new data beats the old one."""
     means = np.linspace(-1.0, 1.0, CLASSIFIER_FEATURES)
     scales = np.linspace(0.5, 2.0, CLASSIFIER_FEATURES)
-    x = rng.normal(means, scales, size=(rows, CLASSIFIER_FEATURES))
     truth = np.sin(np.arange(CLASSIFIER_FEATURES) + 1.0)
+    shift = np.zeros(CLASSIFIER_FEATURES)
+    if drifted:
+        shift[:4] = scales[:4]
+        truth = truth * np.where(np.arange(CLASSIFIER_FEATURES) % 2 == 0, -1.0, 1.0)
+    x = rng.normal(means + shift, scales, size=(rows, CLASSIFIER_FEATURES))
     logits = (x - means) / scales @ truth + 0.3
     y = (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(np.float64)
     return x.astype(np.float32), y
@@ -223,6 +234,44 @@ def ensure_demo_models(registry: Registry) -> list[VersionInfo]:
                 )
                 registered.append(info)
     return registered
+
+
+def send_traffic(
+    address: str, rows: int, *, drifted: bool, seed: int = 1, endpoint: str = "classifier"
+) -> dict[str, float]:
+    """Send `rows` single-row requests to the gateway at `address` (host:port), then their true
+    labels as feedback; returns the served accuracy. Single-row requests, because a label is
+    joined to its request's first row."""
+    import http.client
+
+    import orjson
+
+    x, y = classifier_data(np.random.default_rng(seed), rows, drifted=drifted)
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=30)
+    prefix = f"{'drift' if drifted else 'calm'}-{seed}-{time.time_ns():x}"
+    correct = 0
+    labels = []
+    try:
+        for i in range(rows):
+            body = {
+                "id": f"{prefix}-{i}",
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 16], "data": x[i].tolist()}
+                ],
+            }
+            conn.request("POST", f"/v2/models/{endpoint}/infer", orjson.dumps(body))
+            answer = orjson.loads(conn.getresponse().read())
+            label = next(o for o in answer["outputs"] if o["name"] == "label")["data"][0]
+            correct += int(label == y[i])
+            labels.append({"id": f"{prefix}-{i}", "label": int(y[i])})
+        for start in range(0, rows, 1000):
+            batch = orjson.dumps({"labels": labels[start : start + 1000]})
+            conn.request("POST", f"/v2/models/{endpoint}/feedback", batch)
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    return {"rows": rows, "served_accuracy": correct / max(rows, 1)}
 
 
 def main(argv: list[str]) -> int:

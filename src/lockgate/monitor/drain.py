@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,7 +85,8 @@ class Monitor:
         self.lock = threading.Lock()
         self.feedback_unknown = 0
         self.feedback_total = 0
-        self._recent: dict[bytes, tuple[Key, float]] = {}  # request id -> (version, prediction)
+        # request id -> (version, prediction), oldest first; evicting is O(1) per entry
+        self._recent: OrderedDict[bytes, tuple[Key, float]] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-monitor")
         self._task: asyncio.Task[None] | None = None
         self.predlog: PredictionLog | None = None
@@ -238,10 +239,8 @@ class Monitor:
             # A label is for its request's first row (single-row requests are the usual case).
             predictions = ((vm.key, p) for p in piece.outputs[first, column].tolist())
             self._recent.update(zip(piece.request_id[first].tolist(), predictions, strict=True))
-            excess = len(self._recent) - self.config.feedback_window
-            if excess > 0:
-                for stale in list(self._recent)[:excess]:
-                    del self._recent[stale]
+            for _ in range(len(self._recent) - self.config.feedback_window):
+                self._recent.popitem(last=False)
 
     # -- feedback -------------------------------------------------------------------------------
     async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:

@@ -22,7 +22,7 @@ from lockgate.monitor.drain import Monitor, VersionMonitor
 from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.sketch import LatencySketch
 
-LATENCY_BOUNDS = [2.0**k for k in range(-14, 4)]  # 61 us .. 8 s
+LATENCY_BOUNDS = [2.0**k for k in range(-14, 6)]  # 61 us .. 32 s (past the 30 s default deadline)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 ROUTE = ["endpoint", "variant", "model", "version"]
 VERSION = ["model", "version"]
@@ -179,7 +179,10 @@ class GatewayCollector(Collector):
             "lockgate_drift_dataset_alert", "1 while dataset-level drift is on", labels=side
         )
         share = GaugeMetricFamily(
-            "lockgate_drift_share", "Share of features alerting in the last window", labels=side
+            "lockgate_drift_share",
+            "Share of features alerting in the last window at the per-feature level (the dataset "
+            "alert uses Bonferroni-corrected floors, so a share >= 0.5 is not a dataset alert)",
+            labels=side,
         )
         windows = CounterMetricFamily("lockgate_drift_windows", "Scored drift windows", labels=side)
         for vm in versions:

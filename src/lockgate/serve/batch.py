@@ -112,12 +112,7 @@ class Batcher:
         if self._closed:
             raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self._label()} is shutting down")
         if self._queued_rows and self._queued_rows + rows > self.config.max_queue_rows:
-            self.stats.shed += 1
-            raise LockgateError(
-                ErrorKind.OVERLOADED,
-                f"model {self._label()} is overloaded ({self._queued_rows} rows queued)",
-                retry_after=self._drain_estimate(),
-            )
+            self._shed()
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns(), meta)
         self._queue.append(pending)
@@ -136,6 +131,20 @@ class Batcher:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    def admit(self) -> None:
+        """Refuse before the request is even read when the queue is already full: a rejection
+        must cost far less than a request, or overload turns into collapse."""
+        if self._queued_rows >= self.config.max_queue_rows:
+            self._shed()
+
+    def _shed(self) -> None:
+        self.stats.shed += 1
+        raise LockgateError(
+            ErrorKind.OVERLOADED,
+            f"model {self._label()} is overloaded ({self._queued_rows} rows queued)",
+            retry_after=self._drain_estimate(),
+        )
 
     def _expire(self, pending: _Pending) -> None:
         if not pending.future.done():
@@ -190,7 +199,7 @@ class Batcher:
         feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
         start = time.perf_counter_ns()
         try:
-            outputs, inline = await self._compute(feeds, rows)
+            outputs = await self._compute(feeds, rows)
         except LockgateError as exc:
             if len(batch) > 1:  # one bad request must not fail its neighbours: retry alone
                 for p in batch:
@@ -204,10 +213,6 @@ class Batcher:
             _fail(batch, LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}"))
             return
         compute_ns = time.perf_counter_ns() - start
-        if inline:
-            # Only inline runs refine the cost model: a threaded run's wall time includes the
-            # hand-off and the wait for the GIL, which would push tiny models off the loop.
-            self.runner.observe(rows, compute_ns / 1e9)
         self._count(batch, rows, compute_ns)
         if self.observer is not None:
             self._observe(feeds, outputs, batch, start)
@@ -237,13 +242,13 @@ class Batcher:
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
 
-    async def _compute(self, feeds: Arrays, rows: int) -> tuple[Arrays, bool]:
+    async def _compute(self, feeds: Arrays, rows: int) -> Arrays:
         """Run inline when the predicted compute is below the cost of a thread hand-off."""
         if self.runner.predicted_cost(rows) < self.config.inline_threshold:
             self.stats.inline_batches += 1
-            return self.runner.run(feeds), True
+            return self.runner.run(feeds)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.run, feeds), False
+        return await loop.run_in_executor(self._executor, self.runner.run, feeds)
 
     def _count(self, batch: list[_Pending], rows: int, compute_ns: int) -> None:
         s = self.stats

@@ -93,6 +93,7 @@ class InferenceService:
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
         try:
+            self.pipeline.admit(msg.model_name, msg.model_version or None)
             request = protobuf_codec.decode_request(msg, context.time_remaining())
             request.protocol, request.received_ns = "grpc", received
             for key, value in context.invocation_metadata() or ():
@@ -100,7 +101,8 @@ class InferenceService:
                     request.routing_key = value
             response = await self.pipeline.infer(request)
         except LockgateError as exc:
-            self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
+            if not exc.counted:
+                self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
             raise
         except Exception:
             self.pipeline.count_failure(msg.model_name, "grpc", "internal")

@@ -70,7 +70,8 @@ class InferRoute:
             body, extra = await self._answer(receive, headers, model, version, received)
             status = 200
         except LockgateError as exc:
-            self.pipeline.count_failure(model, "http", exc.kind.value)
+            if not exc.counted:
+                self.pipeline.count_failure(model, "http", exc.kind.value)
             body, media = codec.encode_error(
                 exc.message, msgpack_body=codec.is_msgpack(content_type)
             )
@@ -95,6 +96,7 @@ class InferRoute:
         version: str | None,
         received: int,
     ) -> tuple[bytes, dict[str, str]]:
+        self.pipeline.admit(model, version)
         content_type = headers.get("content-type", "")
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))

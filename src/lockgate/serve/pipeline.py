@@ -23,7 +23,7 @@ from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
-from lockgate.serve.route import RouteTable, build_route_table
+from lockgate.serve.route import EndpointRoute, RouteTable, Variant, build_route_table
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic
 from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
@@ -204,6 +204,18 @@ class Pipeline:
         return self.models.get(*self._explicit_key(name, version))
 
     # -- the request path --------------------------------------------------------------------
+    def admit(self, name: str, version: str | None) -> None:
+        """Shed at once, before the body is read and decoded, when the version the request
+        would go to (an endpoint's primary variant) has a full queue. Anything else wrong with
+        the request is left for `infer` to report."""
+        if version:
+            loaded = self.models.loaded.get((name, version))
+        else:
+            route = self.routes.endpoints.get(name)
+            loaded = self.models.loaded.get(route.primary.key) if route is not None else None
+        if loaded is not None:
+            loaded.batcher.admit()
+
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._draining:
             raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
@@ -215,11 +227,29 @@ class Pipeline:
             variant = route.pick(_routing_key(request))
             loaded = self.models.get(*variant.key)
         spec = loaded.spec
+        endpoint = route.name if route is not None else request.model
+        variant_name = variant.name if variant is not None else ""
+        try:
+            return await self._run(request, loaded, endpoint, variant_name, route, variant)
+        except LockgateError as exc:  # counted here, where the variant and version are known
+            key = (endpoint, variant_name, spec.name, spec.version, request.protocol)
+            self.requests[(*key, exc.kind.value)] += 1
+            exc.counted = True
+            raise
+
+    async def _run(
+        self,
+        request: InferRequest,
+        loaded: LoadedVersion,
+        endpoint: str,
+        variant_name: str,
+        route: EndpointRoute | None,
+        variant: Variant | None,
+    ) -> InferResponse:
+        spec = loaded.spec
         feeds, rows = validate_inputs(request, spec)
         outputs = select_outputs(request, spec)
         deadline = self._deadline(request)
-        endpoint = route.name if route is not None else request.model
-        variant_name = variant.name if variant is not None else ""
         received = request.received_ns or time.perf_counter_ns()
         meta = None
         if loaded.recorder is not None:

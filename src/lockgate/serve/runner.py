@@ -1,8 +1,9 @@
 """One onnxruntime session per loaded model version: load, verify, warm up, run a batch.
 
-The runner also keeps a small cost model (fixed cost per call + cost per row, measured at warm-up
-and refined online) so the batcher can run tiny batches inline on the event loop instead of paying
-a thread hand-off that costs more than the model itself.
+The runner keeps a small cost model (fixed cost per call + cost per row, from the fastest of
+several warm-up runs) so the batcher can run tiny batches inline on the event loop instead of
+paying a thread hand-off that costs more than the model itself. Live timings are not fed back:
+they include GIL waits and hand-offs, which would ratchet tiny models off the loop for good.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from lockgate.types import ModelSpec, TensorSpec
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
-_EWMA = 0.05  # weight of a new observation in the per-row cost estimate
 
 
 class ModelRunner:
@@ -90,11 +90,6 @@ class ModelRunner:
 
     def predicted_cost(self, rows: int) -> float:
         return self.fixed_cost + self.row_cost * rows
-
-    def observe(self, rows: int, seconds: float) -> None:
-        """Refine the per-row cost from a real run so the inline decision tracks the machine."""
-        per_row = max(0.0, seconds - self.fixed_cost) / max(rows, 1)
-        self.row_cost += _EWMA * (per_row - self.row_cost)
 
     def run(self, feeds: Arrays) -> Arrays:
         session = self._session

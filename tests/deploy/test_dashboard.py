@@ -1,0 +1,182 @@
+"""The Grafana dashboard and the alert rules against a live gateway: every PromQL expression
+names only series that /metrics really exports, and every exported family is charted or
+alerted on. Plus the dashboard's structure and the Grafana provisioning files."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lockgate.control.registry import Registry
+from lockgate.demo import classifier_data, ensure_demo_models
+from tests.conftest import RunningGateway, loopback_config
+from tests.deploy.conftest import (
+    GRAFANA_DIR,
+    PROMETHEUS_DIR,
+    PROMETHEUS_SERIES,
+    alert_rules,
+    dashboard,
+    dashboard_exprs,
+    infer,
+    metric_names,
+    selected_names,
+)
+
+# Families exported on purpose but neither charted nor alerted on, with the reason.
+NOT_CHARTED: dict[str, str] = {}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}
+
+
+def _panels(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in doc["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, int]]:
+    """family name -> (type, number of samples) from a live gateway whose traffic fills every
+    family: ok and failed requests, a shadow variant, a closed drift window and labels."""
+    home = tmp_path_factory.mktemp("deploy-metrics")
+    ensure_demo_models(Registry(home))
+    rng = np.random.default_rng(3)
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        body = {
+            "variants": [{"name": "stable", "model": "classifier", "version": "2", "weight": 100}],
+            "shadows": [{"name": "challenger", "model": "classifier", "version": "1"}],
+        }
+        r = httpx.put(f"http://{gw.admin}/v1/endpoints/classifier", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=30) as client:
+            x, _ = classifier_data(rng, 1000)  # one drift window from the reference data
+            infer(client, "classifier", x, "window")
+            for i in range(10):
+                infer(client, "classifier", classifier_data(rng, 2)[0], f"r{i}")
+            assert client.post("/v2/models/classifier/infer", content=b"{").status_code == 400
+            one = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [0]}]}
+            assert client.post("/v2/models/nope/infer", json=one).status_code == 404
+            labels = [{"id": f"r{i}", "label": i % 2} for i in range(10)]
+            labels.append({"id": "nobody", "label": 1})
+            r = client.post("/v2/models/classifier/feedback", json={"labels": labels})
+            assert r.status_code == 200, r.text
+        url = f"http://{gw.admin}/metrics"
+        samples: dict[str, tuple[str, int]] = {}
+        for _ in range(200):  # shadow copies run after the primary answered (<= 10 s)
+            gw.call(gw.gateway.monitor.drain())
+            families = text_string_to_metric_families(httpx.get(url, timeout=10).text)
+            samples = {f.name: (f.type, len(f.samples)) for f in families}
+            if samples["lockgate_shadow_rows"][1]:
+                break
+            time.sleep(0.05)
+    return samples
+
+
+def _series(exported: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """Exported series name -> its family."""
+    out = {}
+    for family, (kind, _) in exported.items():
+        for suffix in SUFFIXES.get(kind, ("",)):
+            out[family + suffix] = family
+    return out
+
+
+def test_the_traffic_fills_every_family(exported: dict[str, tuple[str, int]]) -> None:
+    assert len(exported) >= 30
+    assert all(name.startswith("lockgate_") for name in exported)
+    assert [name for name, (_, n) in exported.items() if n == 0] == []
+
+
+def test_expressions_use_only_exported_series(exported: dict[str, tuple[str, int]]) -> None:
+    series = _series(exported)
+    exprs = {"alerts.yml " + k: v for k, v in alert_rules().items()}
+    exprs |= {f"dashboard #{i}": e for i, e in enumerate(dashboard_exprs())}
+    assert len(exprs) > 40
+    unknown = {
+        where: sorted(metric_names(expr) - series.keys())
+        for where, expr in exprs.items()
+        if metric_names(expr) - series.keys()
+    }
+    assert unknown == {}, f"series that /metrics does not export: {unknown}"
+    foreign = {
+        where: sorted(selected_names(expr) - series.keys() - PROMETHEUS_SERIES)
+        for where, expr in exprs.items()
+        if selected_names(expr) - series.keys() - PROMETHEUS_SERIES
+    }
+    assert foreign == {}, f"non-lockgate series: {foreign}"
+    assert all(metric_names(e) or selected_names(e) for e in exprs.values()), "an empty query"
+
+
+def test_every_family_is_charted_or_alerted(exported: dict[str, tuple[str, int]]) -> None:
+    series = _series(exported)
+    used: set[str] = set()
+    for expr in [*alert_rules().values(), *dashboard_exprs()]:
+        used |= {series[name] for name in metric_names(expr) if name in series}
+    unused = sorted(exported.keys() - used - NOT_CHARTED.keys())
+    assert unused == [], f"exported but neither charted nor alerted on: {unused}"
+    assert NOT_CHARTED.keys() <= exported.keys(), "NOT_CHARTED names a family that is gone"
+
+
+def test_alert_rules_carry_severity_and_annotations() -> None:
+    text = (PROMETHEUS_DIR / "alerts.yml").read_text()
+    rules = alert_rules()
+    assert len(rules) >= 8
+    blocks = re.split(r"\n\s*- alert: ", text)[1:]
+    assert len(blocks) == len(rules)
+    for block in blocks:
+        name = block.split()[0]
+        assert re.search(r"\n\s+for: \d+[smh]\n", block), name
+        assert re.search(r"\n\s+severity: (critical|warning|info)\n", block), name
+        assert "summary:" in block and "description:" in block, name
+
+
+def test_dashboard_structure() -> None:
+    doc = dashboard()
+    assert doc["uid"] and doc["title"] and doc["id"] is None
+    assert doc["schemaVersion"] >= 36  # Grafana 9.x+ (10 and 11 migrate it on import)
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids: list[int] = []
+    cells: set[tuple[int, int]] = set()
+    for panel in _panels(doc):
+        ids.append(panel["id"])
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] >= 1 and pos["x"] + pos["w"] <= 24, panel["title"]
+        mine = {(pos["x"] + dx, pos["y"] + dy) for dx in range(pos["w"]) for dy in range(pos["h"])}
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel.get("description"), panel["id"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        refs = [t["refId"] for t in panel["targets"]]
+        assert panel["targets"] and len(set(refs)) == len(refs), panel["title"]
+        for t in panel["targets"]:
+            assert t["datasource"] == panel["datasource"] and t["expr"].strip()
+            used = set(re.findall(r"\$\{?(\w+)", t["expr"]))
+            assert used <= variables.keys() | GRAFANA_GLOBALS, (panel["title"], used)
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    titles = {p["title"] for p in _panels(doc)}
+    for needed in ("Traffic split", "Errors by outcome", "Queue time", "Batch size", "Queue depth"):
+        assert needed in titles
+    assert {p["type"] for p in _panels(doc)} >= {"timeseries", "heatmap", "state-timeline"}
+
+
+def test_grafana_provisioning() -> None:
+    provisioning = GRAFANA_DIR / "provisioning"
+    datasource = (provisioning / "datasources" / "prometheus.yml").read_text()
+    assert "url: http://prometheus:9090" in datasource and "type: prometheus" in datasource
+    assert datasource.startswith("#") and "apiVersion: 1" in datasource
+    provider = (provisioning / "dashboards" / "lockgate.yml").read_text()
+    assert "apiVersion: 1" in provider and "type: file" in provider
+    path = re.search(r"\n\s+path: (\S+)\n", provider)
+    assert path and Path(path.group(1)).is_absolute()
