@@ -38,7 +38,7 @@ class MonitorConfig:
     flush_interval: float = 1.0  # seconds; a crash loses at most this much of the log
     drift_window_rows: int = 1000
     drift_window_seconds: float = 60.0
-    feedback_window: int = 100_000  # recent request ids kept for joining labels online
+    feedback_window: int = 50_000  # recent request ids kept for joining labels online (~12 MB)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ REGRESSOR_FEATURES = 8
 MLP_FEATURES = 32
 MLP_HIDDEN = 1536
 OPSET = 17
+DEMO_VERSIONS = {"classifier": 2, "regressor": 1, "mlp": 1}
 IR_VERSION = 8
 
 Array = np.ndarray[Any, Any]
@@ -220,8 +221,11 @@ def build_demo_models(out_dir: Path) -> list[tuple[DemoModel, ...]]:
 
 
 def ensure_demo_models(registry: Registry) -> list[VersionInfo]:
-    """Register the demo models that are missing (by name); returns the versions registered."""
+    """Register the demo models that are missing (by name); returns the versions registered.
+    Builds nothing (and imports no onnx) when they are all there already."""
     registered: list[VersionInfo] = []
+    if all(len(registry.versions(name)) >= n for name, n in DEMO_VERSIONS.items()):
+        return registered
     with tempfile.TemporaryDirectory(prefix="lockgate-demo-") as tmp:
         for versions in build_demo_models(Path(tmp)):
             present = len(registry.versions(versions[0].name))

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +71,35 @@ class VersionMonitor:
         return names.index("label") if "label" in names else 0
 
 
+class RecentPredictions:
+    """Request id -> prediction for the newest ~`capacity` requests, per version.
+
+    Two generations of plain `bytes -> float` dicts: when the young one is full it becomes the
+    old one and the old one is dropped. Insertion and eviction are O(1) per id, and dicts of
+    bytes and floats are not tracked by the garbage collector, so a large window costs no GC
+    pauses (an ordered dict of tuples did)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.half = max(1, capacity // 2)
+        self.young: dict[Key, dict[bytes, float]] = {}
+        self.old: dict[Key, dict[bytes, float]] = {}
+        self.size = 0
+
+    def add(self, key: Key, ids: list[bytes], predictions: list[float]) -> None:
+        self.young.setdefault(key, {}).update(zip(ids, predictions, strict=True))
+        self.size += len(ids)
+        if self.size >= self.half:
+            self.old, self.young, self.size = self.young, {}, 0
+
+    def get(self, request_id: bytes) -> tuple[Key, float] | None:
+        for generation in (self.young, self.old):
+            for key, table in generation.items():
+                prediction = table.get(request_id)
+                if prediction is not None:
+                    return key, prediction
+        return None
+
+
 @dataclass
 class FeedbackResult:
     matched: int
@@ -85,8 +114,7 @@ class Monitor:
         self.lock = threading.Lock()
         self.feedback_unknown = 0
         self.feedback_total = 0
-        # request id -> (version, prediction), oldest first; evicting is O(1) per entry
-        self._recent: OrderedDict[bytes, tuple[Key, float]] = OrderedDict()
+        self._recent = RecentPredictions(config.feedback_window)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-monitor")
         self._task: asyncio.Task[None] | None = None
         self.predlog: PredictionLog | None = None
@@ -237,10 +265,8 @@ class Monitor:
         column = vm.prediction_column
         if column is not None:
             # A label is for its request's first row (single-row requests are the usual case).
-            predictions = ((vm.key, p) for p in piece.outputs[first, column].tolist())
-            self._recent.update(zip(piece.request_id[first].tolist(), predictions, strict=True))
-            for _ in range(len(self._recent) - self.config.feedback_window):
-                self._recent.popitem(last=False)
+            ids = piece.request_id[first].tolist()
+            self._recent.add(vm.key, ids, piece.outputs[first, column].tolist())
 
     # -- feedback -------------------------------------------------------------------------------
     async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import Iterator
@@ -133,6 +134,9 @@ class Gateway:
             await self.pipeline.start()
             if self.monitor is not None:
                 self.monitor.start()
+            # Everything alive now lives as long as the process: keep it out of GC scans.
+            gc.collect()
+            gc.freeze()
             self.started.set()
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
