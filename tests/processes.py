@@ -4,6 +4,7 @@ that need thousands of requests (httpx costs more per request than the gateway d
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -26,6 +27,10 @@ class GatewayProcess:
     http: str
     grpc: str
     admin: str
+    log: Path  # stdout and stderr (a file, not a pipe: a full pipe would block the gateway)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     @property
     def base(self) -> str:
@@ -40,17 +45,21 @@ class GatewayProcess:
                 self.proc.kill()
 
 
-def start_gateway(home: Path, *extra: str) -> GatewayProcess:
+def start_gateway(home: Path, *extra: str, env: dict[str, str] | None = None) -> GatewayProcess:
     """Start `lockgate serve` on `home` and wait until it is ready (or fail with its output)."""
     http, grpc, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
     cmd += ["--http", http, "--grpc", grpc, "--admin", admin, *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    gw = GatewayProcess(proc, http, grpc, admin)
+    log = home / f"gateway-{http.rsplit(':', 1)[1]}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    gw = GatewayProcess(proc, http, grpc, admin, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "gateway exited")
+            raise AssertionError(f"gateway exited:\n{gw.output()}")
         try:
             if httpx.get(f"{gw.base}/v2/health/ready", timeout=1).status_code == 200:
                 return gw

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from lockgate import __version__
+from lockgate.cli_rollout import add_rollout_parser
 from lockgate.cli_traffic import add_traffic_parser
 from lockgate.config import (
     BatchConfig,
@@ -167,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(run=_models_show)
     add_traffic_parser(sub, _flag)
+    add_rollout_parser(sub, _flag)
+
+    retrain = sub.add_parser("retrain", help="run the retrain-and-promote worker")
+    _common(retrain)
+    _flag(retrain, "--pipeline", None, "the pipeline file (TOML)", type=Path, required=False)
+    retrain.add_argument("--now", action="store_true", help="run one job at once, then go on")
+    retrain.add_argument("--once", action="store_true", help="exit after one job (or none due)")
+    retrain.set_defaults(run=_retrain)
+
+    demo = sub.add_parser("demo", help="demo helpers")
+    dsub = demo.add_subparsers(dest="demo_command", required=True)
+    drift = dsub.add_parser(
+        "drift", help="send drifted traffic with true labels (the retrain loop's trigger)"
+    )
+    _flag(drift, "--http-address", "127.0.0.1:8000", "the gateway's HTTP address")
+    drift.add_argument("--rows", type=int, default=2000, help="single-row requests to send")
+    drift.add_argument("--calm", action="store_true", help="undrifted traffic instead")
+    drift.add_argument("--seed", type=int, default=1)
+    drift.set_defaults(run=_demo_drift, log_level="warning", log_json=False)
     return parser
 
 
@@ -314,6 +334,28 @@ def _models_show(args: argparse.Namespace) -> int:
         print(f"  lineage  {key} = {shown}")
     if info.card_path is not None:
         print(f"  card     {info.card_path}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from lockgate.cli_traffic import AdminClient
+    from lockgate.retrain.pipeline import load_pipeline
+    from lockgate.retrain.worker import RetrainWorker
+
+    if args.pipeline is None:
+        raise invalid("--pipeline FILE is required (or LOCKGATE_PIPELINE)")
+    spec = load_pipeline(Path(args.pipeline))
+    token = os.environ.get(spec.rollout.token_env)
+    worker = RetrainWorker(spec, Path(args.home), AdminClient(spec.rollout.admin_url, token))
+    worker.run_forever(now=args.now, once=args.once)
+    return 0
+
+
+def _demo_drift(args: argparse.Namespace) -> int:
+    from lockgate.demo import send_traffic
+
+    result = send_traffic(args.http_address, args.rows, drifted=not args.calm, seed=args.seed)
+    print(orjson.dumps(result).decode())
     return 0
 
 

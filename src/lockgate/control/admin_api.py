@@ -25,6 +25,8 @@ from starlette.routing import Route
 from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
 from lockgate.control.auth import TokenCheck
+from lockgate.control.rollout_api import rollout_routes
+from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.http_api import error_response, read_body
@@ -314,4 +316,5 @@ def build_admin_app(
         Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
         Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
     ]
+    routes += rollout_routes(RolloutStore(store.path.parent), guarded)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

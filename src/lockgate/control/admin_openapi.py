@@ -150,6 +150,19 @@ def openapi_document() -> dict[str, Any]:
             "parameters": model_version,
             "get": _op(summary, write=False),
         }
+    rollout = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths["/v1/rollouts"] = {
+        "get": _op("Rollouts, newest first (?endpoint=, ?limit=)", write=False)
+    }
+    paths["/v1/rollouts/{id}"] = {
+        "parameters": [rollout],
+        "get": _op("One rollout: steps, analyses, decisions, aliases", write=False),
+    }
+    for action in ("pause", "resume", "abort", "promote"):
+        paths[f"/v1/rollouts/{{id}}/{action}"] = {
+            "parameters": [rollout],
+            "post": _op(f"Ask the rollout's worker to {action} it (audited)", write=False),
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "lockgate admin API", "version": __version__},

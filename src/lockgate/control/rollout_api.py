@@ -1,0 +1,74 @@
+"""Admin routes for progressive rollouts: list and show them, and record an operator's pause /
+resume / abort / promote for the rollout controller to act on.
+
+The routes never move traffic themselves: the controller owns the ramp and the record tells it
+what the operator asked, so an operator and a worker can never race each other's traffic
+changes. Mount them on the admin app with its `guarded` wrapper (bearer auth sets
+`request.state.actor`, LockgateError kinds map to statuses: unknown id 404, refused transition
+409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from lockgate.control.rollouts import ACTIONS, Rollout, RolloutStore
+from lockgate.errors import invalid
+
+Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Handler], Any]
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+        raise invalid("limit must be an integer from 1 to 10000")
+    return int(raw)
+
+
+def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:
+    return {**rollout.to_json(), "aliases": store.aliases(rollout.endpoint)}
+
+
+def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
+    """The `/v1/rollouts` routes, each wrapped in the admin app's `guarded`."""
+
+    async def list_rollouts(request: Request) -> Response:
+        endpoint = request.query_params.get("endpoint") or None
+        rollouts = await asyncio.to_thread(store.rollouts, endpoint, _limit(request))
+        return _json({"rollouts": [r.to_json() for r in rollouts]})
+
+    async def show(request: Request) -> Response:
+        rid = request.path_params["id"]
+        return _json(await asyncio.to_thread(lambda: _view(store, store.get(rid))))
+
+    def action(name: str) -> Handler:
+        async def run(request: Request) -> Response:
+            actor: str = request.state.actor
+            rid = request.path_params["id"]
+            rollout = await asyncio.to_thread(store.request, rid, name, actor=actor)
+            return _json({"action": name, "actor": actor, "rollout": rollout.to_json()})
+
+        return run
+
+    routes = [
+        Route("/v1/rollouts", guarded(list_rollouts), methods=["GET"]),
+        Route("/v1/rollouts/{id}", guarded(show), methods=["GET"]),
+    ]
+    routes += [
+        Route(f"/v1/rollouts/{{id}}/{name}", guarded(action(name)), methods=["POST"])
+        for name in ACTIONS
+    ]
+    return routes

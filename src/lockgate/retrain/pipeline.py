@@ -1,0 +1,334 @@
+"""The retrain worker's pipeline file: one TOML file per endpoint the worker owns, read once and
+validated completely at start-up, so that a typo fails before any job runs instead of in the
+middle of a rollout. Every message names the key path (``gates.tolerance``, ``rollout.steps[2]``)
+and unknown keys are errors. ``examples/pipeline.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lockgate.control.registry import NAME_PATTERN
+from lockgate.errors import ErrorKind, LockgateError
+
+DEFAULT_TRAINER = "lockgate.retrain.train:logistic_regression"
+TASKS = ("classification", "regression")
+METRICS = {"classification": "accuracy", "regression": "mae"}  # the metric each task is gated on
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerSpec:
+    """`[trainer]`: what produces a candidate."""
+
+    function: str = DEFAULT_TRAINER  # "module:function", a `lockgate.retrain.train.Trainer`
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the trainer unchanged
+    retries: int = 1  # extra attempts when the trainer raises
+
+
+@dataclass(frozen=True, slots=True)
+class TriggersSpec:
+    """`[triggers]`: when a job starts (any one trigger is enough)."""
+
+    drift: bool = True  # the champion's dataset drift alert is on
+    min_new_labels: int = 500  # this many labels arrived since the last job; 0 disables
+    schedule_seconds: float | None = None  # at most this long between jobs; None: no schedule
+    poll_seconds: float = 5.0  # how often the triggers are checked
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """`[data]`: the training set, from the prediction log joined with feedback labels."""
+
+    window_seconds: float = 3600.0  # predictions of the last this-many seconds
+    max_rows: int = 200_000  # the newest labelled rows kept
+    holdout_fraction: float = 0.2  # share held out to compare candidate and champion
+    seed: int = 0  # holdout split and trainer seed
+    min_rows: int = 200  # fewer labelled rows: no job (wait for more labels)
+
+
+@dataclass(frozen=True, slots=True)
+class GatesSpec:
+    """`[gates]`: what a candidate must pass on the holdout before it is registered."""
+
+    metric: str = "accuracy"  # "accuracy" (classification) or "mae" (regression)
+    tolerance: float = 0.0  # accuracy >= champion - tolerance; mae <= champion + tolerance
+    slice_feature: int | None = None  # input feature index whose quantile bins are compared
+    slice_bins: int = 4  # quantile bins of that feature
+    max_slice_gap: float = 0.05  # per slice, worse than the champion by at most this
+    p99_latency_ms: float = 5.0  # candidate p99 of batch-1 calls, measured by the worker
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSpec:
+    """`[rollout]`: the progressive rollout of a candidate that passed the gates."""
+
+    steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)  # canary percents; ends at 100
+    analysis_seconds: float = 30.0  # observation time per step
+    min_requests: int = 50  # canary requests needed per step before it is judged
+    max_error_rate: float = 0.01  # canary error share above this: roll back
+    max_p99_ratio: float = 1.5  # canary p99 / champion p99 above this: roll back
+    abort_on_drift: bool = False  # a drift alert on the canary rolls back
+    max_disagreement: float | None = None  # shadow disagreement share above this: roll back
+    min_accuracy_delta: float | None = None  # canary online accuracy - champion's below: roll back
+    shadow_seconds: float = 0.0  # > 0: a shadow phase of this length before the first step
+    token_env: str = "LOCKGATE_ADMIN_TOKEN"  # env var holding the worker's admin token
+    admin_url: str = "http://127.0.0.1:8002"
+
+    def plan(self) -> dict[str, Any]:
+        """How the candidate is ramped and judged, as a JSON-ready dict (everything but the
+        connection settings `token_env`, `admin_url`): stored with a rollout, so a resumed
+        rollout follows the plan it started with, whatever the file says by then."""
+        doc = asdict(self)
+        doc["steps"] = list(self.steps)
+        del doc["token_env"], doc["admin_url"]
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    """One pipeline file: the endpoint the worker owns and how it retrains and promotes."""
+
+    endpoint: str  # required: the endpoint whose champion is retrained and replaced
+    model: str  # registry name of candidates; defaults to the endpoint
+    task: str = "classification"  # or "regression"
+    trainer: TrainerSpec = TrainerSpec()
+    triggers: TriggersSpec = TriggersSpec()
+    data: DataSpec = DataSpec()
+    gates: GatesSpec = GatesSpec()
+    rollout: RolloutSpec = RolloutSpec()
+
+
+def load_pipeline(path: Path) -> PipelineSpec:
+    """Read and validate a pipeline file; any problem is INVALID naming the key (NOT_FOUND when
+    the file is missing)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LockgateError(ErrorKind.NOT_FOUND, f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockgateError(ErrorKind.INVALID, f"cannot read pipeline file {path}: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockgateError(ErrorKind.INVALID, f"{path}: not valid TOML: {exc}") from None
+    return parse_pipeline(doc, source=str(path))
+
+
+def parse_pipeline(doc: Mapping[str, Any], source: str = "pipeline") -> PipelineSpec:
+    """Validate an already parsed pipeline document (see :func:`load_pipeline`)."""
+    r = _Reader(source)
+    r.keys(doc, "", ("endpoint", "model", "task", *_SECTIONS))
+    if "endpoint" not in doc:
+        raise r.error("missing key 'endpoint'")
+    endpoint = r.name(doc, "endpoint")
+    model = r.name(doc, "model") if "model" in doc else endpoint
+    task = r.choice(doc, "task", "classification", TASKS)
+    sections = {name: r.table(doc, name) for name in _SECTIONS}
+    return PipelineSpec(
+        endpoint=endpoint,
+        model=model,
+        task=task,
+        trainer=_trainer(r, sections["trainer"]),
+        triggers=_triggers(r, sections["triggers"]),
+        data=_data(r, sections["data"]),
+        gates=_gates(r, sections["gates"], task),
+        rollout=_rollout(r, sections["rollout"]),
+    )
+
+
+def _trainer(r: _Reader, t: Mapping[str, Any]) -> TrainerSpec:
+    from lockgate.retrain.train import load_trainer
+
+    r.keys(t, "trainer.", ("function", "params", "retries"))
+    function = r.string(t, "trainer.function", DEFAULT_TRAINER)
+    try:
+        load_trainer(function)
+    except LockgateError as exc:
+        raise r.error(f"trainer.function: {exc.message}") from None
+    params = dict(r.table(t, "params", "trainer.params"))
+    return TrainerSpec(function, params, r.integer(t, "trainer.retries", 1, 0))
+
+
+def _triggers(r: _Reader, t: Mapping[str, Any]) -> TriggersSpec:
+    r.keys(t, "triggers.", ("drift", "min_new_labels", "schedule_seconds", "poll_seconds"))
+    return TriggersSpec(
+        drift=r.boolean(t, "triggers.drift", True),
+        min_new_labels=r.integer(t, "triggers.min_new_labels", 500, 0),
+        schedule_seconds=r.optional(t, "triggers.schedule_seconds", _POSITIVE),
+        poll_seconds=r.number(t, "triggers.poll_seconds", 5.0, _POSITIVE),
+    )
+
+
+def _data(r: _Reader, t: Mapping[str, Any]) -> DataSpec:
+    r.keys(t, "data.", ("window_seconds", "max_rows", "holdout_fraction", "seed", "min_rows"))
+    data = DataSpec(
+        window_seconds=r.number(t, "data.window_seconds", 3600.0, _POSITIVE),
+        max_rows=r.integer(t, "data.max_rows", 200_000, 1),
+        holdout_fraction=r.number(t, "data.holdout_fraction", 0.2, _OPEN_UNIT),
+        seed=r.integer(t, "data.seed", 0, 0),
+        min_rows=r.integer(t, "data.min_rows", 200, 2),
+    )
+    if data.min_rows > data.max_rows:
+        raise r.error(f"data.min_rows ({data.min_rows}) must be <= data.max_rows ({data.max_rows})")
+    return data
+
+
+def _gates(r: _Reader, t: Mapping[str, Any], task: str) -> GatesSpec:
+    keys = ("metric", "tolerance", "slice_feature", "slice_bins", "max_slice_gap", "p99_latency_ms")
+    r.keys(t, "gates.", keys)
+    metric = t.get("metric", METRICS[task])
+    if metric != METRICS[task]:
+        raise r.error(f"gates.metric must be {METRICS[task]!r} for task {task!r}, got {metric!r}")
+    slice_feature = None
+    if "slice_feature" in t:
+        slice_feature = r.integer(t, "gates.slice_feature", 0, 0)
+    return GatesSpec(
+        metric=metric,
+        tolerance=r.number(t, "gates.tolerance", 0.0, _NON_NEGATIVE),
+        slice_feature=slice_feature,
+        slice_bins=r.integer(t, "gates.slice_bins", 4, 2),
+        max_slice_gap=r.number(t, "gates.max_slice_gap", 0.05, _NON_NEGATIVE),
+        p99_latency_ms=r.number(t, "gates.p99_latency_ms", 5.0, _POSITIVE),
+    )
+
+
+def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
+    r.keys(t, "rollout.", tuple(RolloutSpec.__dataclass_fields__))
+    token_env = r.string(t, "rollout.token_env", "LOCKGATE_ADMIN_TOKEN")
+    if not _ENV_NAME.fullmatch(token_env):
+        raise r.error(f"rollout.token_env must be an environment variable name, got {token_env!r}")
+    admin_url = r.string(t, "rollout.admin_url", "http://127.0.0.1:8002")
+    parts = urlsplit(admin_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise r.error(f"rollout.admin_url must be an http(s)://host:port URL, got {admin_url!r}")
+    return RolloutSpec(
+        steps=_steps(r, t),
+        analysis_seconds=r.number(t, "rollout.analysis_seconds", 30.0, _POSITIVE),
+        min_requests=r.integer(t, "rollout.min_requests", 50, 0),
+        max_error_rate=r.number(t, "rollout.max_error_rate", 0.01, _UNIT),
+        max_p99_ratio=r.number(t, "rollout.max_p99_ratio", 1.5, _POSITIVE),
+        abort_on_drift=r.boolean(t, "rollout.abort_on_drift", False),
+        max_disagreement=r.optional(t, "rollout.max_disagreement", _UNIT),
+        min_accuracy_delta=r.optional(t, "rollout.min_accuracy_delta", _ANY),
+        shadow_seconds=r.number(t, "rollout.shadow_seconds", 0.0, _NON_NEGATIVE),
+        token_env=token_env,
+        admin_url=admin_url.rstrip("/"),
+    )
+
+
+def _steps(r: _Reader, t: Mapping[str, Any]) -> tuple[float, ...]:
+    """Canary percents: strictly increasing in (0, 100], in the admin API's 0.01% grid, ending
+    at 100 (the last step is the promotion)."""
+    raw = t.get("steps", [1, 5, 25, 50, 100])
+    if not isinstance(raw, list) or not raw:
+        raise r.error(f"rollout.steps must be a non-empty list of percents, got {raw!r}")
+    steps: list[float] = []
+    for i, value in enumerate(raw):
+        path = f"rollout.steps[{i}]"
+        if not _is_number(value) or not 0 < value <= 100:
+            raise r.error(f"{path} must be a number in (0, 100], got {value!r}")
+        if abs(value * 100 - round(value * 100)) > 1e-6:
+            raise r.error(f"{path} must be a multiple of 0.01 (the weight grid), got {value!r}")
+        if steps and value <= steps[-1]:
+            raise r.error(f"rollout.steps must be strictly increasing ({path} = {value!r})")
+        steps.append(float(value))
+    if steps[-1] != 100:
+        raise r.error(f"rollout.steps must end at 100, got {steps[-1]:g}")
+    return tuple(steps)
+
+
+# -- typed getters ----------------------------------------------------------------------------
+# A rule is (predicate, text for the message), e.g. (lambda v: v >= 0, ">= 0").
+Rule = tuple[Callable[[float], bool], str]
+_ANY: Rule = (lambda v: True, "")
+_POSITIVE: Rule = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+_UNIT: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_OPEN_UNIT: Rule = (lambda v: 0 < v < 1, "with 0 < value < 1")
+_SECTIONS = ("trainer", "triggers", "data", "gates", "rollout")
+
+
+def _is_number(value: object) -> bool:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and math.isfinite(value)  # type: ignore[arg-type]
+
+
+class _Reader:
+    """Typed reads of one key each, raising INVALID with the key's full path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, message: str) -> LockgateError:
+        return LockgateError(ErrorKind.INVALID, f"{self.source}: {message}")
+
+    def keys(self, table: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.error(f"unknown key '{prefix}{key}' (known: {', '.join(allowed)})")
+
+    def table(self, doc: Mapping[str, Any], key: str, path: str | None = None) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.error(f"{path or key} must be a table, got {value!r}")
+        return value
+
+    def name(self, doc: Mapping[str, Any], key: str) -> str:
+        value = doc[key]
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            raise self.error(
+                f"{key} must be a name of 1-64 letters, digits, '_', '.' or '-', got {value!r}"
+            )
+        return value
+
+    def string(self, t: Mapping[str, Any], path: str, default: str) -> str:
+        value = t.get(_leaf(path), default)
+        if not isinstance(value, str) or not value:
+            raise self.error(f"{path} must be a non-empty string, got {value!r}")
+        return value
+
+    def choice(
+        self, t: Mapping[str, Any], path: str, default: str, allowed: tuple[str, ...]
+    ) -> str:
+        value = t.get(_leaf(path), default)
+        if value not in allowed:
+            options = " or ".join(repr(a) for a in allowed)
+            raise self.error(f"{path} must be {options}, got {value!r}")
+        return str(value)
+
+    def boolean(self, t: Mapping[str, Any], path: str, default: bool) -> bool:
+        value = t.get(_leaf(path), default)
+        if not isinstance(value, bool):
+            raise self.error(f"{path} must be true or false, got {value!r}")
+        return value
+
+    def integer(self, t: Mapping[str, Any], path: str, default: int, minimum: int | None) -> int:
+        value = t.get(_leaf(path), default)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok or (minimum is not None and value < minimum):
+            rule = f" >= {minimum}" if minimum is not None else ""
+            raise self.error(f"{path} must be an integer{rule}, got {value!r}")
+        return int(value)
+
+    def number(self, t: Mapping[str, Any], path: str, default: float, rule: Rule) -> float:
+        value = t.get(_leaf(path), default)
+        check, text = rule
+        if not _is_number(value) or not check(value):
+            raise self.error(f"{path} must be a number {text}".rstrip() + f", got {value!r}")
+        return float(value)
+
+    def optional(self, t: Mapping[str, Any], path: str, rule: Rule) -> float | None:
+        """A number that may be absent (TOML has no null: leave the key out)."""
+        return self.number(t, path, 0.0, rule) if _leaf(path) in t else None
+
+
+def _leaf(path: str) -> str:
+    return path.rsplit(".", 1)[-1]

@@ -1,0 +1,255 @@
+"""The retrain-and-promote worker: a plain synchronous loop, one job at a time.
+
+    triggers (drift alert, new labels, schedule, --now)
+      -> dataset (prediction log joined with labels; content-hashed manifest)
+      -> train (the pipeline's trainer, retried per policy)
+      -> evaluate (candidate vs champion on the same holdout; declarative gates)
+      -> register (lineage + model card + reference profile data)
+      -> progressive rollout through the admin API (resumed after a restart)
+
+A job that fails a gate stops with a report and registers nothing. SIGTERM stops the worker
+between steps; a rollout in progress is resumed (or aborted, as recorded) by the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lockgate import __version__
+from lockgate.cli_traffic import AdminClient
+from lockgate.control.registry import Registry, VersionInfo
+from lockgate.control.rollouts import RolloutStore
+from lockgate.errors import ErrorKind, LockgateError
+from lockgate.monitor.predlog import FeedbackLog, PredictionLog
+from lockgate.retrain import dataset as datasets
+from lockgate.retrain.evaluate import evaluate
+from lockgate.retrain.gateway_metrics import scrape
+from lockgate.retrain.lineage import lineage_record, model_card
+from lockgate.retrain.pipeline import PipelineSpec
+from lockgate.retrain.rollout import RolloutController
+from lockgate.retrain.train import TrainedModel, run_trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    outcome: str  # "promoted", "rolled_back", "gates_failed", "no_data", ...
+    version: str | None
+    detail: dict[str, Any]
+
+
+class RetrainWorker:
+    def __init__(self, spec: PipelineSpec, home: Path, admin: AdminClient) -> None:
+        self.spec = spec
+        self.home = home
+        self.admin = admin
+        self.registry = Registry(home)
+        self.rollouts = RolloutStore(home)
+        self.stop = threading.Event()
+        self._marks = home / "retrain" / f"{spec.endpoint}.json"
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run_forever(self, *, now: bool = False, once: bool = False) -> None:
+        """Poll the triggers and run jobs until SIGTERM (or after one job with `once`)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        self.own_endpoint()
+        self.resume_rollouts()
+        log.info("retrain worker for endpoint %s started", self.spec.endpoint)
+        while not self.stop.is_set():
+            reason = "manual" if now else self.trigger()
+            now = False
+            if reason is not None:
+                try:
+                    result = self.run_job(reason)
+                except LockgateError as exc:  # reported; the next trigger tries again
+                    log.error("job failed: %s", exc.message)
+                    result = JobResult("failed", None, {"error": exc.message})
+                log.info("job finished: %s %s", result.outcome, result.version or "")
+                if once:
+                    return
+            elif once:
+                return
+            self.stop.wait(self.spec.triggers.poll_seconds)
+
+    def own_endpoint(self) -> None:
+        """Store the endpoint if it is still implicit: an implicit endpoint follows the latest
+        registered version, and the candidates this worker registers must not take traffic
+        before their rollout says so."""
+        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
+        if endpoint.get("implicit"):
+            body = {"variants": endpoint["variants"], "shadows": endpoint.get("shadows", [])}
+            self.admin.call("PUT", f"/v1/endpoints/{self.spec.endpoint}", body)
+            log.info("stored endpoint %s at its current split", self.spec.endpoint)
+
+    def resume_rollouts(self) -> None:
+        """Finish (or abort, as recorded) a rollout a previous worker left in progress."""
+        for record in self.rollouts.active(self.spec.endpoint):
+            log.info("resuming rollout %s of %s", record.id, self.spec.endpoint)
+            self._controller().resume(record.id)
+
+    def trigger(self) -> str | None:
+        """Why a job should run now, or None."""
+        t = self.spec.triggers
+        marks = self._read_marks()
+        if t.schedule_seconds and time.time() - marks.get("last_job", 0.0) >= t.schedule_seconds:
+            return "schedule"
+        if t.min_new_labels:
+            labels = FeedbackLog(self.home / "feedback").read_labels(start=marks.get("last_job"))
+            if len(labels.get("label", ())) >= t.min_new_labels:
+                return "labels"
+        if t.drift:
+            try:
+                snapshot = scrape(self.spec.rollout.admin_url)
+            except LockgateError as exc:
+                log.warning("cannot read gateway metrics: %s", exc.message)
+                return None
+            champion = self._champion()
+            if champion is not None and snapshot.drift_alert(self.spec.model, champion):
+                return "drift"
+        return None
+
+    # -- one job --------------------------------------------------------------------------------
+    def run_job(self, reason: str) -> JobResult:
+        spec = self.spec
+        started = time.time()
+        log.info("job: %s triggered for endpoint %s", reason, spec.endpoint)
+        champion = self._champion()
+        if champion is None:
+            return JobResult("no_champion", None, {"reason": "the endpoint serves no version"})
+        champion_info = self.registry.get(spec.model, champion)
+        log.info("step 1/5: building the dataset (window %.0f s)", spec.data.window_seconds)
+        data = datasets.build_dataset(
+            PredictionLog(self.home / "predlog"),
+            FeedbackLog(self.home / "feedback"),
+            spec.model,
+            [v.version for v in self.registry.versions(spec.model)],
+            started - spec.data.window_seconds,
+            started,
+            spec.data.max_rows,
+        )
+        try:
+            datasets.require_rows(data, spec.data.min_rows)
+        except LockgateError as exc:
+            self._mark(started)  # wait for new labels (or the schedule) before trying again
+            log.info("%s", exc.message)
+            return JobResult("no_data", None, {"rows": data.rows, "reason": exc.message})
+        train, holdout = datasets.split(data, spec.data.holdout_fraction, spec.data.seed)
+        log.info("step 2/5: training on %d rows (%s)", len(train.y), spec.trainer.function)
+        model = self._train(train.x, train.y)
+        log.info("step 3/5: evaluating against champion v%s on %d rows", champion, len(holdout.y))
+        report = evaluate(
+            model.onnx,
+            champion_info.model_path.read_bytes(),
+            holdout.x,
+            holdout.y,
+            spec.gates,
+            spec.task,
+        )
+        self._mark(started)
+        if not report.passed:
+            log.warning("gates failed; nothing registered: %s", orjson.dumps(report.to_dict()))
+            return JobResult("gates_failed", None, report.to_dict())
+        log.info("step 4/5: registering the candidate")
+        info = self._register(model, train.x, data.manifest, champion, report.to_dict())
+        log.info("step 5/5: rolling out %s v%s", info.name, info.version)
+        rollout_id = self.rollouts.start(
+            spec.endpoint, spec.model, info.version, champion, spec.rollout.plan()
+        )
+        status = self._controller().run(rollout_id)
+        return JobResult(status, info.version, {"rollout": rollout_id, "gates": report.to_dict()})
+
+    def _train(self, x: Any, y: Any) -> TrainedModel:
+        t = self.spec.trainer
+        attempts = t.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return run_trainer(t.function, x, y, dict(t.params), self.spec.data.seed)
+            except LockgateError as exc:
+                if exc.kind is ErrorKind.INVALID:  # a configuration mistake: retrying won't help
+                    raise
+                log.warning("trainer failed (attempt %d of %d): %s", attempt, attempts, exc)
+                if attempt == attempts:
+                    raise
+            except Exception as exc:
+                log.warning("trainer failed (attempt %d of %d): %s", attempt, attempts, exc)
+                if attempt == attempts:
+                    raise LockgateError(
+                        ErrorKind.UNPROCESSABLE, f"trainer failed {attempts} times: {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _register(
+        self,
+        model: TrainedModel,
+        train_x: Any,
+        manifest: dict[str, Any],
+        champion: str,
+        report: dict[str, Any],
+    ) -> VersionInfo:
+        spec = self.spec
+        lineage = lineage_record(
+            manifest,
+            champion,
+            spec.trainer.function,
+            model.params,
+            report["metrics"],
+            report,
+            __version__,
+        )
+        next_version = str(len(self.registry.versions(spec.model)) + 1)
+        card = model_card(
+            spec.model,
+            next_version,
+            spec.task,
+            manifest,
+            report,
+            intended_use=f"Serves endpoint {spec.endpoint!r}; retrained by lockgate.",
+            limitations=["Trained only on traffic the gateway logged with labels."],
+            parent=champion,
+        )
+        return self.registry.register(
+            model.onnx,
+            spec.model,
+            metadata={"trigger": "retrain", "endpoint": spec.endpoint},
+            reference=train_x,
+            lineage=lineage,
+            card=card,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _controller(self) -> RolloutController:
+        return RolloutController(self.admin, self.rollouts, self.spec.rollout.admin_url)
+
+    def _champion(self) -> str | None:
+        """The champion alias, else the endpoint's version with the most traffic."""
+        alias = self.rollouts.alias(self.spec.endpoint, "champion")
+        if alias is not None:
+            return alias[1]
+        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
+        variants = [v for v in endpoint["variants"] if v["model"] == self.spec.model]
+        if not variants:
+            return None
+        return str(max(variants, key=lambda v: v["weight"])["version"])
+
+    def _read_marks(self) -> dict[str, float]:
+        try:
+            marks: dict[str, float] = orjson.loads(self._marks.read_bytes())
+            return marks
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def _mark(self, started: float) -> None:
+        self._marks.parent.mkdir(parents=True, exist_ok=True)
+        temp = self._marks.with_suffix(".tmp")
+        temp.write_bytes(orjson.dumps({"last_job": started}))
+        temp.replace(self._marks)

@@ -1,0 +1,152 @@
+"""The whole loop on real processes: a gateway, drifted traffic with labels, and `lockgate
+retrain` as its own process: drift alert -> dataset -> train -> gates -> register with lineage
+-> canary steps -> new champion. And a worse trainer that the gates stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lockgate.control.registry import Registry
+from lockgate.demo import ensure_demo_models, send_traffic
+from lockgate.monitor.predlog import FeedbackLog
+from lockgate.retrain.train import LinearModel, TrainedModel, fit_logistic, logistic_onnx
+from tests.processes import GatewayProcess, start_gateway
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "worker-token-0123456789abcdef"
+
+
+def inverted_trainer(x: Any, y: Any, params: dict[str, Any], seed: int) -> TrainedModel:
+    """A deliberately worse trainer: fits the data, then predicts the opposite class."""
+    fitted = fit_logistic(x, y, 1e-3, 100)
+    worse = LinearModel(-fitted.weights, -fitted.bias)
+    return TrainedModel(logistic_onnx(worse), {}, {})
+
+
+def write_pipeline(path: Path, admin: str, trainer: str | None = None) -> Path:
+    trainer_line = f'function = "{trainer}"\n' if trainer else ""
+    path.write_text(
+        f"""
+endpoint = "classifier"
+
+[trainer]
+{trainer_line}retries = 0
+
+[triggers]
+drift = true
+min_new_labels = 0
+poll_seconds = 0.5
+
+[data]
+min_rows = 300
+
+[gates]
+tolerance = 0.0
+p99_latency_ms = 50.0
+
+[rollout]
+steps = [10, 50, 100]
+analysis_seconds = 1.0
+min_requests = 5
+max_p99_ratio = 50.0
+token_env = "LOCKGATE_TEST_WORKER_TOKEN"
+admin_url = "http://{admin}"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    ensure_demo_models(Registry(tmp_path))
+    gw = start_gateway(tmp_path, env={"LOCKGATE_ADMIN_TOKENS": f"worker:{TOKEN}"})
+    yield gw
+    gw.stop()
+
+
+def wait_for_labels(home: Path, count: int) -> None:
+    """The gateway flushes its logs every second; the worker reads them from disk."""
+    deadline = time.monotonic() + 10
+    while len(FeedbackLog(home / "feedback").read_labels().get("label", ())) < count:
+        assert time.monotonic() < deadline, "labels never reached the feedback log"
+        time.sleep(0.2)
+
+
+def run_worker(home: Path, pipeline: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(home)]
+    cmd += ["--pipeline", str(pipeline), "--once"]
+    env = {**os.environ, "LOCKGATE_TEST_WORKER_TOKEN": TOKEN}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def admin(gw: GatewayProcess, path: str) -> Any:
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    return httpx.get(f"http://{gw.admin}{path}", headers=headers, timeout=10).json()
+
+
+def test_drift_leads_to_a_new_champion(gateway: GatewayProcess, tmp_path: Path) -> None:
+    calm = send_traffic(gateway.http, 300, drifted=False, seed=2)
+    drifted = send_traffic(gateway.http, 1500, drifted=True, seed=3)
+    assert drifted["served_accuracy"] < calm["served_accuracy"] - 0.2  # the world changed
+    wait_for_labels(tmp_path, 1800)
+    stop = threading.Event()
+
+    def live_traffic() -> None:  # canary steps need requests to judge
+        seed = 10
+        while not stop.is_set():
+            send_traffic(gateway.http, 100, drifted=True, seed=seed)
+            seed += 1
+
+    thread = threading.Thread(target=live_traffic, daemon=True)
+    thread.start()
+    try:
+        result = run_worker(tmp_path, write_pipeline(tmp_path / "p.toml", gateway.admin))
+    finally:
+        stop.set()
+        thread.join(30)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "drift triggered" in log and "job finished: promoted 3" in log, log
+
+    info = Registry(tmp_path).get("classifier", "3")
+    lineage = info.lineage
+    assert lineage["parent"] == "2" and len(lineage["data_hash"]) == 64
+    metrics = lineage["metrics"]
+    assert metrics["candidate"]["accuracy"] > metrics["champion"]["accuracy"] + 0.2, metrics
+    assert all(g["passed"] for g in lineage["gates"]["gates"])
+    assert info.card_path is not None and lineage["data_hash"] in info.card_path.read_text()
+
+    endpoint = admin(gateway, "/v1/endpoints/classifier")
+    assert [(v["version"], v["weight"]) for v in endpoint["variants"]] == [("3", 100.0)]
+    (rollout,) = admin(gateway, "/v1/rollouts?endpoint=classifier")["rollouts"]
+    assert rollout["status"] == "promoted"
+    steps = [h["weight"] for h in rollout["history"] if h.get("weight") is not None]
+    assert sorted(set(steps)) == [10.0, 50.0, 100.0]
+    actions = [r["action"] for r in admin(gateway, "/v1/audit?target=classifier")["records"]]
+    assert "canary.set" in actions and "canary.promote" in actions
+    after = send_traffic(gateway.http, 500, drifted=True, seed=99)
+    assert after["served_accuracy"] > drifted["served_accuracy"] + 0.2
+
+
+def test_a_worse_candidate_is_stopped_by_the_gates(gateway: GatewayProcess, tmp_path: Path) -> None:
+    send_traffic(gateway.http, 1200, drifted=True, seed=4)
+    wait_for_labels(tmp_path, 1200)
+    trainer = "tests.e2e.test_retrain_loop:inverted_trainer"
+    result = run_worker(tmp_path, write_pipeline(tmp_path / "p.toml", gateway.admin, trainer))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "gates failed" in log and "job finished: gates_failed" in log, log
+    assert [v.version for v in Registry(tmp_path).versions("classifier")] == ["1", "2"]
+    endpoint = admin(gateway, "/v1/endpoints/classifier")
+    assert [(v["version"], v["weight"]) for v in endpoint["variants"]] == [("2", 100.0)]
+    assert admin(gateway, "/v1/rollouts?endpoint=classifier")["rollouts"] == []

@@ -1,0 +1,243 @@
+"""Candidate vs champion on one holdout: each gate passes and fails for the reason it exists."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lockgate.errors import LockgateError
+from lockgate.retrain.evaluate import evaluate
+from lockgate.retrain.pipeline import GatesSpec
+from lockgate.retrain.train import (
+    LinearModel,
+    linear_regression,
+    logistic_onnx,
+    logistic_regression,
+    sigmoid,
+)
+
+Array = np.ndarray[Any, Any]
+F = 8
+RELAXED = GatesSpec(p99_latency_ms=100.0)  # latency is tested on its own, below
+FAST: dict[str, int] = {"latency_calls": 50, "warmup_calls": 5}
+
+
+def data(rows: int, seed: int, shift: float = 0.0) -> tuple[Array, Array]:
+    """Labels from a ground truth that rotates with `shift` (concept drift), features whose
+    mean moves with it (covariate drift)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(shift, 1.0, size=(rows, F)).astype(np.float32)
+    truth = np.linspace(-1.0, 1.0, F) * (1 - 2 * shift) + shift * np.linspace(1.0, -0.5, F)
+    y = (rng.random(rows) < sigmoid(3 * (x @ truth - shift))).astype(np.float64)
+    return x, y
+
+
+def slow_classifier(weights: Array, width: int = 768, layers: int = 12) -> bytes:
+    """The classifier's schema and predictions, plus a chain of square MatMuls whose result is
+    multiplied by zero: only its latency differs."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(weights.reshape(-1, 1).astype(np.float32), "W"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        numpy_helper.from_array(np.full(1, 0.5, np.float32), "half"),
+        numpy_helper.from_array(rng.normal(size=(F, width)).astype(np.float32), "S_in"),
+    ]
+    nodes = [helper.make_node("MatMul", ["input", "S_in"], ["h_in"])]
+    prev = "h_in"
+    for i in range(layers):
+        w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"S{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"S{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes += [
+        helper.make_node("ReduceMean", [prev], ["mean"], keepdims=1, axes=[1]),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["input", "W"], ["logit0"]),
+        helper.make_node("Add", ["logit0", "nothing"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+        helper.make_node("Greater", ["probability", "half"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["label"], to=TensorProto.INT64),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", F])],
+        [
+            helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch", 1]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def flip_above(classifier: bytes, threshold: float) -> bytes:
+    """The classifier with its probability flipped (p -> 1 - p) where input[:, 0] > threshold."""
+    model = onnx.load_model_from_string(classifier)
+    graph = model.graph
+    kept = [n for n in graph.node if n.op_type not in ("Greater", "Cast")]
+    for node in kept:
+        if node.output[0] == "probability":
+            node.output[0] = "p"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "zero_i"),
+            numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+            numpy_helper.from_array(np.array([threshold], np.float32), "t"),
+            numpy_helper.from_array(np.array([1.0], np.float32), "one_f"),
+        ]
+    )
+    kept += [
+        helper.make_node("Slice", ["input", "zero_i", "one_i", "one_i"], ["x0"]),
+        helper.make_node("Greater", ["x0", "t"], ["top"]),
+        helper.make_node("Sub", ["one_f", "p"], ["q"]),
+        helper.make_node("Where", ["top", "q", "p"], ["probability"]),
+        helper.make_node("Greater", ["probability", "half"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["label"], to=TensorProto.INT64),
+    ]
+    del graph.node[:]
+    graph.node.extend(kept)
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, Any]:
+    old_x, old_y = data(3000, 1)
+    new_x, new_y = data(3000, 2, shift=0.6)
+    holdout_x, holdout_y = data(2000, 3, shift=0.6)
+    return {
+        "champion": logistic_regression(old_x, old_y, {}, 0).onnx,
+        "candidate": logistic_regression(new_x, new_y, {}, 0).onnx,
+        "holdout": (holdout_x, holdout_y),
+    }
+
+
+def test_candidate_trained_on_shifted_data_beats_the_champion(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    report = evaluate(
+        models["candidate"], models["champion"], x, y, RELAXED, "classification", **FAST
+    )
+    assert report.candidate["accuracy"] is not None and report.champion is not None
+    assert report.candidate["accuracy"] > report.champion["accuracy"] + 0.05
+    metric = report.gate("metric")
+    assert metric.passed and metric.value == report.candidate["accuracy"]
+    assert metric.threshold == report.champion["accuracy"]
+    assert [g.name for g in report.gates] == ["schema", "metric", "latency"]
+    assert report.passed
+    doc = report.to_dict()
+    json.dumps(doc, allow_nan=False)
+    assert doc["passed"] is True and doc["metrics"]["champion"] == report.champion
+
+
+def test_the_report_accuracy_is_the_label_accuracy(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(models["champion"], providers=["CPUExecutionProvider"])
+    labels = session.run(["label"], {"input": x})[0][:, 0]
+    report = evaluate(models["champion"], None, x, y, RELAXED, "classification", **FAST)
+    assert report.candidate["accuracy"] == pytest.approx(float(np.mean(labels == y)))
+    assert report.champion is None and report.passed  # nothing to beat
+
+
+def test_a_worse_model_fails_the_metric_gate(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    constant = logistic_onnx(LinearModel(np.zeros(F), 0.0))  # always label 0
+    report = evaluate(constant, models["candidate"], x, y, RELAXED, "classification", **FAST)
+    metric = report.gate("metric")
+    assert not metric.passed and not report.passed
+    assert metric.value == pytest.approx(float(np.mean(y == 0)))
+    assert report.gate("schema").passed and report.gate("latency").passed
+    # with a tolerance wide enough the same candidate passes
+    lenient = GatesSpec(tolerance=1.0, p99_latency_ms=100.0)
+    assert evaluate(constant, models["candidate"], x, y, lenient, "classification", **FAST).passed
+
+
+def test_a_slow_model_fails_the_latency_gate(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    fast = logistic_regression(*data(3000, 2, shift=0.6), {}, 0)
+    weights = numpy_helper.to_array(
+        next(i for i in onnx.load_model_from_string(fast.onnx).graph.initializer if i.name == "W")
+    )
+    slow = slow_classifier(weights[:, 0])
+    gates = GatesSpec(p99_latency_ms=0.5)
+    report = evaluate(
+        slow, models["champion"], x, y, gates, "classification", latency_calls=30, warmup_calls=3
+    )
+    latency = report.gate("latency")
+    assert not latency.passed and latency.value is not None and latency.value > 0.5
+    assert report.gate("schema").passed and report.gate("metric").passed
+    assert not report.passed
+    fast_report = evaluate(fast.onnx, models["champion"], x, y, gates, "classification", **FAST)
+    assert fast_report.gate("latency").passed
+
+
+def test_a_different_output_schema_fails_the_schema_gate(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    regressor = linear_regression(x, y, {}, 0).onnx  # `value` instead of probability + label
+    report = evaluate(regressor, models["champion"], x, y, RELAXED, "classification", **FAST)
+    schema = report.gate("schema")
+    assert not schema.passed and "outputs differ" in schema.detail and "value" in schema.detail
+    assert not report.passed
+
+
+def test_a_candidate_that_cannot_run_fails_without_raising(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    narrow = logistic_onnx(LinearModel(np.ones(F - 1), 0.0))
+    report = evaluate(narrow, models["champion"], x, y, RELAXED, "classification", **FAST)
+    assert "inputs differ" in report.gate("schema").detail
+    assert not report.gate("metric").passed and "candidate failed" in report.gate("metric").detail
+    assert not report.passed
+
+
+def test_slices(models: dict[str, Any]) -> None:
+    x, y = models["holdout"]
+    gates = GatesSpec(tolerance=0.5, slice_feature=0, slice_bins=4, p99_latency_ms=100.0)
+    same = evaluate(models["candidate"], models["candidate"], x, y, gates, "classification", **FAST)
+    assert same.gate("slices").passed and same.gate("slices").value == 0.0
+    assert [s["rows"] for s in same.slices] == [500, 500, 500, 500]
+    edges = np.quantile(x[:, 0], [0.25, 0.5, 0.75])
+    assert [s["hi"] for s in same.slices[:3]] == pytest.approx(edges)
+
+    # Wrong exactly where feature 0 is in its top quartile: within a 0.5 tolerance overall,
+    # refused by the slice gate, which names that slice.
+    threshold = float(edges[2])
+    wrong_on_top = flip_above(models["candidate"], threshold)
+    report = evaluate(wrong_on_top, models["candidate"], x, y, gates, "classification", **FAST)
+    assert report.gate("metric").passed
+    gate = report.gate("slices")
+    assert not gate.passed and gate.value is not None and gate.value > 0.05
+    gaps = [s["gap"] for s in report.slices]
+    assert gaps[:3] == [0.0, 0.0, 0.0] and gaps[3] == gate.value
+    top = x[:, 0] > threshold
+    correct = report.slices[3]["champion"]
+    assert report.slices[3]["candidate"] == pytest.approx(1 - correct)
+    assert report.slices[3]["rows"] == int(top.sum())
+    assert f"[{threshold:.4g}," in gate.detail
+    with pytest.raises(LockgateError, match="slice_feature 99 is out of range"):
+        evaluate(wrong_on_top, None, x, y, GatesSpec(slice_feature=99), "classification", **FAST)
+
+
+def test_regression_is_gated_on_mae() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2000, F)).astype(np.float32)
+    old = x.astype(np.float64) @ np.linspace(-1, 1, F) + 0.5
+    new = x.astype(np.float64) @ np.linspace(1, -1, F) - 0.5
+    champion = linear_regression(x[:1000], old[:1000], {}, 0).onnx
+    candidate = linear_regression(x[:1000], new[:1000], {}, 0).onnx
+    gates = GatesSpec(metric="mae", p99_latency_ms=100.0)
+    good = evaluate(candidate, champion, x[1000:], new[1000:], gates, "regression", **FAST)
+    assert good.metric == "mae" and good.passed
+    assert good.candidate["mae"] == pytest.approx(0.0, abs=1e-4)
+    bad = evaluate(champion, candidate, x[1000:], new[1000:], gates, "regression", **FAST)
+    assert not bad.gate("metric").passed
+    assert bad.gate("metric").threshold == pytest.approx(good.candidate["mae"])
