@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/lockgate serve --home $(HOME_DIR) --demo
+	$(BIN)/lockgate serve --home $(HOME_DIR) --demo --worker examples/pipeline.toml
 
 test: lint typecheck pytest
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    _flag(
+        serve,
+        "--worker",
+        None,
+        "also run the retrain worker with this pipeline file (stopped with the gateway)",
+        type=Path,
+    )
     _flag(serve, "--no-monitor", False, "turn the online monitor off", action="store_true")
     _flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
     _flag(serve, "--ring-rows", _MONITOR.ring_rows, "monitor ring rows per version", type=int)
@@ -173,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = sub.add_parser("retrain", help="run the retrain-and-promote worker")
     _common(retrain)
     _flag(retrain, "--pipeline", None, "the pipeline file (TOML)", type=Path, required=False)
+    _flag(retrain, "--admin-url", None, "admin API address (overrides rollout.admin_url)")
     retrain.add_argument("--now", action="store_true", help="run one job at once, then go on")
     retrain.add_argument("--once", action="store_true", help="exit after one job (or none due)")
     retrain.set_defaults(run=_retrain)
@@ -183,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "drift", help="send drifted traffic with true labels (the retrain loop's trigger)"
     )
     _flag(drift, "--http-address", "127.0.0.1:8000", "the gateway's HTTP address")
-    drift.add_argument("--rows", type=int, default=2000, help="single-row requests to send")
+    drift.add_argument("--rows", type=int, default=2000, help="single-row requests per round")
+    drift.add_argument(
+        "--seconds", type=float, default=0.0, help="keep sending rounds this long (0: one round)"
+    )
     drift.add_argument("--calm", action="store_true", help="undrifted traffic instead")
     drift.add_argument("--seed", type=int, default=1)
     drift.set_defaults(run=_demo_drift, log_level="warning", log_json=False)
@@ -246,9 +260,17 @@ def _serve(args: argparse.Namespace) -> int:
         task = asyncio.create_task(gateway.run())
         started = asyncio.create_task(gateway.started.wait())
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        worker = None
+        if gateway.started.is_set() and args.worker is not None:
+            worker = _start_worker(config.home, Path(args.worker), gateway.ports["admin"])
         if config.demo and gateway.started.is_set():
-            print(demo_banner(gateway.ports), flush=True)
-        await task
+            print(demo_banner(gateway.ports, args.worker), flush=True)
+        try:
+            await task
+        finally:
+            if worker is not None:
+                worker.terminate()
+                await asyncio.to_thread(worker.wait, 30)
 
     try:
         import uvloop
@@ -262,18 +284,35 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_banner(ports: dict[str, int]) -> str:
-    http, grpc = ports["http"], ports["grpc"]
+def _start_worker(home: Path, pipeline: Path, admin_port: int) -> subprocess.Popen[bytes]:
+    """The retrain worker as its own process (it never shares the gateway's event loop)."""
+    cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(home)]
+    cmd += ["--pipeline", str(pipeline), "--admin-url", f"http://127.0.0.1:{admin_port}"]
+    log.info("starting the retrain worker: %s", " ".join(cmd))
+    return subprocess.Popen(cmd)
+
+
+def demo_banner(ports: dict[str, int], worker: Path | None = None) -> str:
+    http, grpc, admin = ports["http"], ports["grpc"], ports["admin"]
     row = ", ".join(["0.5"] * 16)
+    loop = ""
+    if worker is not None:
+        loop = f"""
+  # the retrain loop ({worker}): drift the classifier's traffic (with true labels) ...
+  .venv/bin/lockgate demo drift --http-address localhost:{http} --seconds 180
+  # ... then watch the drift alert, the retrain and the canary steps:
+  curl -s localhost:{admin}/metrics | grep 'lockgate_drift_alert.*input'
+  .venv/bin/lockgate rollout status --admin-url http://localhost:{admin}
+"""
     return f"""
-lockgate is serving the demo models (classifier v1+v2, regressor, mlp).
+lockgate is serving the demo models (classifier v1+v2, regressor, mlp), monitoring on.
 
   curl -s localhost:{http}/v2/models/classifier/infer \\
     -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,16],"data":[{row}]}}]}}'
 
   # the stock tritonclient, over HTTP and gRPC:
   .venv/bin/python examples/client.py --http-port {http} --grpc-port {grpc}
-
+{loop}
 Ctrl-C stops the gateway (in-flight requests finish first).
 """
 
@@ -345,6 +384,10 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.pipeline is None:
         raise invalid("--pipeline FILE is required (or LOCKGATE_PIPELINE)")
     spec = load_pipeline(Path(args.pipeline))
+    if args.admin_url:
+        spec = dataclasses.replace(
+            spec, rollout=dataclasses.replace(spec.rollout, admin_url=args.admin_url)
+        )
     token = os.environ.get(spec.rollout.token_env)
     worker = RetrainWorker(spec, Path(args.home), AdminClient(spec.rollout.admin_url, token))
     worker.run_forever(now=args.now, once=args.once)
@@ -354,9 +397,14 @@ def _retrain(args: argparse.Namespace) -> int:
 def _demo_drift(args: argparse.Namespace) -> int:
     from lockgate.demo import send_traffic
 
-    result = send_traffic(args.http_address, args.rows, drifted=not args.calm, seed=args.seed)
-    print(orjson.dumps(result).decode())
-    return 0
+    deadline = time.monotonic() + args.seconds
+    seed = args.seed
+    while True:
+        result = send_traffic(args.http_address, args.rows, drifted=not args.calm, seed=seed)
+        print(orjson.dumps(result).decode(), flush=True)
+        seed += 1
+        if time.monotonic() >= deadline:
+            return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""`lockgate serve --demo` on a fresh home: builds and registers the demo models, and the curl
-and tritonclient commands it prints work exactly as printed."""
+"""`lockgate serve --demo --worker examples/pipeline.toml` on a fresh home: builds and registers
+the demo models, starts the retrain worker, and every command it prints (curl, tritonclient, the
+drift generator, rollout status) works exactly as printed."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--demo", "--home", str(home)]
     cmd += ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    cmd += ["--worker", "examples/pipeline.toml"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -64,6 +66,25 @@ def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
         )
         assert client.returncode == 0, client.stderr
         assert "HTTP  probability:" in client.stdout and "gRPC  probability:" in client.stdout
+        drift = subprocess.run(
+            _command(banner, ".venv/bin/lockgate demo drift").replace("180", "0"),
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert drift.returncode == 0, drift.stderr
+        assert json.loads(drift.stdout)["rows"] == 2000
+        status = subprocess.run(
+            _command(banner, ".venv/bin/lockgate rollout status"),
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
         assert [p.name for p in sorted((home / "models").iterdir())] == [
             "classifier",
             "mlp",
