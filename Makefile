@@ -31,6 +31,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
+	tools/ensure-prometheus.sh
 	$(BIN)/pytest -q
 
 proto: $(VENV)/.installed-dev
