@@ -183,6 +183,19 @@ def targets(rows: list[Row], rss_end: float) -> list[str]:
                 lg,
             )
     line(f"(d) lockgate RSS after the run {rss_end:.0f} MB (<= 300 MB)", rss_end <= 300)
+    key = ("lockgate classifier: split 50/50 vs one version", 64)
+    if key in res:
+        split, single = res[key]
+        ratio = split.rps / single.rps
+        line(
+            f"(e) 50/50 split: {ratio:.2f}x the single-version rps (>= 0.95)", ratio >= 0.95, split
+        )
+    for model in FEATURES:
+        key = (f"lockgate {model}: monitor on vs off", 64)
+        if key in res:
+            on, off = res[key]
+            ratio = on.rps / off.rps
+            line(f"(f) {model} monitor on: {ratio:.2f}x the rps off (>= 0.9)", ratio >= 0.9, on)
     return out
 
 
@@ -201,6 +214,12 @@ def start_servers(bench: Bench) -> dict[str, int]:
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
     cmd += [f"--{k}=127.0.0.1:{p}" for k, p in ports.items()]
     bench.start("lockgate", [*cmd, "--intra-op-threads", threads, "--grace", "2"])
+    # The same build with the monitor off, for the monitoring-cost comparison.
+    plain = {k: free_port() for k in ("http", "grpc", "admin")}
+    ports.update({f"{k} plain": p for k, p in plain.items()})
+    cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home), "--no-monitor"]
+    cmd += [f"--{k}=127.0.0.1:{p}" for k, p in plain.items()]
+    bench.start("lockgate plain", [*cmd, "--intra-op-threads", threads, "--grace", "2"])
     for model in FEATURES:
         for kind in ("http", "grpc"):
             port = ports[f"{kind} {model}"] = free_port()
@@ -208,6 +227,7 @@ def start_servers(bench: Bench) -> dict[str, int]:
             opts = ["--port", str(port), "--intra-op-threads", threads]
             bench.start(f"thin {kind} {model}", [*script, *opts])
     bench.wait_http("lockgate", f"http://127.0.0.1:{ports['http']}/v2/health/ready")
+    bench.wait_http("lockgate plain", f"http://127.0.0.1:{ports['http plain']}/v2/health/ready")
     for model in FEATURES:
         port = ports[f"http {model}"]
         bench.wait_http(f"thin http {model}", f"http://127.0.0.1:{port}/ceiling")
@@ -230,6 +250,39 @@ def measure_http(bench: Bench, ports: dict[str, int], dur: float, warm: float) -
         rows.append(
             Row("HTTP GET /ceiling (thin)", conns, None, wrk(bench.tmp, ceiling, None, conns, dur))
         )
+    return rows
+
+
+def measure_features(bench: Bench, ports: dict[str, int], dur: float, warm: float) -> list[Row]:
+    """What routing and monitoring cost, lockgate against itself at 64 connections: an endpoint
+    split 50/50 between two versions vs one version; the monitor on vs off."""
+    split = {
+        "variants": [
+            {"name": "a", "model": "classifier", "version": "1", "weight": 50},
+            {"name": "b", "model": "classifier", "version": "2", "weight": 50},
+        ]
+    }
+    admin = f"http://127.0.0.1:{ports['admin']}/v1/endpoints/split"
+    request = urllib.request.Request(admin, json.dumps(split).encode(), method="PUT")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        answer.read()
+    base = f"http://127.0.0.1:{ports['http']}/v2/models"
+    plain = f"http://127.0.0.1:{ports['http plain']}/v2/models"
+    rows = []
+    body = json_body(FEATURES["classifier"])
+    for url in (f"{base}/split/infer", f"{base}/classifier/infer"):
+        wrk(bench.tmp, url, body, 16, warm)
+    split_run = wrk(bench.tmp, f"{base}/split/infer", body, 64, dur)
+    single = wrk(bench.tmp, f"{base}/classifier/infer", body, 64, dur)
+    rows.append(Row("lockgate classifier: split 50/50 vs one version", 64, split_run, single))
+    for model, features in FEATURES.items():
+        body = json_body(features)
+        urls = [f"{u}/{model}/infer" for u in (base, plain)]
+        for url in urls:
+            wrk(bench.tmp, url, body, 16, warm)
+        monitored, unmonitored = (wrk(bench.tmp, url, body, 64, dur) for url in urls)
+        rows.append(Row(f"lockgate {model}: monitor on vs off", 64, monitored, unmonitored))
+        print(f"{model} monitor on/off: {monitored.rps:.0f} / {unmonitored.rps:.0f}", flush=True)
     return rows
 
 
@@ -270,6 +323,8 @@ def run(bench: Bench) -> list[str]:
         rows += measure_http(bench, ports, dur, warm)
     if args.only in (None, "grpc"):
         rows += measure_grpc(bench, ports, dur, warm)
+    if args.only in (None, "http"):
+        rows += measure_features(bench, ports, dur, warm)
     rss_end = rss_mb(pid)
     served = sum(r.lg.ok for r in rows if r.lg is not None)
     lines = [*table(rows), "", *targets(rows, rss_end), ""]
