@@ -1,5 +1,6 @@
-"""The prediction ring against a plain list: every row taken exactly once, in order, and rows
-overwritten before the drain saw them counted as dropped."""
+"""The ring between the request path and the drain, against a plain list of rows: every row
+assembled exactly once, in order, with its own request's id, route and timings; rows dropped
+past capacity counted."""
 
 from __future__ import annotations
 
@@ -7,65 +8,79 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockgate.monitor.ring import ID_BYTES, PredictionRing, id_key
+from lockgate.monitor.ring import ID_BYTES, Batch, PredictionRing, RequestMeta, id_key
 
 
-def _batch(start: int, rows: int) -> dict[str, np.ndarray]:
-    seq = np.arange(start, start + rows)
-    return {
-        "ts": seq.astype(np.float64),
-        "request_id": np.array([str(i).encode() for i in seq], dtype="S32"),
-        "route": (seq % 7).astype(np.int16),
-        "inputs": np.stack([seq, -seq, seq * 2], axis=1).astype(np.float32),
-        "outputs": seq[:, None].astype(np.float32),
-        "latency": seq.astype(np.float32),
-        "queue": seq.astype(np.float32) / 2,
-        "first": seq % 3 == 0,
-    }
+def _batch(first_row: int, request_rows: list[int]) -> Batch:
+    """Requests of the given sizes; row i carries the value i in every column."""
+    total = sum(request_rows)
+    seq = np.arange(first_row, first_row + total)
+    starts = first_row + np.cumsum([0, *request_rows[:-1]])
+    metas = [RequestMeta(f"r{s}".encode(), int(s % 5), 1_000_000 + int(s)) for s in starts]
+    return Batch(
+        feeds={"x": np.stack([seq, -seq], axis=1).astype(np.float32)},
+        outputs={"y": (seq * 2).astype(np.float32)},
+        metas=metas,
+        rows=request_rows,
+        enqueued_ns=[2_000_000 + int(s) for s in starts],
+        started_ns=3_000_000 + first_row,
+        done_ns=4_000_000 + first_row,
+        ts=float(first_row),
+        total=total,
+    )
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     capacity=st.integers(1, 40),
-    ops=st.lists(st.one_of(st.integers(1, 60), st.just(0)), max_size=40),
+    ops=st.lists(
+        st.one_of(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.just([])), max_size=30
+    ),
 )
-def test_ring_matches_a_list(capacity: int, ops: list[int]) -> None:
-    """ops: n > 0 appends n rows, 0 takes everything new."""
-    ring = PredictionRing(capacity, 3, 1)
-    written = taken = dropped = 0
-    for op in [*ops, 0]:
+def test_ring_matches_a_list(capacity: int, ops: list[list[int]]) -> None:
+    """A non-empty op records one batch of requests with those row counts; [] drains."""
+    ring = PredictionRing(capacity, ["x"], ["y"], (2, 1))
+    pending: list[Batch] = []
+    written = seen = dropped = 0
+    for op in [*ops, []]:
         if op:
             batch = _batch(written, op)
-            ring.append(**batch)
-            written += op
+            ring.append(batch)
+            pending.append(batch)
+            written += batch.total
+            while sum(b.total for b in pending) > capacity:  # the oldest batches go first
+                dropped += pending.pop(0).total
             continue
-        piece = ring.take()
-        expected_rows = min(written - taken - dropped, capacity)
-        dropped += piece.dropped
-        first = written - expected_rows
-        want = _batch(first, expected_rows)
-        assert piece.rows == expected_rows
-        for name, column in want.items():
-            np.testing.assert_array_equal(getattr(piece, name), column)
-        taken += piece.rows
-    assert taken + dropped == written and ring.dropped == dropped
+        piece = ring.assemble(*ring.swap())
+        want_rows = [row for b in pending for row in range(int(b.ts), int(b.ts) + b.total)]
+        pending.clear()
+        assert piece.rows == len(want_rows)
+        np.testing.assert_array_equal(piece.inputs[:, 0], np.array(want_rows, np.float32))
+        np.testing.assert_array_equal(piece.outputs[:, 0], np.array(want_rows, np.float32) * 2)
+        seen += piece.rows
+    assert seen + dropped == written and ring.dropped == dropped
 
 
-def test_scalars_broadcast_and_empty_feature_sides() -> None:
-    ring = PredictionRing(8, 0, 2)
-    ring.append(
-        ts=5.0,
-        request_id=np.array([b"a", b"b", b"c"], dtype="S32"),
-        route=3,
-        inputs=np.zeros((3, 0), np.float32),
-        outputs=np.ones((3, 2), np.float32),
-        latency=0.25,
-        queue=0.0,
-        first=True,
-    )
-    piece = ring.take()
-    assert piece.ts.tolist() == [5.0] * 3 and piece.route.tolist() == [3] * 3
-    assert piece.inputs.shape == (3, 0) and piece.latency.tolist() == [0.25] * 3
+def test_per_request_columns() -> None:
+    ring = PredictionRing(100, ["x"], ["y"], (2, 1))
+    ring.append(_batch(0, [2, 1, 3]))
+    ring.append(_batch(6, [1]))
+    piece = ring.assemble(*ring.swap())
+    assert piece.request_id.tolist() == [b"r0", b"r0", b"r2", b"r3", b"r3", b"r3", b"r6"]
+    assert piece.first.tolist() == [True, False, True, True, False, False, True]
+    assert piece.route.tolist() == [0, 0, 2, 3, 3, 3, 1]
+    assert piece.ts.tolist() == [0.0] * 6 + [6.0]
+    # latency = done - received, queue = started - enqueued, per request, on each of its rows
+    np.testing.assert_allclose(piece.latency[:3], [3e-3 - 0e-9, 3e-3, 3e-3 - 2e-9], rtol=1e-5)
+    np.testing.assert_allclose(piece.queue[:3], [1e-3, 1e-3, 1e-3 - 2e-9], rtol=1e-5)
+    assert ring.assemble(*ring.swap()).rows == 0
+
+
+def test_nothing_monitored_on_one_side() -> None:
+    ring = PredictionRing(10, [], ["y"], (0, 1))
+    ring.append(_batch(0, [3]))
+    piece = ring.assemble(*ring.swap())
+    assert piece.inputs.shape == (3, 0) and piece.outputs.shape == (3, 1)
 
 
 def test_long_ids_are_digested_consistently() -> None:

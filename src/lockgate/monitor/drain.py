@@ -28,7 +28,7 @@ from lockgate.errors import not_found
 from lockgate.monitor.drift import DriftConfig, DriftMonitor, build_profile
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.record import VersionRecorder
-from lockgate.monitor.ring import RingSlice, id_key
+from lockgate.monitor.ring import Batch, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.serve.tensors import numpy_dtype
 from lockgate.types import ModelSpec
@@ -36,6 +36,7 @@ from lockgate.types import ModelSpec
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Array = np.ndarray[Any, Any]
+RECENT_ROWS = 1000
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds load time and memory
 
 
@@ -61,6 +62,7 @@ class VersionMonitor:
     accuracy: Accuracy = field(default_factory=Accuracy)
     input_drift: DriftMonitor | None = None
     output_drift: DriftMonitor | None = None
+    recent: RingSlice | None = None  # the newest drained rows, for the admin API
 
     @property
     def prediction_column(self) -> int | None:
@@ -205,15 +207,16 @@ class Monitor:
 
     async def drain(self) -> None:
         """Take every ring's new rows now (on the loop) and process them on the drain thread."""
-        pieces = []
+        backlogs = []
         for vm in list(self.versions.values()):
-            ring = vm.recorder.ring
-            if ring.written != ring.read_upto:
-                pieces.append((vm, ring.take()))
+            batches, dropped = vm.recorder.ring.swap()
+            if batches or dropped:
+                backlogs.append((vm, batches, dropped))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._process, pieces)
+        await loop.run_in_executor(self._executor, self._process, backlogs)
 
-    def _process(self, pieces: list[tuple[VersionMonitor, RingSlice]]) -> None:
+    def _process(self, backlogs: list[tuple[VersionMonitor, list[Batch], int]]) -> None:
+        pieces = [(vm, vm.recorder.ring.assemble(b, d)) for vm, b, d in backlogs]
         with self.lock:
             for vm, piece in pieces:
                 self._absorb(vm, piece)
@@ -254,6 +257,8 @@ class Monitor:
         vm.dropped += piece.dropped
         if not piece.rows:
             return
+        recent = piece if vm.recent is None else concat_slices(vm.recent, piece)
+        vm.recent = recent.tail(RECENT_ROWS)
         first = piece.first  # one latency per request, not per row
         route, latency, queue = piece.route[first], piece.latency[first], piece.queue[first]
         for code in np.unique(route):
@@ -333,10 +338,17 @@ class Monitor:
         return bytes(msgpack.packb(doc, use_bin_type=True))
 
     def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
-        """The newest predictions still in the ring (read on the event loop, like the writer)."""
-        vm = self._version(model, version)
-        piece = vm.recorder.ring.peek(limit)
+        """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""
+        with self.lock:
+            vm = self._version(model, version)
+            piece = vm.recent.tail(limit) if vm.recent is not None else None
         routes = vm.recorder.ring.routes
+        if piece is None:
+            return {
+                "input_features": vm.recorder.input_features,
+                "output_features": vm.recorder.output_features,
+                "rows": [],
+            }
         return {
             "input_features": vm.recorder.input_features,
             "output_features": vm.recorder.output_features,

@@ -1,14 +1,16 @@
-"""Preallocated per-version ring buffers of predictions.
+"""The hand-over between the request path and the monitor's drain, per model version.
 
-The request path appends a whole batch with one vectorised copy per column and never blocks or
-allocates; the drain copies out everything new since its last read. Both run on the event loop
-thread, so no lock is needed. When the writer laps the reader the overwritten rows are counted
-as dropped, never silently lost.
+The request path appends a reference to each finished batch (its feeds and outputs arrays, the
+requests' ids, routes and timings): O(1), no numpy call, no copy. The drain swaps the whole
+backlog out every ~100 ms and assembles it into columns with one vectorised call per column for
+the entire interval, on its own thread. The backlog is bounded in rows: when the drain falls
+behind, the oldest batches are dropped and counted, never silently lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +29,33 @@ def id_key(request_id: str) -> bytes:
     return hashlib.blake2b(raw, digest_size=ID_BYTES // 2).hexdigest().encode()
 
 
+@dataclass(slots=True)
+class RequestMeta:
+    """What the pipeline attaches to a queued request for the monitor."""
+
+    request_id: bytes
+    route: int  # code of (endpoint, variant) in the ring's route table
+    received_ns: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """One model run as the request path saw it: references only."""
+
+    feeds: dict[str, Array]
+    outputs: dict[str, Array]
+    metas: list[RequestMeta]
+    rows: list[int]  # per request
+    enqueued_ns: list[int]  # per request
+    started_ns: int
+    done_ns: int
+    ts: float  # unix seconds
+    total: int
+
+
 @dataclass(frozen=True, slots=True)
 class RingSlice:
-    """Rows copied out of a ring; `dropped` rows were overwritten before the drain saw them."""
+    """Rows assembled by the drain; `dropped` rows were discarded before it could take them."""
 
     ts: Array  # float64 unix seconds
     request_id: Array  # S32
@@ -45,28 +71,45 @@ class RingSlice:
     def rows(self) -> int:
         return int(self.ts.shape[0])
 
+    def tail(self, limit: int) -> RingSlice:
+        start = max(0, self.rows - limit)
+        columns = {name: getattr(self, name)[start:] for name in _COLUMNS}
+        return RingSlice(**columns, dropped=0)
+
+
+_COLUMNS = ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first")
+
+
+def concat_slices(a: RingSlice, b: RingSlice) -> RingSlice:
+    columns = {n: np.concatenate([getattr(a, n), getattr(b, n)]) for n in _COLUMNS}
+    return RingSlice(**columns, dropped=a.dropped + b.dropped)
+
 
 class PredictionRing:
-    def __init__(self, capacity: int, n_inputs: int, n_outputs: int) -> None:
+    """Batches recorded since the drain last took them, at most `capacity` rows."""
+
+    def __init__(
+        self,
+        capacity: int,
+        input_tensors: list[str],
+        output_tensors: list[str],
+        widths: tuple[int, int],
+    ) -> None:
         self.capacity = capacity
-        self.ts = np.zeros(capacity, np.float64)
-        self.request_id = np.zeros(capacity, f"S{ID_BYTES}")
-        self.route = np.zeros(capacity, np.int16)
-        self.inputs = np.zeros((capacity, n_inputs), np.float32)
-        self.outputs = np.zeros((capacity, n_outputs), np.float32)
-        self.latency = np.zeros(capacity, np.float32)
-        self.queue = np.zeros(capacity, np.float32)
-        self.first = np.zeros(capacity, np.bool_)
-        self.written = 0  # rows ever appended; the next row goes to written % capacity
-        self.read_upto = 0  # rows ever handed to the drain (or dropped)
-        self.dropped = 0
+        self.input_tensors = input_tensors
+        self.output_tensors = output_tensors
+        self.widths = widths  # monitored input and output features
+        self.written = 0  # rows ever recorded
+        self.dropped = 0  # rows ever dropped before the drain took them
         self.routes: list[tuple[str, str]] = []
         self._route_codes: dict[tuple[str, str], int] = {}
+        self._batches: deque[Batch] = deque()
+        self._rows = 0
+        self._dropped_since_take = 0
 
     @property
-    def nbytes(self) -> int:
-        columns = (self.ts, self.request_id, self.route, self.inputs, self.outputs)
-        return sum(a.nbytes for a in (*columns, self.latency, self.queue, self.first))
+    def pending_rows(self) -> int:
+        return self._rows
 
     def route_code(self, endpoint: str, variant: str) -> int:
         key = (endpoint, variant)
@@ -76,85 +119,59 @@ class PredictionRing:
             self.routes.append(key)
         return code
 
-    def append(
-        self,
-        *,
-        ts: Array | float,
-        request_id: Array,
-        route: Array | int,
-        inputs: Array,
-        outputs: Array,
-        latency: Array | float,
-        queue: Array | float,
-        first: Array | bool,
-    ) -> None:
-        """Append `len(request_id)` rows; scalars broadcast. Rows beyond the capacity in one
-        call keep only the newest `capacity` rows (the rest count as dropped)."""
-        rows = int(request_id.shape[0])
-        skip = max(0, rows - self.capacity)
-        start = (self.written + skip) % self.capacity
-        head = min(rows - skip, self.capacity - start)
-        columns: tuple[tuple[Array, Array | float | int | bool], ...] = (
-            (self.ts, ts),
-            (self.request_id, request_id),
-            (self.route, route),
-            (self.inputs, inputs),
-            (self.outputs, outputs),
-            (self.latency, latency),
-            (self.queue, queue),
-            (self.first, first),
-        )
-        for column, given in columns:
-            if column.ndim == 2 and column.shape[1] == 0:
-                continue  # a version with nothing to monitor on this side
-            values = np.asarray(given)
-            if values.ndim == 0:
-                column[start : start + head] = values
-                column[: rows - skip - head] = values
-                continue
-            column[start : start + head] = values[skip : skip + head]
-            column[: rows - skip - head] = values[skip + head :]
-        self.written += rows
+    def append(self, batch: Batch) -> None:
+        """O(1) on the request path; drops (and counts) the oldest batches past capacity."""
+        self._batches.append(batch)
+        self._rows += batch.total
+        self.written += batch.total
+        while self._rows > self.capacity:
+            old = self._batches.popleft()
+            self._rows -= old.total
+            self._dropped_since_take += old.total
+            self.dropped += old.total
 
-    def peek(self, limit: int) -> RingSlice:
-        """A copy of the newest `limit` rows, leaving the drain's position alone."""
-        rows = min(limit, self.written, self.capacity)
-        index = (np.arange(self.written - rows, self.written)) % self.capacity
+    def swap(self) -> tuple[list[Batch], int]:
+        """Hand the backlog to the drain (O(1), on the event loop)."""
+        batches, dropped = list(self._batches), self._dropped_since_take
+        self._batches, self._rows, self._dropped_since_take = deque(), 0, 0
+        return batches, dropped
+
+    def assemble(self, batches: list[Batch], dropped: int) -> RingSlice:
+        """Columns for a whole backlog: a handful of vectorised calls, whatever its size."""
+        metas = [m for b in batches for m in b.metas]
+        counts = np.array([r for b in batches for r in b.rows], dtype=np.int64)
+        per_request_done = np.repeat(
+            np.array([b.done_ns for b in batches], dtype=np.int64), [len(b.metas) for b in batches]
+        )
+        per_request_start = np.repeat(
+            np.array([b.started_ns for b in batches], dtype=np.int64),
+            [len(b.metas) for b in batches],
+        )
+        ts = np.repeat(np.array([b.ts for b in batches]), [b.total for b in batches])
+        received = np.array([m.received_ns for m in metas], dtype=np.int64)
+        enqueued = np.array([e for b in batches for e in b.enqueued_ns], dtype=np.int64)
+        first = np.zeros(int(counts.sum()), np.bool_)
+        first[np.cumsum(counts) - counts] = True
         return RingSlice(
-            ts=self.ts[index],
-            request_id=self.request_id[index],
-            route=self.route[index],
-            inputs=self.inputs[index],
-            outputs=self.outputs[index],
-            latency=self.latency[index],
-            queue=self.queue[index],
-            first=self.first[index],
-            dropped=0,
+            ts=ts,
+            request_id=np.repeat(np.array([m.request_id for m in metas], dtype="S32"), counts),
+            route=np.repeat(np.array([m.route for m in metas], dtype=np.int16), counts),
+            inputs=_matrix([b.feeds for b in batches], self.input_tensors, self.widths[0]),
+            outputs=_matrix([b.outputs for b in batches], self.output_tensors, self.widths[1]),
+            latency=np.repeat(((per_request_done - received) / 1e9).astype(np.float32), counts),
+            queue=np.repeat(((per_request_start - enqueued) / 1e9).astype(np.float32), counts),
+            first=first,
+            dropped=dropped,
         )
 
-    def take(self) -> RingSlice:
-        """Copy out every row appended since the last take (the newest `capacity` at most)."""
-        lost = max(0, self.written - self.read_upto - self.capacity)
-        begin = self.read_upto + lost
-        rows = self.written - begin
-        self.dropped += lost
-        self.read_upto = self.written
-        start = begin % self.capacity
-        head = min(rows, self.capacity - start)
 
-        def copy(column: Array) -> Array:
-            if head == rows:
-                return column[start : start + rows].copy()
-            return np.concatenate([column[start:], column[: rows - head]])
-
-        return RingSlice(
-            ts=copy(self.ts),
-            request_id=copy(self.request_id),
-            route=copy(self.route),
-            inputs=copy(self.inputs),
-            outputs=copy(self.outputs),
-            latency=copy(self.latency),
-            queue=copy(self.queue),
-            first=copy(self.first),
-            dropped=lost,
-        )
+def _matrix(arrays: list[dict[str, Array]], names: list[str], width: int) -> Array:
+    """[rows, width] float32 from the named tensors of every batch, each flattened per row."""
+    if not arrays:
+        return np.zeros((0, width), np.float32)
+    parts = [np.concatenate([a[n].reshape(a[n].shape[0], -1) for a in arrays]) for n in names]
+    if not parts:
+        rows = sum(next(iter(a.values())).shape[0] for a in arrays)
+        return np.zeros((rows, 0), np.float32)
+    matrix = parts[0] if len(parts) == 1 else np.hstack(parts)
+    return np.ascontiguousarray(matrix, dtype=np.float32)
