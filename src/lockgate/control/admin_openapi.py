@@ -144,7 +144,7 @@ def openapi_document() -> dict[str, Any]:
     for view, summary in (
         ("drift", "Drift report: alert state per feature and the last window (inputs, outputs)"),
         ("sketches", "Raw latency sketches (msgpack), mergeable across replicas by addition"),
-        ("recent", "The newest predictions still in the ring (?limit=, default 100)"),
+        ("recent", "The newest drained predictions, up to 1,000 (?limit=, default 100)"),
     ):
         paths[f"/v1/models/{{model}}/versions/{{version}}/{view}"] = {
             "parameters": model_version,

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from lockgate.control.state import STATE_FILE
+from lockgate.control.state import STATE_FILE, connect_state_db
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 
 PENDING, SHADOW, RUNNING, PAUSED = "pending", "shadow", "running", "paused"
@@ -214,10 +214,7 @@ class RolloutStore:
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
+            db = connect_state_db(self.path)
             self._local.db = db
         return db
 

@@ -43,6 +43,25 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+def connect_state_db(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout. Switching to WAL takes an exclusive lock
+    and may fail at once (not wait) while another process opens the file, e.g. a gateway and
+    its retrain worker starting together: retry until the timeout."""
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    db.execute("PRAGMA synchronous=FULL")  # a committed change survives power loss
+    return db
+
+
 @dataclass(frozen=True, slots=True)
 class State:
     """One consistent snapshot: endpoint specs (plain JSON documents) and pinned versions."""
@@ -78,10 +97,7 @@ class StateStore:
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a committed change survives power loss
-            db.execute("PRAGMA busy_timeout=30000")
+            db = connect_state_db(self.path)
             self._local.db = db
         return db
 

@@ -142,11 +142,11 @@ class GatewayCollector(Collector):
             "lockgate_queue_seconds", "Time waiting for the model", labels=VERSION
         )
         written = CounterMetricFamily(
-            "lockgate_predlog_rows", "Predictions taken from the rings", labels=VERSION
+            "lockgate_predlog_rows", "Predictions the drain took from the rings", labels=VERSION
         )
         dropped = CounterMetricFamily(
             "lockgate_predlog_dropped",
-            "Predictions overwritten before the drain read them",
+            "Predictions dropped because the drain fell a whole ring behind",
             labels=VERSION,
         )
         for vm in versions:
