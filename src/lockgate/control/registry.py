@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
+from lockgate.fsutil import fsync_dir, write_synced
 from lockgate.types import ModelSpec, TensorSpec
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -180,21 +181,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class Registry:
     """The model registry under `<home>/models`. Safe for concurrent writers (threads or
     processes) on one local file system."""
@@ -307,15 +293,15 @@ class Registry:
                 "metadata": metadata or {},
                 "lineage": lineage or {},
             }
-            _write_synced(temp / MODEL_FILE, model_bytes)
-            _write_synced(temp / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            write_synced(temp / MODEL_FILE, model_bytes)
+            write_synced(temp / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
             if card is not None:
-                _write_synced(temp / CARD_FILE, card.encode())
+                write_synced(temp / CARD_FILE, card.encode())
             if ref is not None:
                 buf = io.BytesIO()
                 np.savez(buf, data=ref)
-                _write_synced(temp / REFERENCE_FILE, buf.getvalue())
-            _fsync_dir(temp)
+                write_synced(temp / REFERENCE_FILE, buf.getvalue())
+            fsync_dir(temp)
             version = self._publish(temp, folder)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
@@ -333,7 +319,7 @@ class Registry:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     continue
                 raise
-            _fsync_dir(folder)
+            fsync_dir(folder)
             return version
         raise LockgateError(ErrorKind.CONFLICT, f"could not publish a version in {folder}")
 

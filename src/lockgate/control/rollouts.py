@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from lockgate.control.state import STATE_FILE, connect_state_db
+from lockgate.control.state import StateDB
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 
 PENDING, SHADOW, RUNNING, PAUSED = "pending", "shadow", "running", "paused"
@@ -202,38 +200,11 @@ def check_request(rollout: Rollout, action: str) -> str | None:
     return action
 
 
-class RolloutStore:
+class RolloutStore(StateDB):
     """Thread-safe access to the rollout and alias tables; each thread has its own connection."""
 
     def __init__(self, home: Path) -> None:
-        self.path = Path(home) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connect().executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = connect_state_db(self.path)
-            self._local.db = db
-        return db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        super().__init__(home, _SCHEMA)
 
     # -- reading ------------------------------------------------------------------------------
     @staticmethod

@@ -84,15 +84,14 @@ class Change:
 Mutation = Callable[[State], tuple[dict[str, dict[str, Any]], frozenset[tuple[str, str]], Change]]
 
 
-class StateStore:
-    """Thread-safe access to `<home>/state.db`. Each thread gets its own connection."""
+class StateDB:
+    """Per-thread WAL connections to `<home>/state.db`, and transactions on them."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, schema: str) -> None:
         self.path = Path(home) / STATE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self._connect().executescript(schema)
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -102,7 +101,7 @@ class StateStore:
         return db
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         db = self._connect()
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
@@ -111,6 +110,19 @@ class StateStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class StateStore(StateDB):
+    """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home, _SCHEMA)
 
     # -- reading ------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -199,9 +211,3 @@ class StateStore:
         while (revision := self.revision()) <= above and time.monotonic() < deadline:
             time.sleep(0.05)
         return revision
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None

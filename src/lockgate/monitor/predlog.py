@@ -37,6 +37,7 @@ import msgpack
 import numpy as np
 
 from lockgate.errors import invalid
+from lockgate.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 Array = np.ndarray[Any, Any]
@@ -81,14 +82,6 @@ class _Open:
 def _check_key(key: Key) -> None:
     if not key or not all(isinstance(p, str) and _KEY_PART.fullmatch(p) for p in key):
         raise invalid(f"bad log key {key!r}: parts must match {_KEY_PART.pattern}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _segments(folder: Path) -> list[tuple[int, int, Path]]:
@@ -242,7 +235,7 @@ class SegmentLog:
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             for parent in [folder, *folder.parents][: len(key) + 1]:
-                _fsync_dir(parent)
+                fsync_dir(parent)
         existing = _segments(folder)
         seq = existing[-1][0] + 1 if existing else 1
         lo_ns = math.floor(lo * 1e9)
@@ -253,7 +246,7 @@ class SegmentLog:
                 break
             except FileExistsError:  # another process took this name
                 seq += 1
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return _Open(path, file, self._clock(), lo)
 
     def _close_segment(self, key: Key) -> None:

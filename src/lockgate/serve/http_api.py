@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve import codec
-from lockgate.serve.infer_asgi import InferRoute
+from lockgate.serve.infer_asgi import InferRoute, check_declared_length
 from lockgate.types import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,8 @@ def _json(doc: object, status: int = 200) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than `limit` bytes before reading them when the length is known."""
     declared = request.headers.get("content-length")
+    check_declared_length(declared, limit)
     if declared is not None:
-        if not declared.isdigit():
-            raise invalid(f"bad Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise LockgateError(
-                ErrorKind.TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit"
-            )
         return await request.body()
     chunks, total = [], 0
     async for chunk in request.stream():

@@ -118,13 +118,7 @@ class InferRoute:
     async def _body(self, receive: Receive, declared: str | None) -> bytes:
         """The body, refusing more than the limit before reading it when the length is known."""
         limit = self.max_body_bytes
-        if declared is not None:
-            if not declared.isdigit():
-                raise invalid(f"bad Content-Length {declared!r}")
-            if int(declared) > limit:
-                raise LockgateError(
-                    ErrorKind.TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit"
-                )
+        check_declared_length(declared, limit)
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body", False):
@@ -140,6 +134,18 @@ class InferRoute:
                 raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def check_declared_length(declared: str | None, limit: int) -> None:
+    """Refuse a body over the limit before reading it, when its length is declared."""
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise invalid(f"bad Content-Length {declared!r}")
+    if int(declared) > limit:
+        raise LockgateError(
+            ErrorKind.TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit"
+        )
 
 
 def _header_length(raw: str | None) -> int | None:
