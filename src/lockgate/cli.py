@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(retrain)
     _flag(retrain, "--pipeline", None, "the pipeline file (TOML)", type=Path, required=False)
     _flag(retrain, "--admin-url", None, "admin API address (overrides rollout.admin_url)")
+    _flag(
+        retrain,
+        "--nice",
+        19,
+        "CPU niceness of the worker: training yields to serving on a shared machine",
+        type=int,
+    )
     retrain.add_argument("--now", action="store_true", help="run one job at once, then go on")
     retrain.add_argument("--once", action="store_true", help="exit after one job (or none due)")
     retrain.set_defaults(run=_retrain)
@@ -384,6 +391,8 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.pipeline is None:
         raise invalid("--pipeline FILE is required (or LOCKGATE_PIPELINE)")
     spec = load_pipeline(Path(args.pipeline))
+    if int(args.nice) > 0:
+        os.nice(int(args.nice))
     if args.admin_url:
         spec = dataclasses.replace(
             spec, rollout=dataclasses.replace(spec.rollout, admin_url=args.admin_url)
