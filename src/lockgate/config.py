@@ -31,7 +31,9 @@ class RunnerConfig:
 class MonitorConfig:
     enabled: bool = True
     ring_rows: int = 16384  # per loaded version; the drain empties it every `drain_interval`
-    drain_interval: float = 0.1  # seconds
+    # seconds; longer intervals mean fewer, larger bulk copies and fewer GIL hand-offs between the
+    # event loop and the drain thread (measured: 0.5 s costs the tiny model ~5% less than 0.1 s)
+    drain_interval: float = 0.5
     predlog: bool = True  # write every prediction to <home>/predlog segment files
     segment_bytes: int = 64 * 1024 * 1024
     retention_bytes: int = 4 * 1024 * 1024 * 1024

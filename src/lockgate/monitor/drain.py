@@ -257,8 +257,10 @@ class Monitor:
         vm.dropped += piece.dropped
         if not piece.rows:
             return
-        recent = piece if vm.recent is None else concat_slices(vm.recent, piece)
-        vm.recent = recent.tail(RECENT_ROWS)
+        if piece.rows >= RECENT_ROWS or vm.recent is None:
+            vm.recent = piece.tail(RECENT_ROWS)
+        else:
+            vm.recent = concat_slices(vm.recent.tail(RECENT_ROWS - piece.rows), piece)
         first = piece.first  # one latency per request, not per row
         route, latency, queue = piece.route[first], piece.latency[first], piece.queue[first]
         for code in np.unique(route):

@@ -2,9 +2,10 @@
 
 The request path appends a reference to each finished batch (its feeds and outputs arrays, the
 requests' ids, routes and timings): O(1), no numpy call, no copy. The drain swaps the whole
-backlog out every ~100 ms and assembles it into columns with one vectorised call per column for
-the entire interval, on its own thread. The backlog is bounded in rows: when the drain falls
-behind, the oldest batches are dropped and counted, never silently lost.
+backlog out every drain interval (500 ms by default) and assembles it into columns with one
+vectorised call per column for the entire interval, on its own thread. The backlog is bounded
+in rows: when the drain falls behind, the oldest batches are dropped and counted, never
+silently lost.
 """
 
 from __future__ import annotations
