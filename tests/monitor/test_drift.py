@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lockgate.monitor import drift
+from lockgate.monitor import drift, floors
 from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import histogram as hist
 
@@ -59,28 +59,28 @@ def _columns(profile: drift.ReferenceProfile, keep: int) -> drift.ReferenceProfi
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 10, 33, 100, 401])
 @pytest.mark.parametrize("q", [0.5, 0.9, 0.999, 0.99995, 1 - 1e-9])
 def test_chi2_quantile_matches_scipy(df: int, q: float) -> None:
-    assert drift.chi2_quantile(q, df) == pytest.approx(stats.chi2.ppf(q, df), rel=1e-10)
+    assert floors.chi2_quantile(q, df) == pytest.approx(stats.chi2.ppf(q, df), rel=1e-10)
 
 
 def test_psi_floor_is_chi2_quantile_times_inverse_sizes() -> None:
     n = np.array([100, 1000, 10_000, 250])
     ref_n = np.array([5000, 5000, 8000, 300])
     b = np.array([11, 4, 1, 2])  # a constant column (B = 1) still gets one degree of freedom
-    got = drift.psi_floor(n, ref_n, b, 0.001)
+    got = floors.psi_floor(n, ref_n, b, 0.001)
     want = stats.chi2.ppf(0.999, np.maximum(b - 1, 1)) * (1 / n + 1 / ref_n)
     np.testing.assert_allclose(got, want, rtol=1e-10)
-    assert drift.psi_floor(np.array([0]), np.array([10]), np.array([5]), 0.001)[0] == INF
+    assert floors.psi_floor(np.array([0]), np.array([10]), np.array([5]), 0.001)[0] == INF
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.01, 0.001, 1e-5])
 def test_ks_coefficient_is_the_asymptotic_kolmogorov_quantile(alpha: float) -> None:
-    assert drift.ks_coefficient(alpha) == pytest.approx(stats.kstwobign.isf(alpha), rel=1e-4)
+    assert floors.ks_coefficient(alpha) == pytest.approx(stats.kstwobign.isf(alpha), rel=1e-4)
 
 
 @pytest.mark.parametrize(("n", "ref_n"), [(100, 5000), (1000, 5000), (10_000, 5000), (200, 200)])
 def test_ks_floor_matches_scipy_two_sample_critical_value(n: int, ref_n: int) -> None:
     """ks_2samp's asymptotic p-value uses kstwo at the effective size nN/(n+N)."""
-    floor = float(drift.ks_floor(n, ref_n, 0.001))
+    floor = float(floors.ks_floor(n, ref_n, 0.001))
     effective = round(n * ref_n / (n + ref_n))
     assert floor == pytest.approx(stats.kstwo.isf(0.001, effective), rel=0.03)
     assert 0.0005 < stats.kstwo.sf(floor, effective) <= 0.001  # conservative side
