@@ -258,6 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         for info in ensure_demo_models(registry):
             log.info("demo model %s v%s registered", info.name, info.version)
+        _pin_demo_versions(config.home, registry)
 
     async def run() -> None:
         gateway = Gateway(config, registry)
@@ -289,6 +290,22 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     return 0
+
+
+def _pin_demo_versions(home: Path, registry: Any) -> None:
+    """Keep classifier v1 warm beside v2 (latest), so explicit-version calls and a blue-green
+    switch work in the demo at once."""
+    from lockgate.control import traffic
+    from lockgate.control.state import StateStore
+
+    store = StateStore(home)
+    if ("classifier", "1") not in store.read().pins:
+        versions = {
+            n: frozenset(v.version for v in registry.versions(n)) for n in registry.models()
+        }
+        mutation = traffic.pin("classifier", "1", traffic.Catalog(versions))
+        store.apply(mutation, actor="demo", expected_revision=None)
+    store.close()
 
 
 def _start_worker(home: Path, pipeline: Path, admin_port: int) -> subprocess.Popen[bytes]:

@@ -55,6 +55,14 @@ def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
         )
         answer = json.loads(curl.stdout)
         assert answer["model_name"] == "classifier" and answer["model_version"] == "2"
+        v1 = subprocess.run(
+            _command(banner, "curl").replace("classifier/infer", "classifier/versions/1/infer"),
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert json.loads(v1.stdout)["model_version"] == "1"  # v1 is kept warm in the demo
         assert [o["name"] for o in answer["outputs"]] == ["probability", "label"]
         client = subprocess.run(
             _command(banner, ".venv/bin/python"),
