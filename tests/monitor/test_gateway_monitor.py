@@ -155,3 +155,29 @@ def test_shifted_traffic_flips_the_drift_alert(home: Path) -> None:
         merged = LatencySketch.from_bytes(sketches["latency"]["classifier/default"])
         assert merged.count == 3  # three requests
         client.close()
+
+
+def test_rows_the_drain_cannot_assemble_are_counted_as_dropped(home: Path) -> None:
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
+            _infer(client, "good", np.zeros((1, 16), np.float32))
+            gw.call(gw.gateway.monitor.drain())
+            monitor = gw.gateway.monitor
+            vm = monitor.versions[("classifier", "2")]
+            original = vm.recorder.ring.assemble
+
+            def broken(*args: object) -> object:
+                raise ValueError("simulated assembly failure")
+
+            vm.recorder.ring.assemble = broken  # type: ignore[method-assign]
+            try:
+                _infer(client, "lost", np.zeros((3, 16), np.float32))
+                gw.call(monitor.drain())
+            finally:
+                vm.recorder.ring.assemble = original  # type: ignore[method-assign]
+            _infer(client, "after", np.zeros((1, 16), np.float32))
+            gw.call(monitor.drain())
+        samples = metrics(gw)
+    v2 = {"model": "classifier", "version": "2"}
+    assert value(samples, "lockgate_predlog_dropped_total", **v2) == 3
+    assert value(samples, "lockgate_predlog_rows_total", **v2) == 2

@@ -216,7 +216,15 @@ class Monitor:
         await loop.run_in_executor(self._executor, self._process, backlogs)
 
     def _process(self, backlogs: list[tuple[VersionMonitor, list[Batch], int]]) -> None:
-        pieces = [(vm, vm.recorder.ring.assemble(b, d)) for vm, b, d in backlogs]
+        pieces = []
+        for vm, batches, dropped in backlogs:
+            try:
+                pieces.append((vm, vm.recorder.ring.assemble(batches, dropped)))
+            except Exception:  # never lose rows silently: count them as dropped
+                lost = dropped + sum(b.total for b in batches)
+                with self.lock:
+                    vm.dropped += lost
+                log.exception("monitor: %d rows of %s v%s could not be assembled", lost, *vm.key)
         with self.lock:
             for vm, piece in pieces:
                 self._absorb(vm, piece)
