@@ -45,6 +45,12 @@ def test_failed_version_is_reported_and_others_serve(broken_gateway: RunningGate
         json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]},
     )
     assert r.status_code == 503 and "checksum mismatch" in r.json()["error"]
+    # the implicit endpoint (latest version, the broken one) says why too, rather than 404
+    r = httpx.post(
+        f"http://{broken_gateway.http}/v2/models/scale/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]},
+    )
+    assert r.status_code == 503 and "checksum mismatch" in r.json()["error"]
     x = np.ones((2, 4), np.float32)
     inp = triton_http.InferInput("x", [2, 4], "FP32")
     inp.set_data_from_numpy(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from lockgate.types import ModelSpec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (model, version)
+RETRY_SECONDS = 60.0  # how long the state watcher leaves a version that failed to load
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class ModelSet:
         self.registered: dict[str, dict[str, VersionInfo]] = {}
         self.loaded: dict[Key, LoadedVersion] = {}
         self.failed: dict[Key, str] = {}
+        self._failed_at: dict[Key, float] = {}
         self._loading: dict[Key, asyncio.Task[str | None]] = {}
         # A batcher keeps at most one batch in flight, so a few threads serve many versions.
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lockgate-run")
@@ -96,11 +99,17 @@ class ModelSet:
         return self.loaded[(model, version)].batcher.stats
 
     # -- loading and releasing --------------------------------------------------------------------
-    async def ensure(self, keys: set[Key]) -> dict[Key, str]:
+    async def ensure(self, keys: set[Key], *, retry_failed: bool = True) -> dict[Key, str]:
         """Load every version in `keys` that is not loaded yet; returns {key: reason} for those
-        that failed. Concurrent callers share one load of a version."""
+        that failed. Concurrent callers share one load of a version. Without `retry_failed`, a
+        version that failed less than RETRY_SECONDS ago is not tried again (the state watcher
+        re-applies every few seconds; a broken file must not be reloaded and logged each time)."""
         failures: dict[Key, str] = {}
         for key in sorted(keys - self.loaded.keys()):
+            failed_at = self._failed_at.get(key)
+            if not retry_failed and failed_at and time.monotonic() - failed_at < RETRY_SECONDS:
+                failures[key] = self.failed[key]
+                continue
             task = self._loading.get(key)
             if task is None:
                 task = asyncio.create_task(self._load(key))
@@ -132,13 +141,16 @@ class ModelSet:
             recorder = await loop.run_in_executor(self.executor, verify_and_load)
         except LockgateError as exc:
             self.failed[key] = exc.message
+            self._failed_at[key] = time.monotonic()
             log.error("model %s v%s failed to load: %s", model, version, exc.message)
             return exc.message
         except OSError as exc:
             self.failed[key] = f"cannot read the model file: {exc.strerror}"
+            self._failed_at[key] = time.monotonic()
             log.error("model %s v%s failed to load: %s", model, version, exc)
             return self.failed[key]
         self.failed.pop(key, None)
+        self._failed_at.pop(key, None)
         batcher = Batcher(runner, self.config.batch, self.executor, recorder)
         self.loaded[key] = LoadedVersion(info, runner, batcher, recorder)
         log.info(

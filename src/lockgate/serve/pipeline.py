@@ -78,22 +78,22 @@ class Pipeline:
             len(self.models.failed),
         )
 
-    async def apply(self, state: State) -> dict[Key, str]:
+    async def apply(self, state: State, *, retry_failed: bool = True) -> dict[Key, str]:
         """Make `state` the serving configuration: load what it needs, swap the route table,
         then release what nothing uses any more. Endpoints whose new variants fail to load keep
         their previous route. Returns the versions that failed, with reasons."""
         async with self._apply_lock:
             table = build_route_table(state.revision, state.endpoints, self.models.latest())
-            failures = await self.models.ensure(table.versions() | state.pins)
+            needed = table.versions() | state.pins
+            failures = await self.models.ensure(needed, retry_failed=retry_failed)
             if failures:
+                # An endpoint that served before keeps its old route; a new one keeps the new
+                # route, so its requests get 503 naming the failure rather than 404.
                 kept = dict(table.endpoints)
                 for name, route in table.endpoints.items():
-                    if route.versions() & failures.keys():
-                        old = self.routes.endpoints.get(name)
-                        if old is None:
-                            kept.pop(name)
-                        else:
-                            kept[name] = old
+                    old = self.routes.endpoints.get(name)
+                    if route.versions() & failures.keys() and old is not None:
+                        kept[name] = old
                 table = RouteTable(state.revision, kept)
             self.routes = table
             self._pins = state.pins
@@ -117,7 +117,7 @@ class Pipeline:
                 if rescan:
                     last_scan = time.monotonic()
                 await self.models.refresh()
-                await self.apply(await asyncio.to_thread(self.state.read))
+                await self.apply(await asyncio.to_thread(self.state.read), retry_failed=False)
             except Exception:
                 log.exception("applying the state database failed; keeping the current routes")
 
