@@ -8,13 +8,10 @@ what was requested and `status` shows when it took effect.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from lockgate.cli_traffic import DEFAULT_ADMIN, AdminClient
+from lockgate.cli_traffic import AdminClient, admin_command
 
 ACTIONS = ("pause", "resume", "abort", "promote")
 
@@ -80,12 +77,7 @@ def add_rollout_parser(sub: Any, flag: Callable[..., None]) -> None:
     rsub = rollout.add_subparsers(dest="rollout_command", required=True)
 
     def command(name: str, help: str, run: Callable[..., Any]) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = rsub.add_parser(name, help=help)
-        flag(p, "--admin-url", DEFAULT_ADMIN, "admin API address")
-        flag(p, "--admin-token", None, "bearer token for the admin API")
-        p.add_argument("--json", action="store_true", help="print the API's JSON answer")
-        p.set_defaults(run=lambda args: _run(run, args), log_level="warning", log_json=False)
-        return p
+        return admin_command(rsub, flag, name, help, run)
 
     p = command("status", "rollouts, newest first (of one endpoint)", _status)
     p.add_argument("endpoint", nargs="?")
@@ -101,14 +93,3 @@ def add_rollout_parser(sub: Any, flag: Callable[..., None]) -> None:
     for name in ACTIONS:
         p = command(name, helps[name], _action(name))
         p.add_argument("id")
-
-
-def _run(run: Callable[..., Any], args: argparse.Namespace) -> int:
-    client = AdminClient(args.admin_url, args.admin_token)
-    doc, lines = run(client, args)
-    if args.json:
-        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print("\n".join(lines))
-    sys.stdout.flush()
-    return 0

@@ -149,6 +149,10 @@ def _set(client: AdminClient, args: argparse.Namespace) -> Any:
     return _write("/v1/endpoints/{endpoint}/weights")(client, args, {"weights": weights})
 
 
+def _switch(client: AdminClient, args: argparse.Namespace) -> Any:
+    return _write("/v1/endpoints/{endpoint}/switch")(client, args, {"variant": args.variant})
+
+
 def _canary(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.promote or args.rollback:
         action = "promote" if args.promote else "rollback"
@@ -173,12 +177,8 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)
 
     def command(name: str, help: str, run: Callable[..., Any]) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = tsub.add_parser(name, help=help)
-        flag(p, "--admin-url", DEFAULT_ADMIN, "admin API address")
-        flag(p, "--admin-token", None, "bearer token for the admin API")
-        p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+        p = admin_command(tsub, flag, name, help, run)
         p.add_argument("--revision", type=int, help="state revision the change is based on")
-        p.set_defaults(run=lambda args: _run(run, args), log_level="warning", log_json=False)
         return p
 
     p = command("show", "show endpoints (or one), pins and load failures", _show)
@@ -195,11 +195,7 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
     p = command("set", "set variant weights (percent, summing to 100)", _set)
     p.add_argument("endpoint")
     p.add_argument("weights", nargs="+", metavar="VARIANT=WEIGHT")
-    p = command(
-        "switch",
-        "blue-green: all traffic to one variant",
-        _write("/v1/endpoints/{endpoint}/switch"),
-    )
+    p = command("switch", "blue-green: all traffic to one variant", _switch)
     p.add_argument("endpoint")
     p.add_argument("variant")
     p = command("canary", "start, adjust, promote or roll back the canary", _canary)
@@ -224,12 +220,20 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
         p.add_argument("version")
 
 
+def admin_command(
+    subparsers: Any, flag: Callable[..., None], name: str, help: str, run: Callable[..., Any]
+) -> argparse.ArgumentParser:
+    """A subcommand that calls the admin API: `run(client, args) -> (json, lines)`."""
+    p: argparse.ArgumentParser = subparsers.add_parser(name, help=help)
+    flag(p, "--admin-url", DEFAULT_ADMIN, "admin API address")
+    flag(p, "--admin-token", None, "bearer token for the admin API")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    p.set_defaults(run=lambda args: _run(run, args), log_level="warning", log_json=False)
+    return p
+
+
 def _run(run: Callable[..., Any], args: argparse.Namespace) -> int:
-    client = AdminClient(args.admin_url, args.admin_token)
-    if args.traffic_command == "switch":
-        doc, lines = run(client, args, {"variant": args.variant})
-    else:
-        doc, lines = run(client, args)
+    doc, lines = run(AdminClient(args.admin_url, args.admin_token), args)
     if args.json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:

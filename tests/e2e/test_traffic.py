@@ -29,6 +29,7 @@ from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
+from lockgate.serve.route import sticky_bucket
 from tests import onnx_models
 from tests.processes import GatewayProcess, RawHTTP, start_gateway
 
@@ -130,6 +131,7 @@ def test_sticky_keys_on_both_transports(gateway: GatewayProcess) -> None:
     url = f"http://{gateway.http}/v2/models/sticky/infer"
     with grpc.insecure_channel(gateway.grpc) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        seen: set[str] = set()
         for key in (f"user-{i}" for i in range(40)):
             http = {
                 httpx.post(url, content=BODY, headers={"x-lockgate-key": key}).headers[
@@ -146,6 +148,11 @@ def test_sticky_keys_on_both_transports(gateway: GatewayProcess) -> None:
                 via_meta.parameters["variant"].string_param,
             }
             assert len(variants) == 1, (key, variants)
+            # the documented mapping: the key's bucket decides, stable owns buckets 0..4999
+            (variant,) = variants
+            assert variant == ("stable" if sticky_bucket(key) < 5000 else "canary"), key
+            seen.add(variant)
+    assert seen == {"stable", "canary"}  # keys really are split, not all on one variant
 
 
 def test_blue_green_flip_under_load(gateway: GatewayProcess) -> None:

@@ -81,17 +81,14 @@ class VersionInfo:
         return path if path.exists() else None
 
     def to_json(self) -> dict[str, Any]:
-        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
-
         return {
             "name": self.name,
             "version": self.version,
             "sha256": self.sha256,
             "created": self.created,
             "platform": self.spec.platform,
-            "inputs": tensors(self.spec.inputs),
-            "outputs": tensors(self.spec.outputs),
+            "inputs": [_tensor_doc(t) for t in self.spec.inputs],
+            "outputs": [_tensor_doc(t) for t in self.spec.outputs],
             "metadata": self.metadata,
             "lineage": self.lineage,
             "reference": self.reference_path is not None,

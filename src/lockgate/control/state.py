@@ -204,10 +204,3 @@ class StateStore(StateDB):
             )
             db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
             return State(revision, endpoints, pins)
-
-    def wait_for_revision(self, above: int, timeout: float) -> int:
-        """Poll until the revision exceeds `above` (for tools and tests); returns the revision."""
-        deadline = time.monotonic() + timeout
-        while (revision := self.revision()) <= above and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return revision

@@ -115,7 +115,6 @@ class Monitor:
         self.versions: dict[Key, VersionMonitor] = {}
         self.lock = threading.Lock()
         self.feedback_unknown = 0
-        self.feedback_total = 0
         self._recent = RecentPredictions(config.feedback_window)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-monitor")
         self._task: asyncio.Task[None] | None = None
@@ -313,7 +312,6 @@ class Monitor:
                 vm.accuracy.labelled += 1
                 vm.accuracy.correct += prediction == label
                 vm.accuracy.abs_error_sum += abs(prediction - label)
-            self.feedback_total += len(labels)
             self.feedback_unknown += len(labels) - matched
         return FeedbackResult(matched, len(labels) - matched)
 

@@ -108,10 +108,6 @@ class PredictionRing:
         self._rows = 0
         self._dropped_since_take = 0
 
-    @property
-    def pending_rows(self) -> int:
-        return self._rows
-
     def route_code(self, endpoint: str, variant: str) -> int:
         key = (endpoint, variant)
         code = self._route_codes.get(key)

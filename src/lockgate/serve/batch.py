@@ -100,10 +100,6 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     async def submit(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any = None
     ) -> tuple[Arrays, RunInfo]:
@@ -284,9 +280,3 @@ def _fail(batch: list[_Pending], exc: LockgateError) -> None:
     for p in batch:
         if not p.future.done():
             p.future.set_exception(exc)
-
-
-def feeds_rows(feeds: dict[str, Any]) -> int:
-    """Rows of a request: the common leading dimension of its inputs."""
-    first = next(iter(feeds.values()))
-    return int(first.shape[0]) if first.ndim else 1
