@@ -32,6 +32,7 @@ typecheck: $(VENV)/.installed-dev
 
 pytest: $(VENV)/.installed-dev
 	tools/ensure-prometheus.sh
+	tools/ensure-postgres.sh
 	$(BIN)/pytest -q
 
 proto: $(VENV)/.installed-dev

@@ -19,6 +19,7 @@ from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
 from lockgate.serve.app import Gateway
 from tests import onnx_models
+from tests.postgres import postgres_server, postgres_url, state_url  # noqa: F401
 
 
 class RunningGateway:

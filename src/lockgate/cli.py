@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +59,22 @@ def host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _state_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--state",
+        None,
+        "state database: postgresql://user@host/db shared by replicas "
+        "(default: SQLite state.db in --home)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    _state_flag(serve)
+    _flag(
+        serve,
+        "--replica-id",
+        socket.gethostname(),
+        "this gateway's name among replicas (in its prediction-log file names)",
+    )
+    _flag(
+        serve,
+        "--workers",
+        1,
+        "gateway processes sharing the HTTP and gRPC ports (about one per core); the admin "
+        "API and /metrics stay one per host; SIGHUP restarts them one at a time",
+        type=_positive_int,
+    )
     _flag(
         serve,
         "--worker",
@@ -183,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = sub.add_parser("retrain", help="run the retrain-and-promote worker")
     _common(retrain)
     _flag(retrain, "--pipeline", None, "the pipeline file (TOML)", type=Path, required=False)
+    _state_flag(retrain)
     _flag(retrain, "--admin-url", None, "admin API address (overrides rollout.admin_url)")
     _flag(
         retrain,
@@ -224,6 +257,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_body_bytes=int(float(args.max_body_mb) * 1024 * 1024),
         grace_period=float(args.grace),
         demo=bool(args.demo),
+        state_url=args.state or None,
+        replica=str(args.replica_id),
         admin_tokens=tuple(
             load_tokens(
                 Path(args.admin_token_file) if args.admin_token_file else None,
@@ -250,6 +285,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 def _serve(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
     from lockgate.serve.app import Gateway
+    from lockgate.serve.workers import Supervisor
 
     config = serve_config(args)
     registry = Registry(config.home)
@@ -258,11 +294,18 @@ def _serve(args: argparse.Namespace) -> int:
 
         for info in ensure_demo_models(registry):
             log.info("demo model %s v%s registered", info.name, info.version)
-        _pin_demo_versions(config.home, registry)
+        _pin_demo_versions(config.home, registry, config.state_url)
 
     async def run() -> None:
-        gateway = Gateway(config, registry)
+        gateway: Gateway | Supervisor
         loop = asyncio.get_running_loop()
+        if int(args.workers) > 1:
+            gateway = Supervisor(
+                config, int(args.workers), log_level=args.log_level, log_json=args.log_json
+            )
+            loop.add_signal_handler(signal.SIGHUP, gateway.request_rolling_restart)
+        else:
+            gateway = Gateway(config, registry)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
         task = asyncio.create_task(gateway.run())
@@ -270,7 +313,9 @@ def _serve(args: argparse.Namespace) -> int:
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
         worker = None
         if gateway.started.is_set() and args.worker is not None:
-            worker = _start_worker(config.home, Path(args.worker), gateway.ports["admin"])
+            worker = _start_worker(
+                config.home, Path(args.worker), gateway.ports["admin"], config.state_url
+            )
         if config.demo and gateway.started.is_set():
             print(demo_banner(gateway.ports, args.worker), flush=True)
         try:
@@ -292,13 +337,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pin_demo_versions(home: Path, registry: Any) -> None:
+def _pin_demo_versions(home: Path, registry: Any, state_url: str | None) -> None:
     """Keep classifier v1 warm beside v2 (latest), so explicit-version calls and a blue-green
     switch work in the demo at once."""
     from lockgate.control import traffic
     from lockgate.control.state import StateStore
 
-    store = StateStore(home)
+    store = StateStore(home, state_url)
     if ("classifier", "1") not in store.read().pins:
         versions = {
             n: frozenset(v.version for v in registry.versions(n)) for n in registry.models()
@@ -308,12 +353,15 @@ def _pin_demo_versions(home: Path, registry: Any) -> None:
     store.close()
 
 
-def _start_worker(home: Path, pipeline: Path, admin_port: int) -> subprocess.Popen[bytes]:
+def _start_worker(
+    home: Path, pipeline: Path, admin_port: int, state_url: str | None
+) -> subprocess.Popen[bytes]:
     """The retrain worker as its own process (it never shares the gateway's event loop)."""
     cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(home)]
     cmd += ["--pipeline", str(pipeline), "--admin-url", f"http://127.0.0.1:{admin_port}"]
     log.info("starting the retrain worker: %s", " ".join(cmd))
-    return subprocess.Popen(cmd)
+    env = {**os.environ, "LOCKGATE_STATE": state_url} if state_url else None  # not in argv
+    return subprocess.Popen(cmd, env=env)
 
 
 def demo_banner(ports: dict[str, int], worker: Path | None = None) -> str:
@@ -415,7 +463,8 @@ def _retrain(args: argparse.Namespace) -> int:
             spec, rollout=dataclasses.replace(spec.rollout, admin_url=args.admin_url)
         )
     token = os.environ.get(spec.rollout.token_env)
-    worker = RetrainWorker(spec, Path(args.home), AdminClient(spec.rollout.admin_url, token))
+    admin = AdminClient(spec.rollout.admin_url, token)
+    worker = RetrainWorker(spec, Path(args.home), admin, args.state)
     worker.run_forever(now=args.now, once=args.once)
     return 0
 

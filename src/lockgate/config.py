@@ -56,6 +56,8 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
     demo: bool = False
+    state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
+    replica: str = ""  # names this gateway's prediction-log segments among replicas
     admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -1,5 +1,6 @@
-"""The rollout records and aliases in the state database: transitions, one active rollout per
-endpoint, audit rows beside the traffic changes', and the operator requests that are refused."""
+"""The rollout records and aliases in the state database (SQLite and PostgreSQL): transitions,
+one active rollout per endpoint, audit rows beside the traffic changes', and the operator
+requests that are refused."""
 
 from __future__ import annotations
 
@@ -25,18 +26,20 @@ PLAN = Plan(steps=(10, 50, 100), analysis_seconds=0.5, min_requests=5)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RolloutStore:
-    return RolloutStore(tmp_path)
+def store(tmp_path: Path, state_url: str | None) -> RolloutStore:
+    return RolloutStore(tmp_path, state_url)
 
 
 def kind_of(exc: pytest.ExceptionInfo[LockgateError]) -> ErrorKind:
     return exc.value.kind
 
 
-def test_start_records_pending_rollout_aliases_and_audit(tmp_path: Path) -> None:
-    state = StateStore(tmp_path)
+def test_start_records_pending_rollout_aliases_and_audit(
+    tmp_path: Path, state_url: str | None
+) -> None:
+    state = StateStore(tmp_path, state_url)
     revision = state.revision()
-    store = RolloutStore(tmp_path)
+    store = RolloutStore(tmp_path, state_url)
     rid = store.start("scoring", "classifier", "2", "1", PLAN, actor="retrain")
     r = store.get(rid)
     assert (r.status, r.step, r.weight, r.requested, r.candidate, r.champion) == (
@@ -82,13 +85,13 @@ def test_one_active_rollout_per_endpoint(store: RolloutStore) -> None:
     assert [r.id for r in store.rollouts("scoring")] == [again, rid]
 
 
-def test_concurrent_starts_admit_exactly_one(tmp_path: Path) -> None:
-    RolloutStore(tmp_path)  # schema first, so the racers only race the insert
+def test_concurrent_starts_admit_exactly_one(tmp_path: Path, state_url: str | None) -> None:
+    RolloutStore(tmp_path, state_url)  # schema first, so the racers only race the insert
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
 
     def racer(version: str) -> None:
-        store = RolloutStore(tmp_path)
+        store = RolloutStore(tmp_path, state_url)
         barrier.wait()
         try:
             store.start("scoring", "classifier", version, "1", PLAN)
@@ -104,8 +107,10 @@ def test_concurrent_starts_admit_exactly_one(tmp_path: Path) -> None:
     assert sorted(outcomes) == ["CONFLICT"] * 3 + ["started"]
 
 
-def test_steps_pause_resume_and_promotion_move_the_champion(tmp_path: Path) -> None:
-    store, state = RolloutStore(tmp_path), StateStore(tmp_path)
+def test_steps_pause_resume_and_promotion_move_the_champion(
+    tmp_path: Path, state_url: str | None
+) -> None:
+    store, state = RolloutStore(tmp_path, state_url), StateStore(tmp_path, state_url)
     rid = store.start("scoring", "classifier", "2", "1", PLAN)
     r = store.record_step(rid, 0)
     assert (r.status, r.step, r.weight) == (RUNNING, 0, 10.0)
@@ -217,8 +222,8 @@ def test_unknown_rollout_and_action(store: RolloutStore) -> None:
     assert kind_of(exc) is ErrorKind.INVALID
 
 
-def test_aliases_are_per_endpoint_and_audited(tmp_path: Path) -> None:
-    store, state = RolloutStore(tmp_path), StateStore(tmp_path)
+def test_aliases_are_per_endpoint_and_audited(tmp_path: Path, state_url: str | None) -> None:
+    store, state = RolloutStore(tmp_path, state_url), StateStore(tmp_path, state_url)
     store.set_alias("scoring", "champion", "classifier", "1", actor="alice")
     store.set_alias("fraud", "champion", "fraud", "7")
     store.set_alias("scoring", "champion", "classifier", "1")  # unchanged: no audit row
@@ -230,8 +235,8 @@ def test_aliases_are_per_endpoint_and_audited(tmp_path: Path) -> None:
     assert [(r["action"], r["actor"]) for r in rows] == [("alias.set", "alice")]
 
 
-def test_records_survive_a_new_store(tmp_path: Path) -> None:
-    rid = RolloutStore(tmp_path).start("scoring", "classifier", "2", "1", PLAN)
-    RolloutStore(tmp_path).record_step(rid, 1)
-    r = RolloutStore(tmp_path).get(rid)
+def test_records_survive_a_new_store(tmp_path: Path, state_url: str | None) -> None:
+    rid = RolloutStore(tmp_path, state_url).start("scoring", "classifier", "2", "1", PLAN)
+    RolloutStore(tmp_path, state_url).record_step(rid, 1)
+    r = RolloutStore(tmp_path, state_url).get(rid)
     assert (r.status, r.step, r.weight) == (RUNNING, 1, 50.0)

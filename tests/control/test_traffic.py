@@ -1,5 +1,5 @@
-"""Traffic changes on a real state database: validation, canary arithmetic, optimistic
-concurrency and the audit log."""
+"""Traffic changes on a real state database (SQLite and PostgreSQL): validation, canary
+arithmetic, optimistic concurrency and the audit log."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ CATALOG = traffic.Catalog({"fraud": frozenset({"1", "2", "3"}), "other": frozens
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    return StateStore(tmp_path)
+def store(tmp_path: Path, state_url: str | None) -> StateStore:
+    return StateStore(tmp_path, state_url)
 
 
 def _variants(store: StateStore, name: str = "fraud") -> list[tuple[str, str, float]]:

@@ -197,13 +197,15 @@ def variant(name: str, version: str, weight: float) -> dict[str, Any]:
     return {"name": name, "model": "m", "version": version, "weight": weight}
 
 
-def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(tmp_path: Path) -> None:
+def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(
+    tmp_path: Path, state_url: str | None
+) -> None:
     now = [0.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    store, admin = RolloutStore(tmp_path), FakeAdmin()
+    store, admin = RolloutStore(tmp_path, state_url), FakeAdmin()
     quiet = scrape_text(0.0, canary=1)  # one canary request, never more
     controller = RolloutController(
         admin, store, "http://unused", clock=lambda: now[0], sleep=sleep, scraper=lambda _: quiet
@@ -221,8 +223,10 @@ def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(tmp_path:
     assert admin.spec["variants"] == [variant("stable", "1", 100.0)]
 
 
-def test_an_operator_promotion_skips_the_remaining_steps(tmp_path: Path) -> None:
-    store, admin = RolloutStore(tmp_path), FakeAdmin()
+def test_an_operator_promotion_skips_the_remaining_steps(
+    tmp_path: Path, state_url: str | None
+) -> None:
+    store, admin = RolloutStore(tmp_path, state_url), FakeAdmin()
     rid = store.start("e", "m", "2", "1", PLAN)
 
     def operator_promotes(seconds: float) -> None:
@@ -240,8 +244,8 @@ def test_an_operator_promotion_skips_the_remaining_steps(tmp_path: Path) -> None
     assert store.alias("e", "champion") == ("m", "2")
 
 
-def test_unreadable_metrics_roll_the_step_back(tmp_path: Path) -> None:
-    store, admin = RolloutStore(tmp_path), FakeAdmin()
+def test_unreadable_metrics_roll_the_step_back(tmp_path: Path, state_url: str | None) -> None:
+    store, admin = RolloutStore(tmp_path, state_url), FakeAdmin()
 
     def unreachable(url: str) -> Snapshot:
         raise LockgateError(ErrorKind.UNAVAILABLE, f"cannot read metrics at {url}/metrics")

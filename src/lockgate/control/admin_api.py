@@ -29,6 +29,8 @@ from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.monitor.metrics import render_metrics
+from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.http_api import error_response, read_body
 
 log = logging.getLogger(__name__)
@@ -38,22 +40,22 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MonitorView(Protocol):
-    """What the admin API reads from the monitor."""
+    """What the admin API reads from the monitor (of this process, or of all workers)."""
 
-    def drift_report(self, model: str, version: str) -> dict[str, Any]: ...
-    def sketch_state(self, model: str, version: str) -> bytes: ...
-    def recent(self, model: str, version: str, limit: int) -> dict[str, Any]: ...
+    async def drift_report(self, model: str, version: str) -> dict[str, Any]: ...
+    async def sketch_state(self, model: str, version: str) -> bytes: ...
+    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]: ...
 
 
 class ServingControl(Protocol):
-    """What the admin API needs from the gateway's pipeline."""
+    """What the admin API needs from the serving side: one pipeline, or a pool of workers."""
 
     async def refresh_registry(self) -> None: ...
     def registered_versions(self) -> dict[str, frozenset[str]]: ...
     async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]: ...
     async def apply(self, state: State) -> dict[Key, str]: ...
-    def versions_in_use(self) -> set[Key]: ...
-    def serving_status(self) -> dict[str, Any]: ...
+    async def serving_status(self) -> dict[str, Any]: ...
+    async def snapshot(self) -> Snapshot: ...
 
 
 def _json(doc: Any, status: int = 200, revision: int | None = None) -> Response:
@@ -106,7 +108,6 @@ def build_admin_app(
     store: StateStore,
     control: ServingControl,
     tokens: TokenCheck,
-    metrics: Callable[[], bytes] | None = None,
     monitor: MonitorView | None = None,
 ) -> Starlette:
     async def catalog() -> traffic.Catalog:
@@ -157,9 +158,12 @@ def build_admin_app(
         return _json({"status": "ok"})
 
     async def prometheus(request: Request) -> Response:
-        if metrics is None:
-            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
-        return Response(metrics(), media_type=METRICS_CONTENT_TYPE)
+        snap = await control.snapshot()
+        return Response(render_metrics(snap), media_type=METRICS_CONTENT_TYPE)
+
+    async def monitor_snapshot(request: Request) -> Response:
+        snap = await control.snapshot()
+        return Response(snap.to_bytes(), media_type="application/msgpack")
 
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())
@@ -171,7 +175,7 @@ def build_admin_app(
             "revision": state.revision,
             "endpoints": [_endpoint_view(n, state, cat) for n in names],
             "pins": [{"model": m, "version": v} for m, v in sorted(state.pins)],
-            "serving": control.serving_status(),
+            "serving": await control.serving_status(),
         }
         return _json(doc, revision=state.revision)
 
@@ -195,11 +199,11 @@ def build_admin_app(
 
     async def drift(request: Request) -> Response:
         view, model, version = watched(request)
-        return _json(await asyncio.to_thread(view.drift_report, model, version))
+        return _json(await view.drift_report(model, version))
 
     async def sketches(request: Request) -> Response:
         view, model, version = watched(request)
-        body = await asyncio.to_thread(view.sketch_state, model, version)
+        body = await view.sketch_state(model, version)
         return Response(body, media_type="application/msgpack")
 
     async def recent(request: Request) -> Response:
@@ -207,7 +211,7 @@ def build_admin_app(
         limit = request.query_params.get("limit", "100")
         if not limit.isdigit() or not 0 < int(limit) <= 10_000:
             raise invalid("limit must be an integer from 1 to 10000")
-        return _json(view.recent(model, version, int(limit)))
+        return _json(await view.recent(model, version, int(limit)))
 
     # -- writes -------------------------------------------------------------------------------
     async def put_endpoint(request: Request) -> Response:
@@ -298,6 +302,7 @@ def build_admin_app(
         Route("/healthz", guarded(healthz, public=True), methods=["GET"]),
         Route("/openapi.json", guarded(openapi, public=True), methods=["GET"]),
         Route("/metrics", guarded(prometheus, public=True), methods=["GET"]),
+        Route("/v1/monitor/snapshot", guarded(monitor_snapshot), methods=["GET"]),
         Route("/v1/state", guarded(show_state), methods=["GET"]),
         Route("/v1/audit", guarded(audit), methods=["GET"]),
         Route(ep, guarded(show_endpoint), methods=["GET"]),
@@ -316,5 +321,5 @@ def build_admin_app(
         Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
         Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
     ]
-    routes += rollout_routes(RolloutStore(store.path.parent), guarded)
+    routes += rollout_routes(RolloutStore(store.home, store.url), guarded)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

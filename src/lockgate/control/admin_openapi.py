@@ -63,6 +63,13 @@ def openapi_document() -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness of the admin listener", "security": []}},
         "/openapi.json": {"get": {"summary": "This document", "security": []}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": []}},
+        "/v1/monitor/snapshot": {
+            "get": _op(
+                "Every metrics figure of this host (all workers) as msgpack; replicas' snapshots "
+                "merge by addition",
+                write=False,
+            )
+        },
         "/v1/state": {
             "get": _op("Endpoints (stored and implicit), pins, serving status", write=False)
         },

@@ -1,4 +1,4 @@
-"""Progressive rollouts and model aliases, kept in the state database (`<home>/state.db`).
+"""Progressive rollouts and model aliases, kept in the state database (SQLite or PostgreSQL).
 
 A rollout record is the one place that says where a candidate's ramp stands. The controller
 writes each step *before* it moves traffic, so a restarted worker resumes from the record and the
@@ -13,7 +13,6 @@ what the gateways serve, so it must not make them rebuild their route tables.
 from __future__ import annotations
 
 import math
-import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 
 from lockgate.control.state import StateDB
+from lockgate.control.statedb import Tx
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 
 PENDING, SHADOW, RUNNING, PAUSED = "pending", "shadow", "running", "paused"
@@ -34,27 +34,6 @@ PAUSE, RESUME, ABORT, PROMOTE = "pause", "resume", "abort", "promote"
 ACTIONS = (PAUSE, RESUME, ABORT, PROMOTE)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
-    action TEXT NOT NULL, target TEXT NOT NULL, before TEXT, after TEXT,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rollouts (
-    id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, model TEXT NOT NULL, candidate TEXT NOT NULL,
-    champion TEXT, plan TEXT NOT NULL, status TEXT NOT NULL, step INTEGER NOT NULL,
-    weight REAL NOT NULL, requested TEXT, requested_by TEXT, ending TEXT, reason TEXT,
-    history TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_active ON rollouts (endpoint)
-    WHERE status IN {ACTIVE!r};
-CREATE TABLE IF NOT EXISTS aliases (
-    endpoint TEXT NOT NULL, alias TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
-    updated TEXT NOT NULL, PRIMARY KEY (endpoint, alias)
-);
-"""
 _COLUMNS = (
     "id, endpoint, model, candidate, champion, plan, status, step, weight, requested, "
     "requested_by, ending, reason, history, created, updated"
@@ -201,10 +180,11 @@ def check_request(rollout: Rollout, action: str) -> str | None:
 
 
 class RolloutStore(StateDB):
-    """Thread-safe access to the rollout and alias tables; each thread has its own connection."""
+    """Thread-safe access to the rollout and alias tables; each thread has its own connection.
+    `url` as for StateStore: the rollouts live in the same database as the traffic state."""
 
-    def __init__(self, home: Path) -> None:
-        super().__init__(home, _SCHEMA)
+    def __init__(self, home: Path, url: str | None = None) -> None:
+        super().__init__(home, url)
 
     # -- reading ------------------------------------------------------------------------------
     @staticmethod
@@ -214,20 +194,20 @@ class RolloutStore(StateDB):
         doc["history"] = tuple(orjson.loads(doc["history"]))
         return Rollout(**doc)
 
-    def _get(self, db: sqlite3.Connection, rollout_id: str) -> Rollout:
+    def _get(self, db: Tx, rollout_id: str) -> Rollout:
         row = db.execute(f"SELECT {_COLUMNS} FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
         if row is None:
             raise not_found(f"unknown rollout {rollout_id!r}")
         return self._row(row)
 
     def get(self, rollout_id: str) -> Rollout:
-        return self._get(self._connect(), rollout_id)
+        return self._get(self._db, rollout_id)
 
     def rollouts(self, endpoint: str | None = None, limit: int = 100) -> list[Rollout]:
         """Rollouts, newest first (of one endpoint when given)."""
         where, args = ("WHERE endpoint = ?", (endpoint,)) if endpoint else ("", ())
         query = f"SELECT {_COLUMNS} FROM rollouts {where} ORDER BY rowid DESC LIMIT ?"
-        return [self._row(r) for r in self._connect().execute(query, (*args, limit))]
+        return [self._row(r) for r in self._db.execute(query, (*args, limit))]
 
     def active(self, endpoint: str | None = None) -> list[Rollout]:
         """Rollouts not yet ended (at most one per endpoint), for a restarted worker."""
@@ -235,24 +215,22 @@ class RolloutStore(StateDB):
 
     def alias(self, endpoint: str, alias: str) -> tuple[str, str] | None:
         """(model, version) the alias names, or None."""
-        return self._alias_in(self._connect(), endpoint, alias)
+        return self._alias_in(self._db, endpoint, alias)
 
     @staticmethod
-    def _alias_in(db: sqlite3.Connection, endpoint: str, alias: str) -> tuple[str, str] | None:
+    def _alias_in(db: Tx, endpoint: str, alias: str) -> tuple[str, str] | None:
         row = db.execute(_ALIAS, (endpoint, alias)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
     def aliases(self, endpoint: str) -> dict[str, dict[str, str]]:
-        rows = self._connect().execute(
+        rows = self._db.execute(
             "SELECT alias, model, version, updated FROM aliases WHERE endpoint = ?", (endpoint,)
         )
         return {a: {"model": m, "version": v, "updated": u} for a, m, v, u in rows}
 
     # -- writing ------------------------------------------------------------------------------
     @staticmethod
-    def _audit(
-        db: sqlite3.Connection, actor: str, action: str, target: str, b: Any, a: Any
-    ) -> None:
+    def _audit(db: Tx, actor: str, action: str, target: str, b: Any, a: Any) -> None:
         (revision,) = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
         db.execute(
             "INSERT INTO audit (at, actor, action, target, before, after, revision) "
@@ -260,9 +238,7 @@ class RolloutStore(StateDB):
             (_now(), actor, action, target, _dumps(b), _dumps(a), revision),
         )
 
-    def _set_alias(
-        self, db: sqlite3.Connection, actor: str, endpoint: str, alias: str, to: Any
-    ) -> None:
+    def _set_alias(self, db: Tx, actor: str, endpoint: str, alias: str, to: Any) -> None:
         """Point (or, with `to` None, drop) an alias, audited, inside the caller's transaction."""
         row = db.execute(_ALIAS, (endpoint, alias)).fetchone()
         before = None if row is None else {"model": row[0], "version": row[1]}
@@ -272,8 +248,9 @@ class RolloutStore(StateDB):
             db.execute("DELETE FROM aliases WHERE endpoint = ? AND alias = ?", (endpoint, alias))
         else:
             db.execute(
-                "INSERT OR REPLACE INTO aliases (endpoint, alias, model, version, updated) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO aliases (endpoint, alias, model, version, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint, alias) DO UPDATE SET "
+                "model = excluded.model, version = excluded.version, updated = excluded.updated",
                 (endpoint, alias, to["model"], to["version"], _now()),
             )
         action = "alias.set" if to is not None else "alias.delete"
@@ -358,7 +335,7 @@ class RolloutStore(StateDB):
                 self._move_aliases(db, actor, after)
             return after
 
-    def _move_aliases(self, db: sqlite3.Connection, actor: str, r: Rollout) -> None:
+    def _move_aliases(self, db: Tx, actor: str, r: Rollout) -> None:
         if r.status == PROMOTED:
             to = {"model": r.model, "version": r.candidate}
             self._set_alias(db, actor, r.endpoint, CHAMPION, to)

@@ -1,18 +1,17 @@
-"""The state database (SQLite in WAL mode): endpoints, pinned versions and the audit log, under
-one monotonically increasing revision.
+"""The state database: endpoints, pinned versions and the audit log, under one monotonically
+increasing revision.
 
 Every change is one transaction that checks the revision the caller read (optimistic
 concurrency), writes the new state, appends its audit record and bumps the revision, so a crash
-leaves each change either wholly there or not at all. Readers never block writers (WAL).
+leaves each change either wholly there or not at all. The database is SQLite in WAL mode at
+`<home>/state.db` (readers never block writers), or PostgreSQL when a `postgresql://` URL is
+given (see statedb.py): the same SQL and the same guarantees on both.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,46 +19,12 @@ from typing import Any
 
 import orjson
 
+from lockgate.control.schema import migrate
+from lockgate.control.statedb import STATE_FILE, Tx, open_backend
 from lockgate.errors import ErrorKind, LockgateError
 
-STATE_FILE = "state.db"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
-CREATE TABLE IF NOT EXISTS endpoints (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pins (
-    model TEXT NOT NULL, version TEXT NOT NULL, PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    before TEXT,
-    after TEXT,
-    revision INTEGER NOT NULL
-);
-"""
-
-
-def connect_state_db(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
-    """A connection in WAL mode with a busy timeout. Switching to WAL takes an exclusive lock
-    and may fail at once (not wait) while another process opens the file, e.g. a gateway and
-    its retrain worker starting together: retry until the timeout."""
-    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-    db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    db.execute("PRAGMA synchronous=FULL")  # a committed change survives power loss
-    return db
+__all__ = ["STATE_FILE", "Change", "Mutation", "State", "StateDB", "StateStore"]
+_REVISION = "SELECT value FROM meta WHERE key = 'revision'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,57 +50,40 @@ Mutation = Callable[[State], tuple[dict[str, dict[str, Any]], frozenset[tuple[st
 
 
 class StateDB:
-    """Per-thread WAL connections to `<home>/state.db`, and transactions on them."""
+    """One state database for a store: `<home>/state.db` unless `url` names another
+    (`postgresql://user@host/db`, `sqlite:///path`). Opening it brings its schema up to date, so
+    a store never runs against tables it does not know. Each thread has its own connection."""
 
-    def __init__(self, home: Path, schema: str) -> None:
-        self.path = Path(home) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connect().executescript(schema)
+    def __init__(self, home: Path, url: str | None = None) -> None:
+        self.home = Path(home)
+        self.url = url
+        self._db = open_backend(self.home, url)
+        self.path = self._db.path  # the SQLite file, None on PostgreSQL
+        migrate(self._db)
 
-    def _connect(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = connect_state_db(self.path)
-            self._local.db = db
-        return db
-
-    @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+        return self._db.transaction(write=write)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close the calling thread's connection."""
+        self._db.close()
 
 
 class StateStore(StateDB):
     """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, home: Path) -> None:
-        super().__init__(home, _SCHEMA)
-
     # -- reading ------------------------------------------------------------------------------
     def revision(self) -> int:
-        row = self._connect().execute("SELECT value FROM meta WHERE key='revision'").fetchone()
-        return int(row[0])
+        """The current revision: one indexed read, cheap enough to poll."""
+        return int(self._db.execute(_REVISION).fetchone()[0])
 
     def read(self) -> State:
         with self._transaction(write=False) as db:
             return self._read(db)
 
     @staticmethod
-    def _read(db: sqlite3.Connection) -> State:
-        revision = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+    def _read(db: Tx) -> State:
+        revision = db.execute(_REVISION).fetchone()[0]
         endpoints = {
             name: orjson.loads(spec)
             for name, spec in db.execute("SELECT name, spec FROM endpoints ORDER BY name")
@@ -151,7 +99,7 @@ class StateStore(StateDB):
             query += " WHERE target = ?"
             args = (target,)
         query += " ORDER BY id DESC LIMIT ?"
-        rows = self._connect().execute(query, (*args, limit)).fetchall()
+        rows = self._db.execute(query, (*args, limit)).fetchall()
         keys = ("id", "at", "actor", "action", "target", "before", "after", "revision")
         out = []
         for row in rows:
@@ -182,7 +130,8 @@ class StateStore(StateDB):
             for name, spec in endpoints.items():
                 if current.endpoints.get(name) != spec:
                     db.execute(
-                        "INSERT OR REPLACE INTO endpoints (name, spec) VALUES (?, ?)",
+                        "INSERT INTO endpoints (name, spec) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
                         (name, orjson.dumps(spec)),
                     )
             for model, version in current.pins - pins:
@@ -203,4 +152,5 @@ class StateStore(StateDB):
                 ),
             )
             db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
+            self._db.notify(db, revision)
             return State(revision, endpoints, pins)

@@ -109,7 +109,8 @@ class FeedbackResult:
 
 
 class Monitor:
-    def __init__(self, config: MonitorConfig, home: Path) -> None:
+    def __init__(self, config: MonitorConfig, home: Path, writer: str = "") -> None:
+        """`writer` names this process's log segments (replica, worker) in a shared home."""
         self.config = config
         self.home = home
         self.versions: dict[Key, VersionMonitor] = {}
@@ -122,12 +123,9 @@ class Monitor:
         self.feedback_log: FeedbackLog | None = None
         if config.predlog:
             segment, retention = config.segment_bytes, config.retention_bytes
-            self.predlog = PredictionLog(
-                home / "predlog", segment_bytes=segment, retention_bytes=retention
-            )
-            self.feedback_log = FeedbackLog(
-                home / "feedback", segment_bytes=segment, retention_bytes=retention
-            )
+            sizes: dict[str, Any] = {"segment_bytes": segment, "retention_bytes": retention}
+            self.predlog = PredictionLog(home / "predlog", writer=writer, **sizes)
+            self.feedback_log = FeedbackLog(home / "feedback", writer=writer, **sizes)
         self._last_flush = time.monotonic()
 
     # -- versions -------------------------------------------------------------------------------
@@ -322,7 +320,16 @@ class Monitor:
             raise not_found(f"{model} v{version} is not loaded (nothing is monitored for it)")
         return vm
 
-    def drift_report(self, model: str, version: str) -> dict[str, Any]:
+    async def drift_report(self, model: str, version: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self._drift_report, model, version)
+
+    async def sketch_state(self, model: str, version: str) -> bytes:
+        return await asyncio.to_thread(self._sketch_state, model, version)
+
+    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+        return self._recent_rows(model, version, limit)
+
+    def _drift_report(self, model: str, version: str) -> dict[str, Any]:
         with self.lock:
             vm = self._version(model, version)
             return {
@@ -330,7 +337,7 @@ class Monitor:
                 for side, drift in (("inputs", vm.input_drift), ("outputs", vm.output_drift))
             }
 
-    def sketch_state(self, model: str, version: str) -> bytes:
+    def _sketch_state(self, model: str, version: str) -> bytes:
         """The raw latency sketches (msgpack), to merge across replicas by adding arrays."""
         with self.lock:
             vm = self._version(model, version)
@@ -345,7 +352,7 @@ class Monitor:
             }
         return bytes(msgpack.packb(doc, use_bin_type=True))
 
-    def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+    def _recent_rows(self, model: str, version: str, limit: int) -> dict[str, Any]:
         """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""
         with self.lock:
             vm = self._version(model, version)

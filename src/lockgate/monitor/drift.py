@@ -343,6 +343,7 @@ class DriftMonitor:
         self.config = config if config is not None else DriftConfig()
         self._clock = clock
         self._counts = new_counts(profile.edges)
+        self._closed = new_counts(profile.edges)  # every scored window's rows, summed
         self._rows = 0
         self._started = self._opened = clock()
         self._index = 0
@@ -354,6 +355,12 @@ class DriftMonitor:
     def window_counts(self) -> NDArray[np.int64]:
         """A copy of the open window's histogram, for merging into another worker's monitor."""
         return self._counts.copy()
+
+    @property
+    def cumulative_counts(self) -> NDArray[np.int64]:
+        """Every row seen so far, binned (scored windows plus the open one): merging workers
+        or replicas adds these, and the difference of two reads is a window anyone can score."""
+        return self._closed + self._counts
 
     def merge_window(self, counts: ArrayLike) -> list[WindowReport]:
         """Add another worker's open-window histogram to this one (merge = add); closes the
@@ -411,6 +418,7 @@ class DriftMonitor:
         report = WindowReport(self._index, self._started, now, closed_by, scores, on, dataset_on)
         self._index += 1
         self._last = report
+        self._closed += self._counts
         self._counts = new_counts(self.profile.edges)
         self._rows = 0
         self._started = now

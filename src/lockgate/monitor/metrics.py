@@ -1,5 +1,7 @@
 """Prometheus metrics, read from the gateway's own counters and the monitor's arrays at scrape
-time by one custom collector: the request path makes no prometheus-client call.
+time by one custom collector: the request path makes no prometheus-client call. The collector
+renders a :class:`Snapshot`, so one process's figures and the merged figures of several worker
+processes come out the same way.
 
 Latency histograms use power-of-two bucket bounds, which are exact boundaries of the latency
 sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
@@ -7,7 +9,8 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -16,14 +19,23 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from lockgate.monitor.drain import Monitor, VersionMonitor
+from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.sketch import LatencySketch
+from lockgate.monitor.snapshot import (
+    BATCH_FIELDS,
+    SHADOW_FIELDS,
+    DriftSnapshot,
+    Snapshot,
+    VersionSnapshot,
+)
 
 LATENCY_BOUNDS = [2.0**k for k in range(-14, 6)]  # 61 us .. 32 s (past the 30 s default deadline)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+Key = tuple[str, str]
 ROUTE = ["endpoint", "variant", "model", "version"]
 VERSION = ["model", "version"]
 
@@ -35,51 +47,113 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     family.add_metric(labels, buckets, sketch.sum)
 
 
-class GatewayCollector(Collector):
-    """Everything one gateway process knows, as Prometheus metric families."""
+def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
+    """This process's figures now (called at scrape time, on the event loop)."""
+    snap = Snapshot(
+        revision=pipeline.routes.revision,
+        requests=Counter(dict(pipeline.requests)),
+        weights={
+            (route.name, v.name, v.model, v.version): v.weight
+            for route in pipeline.routes.endpoints.values()
+            for v in route.variants
+        },
+        loaded=set(pipeline.models.loaded),
+        failed=set(pipeline.models.failed),
+        monitored=monitor is not None,
+    )
+    for key, lv in list(pipeline.models.loaded.items()):
+        stats = lv.batcher.stats
+        snap.batch[key] = Counter({f: getattr(stats, f) for f in BATCH_FIELDS})
+        snap.queued_rows[key] = lv.batcher.queued_rows
+    for key, shadow in list(pipeline.shadows.stats.items()):
+        snap.shadows[key] = Counter({f: getattr(shadow, f) for f in SHADOW_FIELDS})
+    if monitor is None:
+        return snap
+    with monitor.lock:
+        snap.feedback_unknown = monitor.feedback_unknown
+        for key, vm in monitor.versions.items():
+            routes = vm.recorder.ring.routes
+            vs = snap.versions[key] = VersionSnapshot(
+                latency={routes[code]: s.copy() for code, s in vm.latency.items()},
+                queue=vm.queue.copy(),
+                rows=vm.rows,
+                dropped=vm.dropped,
+                labelled=vm.accuracy.labelled,
+                correct=vm.accuracy.correct,
+                abs_error_sum=vm.accuracy.abs_error_sum,
+            )
+            for side, drift in (("input", vm.input_drift), ("output", vm.output_drift)):
+                if drift is not None:
+                    st = drift.state
+                    vs.drift[side] = DriftSnapshot(
+                        names=drift.profile.names,
+                        alert=st.feature_alert,
+                        scores=st.last_scores,  # NaN before the first window
+                        windows=st.windows,
+                        share=st.share,
+                        dataset_alert=st.dataset_alert,
+                        counts=drift.cumulative_counts,
+                    )
+    return snap
 
-    def __init__(self, pipeline: Any, monitor: Monitor | None) -> None:
-        self.pipeline = pipeline
-        self.monitor = monitor
+
+class GatewayCollector(Collector):
+    """A snapshot (one process's, or the merge of several) as Prometheus metric families."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._requests()
-        yield from self._serving()
-        if self.monitor is not None:
-            with self.monitor.lock:
-                versions = list(self.monitor.versions.values())
-                yield from self._latency(versions)
-                yield from self._drift(versions)
-                yield from self._feedback(versions)
+        snap = self.source()
+        yield from self._requests(snap)
+        yield from self._serving(snap)
+        yield from self._shadows(snap)
+        if snap.monitored:
+            versions = sorted(snap.versions.items())
+            yield from self._latency(versions)
+            yield from self._drift(versions)
+            yield from self._feedback(snap, versions)
 
-    def _requests(self) -> Iterator[Metric]:
+    @staticmethod
+    def _requests(snap: Snapshot) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "lockgate_requests",
             "Inference requests by endpoint, variant, version, protocol and outcome",
             labels=[*ROUTE, "protocol", "outcome"],
         )
-        for labels, count in list(self.pipeline.requests.items()):
+        for labels, count in sorted(snap.requests.items()):
             requests.add_metric(list(labels), count)
         yield requests
 
-    def _serving(self) -> Iterator[Metric]:
-        p = self.pipeline
-        revision = GaugeMetricFamily("lockgate_state_revision", "Applied state revision")
-        revision.add_metric([], p.routes.revision)
+    @staticmethod
+    def _serving(snap: Snapshot) -> Iterator[Metric]:
+        processes = GaugeMetricFamily(
+            "lockgate_worker_processes", "Gateway processes whose figures these metrics sum"
+        )
+        processes.add_metric([], snap.processes)
+        yield processes
+        restarts = CounterMetricFamily(
+            "lockgate_worker_restarts", "Worker processes restarted after they died"
+        )
+        restarts.add_metric([], snap.restarts)
+        yield restarts
+        revision = GaugeMetricFamily(
+            "lockgate_state_revision", "Applied state revision (the lowest of all workers)"
+        )
+        revision.add_metric([], snap.revision)
         yield revision
         weight = GaugeMetricFamily(
             "lockgate_traffic_weight", "Traffic share of each variant in percent", labels=ROUTE
         )
-        for route in p.routes.endpoints.values():
-            for v in route.variants:
-                weight.add_metric([route.name, v.name, v.model, v.version], v.weight)
+        for route, share in sorted(snap.weights.items()):
+            weight.add_metric(list(route), share)
         yield weight
         loaded = GaugeMetricFamily(
             "lockgate_model_loaded", "1 when loaded, 0 when it failed", labels=VERSION
         )
-        for key in p.models.loaded:
+        for key in sorted(snap.loaded):
             loaded.add_metric(list(key), 1)
-        for key in p.models.failed:
+        for key in sorted(snap.failed):
             loaded.add_metric(list(key), 0)
         yield loaded
         families = {
@@ -96,20 +170,20 @@ class GatewayCollector(Collector):
         depth = GaugeMetricFamily(
             "lockgate_queue_rows", "Rows queued for the model", labels=VERSION
         )
-        for key, lv in list(p.models.loaded.items()):
-            s, labels = lv.batcher.stats, list(key)
-            families["batches"].add_metric(labels, s.batches)
-            families["batch_rows"].add_metric(labels, s.rows)
-            families["batch_requests"].add_metric(labels, s.requests)
-            families["shed"].add_metric(labels, s.shed)
-            families["expired"].add_metric(labels, s.expired)
-            families["compute_seconds"].add_metric(labels, s.compute_ns / 1e9)
-            depth.add_metric(labels, lv.batcher.queued_rows)
+        for key, s in sorted(snap.batch.items()):
+            labels = list(key)
+            families["batches"].add_metric(labels, s["batches"])
+            families["batch_rows"].add_metric(labels, s["rows"])
+            families["batch_requests"].add_metric(labels, s["requests"])
+            families["shed"].add_metric(labels, s["shed"])
+            families["expired"].add_metric(labels, s["expired"])
+            families["compute_seconds"].add_metric(labels, s["compute_ns"] / 1e9)
+            depth.add_metric(labels, snap.queued_rows[key])
         yield from families.values()
         yield depth
-        yield from self._shadows()
 
-    def _shadows(self) -> Iterator[Metric]:
+    @staticmethod
+    def _shadows(snap: Snapshot) -> Iterator[Metric]:
         labels = ["endpoint", "shadow"]
         fields = {
             "requests": "Shadow copies answered",
@@ -122,12 +196,13 @@ class GatewayCollector(Collector):
             f: CounterMetricFamily(f"lockgate_shadow_{f}", doc, labels=labels)
             for f, doc in fields.items()
         }
-        for (endpoint, shadow), stats in list(self.pipeline.shadows.stats.items()):
+        for key, stats in sorted(snap.shadows.items()):
             for f, family in families.items():
-                family.add_metric([endpoint, shadow], getattr(stats, f))
+                family.add_metric(list(key), stats[f])
         yield from families.values()
 
-    def _latency(self, versions: list[VersionMonitor]) -> Iterator[Metric]:
+    @staticmethod
+    def _latency(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
             "lockgate_request_latency_seconds",
             "Server time from decoded request to answer",
@@ -149,62 +224,63 @@ class GatewayCollector(Collector):
             "Predictions dropped because the drain fell a whole ring behind",
             labels=VERSION,
         )
-        for vm in versions:
-            routes = vm.recorder.ring.routes
-            for code, sketch in vm.latency.items():
-                endpoint, variant = routes[code]
-                labels = [endpoint, variant, *vm.key]
+        for key, vs in versions:
+            for (endpoint, variant), sketch in sorted(vs.latency.items()):
+                labels = [endpoint, variant, *key]
                 _histogram(latency, labels, sketch)
                 if sketch.count:
                     for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
                         quantiles.add_metric([*labels, str(q)], float(value))
-            _histogram(queue, list(vm.key), vm.queue)
-            written.add_metric(list(vm.key), vm.rows)
-            dropped.add_metric(list(vm.key), vm.dropped)
+            _histogram(queue, list(key), vs.queue)
+            written.add_metric(list(key), vs.rows)
+            dropped.add_metric(list(key), vs.dropped)
         yield from (latency, quantiles, queue, written, dropped)
 
-    def _drift(self, versions: list[VersionMonitor]) -> Iterator[Metric]:
-        side = [*VERSION, "side"]
+    @staticmethod
+    def _drift(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
+        side_labels = [*VERSION, "side"]
         score = GaugeMetricFamily(
             "lockgate_drift_score",
             "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share)",
-            labels=[*side, "feature", "statistic"],
+            labels=[*side_labels, "feature", "statistic"],
         )
         alert = GaugeMetricFamily(
             "lockgate_drift_alert",
             "1 while a feature's drift alert is on (bands, noise floors and hysteresis applied)",
-            labels=[*side, "feature"],
+            labels=[*side_labels, "feature"],
         )
         dataset = GaugeMetricFamily(
-            "lockgate_drift_dataset_alert", "1 while dataset-level drift is on", labels=side
+            "lockgate_drift_dataset_alert", "1 while dataset-level drift is on", labels=side_labels
         )
         share = GaugeMetricFamily(
             "lockgate_drift_share",
             "Share of features alerting in the last window at the per-feature level (the dataset "
             "alert uses Bonferroni-corrected floors, so a share >= 0.5 is not a dataset alert)",
-            labels=side,
+            labels=side_labels,
         )
-        windows = CounterMetricFamily("lockgate_drift_windows", "Scored drift windows", labels=side)
-        for vm in versions:
-            for name, drift in (("input", vm.input_drift), ("output", vm.output_drift)):
+        windows = CounterMetricFamily(
+            "lockgate_drift_windows", "Scored drift windows", labels=side_labels
+        )
+        for key, vs in versions:
+            for side in ("input", "output"):
+                drift = vs.drift.get(side)
                 if drift is None:
                     continue
-                labels = [*vm.key, name]
-                st = drift.state
-                for f, feature in enumerate(drift.profile.names):
-                    alert.add_metric([*labels, feature], float(st.feature_alert[f]))
-                    if st.windows:
-                        for i, statistic in enumerate(SCORE_NAMES):
-                            v = float(st.last_scores[f, i])
-                            if v == v:  # NaN: not scored (too few finite values)
-                                score.add_metric([*labels, feature, statistic], v)
-                dataset.add_metric(labels, float(st.dataset_alert))
-                if st.windows:
-                    share.add_metric(labels, st.share)
-                windows.add_metric(labels, st.windows)
+                labels = [*key, side]
+                for f, feature in enumerate(drift.names):
+                    alert.add_metric([*labels, feature], float(drift.alert[f]))
+                    for i, statistic in enumerate(SCORE_NAMES):
+                        v = float(drift.scores[f, i])
+                        if v == v:  # NaN: not scored (too few finite values)
+                            score.add_metric([*labels, feature, statistic], v)
+                dataset.add_metric(labels, float(drift.dataset_alert))
+                if drift.windows:
+                    share.add_metric(labels, drift.share)
+                windows.add_metric(labels, drift.windows)
         yield from (score, alert, dataset, share, windows)
 
-    def _feedback(self, versions: list[VersionMonitor]) -> Iterator[Metric]:
+    @staticmethod
+    def _feedback(snap: Snapshot, versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
         labelled = CounterMetricFamily(
             "lockgate_feedback_labels", "Labels joined to a prediction", labels=VERSION
         )
@@ -216,21 +292,26 @@ class GatewayCollector(Collector):
             "Mean absolute error of predictions vs labels",
             labels=VERSION,
         )
-        for vm in versions:
-            a, labels = vm.accuracy, list(vm.key)
-            labelled.add_metric(labels, a.labelled)
-            if a.labelled:
-                accuracy.add_metric(labels, a.correct / a.labelled)
-                error.add_metric(labels, a.abs_error_sum / a.labelled)
+        for key, vs in versions:
+            labels = list(key)
+            labelled.add_metric(labels, vs.labelled)
+            if vs.labelled:
+                accuracy.add_metric(labels, vs.correct / vs.labelled)
+                error.add_metric(labels, vs.abs_error_sum / vs.labelled)
         unknown = CounterMetricFamily(
             "lockgate_feedback_unknown", "Labels whose request id matched no recent prediction"
         )
-        assert self.monitor is not None
-        unknown.add_metric([], self.monitor.feedback_unknown)
+        unknown.add_metric([], snap.feedback_unknown)
         yield from (labelled, accuracy, error, unknown)
 
 
-def metrics_registry(pipeline: Any, monitor: Monitor | None) -> CollectorRegistry:
+def metrics_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry rendering `source()` at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(pipeline, monitor))
+    registry.register(GatewayCollector(source))
     return registry
+
+
+def render_metrics(snap: Snapshot) -> bytes:
+    """`snap` in the Prometheus text exposition format."""
+    return bytes(generate_latest(metrics_registry(lambda: snap)))

@@ -48,7 +48,10 @@ MAGIC = b"LGC1"
 FRAME = struct.Struct("<4sIIIddII")  # see the module docstring; the last field checks the rest
 _CHECKED = FRAME.size - 4
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_SEGMENT = re.compile(r"(\d+)-(\d+)\.seg")
+# <first ts ns>-<seq>[-<writer>].seg; the writer (replica, worker) keeps the processes that share
+# a folder apart in the file names; readers merge every writer's segments.
+_SEGMENT = re.compile(r"(\d+)-(\d+)(?:-[A-Za-z0-9_.]+)?\.seg")
+_WRITER = re.compile(r"[^A-Za-z0-9_.]+")
 _KINDS = "biufcS"  # numeric dtypes and fixed-width bytes
 _WRITE_BUFFER = 256 * 1024
 REQUEST_ID = "S32"  # request ids as stored by the ring
@@ -130,8 +133,10 @@ class SegmentLog:
         segment_seconds: float = 300.0,
         retention_bytes: int = 4 * 2**30,
         clock: Callable[[], float] = time.monotonic,
+        writer: str = "",
     ) -> None:
         self.root = Path(root)
+        self.writer = _WRITER.sub("_", writer)
         self.segment_bytes = segment_bytes
         self.segment_seconds = segment_seconds
         self.retention_bytes = retention_bytes
@@ -240,7 +245,8 @@ class SegmentLog:
         seq = existing[-1][0] + 1 if existing else 1
         lo_ns = math.floor(lo * 1e9)
         while True:
-            path = folder / f"{lo_ns:019d}-{seq:06d}.seg"
+            suffix = f"-{self.writer}" if self.writer else ""
+            path = folder / f"{lo_ns:019d}-{seq:06d}{suffix}.seg"
             try:
                 file = open(path, "xb", buffering=_WRITE_BUFFER)  # noqa: SIM115 - kept open
                 break

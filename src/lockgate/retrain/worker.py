@@ -48,12 +48,14 @@ class JobResult:
 
 
 class RetrainWorker:
-    def __init__(self, spec: PipelineSpec, home: Path, admin: AdminClient) -> None:
+    def __init__(
+        self, spec: PipelineSpec, home: Path, admin: AdminClient, state_url: str | None = None
+    ) -> None:
         self.spec = spec
         self.home = home
         self.admin = admin
         self.registry = Registry(home)
-        self.rollouts = RolloutStore(home)
+        self.rollouts = RolloutStore(home, state_url)
         self.stop = threading.Event()
         self._marks = home / "retrain" / f"{spec.endpoint}.json"
 

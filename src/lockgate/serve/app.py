@@ -1,5 +1,9 @@
 """The gateway process: one Pipeline, served over HTTP (uvicorn), gRPC (grpc.aio) and the admin
-listener, all on one event loop; graceful shutdown on request."""
+listener, all on one event loop; graceful shutdown on request.
+
+As one of `--workers N` processes (a :class:`WorkerRole`), it serves HTTP on the listening socket
+its supervisor hands it and gRPC on a shared port, and instead of the admin listener answers its
+supervisor's calls on a private unix socket (:mod:`lockgate.serve.peer`)."""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client import generate_latest
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
@@ -21,7 +27,7 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import metrics_registry
+from lockgate.serve import peer
 from lockgate.serve.grpc_api import build_grpc_server
 from lockgate.serve.http_api import build_http_app
 from lockgate.serve.pipeline import Pipeline
@@ -38,6 +44,18 @@ class _Server(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # uvicorn < 0.29
         pass
+
+    linger = 0.0
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, then keep serving for `linger` seconds before closing idle
+        connections: a connection accepted just before the stop has usually not sent its
+        request yet, and closing it as idle would reset a request the client did send."""
+        for server in self.servers:
+            server.close()
+        if self.linger:
+            await asyncio.sleep(self.linger)
+        await super().shutdown(sockets)
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -56,7 +74,10 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
-def _uvicorn(app: Any, grace: float) -> _Server:
+HTTP_LINGER = 0.5  # seconds; see _Server.shutdown
+
+
+def _uvicorn(app: Any, grace: float, linger: float = 0.0) -> _Server:
     config = uvicorn.Config(
         app,
         loop="none",
@@ -69,17 +90,48 @@ def _uvicorn(app: Any, grace: float) -> _Server:
         timeout_keep_alive=30,
         backlog=2048,
     )
-    return _Server(config)
+    server = _Server(config)
+    server.linger = linger
+    return server
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """How a worker process differs from a lone gateway."""
+
+    index: int
+    http_socket: socket.socket  # listening, SO_REUSEPORT; owned by the supervisor's slot
+    peer_path: str  # unix socket the supervisor calls
+    final_path: str  # where the last snapshot goes at exit, so no count is lost
+
+
+def check_admin_binding(tokens: TokenCheck, host: str) -> None:
+    """Refuse an admin listener reachable from other hosts without a token."""
+    if not tokens.enabled and not is_loopback(host):
+        raise LockgateError(
+            ErrorKind.INVALID,
+            f"the admin API would listen on {host} without a token: configure "
+            "tokens (--admin-token-file or LOCKGATE_ADMIN_TOKENS) or bind it to loopback",
+        )
 
 
 class Gateway:
     """Owns the listeners and the pipeline. `ports` is filled once the sockets are bound."""
 
-    def __init__(self, config: ServeConfig, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        registry: Registry | None = None,
+        worker: WorkerRole | None = None,
+    ) -> None:
         self.config = config
+        self.worker = worker
         self.registry = registry or Registry(config.home)
-        self.state = StateStore(config.home)
-        self.monitor = Monitor(config.monitor, config.home) if config.monitor.enabled else None
+        self.state = StateStore(config.home, config.state_url)
+        writer = config.replica + (f".w{worker.index}" if worker is not None else "")
+        self.monitor = (
+            Monitor(config.monitor, config.home, writer) if config.monitor.enabled else None
+        )
         self.pipeline = Pipeline(self.registry, config, self.state, self.monitor)
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
@@ -90,14 +142,12 @@ class Gateway:
         self._stop.set()
 
     async def run(self) -> None:
+        if self.worker is not None:
+            await self._run_worker(self.worker)
+            return
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
-        if not tokens.enabled and not is_loopback(cfg.admin_host):
-            raise LockgateError(
-                ErrorKind.INVALID,
-                f"the admin API would listen on {cfg.admin_host} without a token: configure "
-                "tokens (--admin-token-file or LOCKGATE_ADMIN_TOKENS) or bind it to loopback",
-            )
+        check_admin_binding(tokens, cfg.admin_host)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
@@ -108,18 +158,10 @@ class Gateway:
             "grpc": grpc_port,
             "admin": admin_sock.getsockname()[1],
         }
-        http = _uvicorn(
-            build_http_app(self.pipeline, max_body_bytes=cfg.max_body_bytes), cfg.grace_period
-        )
-        registry = metrics_registry(self.pipeline, self.monitor)
-        self.admin_app = build_admin_app(
-            self.state, self.pipeline, tokens, lambda: generate_latest(registry), self.monitor
-        )
-        admin = _uvicorn(self.admin_app, cfg.grace_period)
-        await grpc_server.start()
-        tasks = [
-            asyncio.create_task(http.serve(sockets=[http_sock]), name="http"),
-            asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin"),
+        self.admin_app = build_admin_app(self.state, self.pipeline, tokens, self.monitor)
+        servers = [
+            (self._http_server(), http_sock),
+            (_uvicorn(self.admin_app, cfg.grace_period), admin_sock),
         ]
         log.info(
             "listening: http %s:%d, grpc %s:%d, admin %s:%d",
@@ -130,8 +172,52 @@ class Gateway:
             cfg.admin_host,
             self.ports["admin"],
         )
+        await self._serve(servers, grpc_server)
+
+    def _http_server(self) -> _Server:
+        app = build_http_app(self.pipeline, max_body_bytes=self.config.max_body_bytes)
+        return _uvicorn(app, self.config.grace_period, linger=HTTP_LINGER)
+
+    async def _run_worker(self, role: WorkerRole) -> None:
+        cfg = self.config
+        grpc_server, grpc_port = build_grpc_server(
+            self.pipeline,
+            cfg.grpc_host,
+            cfg.grpc_port,
+            max_message_bytes=cfg.max_body_bytes,
+            reuse_port=True,
+        )
+        self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
+        http = self._http_server()
+        peer_server = await peer.serve(role.peer_path, self._peer_handlers(role))
+        log.info("worker %d (pid %d) serving", role.index, os.getpid())
         try:
+            await self._serve([(http, role.http_socket)], grpc_server)
+        finally:
+            peer_server.close()
+            snap = await self.pipeline.snapshot()
+            Path(role.final_path + ".tmp").write_bytes(snap.to_bytes())
+            os.replace(role.final_path + ".tmp", role.final_path)
+
+    async def _serve(self, servers: list[tuple[_Server, socket.socket]], grpc_server: Any) -> None:
+        """Serve until asked to stop. A lone gateway listens at once (its readiness endpoint
+        says when models are warm); a worker loads first and only then takes connections from
+        its slot's socket, so a restarted worker never answers for models it has not loaded."""
+        tasks: list[asyncio.Task[None]] = []
+
+        async def listen() -> None:
+            await grpc_server.start()
+            tasks.extend(
+                asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn-{i}")
+                for i, (server, sock) in enumerate(servers)
+            )
+
+        try:
+            if self.worker is None:
+                await listen()
             await self.pipeline.start()
+            if self.worker is not None:
+                await listen()
             if self.monitor is not None:
                 self.monitor.start()
             # Everything alive now lives as long as the process: keep it out of GC scans.
@@ -144,18 +230,63 @@ class Gateway:
                 if task is not stop and task.exception():
                     raise task.exception()  # type: ignore[misc]
         finally:
-            await self._shutdown(http, admin, grpc_server, tasks)
+            await self._shutdown([s for s, _ in servers], grpc_server, tasks)
+
+    def _peer_handlers(self, role: WorkerRole) -> dict[str, peer.Handler]:
+        """What the supervisor may ask of this worker (for the admin API and /metrics)."""
+        pipeline, monitor = self.pipeline, self.monitor
+
+        async def hello() -> dict[str, Any]:
+            return {"index": role.index, "pid": os.getpid(), "ready": self.started.is_set()}
+
+        async def snapshot() -> bytes:
+            return (await pipeline.snapshot()).to_bytes()
+
+        async def status() -> dict[str, Any]:
+            answered = sum(pipeline.requests.values())
+            status = await pipeline.serving_status()
+            return {"index": role.index, "pid": os.getpid(), "requests": answered, **status}
+
+        async def registered() -> dict[str, list[str]]:
+            await pipeline.refresh_registry()
+            return {m: sorted(v) for m, v in pipeline.registered_versions().items()}
+
+        async def ensure_loaded(keys: list[list[str]]) -> list[list[str]]:
+            failures = await pipeline.ensure_loaded({(m, v) for m, v in keys})
+            return [[m, v, why] for (m, v), why in failures.items()]
+
+        async def apply() -> list[list[str]]:
+            failures = await pipeline.apply(await asyncio.to_thread(self.state.read))
+            return [[m, v, why] for (m, v), why in failures.items()]
+
+        def watched() -> Any:
+            if monitor is None:
+                raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
+            return monitor
+
+        async def drift_report(model: str, version: str) -> dict[str, Any]:
+            return dict(await watched().drift_report(model, version))
+
+        async def sketch_state(model: str, version: str) -> bytes:
+            return bytes(await watched().sketch_state(model, version))
+
+        async def recent(model: str, version: str, limit: int) -> dict[str, Any]:
+            return dict(await watched().recent(model, version, limit))
+
+        calls = (hello, snapshot, status, registered, ensure_loaded, apply)
+        views = (drift_report, sketch_state, recent)
+        return {f.__name__: f for f in (*calls, *views)}
 
     async def _shutdown(
-        self, http: _Server, admin: _Server, grpc_server: Any, tasks: list[asyncio.Task[None]]
+        self, servers: list[_Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
     ) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then exit."""
         log.info(
             "shutting down: finishing in-flight requests (grace %.0fs)", self.config.grace_period
         )
         self.pipeline.begin_shutdown()
-        http.should_exit = True
-        admin.should_exit = True
+        for server in servers:
+            server.should_exit = True
         await asyncio.gather(
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )

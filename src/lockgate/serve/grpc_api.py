@@ -150,14 +150,20 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 
 def build_grpc_server(
-    pipeline: InferencePipeline, host: str, port: int, *, max_message_bytes: int
+    pipeline: InferencePipeline,
+    host: str,
+    port: int,
+    *,
+    max_message_bytes: int,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port."""
+    """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port.
+    `reuse_port` lets worker processes share the port (SO_REUSEPORT)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     server.add_generic_rpc_handlers((_handlers(InferenceService(pipeline)),))

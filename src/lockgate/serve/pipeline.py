@@ -21,6 +21,8 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
+from lockgate.monitor.metrics import capture
+from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
 from lockgate.serve.route import EndpointRoute, RouteTable, Variant, build_route_table
@@ -145,10 +147,11 @@ class Pipeline:
     async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
         return await self.models.ensure(keys)
 
-    def versions_in_use(self) -> set[Key]:
-        return self.routes.versions()
+    async def snapshot(self) -> Snapshot:
+        """This process's metrics figures now."""
+        return capture(self, self.monitor)
 
-    def serving_status(self) -> dict[str, Any]:
+    async def serving_status(self) -> dict[str, Any]:
         """What this process serves right now: revision, versions, failures, shadow counters."""
         return {
             "revision": self.routes.revision,

@@ -1,0 +1,245 @@
+"""Everything `/metrics` reports, as plain data that merges across processes.
+
+One gateway process captures a :class:`Snapshot` from its live objects at scrape time; with
+`--workers N` the admin process asks every worker for one and merges them, and the retrain
+worker does the same across replicas (`GET /v1/monitor/snapshot` on each admin listener).
+Counters, latency sketches and drift histograms merge by addition, so the merged figures are
+exact. The few point-in-time values merge by a stated rule: the applied state revision is the
+lowest any process has; a drift alert is on when any process has it on, and a drift score is the
+largest any process saw in its last window (each process scores windows of its own share of the
+traffic; the cumulative histograms, summed, are exact for anyone who wants to re-score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from lockgate.monitor.sketch import LatencySketch
+
+Key = tuple[str, str]
+Route = tuple[str, str, str, str]  # endpoint, variant, model, version
+BATCH_FIELDS = ("batches", "rows", "requests", "shed", "expired", "compute_ns")
+SHADOW_FIELDS = ("requests", "shed", "failed", "rows", "disagreeing_rows")
+WIRE_FORMAT = 1
+
+
+@dataclass
+class DriftSnapshot:
+    """One side (inputs or outputs) of one version's drift monitor."""
+
+    names: tuple[str, ...]
+    alert: NDArray[np.bool_]  # [F] after hysteresis
+    scores: NDArray[np.float64]  # [F, 5] of the last window, NaN where not scored
+    windows: int
+    share: float  # NaN before the first window
+    dataset_alert: bool
+    counts: NDArray[np.int64]  # [F, bins] every row seen since the version was attached
+
+    def merge(self, other: DriftSnapshot) -> None:
+        if other.names != self.names or other.counts.shape != self.counts.shape:
+            raise ValueError("drift snapshots of different profiles do not merge")
+        self.alert = self.alert | other.alert
+        self.scores = np.fmax(self.scores, other.scores)
+        self.windows += other.windows
+        self.share = float(np.fmax(self.share, other.share))
+        self.dataset_alert = self.dataset_alert or other.dataset_alert
+        self.counts = self.counts + other.counts
+
+
+@dataclass
+class VersionSnapshot:
+    """What the monitor knows about one loaded version."""
+
+    latency: dict[tuple[str, str], LatencySketch] = field(default_factory=dict)  # by route
+    queue: LatencySketch = field(default_factory=LatencySketch)
+    rows: int = 0
+    dropped: int = 0
+    labelled: int = 0
+    correct: int = 0
+    abs_error_sum: float = 0.0
+    drift: dict[str, DriftSnapshot] = field(default_factory=dict)  # "input" / "output"
+
+    def merge(self, other: VersionSnapshot) -> None:
+        for route, sketch in other.latency.items():
+            self.latency.setdefault(route, LatencySketch()).merge(sketch)
+        self.queue.merge(other.queue)
+        self.rows += other.rows
+        self.dropped += other.dropped
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.abs_error_sum += other.abs_error_sum
+        for side, drift in other.drift.items():
+            if side in self.drift:
+                self.drift[side].merge(drift)
+            else:
+                self.drift[side] = dataclasses.replace(drift)
+
+
+@dataclass
+class Snapshot:
+    """A gateway's (or several gateways') serving and monitoring figures."""
+
+    revision: int = 0
+    requests: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    weights: dict[Route, float] = field(default_factory=dict)
+    loaded: set[Key] = field(default_factory=set)
+    failed: set[Key] = field(default_factory=set)
+    batch: dict[Key, Counter[str]] = field(default_factory=dict)
+    queued_rows: Counter[Key] = field(default_factory=Counter)
+    shadows: dict[Key, Counter[str]] = field(default_factory=dict)  # by (endpoint, shadow)
+    monitored: bool = False
+    versions: dict[Key, VersionSnapshot] = field(default_factory=dict)
+    feedback_unknown: int = 0
+    processes: int = 1
+    restarts: int = 0  # worker processes restarted after a crash
+
+    def merge(self, other: Snapshot) -> None:
+        """Add `other` into this snapshot (see the module doc for the non-additive values)."""
+        if other.revision < self.revision:
+            self.revision, self.weights = other.revision, dict(other.weights)
+        self.requests.update(other.requests)
+        self.failed |= other.failed
+        self.loaded = (self.loaded | other.loaded) - self.failed
+        for table, more in ((self.batch, other.batch), (self.shadows, other.shadows)):
+            for key, counts in more.items():
+                table.setdefault(key, Counter()).update(counts)
+        self.queued_rows.update(other.queued_rows)
+        self.monitored = self.monitored or other.monitored
+        for key, vs in other.versions.items():
+            self.versions.setdefault(key, VersionSnapshot()).merge(vs)
+        self.feedback_unknown += other.feedback_unknown
+        self.processes += other.processes
+        self.restarts += other.restarts
+
+    def counters(self) -> Snapshot:
+        """The additive part only: what a process that has exited still contributes to the
+        totals (its requests, sketches, drift histograms), without its point-in-time values."""
+        out = merged([self])
+        out.revision, out.weights, out.processes, out.restarts = 2**62, {}, 0, 0
+        out.loaded, out.failed, out.queued_rows = set(), set(), Counter()
+        for vs in out.versions.values():
+            for side, d in vs.drift.items():
+                vs.drift[side] = dataclasses.replace(
+                    d,
+                    alert=np.zeros_like(d.alert),
+                    scores=np.full_like(d.scores, np.nan),
+                    share=float("nan"),
+                    dataset_alert=False,
+                )
+        return out
+
+    # -- wire format (msgpack; arrays as raw little-endian bytes) --------------------------------
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": WIRE_FORMAT,
+            "revision": self.revision,
+            "requests": [[*k, n] for k, n in self.requests.items()],
+            "weights": [[*k, w] for k, w in self.weights.items()],
+            "loaded": [list(k) for k in self.loaded],
+            "failed": [list(k) for k in self.failed],
+            "batch": [[*k, dict(c)] for k, c in self.batch.items()],
+            "queued_rows": [[*k, n] for k, n in self.queued_rows.items()],
+            "shadows": [[*k, dict(c)] for k, c in self.shadows.items()],
+            "monitored": self.monitored,
+            "versions": [[*k, _version_doc(v)] for k, v in self.versions.items()],
+            "feedback_unknown": self.feedback_unknown,
+            "processes": self.processes,
+            "restarts": self.restarts,
+        }
+        return bytes(msgpack.packb(doc, use_bin_type=True))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if doc.get("format") != WIRE_FORMAT:
+            raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
+        return cls(
+            revision=int(doc["revision"]),
+            requests=Counter({tuple(r[:-1]): int(r[-1]) for r in doc["requests"]}),
+            weights={(r[0], r[1], r[2], r[3]): float(r[4]) for r in doc["weights"]},
+            loaded={(m, v) for m, v in doc["loaded"]},
+            failed={(m, v) for m, v in doc["failed"]},
+            batch={(m, v): Counter(c) for m, v, c in doc["batch"]},
+            queued_rows=Counter({(m, v): int(n) for m, v, n in doc["queued_rows"]}),
+            shadows={(e, s): Counter(c) for e, s, c in doc["shadows"]},
+            monitored=bool(doc["monitored"]),
+            versions={(m, v): _version_from(d) for m, v, d in doc["versions"]},
+            feedback_unknown=int(doc["feedback_unknown"]),
+            processes=int(doc["processes"]),
+            restarts=int(doc["restarts"]),
+        )
+
+
+def merged(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """The sum of `snapshots` (an empty snapshot of zero processes when there are none)."""
+    total = Snapshot(processes=0, revision=2**62)
+    for snap in snapshots:
+        total.merge(snap)
+    if not total.processes:
+        total.revision = 0
+    return total
+
+
+def _array(a: NDArray[Any]) -> list[Any]:
+    return [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()]
+
+
+def _from_array(doc: list[Any]) -> NDArray[Any]:
+    dtype, shape, data = doc
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
+    return {
+        "latency": [[e, r, _array(s.state)] for (e, r), s in v.latency.items()],
+        "queue": _array(v.queue.state),
+        "rows": v.rows,
+        "dropped": v.dropped,
+        "labelled": v.labelled,
+        "correct": v.correct,
+        "abs_error_sum": v.abs_error_sum,
+        "drift": {
+            side: {
+                "names": list(d.names),
+                "alert": _array(d.alert),
+                "scores": _array(d.scores),
+                "windows": d.windows,
+                "share": d.share,
+                "dataset_alert": d.dataset_alert,
+                "counts": _array(d.counts),
+            }
+            for side, d in v.drift.items()
+        },
+    }
+
+
+def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
+    return VersionSnapshot(
+        latency={(e, r): LatencySketch.from_state(_from_array(a)) for e, r, a in doc["latency"]},
+        queue=LatencySketch.from_state(_from_array(doc["queue"])),
+        rows=int(doc["rows"]),
+        dropped=int(doc["dropped"]),
+        labelled=int(doc["labelled"]),
+        correct=int(doc["correct"]),
+        abs_error_sum=float(doc["abs_error_sum"]),
+        drift={
+            side: DriftSnapshot(
+                names=tuple(d["names"]),
+                alert=_from_array(d["alert"]),
+                scores=_from_array(d["scores"]),
+                windows=int(d["windows"]),
+                share=float(d["share"]),
+                dataset_alert=bool(d["dataset_alert"]),
+                counts=_from_array(d["counts"]),
+            )
+            for side, d in doc["drift"].items()
+        },
+    )

@@ -1,0 +1,466 @@
+"""`lockgate serve --workers N`: one supervisor process and N gateway worker processes.
+
+The supervisor owns everything that must exist once per host: the HTTP listening sockets, the
+admin listener (traffic changes, `/metrics`) and the workers' lives. It binds one SO_REUSEPORT
+listening socket per worker *slot* and hands it to the slot's worker, so the kernel spreads
+connections over the workers, and a slot's socket, with its queue of not-yet-accepted
+connections, outlives the worker: a restarted worker (crash or rolling restart) picks up the
+same queue and no connection is reset. gRPC listeners are bound by each worker on the shared
+port (grpc's own SO_REUSEPORT). Workers are started with the `spawn` context.
+
+The admin API talks to the workers through :class:`WorkerPool`, which implements the same
+interfaces as one in-process pipeline and monitor: a change is loaded and applied on every
+worker before the admin call answers, and `/metrics` is the exact sum of every worker's figures
+(:mod:`lockgate.monitor.snapshot`), including the final figures of workers that have exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from lockgate.config import ServeConfig
+from lockgate.control.admin_api import build_admin_app
+from lockgate.control.auth import TokenCheck
+from lockgate.control.registry import Registry
+from lockgate.control.state import State, StateStore
+from lockgate.errors import ErrorKind, LockgateError
+from lockgate.monitor.sketch import LatencySketch
+from lockgate.monitor.snapshot import Snapshot, merged
+from lockgate.serve import peer
+from lockgate.serve.app import WorkerRole, _uvicorn, bind_socket, check_admin_binding
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+START_TIMEOUT = 300.0  # seconds for a worker to load and warm its models
+MAX_BACKOFF = 30.0  # seconds between restarts of a worker that keeps dying at once
+CHECK_INTERVAL = 0.25
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a spawned worker needs (pickled to the child)."""
+
+    config: ServeConfig
+    role: WorkerRole
+    log_level: str
+    log_json: bool
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """A worker process: one Gateway in worker mode until SIGTERM. Ctrl-C and a terminal
+    hang-up go to the whole process group; the supervisor alone acts on them."""
+    from lockgate.logs import configure_logging
+    from lockgate.serve.app import Gateway
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(spec.log_level, json_lines=spec.log_json, worker=spec.role.index)
+    spec.role.http_socket.setblocking(False)
+
+    async def run() -> None:
+        gateway = Gateway(spec.config, Registry(spec.config.home), spec.role)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, gateway.request_stop)
+        await gateway.run()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run())
+
+
+@dataclass
+class Worker:
+    """One worker process and what the supervisor knows of it."""
+
+    process: BaseProcess
+    role: WorkerRole
+    started_at: float
+    last: Snapshot | None = None  # the newest snapshot it answered
+
+
+@dataclass
+class Slot:
+    """One worker position: its listening socket outlives the processes that serve it."""
+
+    index: int
+    sock: socket.socket
+    current: Worker | None = None
+    retiring: list[Worker] = field(default_factory=list)  # draining after a handover
+    incarnation: int = 0
+    restarts: int = 0
+    quick_failures: int = 0  # consecutive deaths soon after start: back off
+    restart_at: float = 0.0
+    handover: bool = False  # a rolling restart is replacing this slot's worker
+
+
+class WorkerPool:
+    """The admin API's view of all workers: ServingControl and MonitorView over peer calls."""
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
+        self.retired = Snapshot(processes=0, revision=2**62)  # figures of exited workers
+        self._registered: dict[str, frozenset[str]] = {}
+
+    def live(self) -> list[tuple[Slot, Worker]]:
+        return [(s, s.current) for s in self.slots if s.current is not None]
+
+    async def _each(self, method: str, *args: Any) -> list[tuple[Slot, Any]]:
+        """Call every current worker; one that fails to answer is skipped and logged."""
+        live = self.live()
+        results = await asyncio.gather(
+            *(peer.call(w.role.peer_path, method, *args) for _, w in live),
+            return_exceptions=True,
+        )
+        answered = []
+        for (slot, _), result in zip(live, results, strict=True):
+            if isinstance(result, LockgateError):
+                raise result
+            if isinstance(result, BaseException):
+                log.warning("worker %d did not answer %s: %s", slot.index, method, result)
+                continue
+            answered.append((slot, result))
+        return answered
+
+    async def _one(self, method: str, *args: Any) -> Any:
+        for slot, worker in self.live():
+            try:
+                return await peer.call(worker.role.peer_path, method, *args)
+            except (OSError, TimeoutError) as exc:
+                log.warning("worker %d did not answer %s: %s", slot.index, method, exc)
+        raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
+
+    def retire(self, worker: Worker) -> None:
+        """Keep an exited worker's counts: its final snapshot, else the last one it answered
+        (a crashed worker's counts since then are lost with it)."""
+        last = _read_final(worker.role) or worker.last
+        if last is not None:
+            self.retired.merge(last.counters())
+        for path in (worker.role.peer_path, worker.role.final_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def reap(self) -> None:
+        """Retire draining workers that have exited."""
+        for slot in self.slots:
+            for worker in [w for w in slot.retiring if not w.process.is_alive()]:
+                slot.retiring.remove(worker)
+                self.retire(worker)
+
+    # -- ServingControl ---------------------------------------------------------------------------
+    async def refresh_registry(self) -> None:
+        found = await self._one("registered")
+        self._registered = {m: frozenset(v) for m, v in found.items()}
+
+    def registered_versions(self) -> dict[str, frozenset[str]]:
+        return self._registered
+
+    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
+        return _failures(await self._each("ensure_loaded", [list(k) for k in sorted(keys)]))
+
+    async def apply(self, state: State) -> dict[Key, str]:
+        return _failures(await self._each("apply"))
+
+    async def serving_status(self) -> dict[str, Any]:
+        statuses = [
+            {**status, "restarts": slot.restarts} for slot, status in await self._each("status")
+        ]
+        return {
+            "revision": min((s["revision"] for s in statuses), default=0),
+            "workers": sorted(statuses, key=lambda s: s["index"]),
+        }
+
+    async def snapshot(self) -> Snapshot:
+        """Every worker's figures, draining ones included; a worker that cannot answer right
+        now (dying, restarting) counts with the last figures it gave."""
+        self.reap()
+        workers = [w for s in self.slots for w in ([s.current] if s.current else []) + s.retiring]
+        answers = await asyncio.gather(
+            *(peer.call(w.role.peer_path, "snapshot") for w in workers), return_exceptions=True
+        )
+        for worker, answer in zip(workers, answers, strict=True):
+            if isinstance(answer, bytes):
+                worker.last = Snapshot.from_bytes(answer)
+        total = merged([self.retired, *(w.last for w in workers if w.last is not None)])
+        total.restarts = sum(s.restarts for s in self.slots)
+        return total
+
+    # -- MonitorView ------------------------------------------------------------------------------
+    async def drift_report(self, model: str, version: str) -> dict[str, Any]:
+        """Each worker scores windows of its own share of the traffic: one report per worker."""
+        answers = await self._each("drift_report", model, version)
+        return {"workers": [{"worker": slot.index, **report} for slot, report in answers]}
+
+    async def sketch_state(self, model: str, version: str) -> bytes:
+        docs = [
+            msgpack.unpackb(d, raw=False)
+            for _, d in await self._each("sketch_state", model, version)
+        ]
+        if not docs:
+            raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
+        latency: dict[str, LatencySketch] = {}
+        queue = LatencySketch()
+        for doc in docs:
+            for route, data in doc["latency"].items():
+                latency.setdefault(route, LatencySketch()).merge(LatencySketch.from_bytes(data))
+            queue.merge(LatencySketch.from_bytes(doc["queue"]))
+        merged_doc = {
+            "model": model,
+            "version": version,
+            "latency": {route: s.to_bytes() for route, s in latency.items()},
+            "queue": queue.to_bytes(),
+        }
+        return bytes(msgpack.packb(merged_doc, use_bin_type=True))
+
+    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+        answers = await self._each("recent", model, version, limit)
+        if not answers:
+            raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
+        rows = sorted((r for _, doc in answers for r in doc["rows"]), key=lambda r: r["ts"])
+        return {**answers[0][1], "rows": rows[-limit:]}
+
+
+def _failures(answers: list[tuple[Slot, Any]]) -> dict[Key, str]:
+    failures: dict[Key, str] = {}
+    for slot, found in answers:
+        for model, version, why in found:
+            failures[(model, version)] = f"worker {slot.index}: {why}"
+    return failures
+
+
+class Supervisor:
+    """Runs the workers and the admin listener until asked to stop."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        workers: int,
+        *,
+        log_level: str = "info",
+        log_json: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise LockgateError(ErrorKind.INVALID, "--workers must be at least 1")
+        self.config = config
+        self.workers = workers
+        self.log_level = log_level
+        self.log_json = log_json
+        self.ports: dict[str, int] = {}
+        self.started = asyncio.Event()
+        self.pool = WorkerPool([])
+        self._stop = asyncio.Event()
+        self._rolling: asyncio.Task[None] | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._run_dir = ""
+        self._held: list[socket.socket] = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_rolling_restart(self) -> None:
+        """Replace every worker, one at a time, each only after its successor is serving."""
+        if self._rolling is None or self._rolling.done():
+            self._rolling = asyncio.get_running_loop().create_task(self._rolling_restart())
+
+    async def run(self) -> None:
+        cfg = self.config
+        tokens = TokenCheck(dict(cfg.admin_tokens))
+        check_admin_binding(tokens, cfg.admin_host)
+        self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
+        try:
+            await self._run(cfg, tokens)
+        finally:
+            for sock in self._held:
+                sock.close()
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    async def _run(self, cfg: ServeConfig, tokens: TokenCheck) -> None:
+        first = bind_socket(cfg.http_host, cfg.http_port, reuse_port=True)
+        http_port = first.getsockname()[1]
+        socks = [first] + [
+            bind_socket(cfg.http_host, http_port, reuse_port=True) for _ in range(self.workers - 1)
+        ]
+        self._held += socks
+        grpc_port = cfg.grpc_port or self._reserve_port(cfg.grpc_host)
+        admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
+        self._held.append(admin_sock)
+        self.worker_config = dataclasses.replace(cfg, http_port=http_port, grpc_port=grpc_port)
+        self.pool.slots = [Slot(i, sock) for i, sock in enumerate(socks)]
+        self.ports = {"http": http_port, "grpc": grpc_port, "admin": admin_sock.getsockname()[1]}
+        try:
+            workers = await asyncio.gather(*(self._start(slot) for slot in self.pool.slots))
+            for slot, worker in zip(self.pool.slots, workers, strict=True):
+                slot.current = worker
+            await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
+            store = StateStore(cfg.home, cfg.state_url)
+            admin = _uvicorn(build_admin_app(store, self.pool, tokens, self.pool), cfg.grace_period)
+            admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
+            log.info(
+                "%d workers serving: http %s:%d, grpc %s:%d, admin %s:%d",
+                self.workers,
+                cfg.http_host,
+                http_port,
+                cfg.grpc_host,
+                grpc_port,
+                cfg.admin_host,
+                self.ports["admin"],
+            )
+            self.started.set()
+            try:
+                await self._supervise()
+            finally:
+                admin.should_exit = True
+                await self._stop_all()
+                await asyncio.gather(admin_task, return_exceptions=True)
+        finally:
+            for slot in self.pool.slots:
+                for worker in ([slot.current] if slot.current else []) + slot.retiring:
+                    if worker.process.is_alive():
+                        worker.process.kill()
+
+    def _reserve_port(self, host: str) -> int:
+        """Hold an ephemeral port for the workers' gRPC listeners: bound with SO_REUSEPORT but
+        never listening, so the kernel sends it no connections."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+        self._held.append(sock)
+        return int(sock.getsockname()[1])
+
+    async def _start(self, slot: Slot) -> Worker:
+        slot.incarnation += 1
+        base = os.path.join(self._run_dir, f"w{slot.index}-{slot.incarnation}")
+        role = WorkerRole(slot.index, slot.sock, base + ".sock", base + ".final")
+        spec = WorkerSpec(self.worker_config, role, self.log_level, self.log_json)
+        process = self._context.Process(
+            target=worker_main, args=(spec,), name=f"lockgate-worker-{slot.index}", daemon=False
+        )
+        await asyncio.to_thread(process.start)
+        log.info("worker %d started (pid %s)", slot.index, process.pid)
+        return Worker(process, role, time.monotonic())
+
+    async def _wait_ready(self, slot: Slot, worker: Worker, timeout: float = START_TIMEOUT) -> None:
+        """Until the worker says it serves; a worker that dies first is an error."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker.process.is_alive():
+                raise LockgateError(
+                    ErrorKind.UNAVAILABLE,
+                    f"worker {slot.index} exited with code {worker.process.exitcode} "
+                    "while starting",
+                )
+            with contextlib.suppress(OSError, TimeoutError, LockgateError):
+                hello = await peer.call(worker.role.peer_path, "hello", timeout=2.0)
+                if hello["ready"]:
+                    return
+            await asyncio.sleep(0.1)
+        raise LockgateError(ErrorKind.UNAVAILABLE, f"worker {slot.index} did not start in time")
+
+    async def _supervise(self) -> None:
+        """Restart workers that die, with a growing pause for one that keeps dying at once."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CHECK_INTERVAL)
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            for slot in self.pool.slots:
+                if slot.handover:
+                    continue
+                if slot.current is not None and not slot.current.process.is_alive():
+                    self._on_death(slot, slot.current, now)
+                if slot.current is None and now >= slot.restart_at:
+                    slot.restarts += 1
+                    slot.current = await self._start(slot)
+            self.pool.reap()
+
+    def _on_death(self, slot: Slot, worker: Worker, now: float) -> None:
+        quick = now - worker.started_at < 10.0
+        slot.quick_failures = slot.quick_failures + 1 if quick else 0
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** (slot.quick_failures - 1)) if quick else 0.0
+        log.error(
+            "worker %d (pid %s) died with exit code %s; restarting it in %.1fs (restart #%d)",
+            slot.index,
+            worker.process.pid,
+            worker.process.exitcode,
+            delay,
+            slot.restarts + 1,
+        )
+        self.pool.retire(worker)
+        slot.current, slot.restart_at = None, now + delay
+
+    async def _rolling_restart(self) -> None:
+        log.info("rolling restart of %d workers", len(self.pool.slots))
+        for slot in self.pool.slots:
+            old = slot.current
+            if self._stop.is_set() or old is None:
+                continue
+            slot.handover = True
+            try:
+                new = await self._start(slot)
+                try:
+                    await self._wait_ready(slot, new)
+                except LockgateError as exc:
+                    log.error("rolling restart stopped: %s; the old worker stays", exc)
+                    new.process.kill()
+                    self.pool.retire(new)
+                    return
+                slot.current = new
+                slot.retiring.append(old)
+                old.process.terminate()  # SIGTERM: finish in-flight requests, then exit
+                await asyncio.to_thread(old.process.join, self.config.grace_period + 10)
+                self.pool.reap()
+            finally:
+                slot.handover = False
+        log.info("rolling restart complete")
+
+    async def _stop_all(self) -> None:
+        """SIGTERM every worker, wait for them to drain, then kill what is left."""
+        if self._rolling is not None:
+            self._rolling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rolling
+        workers = [
+            w for s in self.pool.slots for w in ([s.current] if s.current else []) + s.retiring
+        ]
+        processes = [w.process for w in workers]
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.terminate()
+        deadline = time.monotonic() + self.config.grace_period + 10
+        for process in processes:
+            await asyncio.to_thread(process.join, max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker pid %s did not stop in time; killing it", process.pid)
+                process.kill()
+        self.pool.reap()
+        for slot in self.pool.slots:
+            if slot.current is not None:
+                self.pool.retire(slot.current)
+                slot.current = None
+        log.info("all workers stopped")
+
+
+def _read_final(role: WorkerRole) -> Snapshot | None:
+    try:
+        return Snapshot.from_bytes(Path(role.final_path).read_bytes())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,145 @@
+"""Three gateway replicas (real processes) on one PostgreSQL state database and one shared home:
+a change made through any replica reaches the others within a second, concurrent writes through
+different replicas are serialised (one wins, the rest get 409), each replica logs predictions
+under its own name, and the replicas' monitor snapshots merge exactly."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from lockgate.control.registry import Registry
+from lockgate.monitor.snapshot import Snapshot, merged
+from tests import onnx_models
+from tests.processes import GatewayProcess, start_gateway
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, postgres_url: str) -> Iterator[list[GatewayProcess]]:
+    registry = Registry(tmp_path)
+    reference = np.random.default_rng(0).normal(size=(2000, 4))
+    for i in (1, 2):
+        registry.register(
+            onnx_models.scale_model(tmp_path / f"m{i}.onnx"), "scale", reference=reference
+        )
+    started: list[GatewayProcess] = []
+    try:
+        for i in (1, 2, 3):
+            started.append(
+                start_gateway(tmp_path, "--state", postgres_url, "--replica-id", f"r{i}")
+            )
+        yield started
+    finally:
+        for gw in started:
+            gw.stop()
+
+
+def _revision(gw: GatewayProcess) -> int:
+    return int(httpx.get(f"http://{gw.admin}/v1/state", timeout=10).json()["serving"]["revision"])
+
+
+def test_a_canary_set_through_one_replica_is_applied_by_all_within_a_second(
+    replicas: list[GatewayProcess],
+) -> None:
+    first, *others = replicas
+    answer = httpx.post(
+        f"http://{first.admin}/v1/endpoints/scale/canary",
+        json={"model": "scale", "version": 1, "weight": 25},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    revision, committed = answer.json()["revision"], time.monotonic()
+    pending = set(range(len(others)))
+    while pending and time.monotonic() - committed < 5:
+        pending = {i for i in pending if _revision(others[i]) < revision}
+        time.sleep(0.02)
+    assert not pending
+    assert time.monotonic() - committed < 1.0
+    for gw in replicas:  # the split itself, as each replica reports it
+        weights = httpx.get(f"http://{gw.admin}/v1/endpoints/scale", timeout=10).json()
+        assert {v["name"]: v["weight"] for v in weights["variants"]} == {
+            "stable": 75.0,
+            "canary": 25.0,
+        }
+
+
+def test_concurrent_writes_through_different_replicas_one_wins(
+    replicas: list[GatewayProcess],
+) -> None:
+    revision = int(httpx.get(f"http://{replicas[0].admin}/v1/state", timeout=10).json()["revision"])
+
+    def canary(gw: GatewayProcess, weight: int) -> httpx.Response:
+        return httpx.post(
+            f"http://{gw.admin}/v1/endpoints/scale/canary",
+            json={"model": "scale", "version": 1, "weight": weight},
+            headers={"If-Match": str(revision)},
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(canary, replicas, (10, 20, 30)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409, 409], [a.text for a in answers]
+    winner = next(a for a in answers if a.status_code == 200)
+    assert winner.json()["revision"] == revision + 1
+    audit = httpx.get(f"http://{replicas[2].admin}/v1/audit", timeout=10).json()["records"]
+    assert [r["revision"] for r in audit if r["revision"] > revision] == [revision + 1]
+
+
+def test_replica_snapshots_merge_exactly_and_logs_name_their_replica(
+    replicas: list[GatewayProcess], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(1)
+    sent = []
+    for i, gw in enumerate(replicas):
+        rows = rng.normal(loc=0.5 * i, size=(100 * (i + 1), 4)).astype(np.float32)
+        sent.append(rows)
+        with httpx.Client(base_url=gw.base, timeout=30) as client:
+            for chunk in np.array_split(rows, 10):
+                body = {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "datatype": "FP32",
+                            "shape": list(chunk.shape),
+                            "data": chunk.ravel().tolist(),
+                        }
+                    ]
+                }
+                answer = client.post(
+                    "/v2/models/scale/versions/2/infer", content=orjson.dumps(body)
+                )
+                assert answer.status_code == 200, answer.text
+
+    def snapshot(gw: GatewayProcess) -> Snapshot:
+        data = httpx.get(f"http://{gw.admin}/v1/monitor/snapshot", timeout=10).content
+        return Snapshot.from_bytes(data)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until every replica's drain has taken every row
+        snaps = [snapshot(gw) for gw in replicas]
+        if [s.versions[("scale", "2")].rows for s in snaps] == [len(r) for r in sent]:
+            break
+        time.sleep(0.1)
+    counts = [s.versions[("scale", "2")].drift["input"].counts for s in snaps]
+    total = merged(snaps)
+    merged_counts = total.versions[("scale", "2")].drift["input"].counts
+    assert np.array_equal(merged_counts, counts[0] + counts[1] + counts[2])
+    # every row sent is in exactly one bin per feature, once
+    assert merged_counts.sum(axis=1).tolist() == [sum(len(r) for r in sent)] * 4
+    latency = total.versions[("scale", "2")].latency
+    assert sum(s.count for s in latency.values()) == 30  # one latency per request
+    assert sum(n for k, n in total.requests.items() if k[-1] == "ok") == 30
+    # each replica writes its own prediction-log segments, named after it
+    for gw in replicas:  # flush on shutdown
+        gw.stop()
+    names = {p.name for p in (tmp_path / "predlog" / "scale" / "2").glob("*.seg")}
+    for i in (1, 2, 3):
+        assert any(n.endswith(f"-r{i}.seg") for n in names), names

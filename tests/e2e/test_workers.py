@@ -1,0 +1,247 @@
+"""`lockgate serve --workers 2` as real processes: both workers serve the shared ports, /metrics
+on the admin listener counts every request exactly once, route changes reach every worker, a
+killed worker is replaced, and a rolling restart under load loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+
+from lockgate.control import traffic
+from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
+from tests import onnx_models
+from tests.conftest import catalog
+from tests.processes import GatewayProcess, RawHTTP, start_gateway
+
+BODY = orjson.dumps(
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    registry = Registry(tmp_path)
+    registry.register(onnx_models.scale_model(tmp_path / "m1.onnx"), "scale")
+    registry.register(onnx_models.scale_model(tmp_path / "m2.onnx"), "scale")
+    gw = start_gateway(tmp_path, "--workers", "2", "--grace", "10")
+    try:
+        _wait(lambda: len(_workers(gw)) == 2, 60)
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _wait(check: object, timeout: float) -> float:
+    """Seconds until `check()` is true; fails after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+def _workers(gw: GatewayProcess) -> list[dict[str, object]]:
+    doc = httpx.get(f"http://{gw.admin}/v1/state", timeout=10).json()
+    return list(doc["serving"].get("workers", []))
+
+
+def _metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://{gw.admin}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def _fresh_connection_requests(address: str, count: int, concurrency: int = 8) -> list[int]:
+    """`count` requests, each on a new connection (so the kernel spreads them over workers)."""
+    statuses: list[int] = []
+
+    async def one() -> None:
+        conn = await RawHTTP.connect(address)
+        try:
+            status, _, _ = await conn.post("/v2/models/scale/infer", BODY)
+            statuses.append(status)
+        finally:
+            await conn.close()
+
+    for start in range(0, count, concurrency):
+        await asyncio.gather(*(one() for _ in range(min(concurrency, count - start))))
+    return statuses
+
+
+def test_both_workers_serve_and_metrics_count_every_request_once(
+    gateway: GatewayProcess,
+) -> None:
+    statuses = asyncio.run(_fresh_connection_requests(gateway.http, 400))
+    client = grpcclient.InferenceServerClient(gateway.grpc)
+    for _ in range(50):
+        inp = grpcclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        client.infer("scale", [inp])
+    client.close()
+    assert statuses == [200] * 400
+    served = {w["index"]: w["requests"] for w in _workers(gateway)}
+    assert sorted(served) == [0, 1]
+    assert all(int(n) > 0 for n in served.values()), served  # type: ignore[call-overload]
+    assert sum(int(n) for n in served.values()) == 450  # type: ignore[call-overload]
+    assert _metric(gateway, "lockgate_requests_total", outcome="ok", protocol="http") == 400
+    assert _metric(gateway, "lockgate_requests_total", outcome="ok", protocol="grpc") == 50
+    assert _metric(gateway, "lockgate_worker_processes") == 2
+    # the monitor's figures merge too: every row reaches some worker's ring and sketch
+    _wait(lambda: _metric(gateway, "lockgate_predlog_rows_total") == 450, 10)
+    assert _metric(gateway, "lockgate_request_latency_seconds_count") == 450
+    # each worker logs under its own name
+    assert "[worker 0]" in gateway.output() and "[worker 1]" in gateway.output()
+
+
+def test_a_route_change_reaches_every_worker_within_a_second(gateway: GatewayProcess) -> None:
+    home = Path(gateway.log).parent
+    # through the admin API: the answer comes once every worker has applied the change
+    switched = httpx.post(
+        f"http://{gateway.admin}/v1/endpoints/scale/canary",
+        json={"model": "scale", "version": 1, "weight": 30},
+        timeout=30,
+    )
+    assert switched.status_code == 200, switched.text
+    revision = switched.json()["revision"]
+    assert [w["revision"] for w in _workers(gateway)] == [revision, revision]
+    # written straight to the state database (another replica, the CLI): each worker's watcher
+    store = StateStore(home)
+    state = store.apply(
+        traffic.set_weights("scale", {"canary": 50, "stable": 50}, catalog(Registry(home))),
+        actor="tests",
+        expected_revision=None,
+    )
+    seen = _wait(lambda: {w["revision"] for w in _workers(gateway)} == {state.revision}, 5)
+    assert seen < 1.0
+    store.close()
+
+
+def test_a_killed_worker_is_restarted_while_the_other_keeps_serving(
+    gateway: GatewayProcess,
+) -> None:
+    victim = next(w for w in _workers(gateway) if w["index"] == 0)
+    outcomes: list[int | str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        async def run() -> None:
+            while not stop.is_set():
+                try:
+                    outcomes.extend(await _fresh_connection_requests(gateway.http, 8, 8))
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    outcomes.append(type(exc).__name__)
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        before = len(outcomes)
+        _wait(lambda: len(outcomes) > before + 200, 30)  # the other worker keeps answering
+        _wait(
+            lambda: any(w["index"] == 0 and w["pid"] != victim["pid"] for w in _workers(gateway)),
+            60,
+        )
+    finally:
+        stop.set()
+        thread.join(60)
+    # Only requests the dead worker had already accepted die with it (at most one batch of 8
+    # is in flight); connections still waiting in its queue are answered by its successor.
+    lost = [o for o in outcomes if o != 200]
+    assert len(lost) <= 8 and set(lost) <= {"ConnectionResetError", "IncompleteReadError"}, lost
+    assert _metric(gateway, "lockgate_worker_restarts_total") == 1
+    assert "worker 0" in gateway.output() and "died with exit code -9" in gateway.output()
+
+
+def test_rolling_restart_under_load_drops_no_request(gateway: GatewayProcess) -> None:
+    old = {w["index"]: w["pid"] for w in _workers(gateway)}
+    http_outcomes: list[int | str] = []
+    grpc_failures: list[str] = []
+    grpc_ok = 0
+    stop = threading.Event()
+
+    def http_load() -> None:
+        async def run() -> None:
+            while not stop.is_set():
+                try:
+                    http_outcomes.extend(await _fresh_connection_requests(gateway.http, 8, 8))
+                except OSError as exc:
+                    http_outcomes.append(type(exc).__name__)
+
+        asyncio.run(run())
+
+    def grpc_load() -> None:
+        nonlocal grpc_ok
+        client = grpcclient.InferenceServerClient(gateway.grpc)
+        inp = grpcclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        while not stop.is_set():
+            try:
+                client.infer("scale", [inp], client_timeout=30)
+                grpc_ok += 1
+            except Exception as exc:
+                grpc_failures.append(str(exc))
+        client.close()
+
+    threads = [threading.Thread(target=http_load), threading.Thread(target=grpc_load)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        gateway.proc.send_signal(signal.SIGHUP)
+        _wait(
+            lambda: (
+                all(old[w["index"]] != w["pid"] for w in _workers(gateway))
+                and len(_workers(gateway)) == 2
+            ),
+            90,
+        )
+        _wait(lambda: "rolling restart complete" in gateway.output(), 30)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert grpc_failures == []
+    assert set(http_outcomes) == {200}, {o for o in http_outcomes if o != 200}
+    # the replaced workers' final figures are kept: the totals are still exact
+    http_ok = _metric(gateway, "lockgate_requests_total", outcome="ok", protocol="http")
+    assert (
+        http_ok,
+        _metric(gateway, "lockgate_requests_total", outcome="ok", protocol="grpc"),
+    ) == (
+        len(http_outcomes),
+        grpc_ok,
+    )
+    assert _metric(gateway, "lockgate_worker_restarts_total") == 0
+
+
+def test_sigterm_stops_every_worker(gateway: GatewayProcess) -> None:
+    pids = [int(w["pid"]) for w in _workers(gateway)]  # type: ignore[call-overload]
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=40) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert gateway.output().count("shutdown complete") == 2
+    assert "all workers stopped" in gateway.output()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# PostgreSQL server binaries (initdb, pg_ctl, postgres) for the state-backend tests, which start
+# a private server (tests/postgres.py): Debian's postgresql package, installed when missing.
+# Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH; either place will do.
+# `make test` runs this first.
+set -euo pipefail
+
+bindir() {  # where all three are, or nothing
+  if command -v initdb >/dev/null && command -v pg_ctl >/dev/null && command -v postgres >/dev/null; then
+    dirname "$(command -v postgres)"
+    return 0
+  fi
+  local dir
+  for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV); do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if ! dir=$(bindir); then
+  if ! command -v apt-get >/dev/null; then
+    echo "error: initdb/pg_ctl/postgres not found and no apt-get: install the PostgreSQL server so that they are on PATH or in /usr/lib/postgresql/<version>/bin" >&2
+    exit 1
+  fi
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "error: initdb/pg_ctl/postgres not found; installing Debian's postgresql package needs root (run as root or with passwordless sudo, or: apt-get install -y postgresql)" >&2
+      exit 1
+    fi
+  fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  dir=$(bindir) || {
+    echo "error: installed the postgresql package but found no initdb/pg_ctl/postgres on PATH or in /usr/lib/postgresql/*/bin" >&2
+    exit 1
+  }
+fi
+"$dir/postgres" --version
