@@ -18,7 +18,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests.processes import free_port
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
 _databases = itertools.count()
@@ -48,12 +49,6 @@ def find_binaries() -> dict[str, str] | None:
         if all((bindir / name).is_file() for name in BINARIES):
             return {name: str(bindir / name) for name in BINARIES}
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -96,7 +91,7 @@ class PostgresServer:
         if init.returncode != 0:
             pytest.fail(f"initdb failed:\n{init.stdout}{init.stderr}", pytrace=False)
         for _ in range(5):  # a free port may be taken before the server binds it
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sock} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"

@@ -86,6 +86,19 @@ async def _fresh_connection_requests(address: str, count: int, concurrency: int 
     return statuses
 
 
+def _http_load(address: str, outcomes: list[int | str], stop: threading.Event) -> None:
+    """Batches of 8 fresh-connection requests until `stop`; a failed batch is one outcome."""
+
+    async def run() -> None:
+        while not stop.is_set():
+            try:
+                outcomes.extend(await _fresh_connection_requests(address, 8, 8))
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                outcomes.append(type(exc).__name__)
+
+    asyncio.run(run())
+
+
 def test_both_workers_serve_and_metrics_count_every_request_once(
     gateway: GatewayProcess,
 ) -> None:
@@ -141,17 +154,7 @@ def test_a_killed_worker_is_restarted_while_the_other_keeps_serving(
     outcomes: list[int | str] = []
     stop = threading.Event()
 
-    def load() -> None:
-        async def run() -> None:
-            while not stop.is_set():
-                try:
-                    outcomes.extend(await _fresh_connection_requests(gateway.http, 8, 8))
-                except (OSError, asyncio.IncompleteReadError) as exc:
-                    outcomes.append(type(exc).__name__)
-
-        asyncio.run(run())
-
-    thread = threading.Thread(target=load)
+    thread = threading.Thread(target=_http_load, args=(gateway.http, outcomes, stop))
     thread.start()
     try:
         time.sleep(0.5)
@@ -180,16 +183,6 @@ def test_rolling_restart_under_load_drops_no_request(gateway: GatewayProcess) ->
     grpc_ok = 0
     stop = threading.Event()
 
-    def http_load() -> None:
-        async def run() -> None:
-            while not stop.is_set():
-                try:
-                    http_outcomes.extend(await _fresh_connection_requests(gateway.http, 8, 8))
-                except OSError as exc:
-                    http_outcomes.append(type(exc).__name__)
-
-        asyncio.run(run())
-
     def grpc_load() -> None:
         nonlocal grpc_ok
         client = grpcclient.InferenceServerClient(gateway.grpc)
@@ -203,7 +196,10 @@ def test_rolling_restart_under_load_drops_no_request(gateway: GatewayProcess) ->
                 grpc_failures.append(str(exc))
         client.close()
 
-    threads = [threading.Thread(target=http_load), threading.Thread(target=grpc_load)]
+    threads = [
+        threading.Thread(target=_http_load, args=(gateway.http, http_outcomes, stop)),
+        threading.Thread(target=grpc_load),
+    ]
     for t in threads:
         t.start()
     try:
