@@ -18,31 +18,16 @@ import onnxruntime as ort
 import uvloop
 
 from lockgate._proto import grpc_service_pb2 as pb
-from lockgate.config import default_intra_op_threads
+from lockgate.config import RunnerConfig, default_intra_op_threads
+from lockgate.serve.runner import session_options
+from lockgate.serve.tensors import NUMERIC_DTYPES, datatype_of
 
-DTYPES = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-DATATYPES = {np.dtype(t): name for name, t in DTYPES.items()}
 SERVICE = "inference.GRPCInferenceService"
 
 
 def make_session(path: str, intra_op_threads: int) -> ort.InferenceSession:
-    """The same options as lockgate.serve.runner.ModelRunner.load (inter-op 1, sequential)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    """With exactly the options of lockgate's runner."""
+    options = session_options(RunnerConfig(intra_op_threads=intra_op_threads))
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -51,13 +36,13 @@ def handler(session: ort.InferenceSession) -> grpc.GenericRpcHandler:
 
     async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> Any:
         feeds = {
-            t.name: np.frombuffer(raw, dtype=DTYPES[t.datatype]).reshape(tuple(t.shape))
+            t.name: np.frombuffer(raw, dtype=NUMERIC_DTYPES[t.datatype]).reshape(tuple(t.shape))
             for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
         }
         results: list[Any] = session.run(output_names, feeds)
         response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
         for name, arr in zip(output_names, results, strict=True):
-            response.outputs.add(name=name, datatype=DATATYPES[arr.dtype], shape=arr.shape)
+            response.outputs.add(name=name, datatype=datatype_of(arr.dtype), shape=arr.shape)
             response.raw_output_contents.append(arr.tobytes())
         return response
 

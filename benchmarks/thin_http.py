@@ -23,31 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lockgate.config import default_intra_op_threads
+from lockgate.config import RunnerConfig, default_intra_op_threads
+from lockgate.serve.runner import session_options
+from lockgate.serve.tensors import NUMERIC_DTYPES, datatype_of
 
-DTYPES = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-DATATYPES = {np.dtype(t): name for name, t in DTYPES.items()}
 CEILING = b'{"ceiling":true}'
 
 
 def make_session(path: str, intra_op_threads: int) -> ort.InferenceSession:
-    """The same options as lockgate.serve.runner.ModelRunner.load (inter-op 1, sequential)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    """With exactly the options of lockgate's runner."""
+    options = session_options(RunnerConfig(intra_op_threads=intra_op_threads))
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -57,14 +42,16 @@ def build_app(session: ort.InferenceSession) -> Starlette:
     async def infer(request: Request) -> Response:
         doc = orjson.loads(await request.body())
         feeds = {
-            t["name"]: np.asarray(t["data"], dtype=DTYPES[t["datatype"]]).reshape(t["shape"])
+            t["name"]: np.asarray(t["data"], dtype=NUMERIC_DTYPES[t["datatype"]]).reshape(
+                t["shape"]
+            )
             for t in doc["inputs"]
         }
         results: list[Any] = session.run(output_names, feeds)
         outputs = [
             {
                 "name": name,
-                "datatype": DATATYPES[arr.dtype],
+                "datatype": datatype_of(arr.dtype),
                 "shape": arr.shape,
                 "data": arr.ravel(),
             }

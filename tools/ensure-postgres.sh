@@ -21,19 +21,7 @@ bindir() {  # where all three are, or nothing
 }
 
 if ! dir=$(bindir); then
-  if ! command -v apt-get >/dev/null; then
-    echo "error: initdb/pg_ctl/postgres not found and no apt-get: install the PostgreSQL server so that they are on PATH or in /usr/lib/postgresql/<version>/bin" >&2
-    exit 1
-  fi
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "error: initdb/pg_ctl/postgres not found; installing Debian's postgresql package needs root (run as root or with passwordless sudo, or: apt-get install -y postgresql)" >&2
-      exit 1
-    fi
-  fi
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  "$(dirname "$0")/apt-install.sh" "initdb/pg_ctl/postgres" postgresql
   dir=$(bindir) || {
     echo "error: installed the postgresql package but found no initdb/pg_ctl/postgres on PATH or in /usr/lib/postgresql/*/bin" >&2
     exit 1

@@ -16,18 +16,21 @@ import orjson
 import pytest
 
 from lockgate.control.registry import Registry
+from lockgate.monitor.drift import build_profile
 from lockgate.monitor.snapshot import Snapshot, merged
 from tests import onnx_models
+from tests.monitor.test_kernels import reference_histogram
 from tests.processes import GatewayProcess, start_gateway
+
+REFERENCE = np.random.default_rng(0).normal(size=(2000, 4))
 
 
 @pytest.fixture
 def replicas(tmp_path: Path, postgres_url: str) -> Iterator[list[GatewayProcess]]:
     registry = Registry(tmp_path)
-    reference = np.random.default_rng(0).normal(size=(2000, 4))
     for i in (1, 2):
         registry.register(
-            onnx_models.scale_model(tmp_path / f"m{i}.onnx"), "scale", reference=reference
+            onnx_models.scale_model(tmp_path / f"m{i}.onnx"), "scale", reference=REFERENCE
         )
     started: list[GatewayProcess] = []
     try:
@@ -132,8 +135,10 @@ def test_replica_snapshots_merge_exactly_and_logs_name_their_replica(
     total = merged(snaps)
     merged_counts = total.versions[("scale", "2")].drift["input"].counts
     assert np.array_equal(merged_counts, counts[0] + counts[1] + counts[2])
-    # every row sent is in exactly one bin per feature, once
-    assert merged_counts.sum(axis=1).tolist() == [sum(len(r) for r in sent)] * 4
+    # and equals numpy's binning of every row sent, on the reference profile's edges
+    profile = build_profile(REFERENCE)
+    edges = [profile.edges[f, : profile.n_edges[f]] for f in range(profile.n_features)]
+    assert np.array_equal(merged_counts, reference_histogram(np.vstack(sent), edges))
     latency = total.versions[("scale", "2")].latency
     assert sum(s.count for s in latency.values()) == 30  # one latency per request
     assert sum(n for k, n in total.requests.items() if k[-1] == "ok") == 30

@@ -5,6 +5,7 @@ killed worker is replaced, and a rolling restart under load loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -69,32 +70,36 @@ def _metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     return total
 
 
-async def _fresh_connection_requests(address: str, count: int, concurrency: int = 8) -> list[int]:
-    """`count` requests, each on a new connection (so the kernel spreads them over workers)."""
-    statuses: list[int] = []
+async def _fresh_connection_requests(
+    address: str, count: int, concurrency: int = 8
+) -> list[int | str]:
+    """`count` requests, each on a new connection (so the kernel spreads them over workers):
+    one outcome each, the status or the name of the connection error."""
+    outcomes: list[int | str] = []
 
     async def one() -> None:
-        conn = await RawHTTP.connect(address)
         try:
-            status, _, _ = await conn.post("/v2/models/scale/infer", BODY)
-            statuses.append(status)
-        finally:
-            await conn.close()
+            conn = await RawHTTP.connect(address)
+            try:
+                status, _, _ = await conn.post("/v2/models/scale/infer", BODY)
+                outcomes.append(status)
+            finally:
+                with contextlib.suppress(OSError):  # the answer, if any, is already counted
+                    await conn.close()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            outcomes.append(type(exc).__name__)
 
     for start in range(0, count, concurrency):
         await asyncio.gather(*(one() for _ in range(min(concurrency, count - start))))
-    return statuses
+    return outcomes
 
 
 def _http_load(address: str, outcomes: list[int | str], stop: threading.Event) -> None:
-    """Batches of 8 fresh-connection requests until `stop`; a failed batch is one outcome."""
+    """Batches of 8 fresh-connection requests until `stop`."""
 
     async def run() -> None:
         while not stop.is_set():
-            try:
-                outcomes.extend(await _fresh_connection_requests(address, 8, 8))
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                outcomes.append(type(exc).__name__)
+            outcomes.extend(await _fresh_connection_requests(address, 8, 8))
 
     asyncio.run(run())
 

@@ -28,7 +28,7 @@ from lockgate.control.auth import TokenCheck
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
-from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.metrics import render_metrics
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.http_api import error_response, read_body
@@ -43,7 +43,6 @@ class MonitorView(Protocol):
     """What the admin API reads from the monitor (of this process, or of all workers)."""
 
     async def drift_report(self, model: str, version: str) -> dict[str, Any]: ...
-    async def sketch_state(self, model: str, version: str) -> bytes: ...
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]: ...
 
 
@@ -202,9 +201,11 @@ def build_admin_app(
         return _json(await view.drift_report(model, version))
 
     async def sketches(request: Request) -> Response:
-        view, model, version = watched(request)
-        body = await view.sketch_state(model, version)
-        return Response(body, media_type="application/msgpack")
+        _, model, version = watched(request)
+        figures = (await control.snapshot()).versions.get((model, version))
+        if figures is None:
+            raise not_found(f"{model} v{version} is not loaded (nothing is monitored for it)")
+        return Response(figures.sketches((model, version)), media_type="application/msgpack")
 
     async def recent(request: Request) -> Response:
         view, model, version = watched(request)

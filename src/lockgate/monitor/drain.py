@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from lockgate.config import MonitorConfig
@@ -323,9 +322,6 @@ class Monitor:
     async def drift_report(self, model: str, version: str) -> dict[str, Any]:
         return await asyncio.to_thread(self._drift_report, model, version)
 
-    async def sketch_state(self, model: str, version: str) -> bytes:
-        return await asyncio.to_thread(self._sketch_state, model, version)
-
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
         return self._recent_rows(model, version, limit)
 
@@ -336,21 +332,6 @@ class Monitor:
                 side: drift.report() if drift is not None else None
                 for side, drift in (("inputs", vm.input_drift), ("outputs", vm.output_drift))
             }
-
-    def _sketch_state(self, model: str, version: str) -> bytes:
-        """The raw latency sketches (msgpack), to merge across replicas by adding arrays."""
-        with self.lock:
-            vm = self._version(model, version)
-            routes = vm.recorder.ring.routes
-            doc = {
-                "model": model,
-                "version": version,
-                "latency": {
-                    "/".join(routes[code]): sketch.to_bytes() for code, sketch in vm.latency.items()
-                },
-                "queue": vm.queue.to_bytes(),
-            }
-        return bytes(msgpack.packb(doc, use_bin_type=True))
 
     def _recent_rows(self, model: str, version: str, limit: int) -> dict[str, Any]:
         """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""

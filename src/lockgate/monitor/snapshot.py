@@ -67,6 +67,16 @@ class VersionSnapshot:
     abs_error_sum: float = 0.0
     drift: dict[str, DriftSnapshot] = field(default_factory=dict)  # "input" / "output"
 
+    def sketches(self, key: Key) -> bytes:
+        """The raw latency sketches as msgpack (`GET .../sketches`): merge by adding arrays."""
+        doc = {
+            "model": key[0],
+            "version": key[1],
+            "latency": {"/".join(route): s.to_bytes() for route, s in self.latency.items()},
+            "queue": self.queue.to_bytes(),
+        }
+        return bytes(msgpack.packb(doc, use_bin_type=True))
+
     def merge(self, other: VersionSnapshot) -> None:
         for route, sketch in other.latency.items():
             self.latency.setdefault(route, LatencySketch()).merge(sketch)
@@ -98,12 +108,13 @@ class Snapshot:
     monitored: bool = False
     versions: dict[Key, VersionSnapshot] = field(default_factory=dict)
     feedback_unknown: int = 0
-    processes: int = 1
+    processes: int = 1  # running processes whose figures these are (0: counts of exited ones)
     restarts: int = 0  # worker processes restarted after a crash
 
     def merge(self, other: Snapshot) -> None:
-        """Add `other` into this snapshot (see the module doc for the non-additive values)."""
-        if other.revision < self.revision:
+        """Add `other` into this snapshot (see the module doc for the non-additive values).
+        Revision and weights come from running processes only."""
+        if other.processes and (not self.processes or other.revision < self.revision):
             self.revision, self.weights = other.revision, dict(other.weights)
         self.requests.update(other.requests)
         self.failed |= other.failed
@@ -123,7 +134,7 @@ class Snapshot:
         """The additive part only: what a process that has exited still contributes to the
         totals (its requests, sketches, drift histograms), without its point-in-time values."""
         out = merged([self])
-        out.revision, out.weights, out.processes, out.restarts = 2**62, {}, 0, 0
+        out.revision, out.weights, out.processes, out.restarts = 0, {}, 0, 0
         out.loaded, out.failed, out.queued_rows = set(), set(), Counter()
         for vs in out.versions.values():
             for side, d in vs.drift.items():
@@ -180,11 +191,9 @@ class Snapshot:
 
 def merged(snapshots: Iterable[Snapshot]) -> Snapshot:
     """The sum of `snapshots` (an empty snapshot of zero processes when there are none)."""
-    total = Snapshot(processes=0, revision=2**62)
+    total = Snapshot(processes=0)
     for snap in snapshots:
         total.merge(snap)
-    if not total.processes:
-        total.revision = 0
     return total
 
 

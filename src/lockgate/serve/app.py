@@ -45,7 +45,9 @@ class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # uvicorn < 0.29
         pass
 
-    linger = 0.0
+    def __init__(self, config: uvicorn.Config, linger: float = 0.0) -> None:
+        super().__init__(config)
+        self.linger = linger
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, then keep serving for `linger` seconds before closing idle
@@ -90,9 +92,7 @@ def _uvicorn(app: Any, grace: float, linger: float = 0.0) -> _Server:
         timeout_keep_alive=30,
         backlog=2048,
     )
-    server = _Server(config)
-    server.linger = linger
-    return server
+    return _Server(config, linger)
 
 
 @dataclass(frozen=True)
@@ -259,23 +259,14 @@ class Gateway:
             failures = await pipeline.apply(await asyncio.to_thread(self.state.read))
             return [[m, v, why] for (m, v), why in failures.items()]
 
-        def watched() -> Any:
-            if monitor is None:
-                raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
-            return monitor
-
-        async def drift_report(model: str, version: str) -> dict[str, Any]:
-            return dict(await watched().drift_report(model, version))
-
-        async def sketch_state(model: str, version: str) -> bytes:
-            return bytes(await watched().sketch_state(model, version))
-
-        async def recent(model: str, version: str, limit: int) -> dict[str, Any]:
-            return dict(await watched().recent(model, version, limit))
+        async def monitoring_off(*_: Any) -> None:
+            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
 
         calls = (hello, snapshot, status, registered, ensure_loaded, apply)
-        views = (drift_report, sketch_state, recent)
-        return {f.__name__: f for f in (*calls, *views)}
+        handlers: dict[str, peer.Handler] = {f.__name__: f for f in calls}
+        for view in ("drift_report", "recent"):
+            handlers[view] = getattr(monitor, view) if monitor is not None else monitoring_off
+        return handlers
 
     async def _shutdown(
         self, servers: list[_Server], grpc_server: Any, tasks: list[asyncio.Task[None]]

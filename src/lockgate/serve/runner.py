@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
+def session_options(config: RunnerConfig) -> ort.SessionOptions:
+    """Explicit onnxruntime options: `config`'s thread counts, sequential execution (the batcher
+    already overlaps requests), every graph optimisation, warnings and errors only."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 class ModelRunner:
     """Owns the session of one model version. `run` is thread-safe (onnxruntime sessions are)."""
 
@@ -45,15 +57,11 @@ class ModelRunner:
 
     def load(self) -> None:
         """Create the session, check it matches the registered schema, warm it up. Blocking."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.intra_op_threads
-        options.inter_op_num_threads = self.config.inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         try:
             session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(self.path),
+                sess_options=session_options(self.config),
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise LockgateError(

@@ -32,15 +32,12 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import Snapshot, merged
 from lockgate.serve import peer
 from lockgate.serve.app import WorkerRole, _uvicorn, bind_socket, check_admin_binding
@@ -110,13 +107,17 @@ class Slot:
     restart_at: float = 0.0
     handover: bool = False  # a rolling restart is replacing this slot's worker
 
+    def workers(self) -> list[Worker]:
+        """Every process of this slot that may still be running."""
+        return ([self.current] if self.current else []) + self.retiring
+
 
 class WorkerPool:
     """The admin API's view of all workers: ServingControl and MonitorView over peer calls."""
 
     def __init__(self, slots: list[Slot]) -> None:
         self.slots = slots
-        self.retired = Snapshot(processes=0, revision=2**62)  # figures of exited workers
+        self.retired = Snapshot(processes=0)  # counts of exited workers
         self._registered: dict[str, frozenset[str]] = {}
 
     def live(self) -> list[tuple[Slot, Worker]]:
@@ -191,7 +192,7 @@ class WorkerPool:
         """Every worker's figures, draining ones included; a worker that cannot answer right
         now (dying, restarting) counts with the last figures it gave."""
         self.reap()
-        workers = [w for s in self.slots for w in ([s.current] if s.current else []) + s.retiring]
+        workers = [w for s in self.slots for w in s.workers()]
         answers = await asyncio.gather(
             *(peer.call(w.role.peer_path, "snapshot") for w in workers), return_exceptions=True
         )
@@ -207,27 +208,6 @@ class WorkerPool:
         """Each worker scores windows of its own share of the traffic: one report per worker."""
         answers = await self._each("drift_report", model, version)
         return {"workers": [{"worker": slot.index, **report} for slot, report in answers]}
-
-    async def sketch_state(self, model: str, version: str) -> bytes:
-        docs = [
-            msgpack.unpackb(d, raw=False)
-            for _, d in await self._each("sketch_state", model, version)
-        ]
-        if not docs:
-            raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
-        latency: dict[str, LatencySketch] = {}
-        queue = LatencySketch()
-        for doc in docs:
-            for route, data in doc["latency"].items():
-                latency.setdefault(route, LatencySketch()).merge(LatencySketch.from_bytes(data))
-            queue.merge(LatencySketch.from_bytes(doc["queue"]))
-        merged_doc = {
-            "model": model,
-            "version": version,
-            "latency": {route: s.to_bytes() for route, s in latency.items()},
-            "queue": queue.to_bytes(),
-        }
-        return bytes(msgpack.packb(merged_doc, use_bin_type=True))
 
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
         answers = await self._each("recent", model, version, limit)
@@ -331,7 +311,7 @@ class Supervisor:
                 await asyncio.gather(admin_task, return_exceptions=True)
         finally:
             for slot in self.pool.slots:
-                for worker in ([slot.current] if slot.current else []) + slot.retiring:
+                for worker in slot.workers():
                     if worker.process.is_alive():
                         worker.process.kill()
 
@@ -438,10 +418,7 @@ class Supervisor:
             self._rolling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rolling
-        workers = [
-            w for s in self.pool.slots for w in ([s.current] if s.current else []) + s.retiring
-        ]
-        processes = [w.process for w in workers]
+        processes = [w.process for s in self.pool.slots for w in s.workers()]
         for process in processes:
             with contextlib.suppress(Exception):
                 process.terminate()
@@ -451,11 +428,6 @@ class Supervisor:
             if process.is_alive():
                 log.error("worker pid %s did not stop in time; killing it", process.pid)
                 process.kill()
-        self.pool.reap()
-        for slot in self.pool.slots:
-            if slot.current is not None:
-                self.pool.retire(slot.current)
-                slot.current = None
         log.info("all workers stopped")
 
 
