@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(retrain, "--admin-url", None, "admin API address (overrides rollout.admin_url)")
     _flag(
         retrain,
+        "--metrics-urls",
+        None,
+        "comma-separated admin URLs of every gateway replica whose traffic is judged, or "
+        "dns+http://name:port for every address of a name (overrides rollout.metrics_urls)",
+    )
+    _flag(
+        retrain,
         "--nice",
         19,
         "CPU niceness of the worker: training yields to serving on a shared machine",
@@ -450,7 +457,7 @@ def _models_show(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from lockgate.cli_traffic import AdminClient
-    from lockgate.retrain.pipeline import load_pipeline
+    from lockgate.retrain.pipeline import check_url, load_pipeline
     from lockgate.retrain.worker import RetrainWorker
 
     if args.pipeline is None:
@@ -461,6 +468,13 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.admin_url:
         spec = dataclasses.replace(
             spec, rollout=dataclasses.replace(spec.rollout, admin_url=args.admin_url)
+        )
+    if args.metrics_urls:
+        urls = tuple(u.strip().rstrip("/") for u in args.metrics_urls.split(",") if u.strip())
+        for url in urls:
+            check_url(url, "--metrics-urls", invalid, dns=True)
+        spec = dataclasses.replace(
+            spec, rollout=dataclasses.replace(spec.rollout, metrics_urls=urls)
         )
     token = os.environ.get(spec.rollout.token_env)
     admin = AdminClient(spec.rollout.admin_url, token)

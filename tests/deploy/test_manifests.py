@@ -727,8 +727,14 @@ def test_retrain_deployment_is_one_recreated_worker_wired_to_the_admin_service()
         flag_value(args, "--admin-url")
         == f"http://lockgate-admin:{admin['spec']['ports'][0]['port']}"
     )
-    # Its rollout verdicts difference two /metrics scrapes: both must come from one pod.
-    assert admin["spec"]["sessionAffinity"] == "ClientIP"
+    # It judges rollouts on the traffic of every pod: a headless Service's name resolves to
+    # each ready gateway pod, on the admin port.
+    metrics = flag_value(args, "--metrics-urls")
+    host, port = metrics.removeprefix("dns+http://").split(":")
+    pods = find(docs, "Service", host)
+    assert pods["spec"]["clusterIP"] == "None"
+    assert pods["spec"]["selector"] == admin["spec"]["selector"]
+    assert int(port) == pods["spec"]["ports"][0]["port"] == admin["spec"]["ports"][0]["port"]
     pipeline = PurePosixPath(flag_value(args, "--pipeline"))
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in retrain["spec"]["template"]["spec"]["volumes"]}

@@ -18,6 +18,7 @@ import pytest
 from lockgate.control.registry import Registry
 from lockgate.monitor.drift import build_profile
 from lockgate.monitor.snapshot import Snapshot, merged
+from lockgate.retrain.gateway_metrics import Gateways
 from tests import onnx_models
 from tests.monitor.test_kernels import reference_histogram
 from tests.processes import GatewayProcess, start_gateway
@@ -142,6 +143,11 @@ def test_replica_snapshots_merge_exactly_and_logs_name_their_replica(
     latency = total.versions[("scale", "2")].latency
     assert sum(s.count for s in latency.values()) == 30  # one latency per request
     assert sum(n for k, n in total.requests.items() if k[-1] == "ok") == 30
+    # the retrain worker reads all three /metrics as one gateway
+    judged = Gateways([f"http://{gw.admin}" for gw in replicas]).scrape()
+    route = ("scale", "", "scale", "2")  # explicit-version calls carry no variant
+    assert judged.requests[(*route, "ok")] == 30
+    assert judged.latency[route][float("inf")] == 30
     # each replica writes its own prediction-log segments, named after it
     for gw in replicas:  # flush on shutdown
         gw.stop()

@@ -135,6 +135,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert spec.rollout.max_disagreement is None and spec.rollout.min_accuracy_delta is None
     assert spec.rollout.token_env == "LOCKGATE_ADMIN_TOKEN"
     assert spec.rollout.admin_url == "http://127.0.0.1:8002"
+    assert spec.rollout.gateways == ("http://127.0.0.1:8002",)  # metrics from the admin URL
 
 
 def test_regression_defaults_to_mae(tmp_path: Path) -> None:
@@ -216,6 +217,8 @@ BAD = [
     (BASE + "[rollout]\nshadow_seconds = -1\n", "rollout.shadow_seconds must be a number >= 0"),
     (BASE + "[rollout]\ntoken_env = '1TOKEN'\n", "rollout.token_env must be an environment"),
     (BASE + "[rollout]\nadmin_url = 'ftp://x'\n", "rollout.admin_url must be an http(s)"),
+    (BASE + "[rollout]\nmetrics_urls = 'http://a:1'\n", "rollout.metrics_urls must be a list"),
+    (BASE + "[rollout]\nmetrics_urls = ['dns+http://a']\n", "rollout.metrics_urls must be an"),
 ]
 
 

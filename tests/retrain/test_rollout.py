@@ -42,7 +42,7 @@ from lockgate.control.rollouts import (
 )
 from lockgate.demo import classifier_data, ensure_demo_models
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.retrain.gateway_metrics import Snapshot, parse, quantile, window
+from lockgate.retrain.gateway_metrics import Gateways, Snapshot, parse, quantile, window
 from lockgate.retrain.rollout import RolloutController, analyse
 from lockgate.serve.http_api import error_response
 from tests import onnx_models
@@ -208,7 +208,11 @@ def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(
     store, admin = RolloutStore(tmp_path, state_url), FakeAdmin()
     quiet = scrape_text(0.0, canary=1)  # one canary request, never more
     controller = RolloutController(
-        admin, store, "http://unused", clock=lambda: now[0], sleep=sleep, scraper=lambda _: quiet
+        admin,
+        store,
+        Gateways(["http://unused"], lambda _: quiet),
+        clock=lambda: now[0],
+        sleep=sleep,
     )
     rid = controller.start("e", "m", "2", "1", Plan(**{**PLAN.to_json(), "max_extensions": 2}))
     assert controller.run(rid) == ROLLED_BACK
@@ -234,7 +238,10 @@ def test_an_operator_promotion_skips_the_remaining_steps(
             store.request(rid, "promote", actor="alice")
 
     controller = RolloutController(
-        admin, store, "http://unused", sleep=operator_promotes, scraper=lambda _: scrape_text(0.0)
+        admin,
+        store,
+        Gateways(["http://unused"], lambda _: scrape_text(0.0)),
+        sleep=operator_promotes,
     )
     assert controller.run(rid) == PROMOTED
     r = store.get(rid)
@@ -251,7 +258,7 @@ def test_unreadable_metrics_roll_the_step_back(tmp_path: Path, state_url: str | 
         raise LockgateError(ErrorKind.UNAVAILABLE, f"cannot read metrics at {url}/metrics")
 
     controller = RolloutController(
-        admin, store, "http://gw:8002", sleep=lambda s: None, scraper=unreachable
+        admin, store, Gateways(["http://gw:8002"], unreachable), sleep=lambda s: None
     )
     rid = controller.start("e", "m", "2", "1", PLAN)
     assert controller.run(rid) == ROLLED_BACK
@@ -360,8 +367,8 @@ def canary_weight(spec: dict[str, Any]) -> float:
 
 def controller(gw: RunningGateway, store: RolloutStore, **kw: Any) -> RolloutController:
     client = kw.pop("client", None) or AdminClient(f"http://{gw.admin}", TOKEN)
-    url = f"http://{gw.admin}"
-    return RolloutController(client, store, url, poll_seconds=0.05, scrape_seconds=0.1, **kw)
+    gateways = Gateways([f"http://{gw.admin}"])
+    return RolloutController(client, store, gateways, poll_seconds=0.05, scrape_seconds=0.1, **kw)
 
 
 def audit(gw: RunningGateway, target: str) -> list[tuple[str, str]]:

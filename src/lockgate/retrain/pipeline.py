@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from lockgate.control.registry import NAME_PATTERN
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.retrain.gateway_metrics import DNS_SCHEME
 
 DEFAULT_TRAINER = "lockgate.retrain.train:logistic_regression"
 TASKS = ("classification", "regression")
@@ -81,14 +82,21 @@ class RolloutSpec:
     shadow_seconds: float = 0.0  # > 0: a shadow phase of this length before the first step
     token_env: str = "LOCKGATE_ADMIN_TOKEN"  # env var holding the worker's admin token
     admin_url: str = "http://127.0.0.1:8002"
+    # the gateways whose traffic is judged (replicas; dns+http://name:port for every address
+    # of a name); empty: the one at admin_url
+    metrics_urls: tuple[str, ...] = ()
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        return self.metrics_urls or (self.admin_url,)
 
     def plan(self) -> dict[str, Any]:
         """How the candidate is ramped and judged, as a JSON-ready dict (everything but the
-        connection settings `token_env`, `admin_url`): stored with a rollout, so a resumed
-        rollout follows the plan it started with, whatever the file says by then."""
+        connection settings `token_env`, `admin_url`, `metrics_urls`): stored with a rollout,
+        so a resumed rollout follows the plan it started with, whatever the file says by then."""
         doc = asdict(self)
         doc["steps"] = list(self.steps)
-        del doc["token_env"], doc["admin_url"]
+        del doc["token_env"], doc["admin_url"], doc["metrics_urls"]
         return doc
 
 
@@ -206,9 +214,12 @@ def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
     if not _ENV_NAME.fullmatch(token_env):
         raise r.error(f"rollout.token_env must be an environment variable name, got {token_env!r}")
     admin_url = r.string(t, "rollout.admin_url", "http://127.0.0.1:8002")
-    parts = urlsplit(admin_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise r.error(f"rollout.admin_url must be an http(s)://host:port URL, got {admin_url!r}")
+    check_url(admin_url, "rollout.admin_url", r.error)
+    metrics_urls = t.get("metrics_urls", [])
+    if not isinstance(metrics_urls, list) or not all(isinstance(u, str) for u in metrics_urls):
+        raise r.error(f"rollout.metrics_urls must be a list of URLs, got {metrics_urls!r}")
+    for url in metrics_urls:
+        check_url(url, "rollout.metrics_urls", r.error, dns=True)
     return RolloutSpec(
         steps=_steps(r, t),
         analysis_seconds=r.number(t, "rollout.analysis_seconds", 30.0, _POSITIVE),
@@ -221,7 +232,19 @@ def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
         shadow_seconds=r.number(t, "rollout.shadow_seconds", 0.0, _NON_NEGATIVE),
         token_env=token_env,
         admin_url=admin_url.rstrip("/"),
+        metrics_urls=tuple(u.rstrip("/") for u in metrics_urls),
     )
+
+
+def check_url(
+    url: str, where: str, error: Callable[[str], LockgateError], *, dns: bool = False
+) -> None:
+    """An http(s)://host:port URL (with `dns`, also dns+http(s)://name:port, port required)."""
+    named = dns and url.startswith(DNS_SCHEME)
+    parts = urlsplit(url.removeprefix(DNS_SCHEME))
+    if parts.scheme not in ("http", "https") or not parts.hostname or (named and not parts.port):
+        form = "[dns+]http(s)://host:port" if dns else "http(s)://host:port"
+        raise error(f"{where} must be an {form} URL, got {url!r}")
 
 
 def _steps(r: _Reader, t: Mapping[str, Any]) -> tuple[float, ...]:

@@ -54,9 +54,9 @@ from lockgate.control.rollouts import (
 )
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.retrain.gateway_metrics import (
+    Gateways,
     Snapshot,
     accuracy_window,
-    scrape,
     shadow_window,
     window,
 )
@@ -155,24 +155,22 @@ class RolloutController:
         self,
         admin: AdminClient,
         store: RolloutStore,
-        metrics_url: str,
+        gateways: Gateways,
         *,
         actor: str = "retrain",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         poll_seconds: float = 0.5,
         scrape_seconds: float = 5.0,
-        scraper: Callable[[str], Snapshot] = scrape,
     ) -> None:
         self.admin = admin
         self.store = store
-        self.metrics_url = metrics_url
+        self.gateways = gateways
         self.actor = actor
         self.clock = clock
         self.sleep = sleep
         self.poll_seconds = poll_seconds
         self.scrape_seconds = scrape_seconds
-        self.scraper = scraper
         self._stable_p99: float | None = None
         self._labels_since: Snapshot | None = None
 
@@ -395,7 +393,7 @@ class RolloutController:
     def _scrape(self, attempts: int = 3) -> Snapshot:
         for attempt in range(1, attempts + 1):
             try:
-                return self.scraper(self.metrics_url)
+                return self.gateways.scrape()
             except LockgateError as exc:
                 log.warning("metrics scrape %d of %d failed: %s", attempt, attempts, exc.message)
                 if attempt == attempts:

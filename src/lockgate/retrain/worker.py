@@ -31,7 +31,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.retrain import dataset as datasets
 from lockgate.retrain.evaluate import evaluate
-from lockgate.retrain.gateway_metrics import scrape
+from lockgate.retrain.gateway_metrics import Gateways
 from lockgate.retrain.lineage import lineage_record, model_card
 from lockgate.retrain.pipeline import PipelineSpec
 from lockgate.retrain.rollout import RolloutController
@@ -56,6 +56,7 @@ class RetrainWorker:
         self.admin = admin
         self.registry = Registry(home)
         self.rollouts = RolloutStore(home, state_url)
+        self.gateways = Gateways(spec.rollout.gateways)
         self.stop = threading.Event()
         self._marks = home / "retrain" / f"{spec.endpoint}.json"
 
@@ -111,7 +112,7 @@ class RetrainWorker:
                 return "labels"
         if t.drift:
             try:
-                snapshot = scrape(self.spec.rollout.admin_url)
+                snapshot = self.gateways.scrape()
             except LockgateError as exc:
                 log.warning("cannot read gateway metrics: %s", exc.message)
                 return None
@@ -230,7 +231,7 @@ class RetrainWorker:
 
     # -- helpers --------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:
-        return RolloutController(self.admin, self.rollouts, self.spec.rollout.admin_url)
+        return RolloutController(self.admin, self.rollouts, self.gateways)
 
     def _champion(self) -> str | None:
         """The champion alias, else the endpoint's version with the most traffic."""
