@@ -18,12 +18,13 @@ import pytest
 from lockgate.control.registry import Registry
 from lockgate.monitor.drift import build_profile
 from lockgate.monitor.snapshot import Snapshot, merged
-from lockgate.retrain.gateway_metrics import Gateways
+from lockgate.retrain.fleet import Gateways
 from tests import onnx_models
 from tests.monitor.test_kernels import reference_histogram
 from tests.processes import GatewayProcess, start_gateway
 
 REFERENCE = np.random.default_rng(0).normal(size=(2000, 4))
+WINDOW_ROWS = 200
 
 
 @pytest.fixture
@@ -37,12 +38,43 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[list[GatewayProcess]
     try:
         for i in (1, 2, 3):
             started.append(
-                start_gateway(tmp_path, "--state", postgres_url, "--replica-id", f"r{i}")
+                start_gateway(
+                    tmp_path,
+                    *("--state", postgres_url, "--replica-id", f"r{i}"),
+                    *("--drift-window-rows", str(WINDOW_ROWS)),
+                )
             )
         yield started
     finally:
         for gw in started:
             gw.stop()
+
+
+def send(gw: GatewayProcess, rows: np.ndarray, requests: int) -> None:
+    """`rows` to scale v2 in `requests` requests."""
+    with httpx.Client(base_url=gw.base, timeout=30) as client:
+        for chunk in np.array_split(rows.astype(np.float32), requests):
+            tensor = {"name": "x", "datatype": "FP32", "shape": list(chunk.shape)}
+            body = {"inputs": [{**tensor, "data": chunk.ravel().tolist()}]}
+            answer = client.post("/v2/models/scale/versions/2/infer", content=orjson.dumps(body))
+            assert answer.status_code == 200, answer.text
+
+
+def monitor_snapshot(gw: GatewayProcess) -> Snapshot:
+    return Snapshot.from_bytes(
+        httpx.get(f"http://{gw.admin}/v1/monitor/snapshot", timeout=10).content
+    )
+
+
+def drained(gw: GatewayProcess, rows: int) -> None:
+    """Until the replica's monitor has taken `rows` rows of scale v2."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        figures = monitor_snapshot(gw).versions.get(("scale", "2"))
+        if figures is not None and figures.rows >= rows:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{gw.admin} did not drain {rows} rows")
 
 
 def _revision(gw: GatewayProcess) -> int:
@@ -105,33 +137,12 @@ def test_replica_snapshots_merge_exactly_and_logs_name_their_replica(
     for i, gw in enumerate(replicas):
         rows = rng.normal(loc=0.5 * i, size=(100 * (i + 1), 4)).astype(np.float32)
         sent.append(rows)
-        with httpx.Client(base_url=gw.base, timeout=30) as client:
-            for chunk in np.array_split(rows, 10):
-                body = {
-                    "inputs": [
-                        {
-                            "name": "x",
-                            "datatype": "FP32",
-                            "shape": list(chunk.shape),
-                            "data": chunk.ravel().tolist(),
-                        }
-                    ]
-                }
-                answer = client.post(
-                    "/v2/models/scale/versions/2/infer", content=orjson.dumps(body)
-                )
-                assert answer.status_code == 200, answer.text
+        send(gw, rows, requests=10)
 
-    def snapshot(gw: GatewayProcess) -> Snapshot:
-        data = httpx.get(f"http://{gw.admin}/v1/monitor/snapshot", timeout=10).content
-        return Snapshot.from_bytes(data)
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # until every replica's drain has taken every row
-        snaps = [snapshot(gw) for gw in replicas]
-        if [s.versions[("scale", "2")].rows for s in snaps] == [len(r) for r in sent]:
-            break
-        time.sleep(0.1)
+    for gw, rows in zip(replicas, sent, strict=True):
+        drained(gw, len(rows))
+    snaps = [monitor_snapshot(gw) for gw in replicas]
+    assert [s.versions[("scale", "2")].rows for s in snaps] == [len(r) for r in sent]
     counts = [s.versions[("scale", "2")].drift["input"].counts for s in snaps]
     total = merged(snaps)
     merged_counts = total.versions[("scale", "2")].drift["input"].counts
@@ -154,3 +165,24 @@ def test_replica_snapshots_merge_exactly_and_logs_name_their_replica(
     names = {p.name for p in (tmp_path / "predlog" / "scale" / "2").glob("*.seg")}
     for i in (1, 2, 3):
         assert any(n.endswith(f"-r{i}.seg") for n in names), names
+
+
+def test_the_retrain_worker_judges_drift_on_all_replicas_together(
+    replicas: list[GatewayProcess],
+) -> None:
+    """Each replica sees 150 shifted rows: less than one of its own 200-row drift windows, so
+    no replica alerts; summed, they fill two windows and the worker's judgement alerts."""
+    rng = np.random.default_rng(2)
+    for gw in replicas:  # loads v2 everywhere: the first read is the worker's baseline
+        send(gw, rng.normal(size=(10, 4)), requests=1)
+        drained(gw, 10)
+    gateways = Gateways([f"http://{gw.admin}" for gw in replicas])
+    assert not gateways.scrape().drift_alert("scale", "2")
+    for gw in replicas:
+        send(gw, rng.normal(loc=1.0, size=(150, 4)), requests=15)
+        drained(gw, 160)
+    judged = gateways.scrape()
+    assert judged.drift_alert("scale", "2")
+    for gw in replicas:  # while each replica alone has not closed a window
+        alone = monitor_snapshot(gw)
+        assert alone.versions[("scale", "2")].drift["input"].windows == 0

@@ -42,7 +42,8 @@ from lockgate.control.rollouts import (
 )
 from lockgate.demo import classifier_data, ensure_demo_models
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.retrain.gateway_metrics import Gateways, Snapshot, parse, quantile, window
+from lockgate.retrain.fleet import Gateways
+from lockgate.retrain.gateway_metrics import Snapshot, parse, quantile, window
 from lockgate.retrain.rollout import RolloutController, analyse
 from lockgate.serve.http_api import error_response
 from tests import onnx_models
@@ -210,7 +211,7 @@ def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(
     controller = RolloutController(
         admin,
         store,
-        Gateways(["http://unused"], lambda _: quiet),
+        Gateways(["http://unused"], fetch=lambda _: quiet),
         clock=lambda: now[0],
         sleep=sleep,
     )
@@ -240,7 +241,7 @@ def test_an_operator_promotion_skips_the_remaining_steps(
     controller = RolloutController(
         admin,
         store,
-        Gateways(["http://unused"], lambda _: scrape_text(0.0)),
+        Gateways(["http://unused"], fetch=lambda _: scrape_text(0.0)),
         sleep=operator_promotes,
     )
     assert controller.run(rid) == PROMOTED
@@ -258,7 +259,7 @@ def test_unreadable_metrics_roll_the_step_back(tmp_path: Path, state_url: str | 
         raise LockgateError(ErrorKind.UNAVAILABLE, f"cannot read metrics at {url}/metrics")
 
     controller = RolloutController(
-        admin, store, Gateways(["http://gw:8002"], unreachable), sleep=lambda s: None
+        admin, store, Gateways(["http://gw:8002"], fetch=unreachable), sleep=lambda s: None
     )
     rid = controller.start("e", "m", "2", "1", PLAN)
     assert controller.run(rid) == ROLLED_BACK

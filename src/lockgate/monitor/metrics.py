@@ -93,6 +93,9 @@ def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
                         share=st.share,
                         dataset_alert=st.dataset_alert,
                         counts=drift.cumulative_counts,
+                        profile=drift.profile,
+                        window_rows=drift.config.window_rows,
+                        window_seconds=drift.config.window_seconds,
                     )
     return snap
 

@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
+from lockgate.monitor.drift import ReferenceProfile
 from lockgate.monitor.sketch import LatencySketch
 
 Key = tuple[str, str]
@@ -42,6 +43,10 @@ class DriftSnapshot:
     share: float  # NaN before the first window
     dataset_alert: bool
     counts: NDArray[np.int64]  # [F, bins] every row seen since the version was attached
+    # what windows of summed counts are scored against, by the same rule (retrain/fleet.py)
+    profile: ReferenceProfile | None = None
+    window_rows: int = 0
+    window_seconds: float = 0.0
 
     def merge(self, other: DriftSnapshot) -> None:
         if other.names != self.names or other.counts.shape != self.counts.shape:
@@ -224,6 +229,8 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
                 "share": d.share,
                 "dataset_alert": d.dataset_alert,
                 "counts": _array(d.counts),
+                "profile": None if d.profile is None else d.profile.to_npz_bytes(),
+                "window": [d.window_rows, d.window_seconds],
             }
             for side, d in v.drift.items()
         },
@@ -248,6 +255,11 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
                 share=float(d["share"]),
                 dataset_alert=bool(d["dataset_alert"]),
                 counts=_from_array(d["counts"]),
+                profile=None
+                if d["profile"] is None
+                else ReferenceProfile.from_npz_bytes(d["profile"]),
+                window_rows=int(d["window"][0]),
+                window_seconds=float(d["window"][1]),
             )
             for side, d in doc["drift"].items()
         },

@@ -14,15 +14,13 @@ controller decides whom to charge them to.
 from __future__ import annotations
 
 import math
-import socket
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,112 +110,6 @@ def scrape(url: str, timeout: float = 10.0) -> Snapshot:
             ErrorKind.UNAVAILABLE, f"cannot read metrics at {target}: {reason}"
         ) from None
     return parse(text)
-
-
-DNS_SCHEME = "dns+"  # dns+http://name:port: one gateway per address the name resolves to
-Counters = dict[tuple[Any, ...], float]
-
-
-def _counters(snap: Snapshot) -> Counters:
-    """Every counter of a scrape, flat; online accuracy as a count of correct labels."""
-    out: Counters = {("requests", *k): v for k, v in snap.requests.items()}
-    for route, buckets in snap.latency.items():
-        out.update({("latency", *route, bound): c for bound, c in buckets.items()})
-    for key, fields in snap.shadows.items():
-        out.update({("shadow", *key, name): v for name, v in fields.items()})
-    for version, n in snap.labels.items():
-        out[("labels", *version)] = n
-        out[("correct", *version)] = snap.accuracy.get(version, 0.0) * n
-    return out
-
-
-def _snapshot(at: float, totals: Counters, parts: list[Snapshot]) -> Snapshot:
-    """Summed counters back into a Snapshot; gauges from the live parts (alerts: any; the
-    sketch p99: the largest; weights: the first gateway's, all apply the same state)."""
-    snap = Snapshot(at=at)
-    correct: dict[Version, float] = {}
-    for key, value in totals.items():
-        kind, rest = key[0], key[1:]
-        if kind == "requests":
-            snap.requests[rest] = value
-        elif kind == "latency":
-            snap.latency.setdefault(rest[:4], {})[rest[4]] = value
-        elif kind == "shadow":
-            snap.shadows.setdefault(rest[:2], {})[rest[2]] = value
-        elif kind == "labels":
-            snap.labels[rest] = value
-        else:
-            correct[rest] = value
-    snap.accuracy = {v: correct.get(v, 0.0) / n for v, n in snap.labels.items() if n > 0}
-    for part in parts:
-        for route, p99 in part.p99.items():
-            snap.p99[route] = max(p99, snap.p99.get(route, p99))
-        for version, on in part.alerts.items():
-            snap.alerts[version] = snap.alerts.get(version, False) or on
-    if parts:
-        snap.weights = dict(parts[0].weights)
-    return snap
-
-
-class Gateways:
-    """The gateways whose traffic the retrain worker judges: one admin URL, a list of replicas,
-    or `dns+http://name:port` for every address a name resolves to (a Kubernetes headless
-    Service). Each scrape reads every gateway and sums them.
-
-    Summed counters must not go back when one replica restarts (its counters start again at 0)
-    or leaves, or a window would mistake that for a reset of the total. So each gateway's
-    counters are carried on across its resets, as Prometheus' `rate` does, and a gateway that
-    is gone keeps counting with its last figures: the merged counters only ever grow."""
-
-    def __init__(self, urls: Sequence[str], fetch: Callable[[str], Snapshot] | None = None) -> None:
-        if not urls:
-            raise ValueError("at least one gateway URL is needed")
-        self.urls = tuple(urls)
-        self.fetch = fetch or scrape
-        self._last: dict[str, Counters] = {}  # per gateway: its counters as last read
-        self._carried: dict[str, Counters] = {}  # per gateway: sums lost to its resets
-
-    def addresses(self) -> list[str]:
-        """The gateways' admin URLs now (names behind `dns+` resolved)."""
-        found: list[str] = []
-        for url in self.urls:
-            if not url.startswith(DNS_SCHEME):
-                found.append(url)
-                continue
-            parts = urlsplit(url.removeprefix(DNS_SCHEME))
-            try:
-                infos = socket.getaddrinfo(parts.hostname, parts.port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise LockgateError(
-                    ErrorKind.UNAVAILABLE, f"cannot resolve {parts.hostname}: {exc}"
-                ) from None
-            for address in sorted({str(info[4][0]) for info in infos}):
-                host = f"[{address}]" if ":" in address else address
-                found.append(f"{parts.scheme}://{host}:{parts.port}{parts.path}")
-        return found
-
-    def scrape(self) -> Snapshot:
-        """Every gateway's figures, summed; UNAVAILABLE when any of them cannot be read (a
-        step is never judged on part of its traffic)."""
-        addresses = self.addresses()
-        if len(addresses) == 1 and not self._last:
-            return self.fetch(addresses[0])  # one gateway: its own counters, as they are
-        parts = [self.fetch(address) for address in addresses]
-        for address, part in zip(addresses, parts, strict=True):
-            now, last = _counters(part), self._last.get(address, {})
-            carried = self._carried.setdefault(address, {})
-            for key, value in now.items():
-                if value < last.get(key, 0.0):
-                    carried[key] = carried.get(key, 0.0) + last[key]
-            for key in last.keys() - now.keys():  # a version unloaded: its series went away
-                carried[key] = carried.get(key, 0.0) + last[key]
-            self._last[address] = now
-        totals: Counters = defaultdict(float)
-        for address, last in self._last.items():
-            for counters in (last, self._carried[address]):
-                for key, value in counters.items():
-                    totals[key] += value
-        return _snapshot(max(p.at for p in parts), totals, parts)
 
 
 def _delta(after: float, before: float | None) -> float:

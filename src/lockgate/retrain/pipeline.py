@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from lockgate.control.registry import NAME_PATTERN
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.retrain.gateway_metrics import DNS_SCHEME
+from lockgate.retrain.fleet import DNS_SCHEME
 
 DEFAULT_TRAINER = "lockgate.retrain.train:logistic_regression"
 TASKS = ("classification", "regression")

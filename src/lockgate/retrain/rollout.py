@@ -53,8 +53,8 @@ from lockgate.control.rollouts import (
     RolloutStore,
 )
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.retrain.fleet import Gateways
 from lockgate.retrain.gateway_metrics import (
-    Gateways,
     Snapshot,
     accuracy_window,
     shadow_window,

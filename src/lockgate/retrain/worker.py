@@ -31,7 +31,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.retrain import dataset as datasets
 from lockgate.retrain.evaluate import evaluate
-from lockgate.retrain.gateway_metrics import Gateways
+from lockgate.retrain.fleet import Gateways
 from lockgate.retrain.lineage import lineage_record, model_card
 from lockgate.retrain.pipeline import PipelineSpec
 from lockgate.retrain.rollout import RolloutController
@@ -56,7 +56,7 @@ class RetrainWorker:
         self.admin = admin
         self.registry = Registry(home)
         self.rollouts = RolloutStore(home, state_url)
-        self.gateways = Gateways(spec.rollout.gateways)
+        self.gateways = Gateways(spec.rollout.gateways, token=admin.token)
         self.stop = threading.Event()
         self._marks = home / "retrain" / f"{spec.endpoint}.json"
 
