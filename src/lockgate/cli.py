@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--max-queue-delay-ms", 0.0, "busy-period wait for a fuller batch", type=float)
     _flag(
         serve,
+        "--gather-delay-ms",
+        _BATCH.gather_delay * 1000,
+        "longest wait of a gRPC request for batch-mates at an idle model (0 = none)",
+        type=float,
+    )
+    _flag(
+        serve,
         "--max-queue-rows",
         _BATCH.max_queue_rows,
         "queued rows per version before shedding",
@@ -276,6 +283,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,
             max_queue_rows=int(args.max_queue_rows),
+            gather_delay=float(args.gather_delay_ms) / 1000,
         ),
         runner=RunnerConfig(intra_op_threads=int(args.intra_op_threads)),
         monitor=MonitorConfig(

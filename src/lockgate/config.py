@@ -18,6 +18,9 @@ class BatchConfig:
     max_queue_delay: float = 0.0  # seconds a busy-period batch may wait to fill; 0 = purely greedy
     max_queue_rows: int = 2048  # queued rows per version beyond which requests are shed
     inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
+    # The longest a request from a transport that hands requests over one at a time (gRPC)
+    # waits for batch-mates when its model is idle; 0 = never (see serve/batch.py).
+    gather_delay: float = 0.001
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.data.shape)
+        return self.data.shape  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -60,6 +60,7 @@ class InferRequest:
     routing_key: str | None = None  # sticky routing (header x-lockgate-key); else a parameter
     protocol: str = "http"
     received_ns: int = 0  # time.perf_counter_ns() when the transport started on it
+    alone: bool = False  # the transport hands requests over one at a time: see serve/batch.py
 
 
 @dataclass(slots=True)
@@ -87,19 +88,30 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     platform: str = "onnxruntime_onnx"
-    # Requests can be concatenated on axis 0 when every tensor has a dynamic leading dim.
-    batchable: bool = field(init=False, compare=False)
+    # Derived once, read per request:
+    # requests can be concatenated on axis 0 when every tensor has a dynamic leading dim;
+    batchable: bool = field(init=False, repr=False, compare=False)
+    # the (name, datatype) of every output, what a request that names none gets back.
+    all_outputs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tensors = (*self.inputs, *self.outputs)
-        batchable = all(t.shape and t.shape[0] == -1 for t in tensors)
-        object.__setattr__(self, "batchable", batchable)  # computed once: read per request
+        derived = {
+            "batchable": all(t.shape and t.shape[0] == -1 for t in tensors),
+            "all_outputs": tuple((o.name, o.datatype) for o in self.outputs),
+            "_inputs": {t.name: t for t in self.inputs},
+            "_outputs": {t.name: t for t in self.outputs},
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)
 
 
 class InferencePipeline(Protocol):

@@ -125,3 +125,65 @@ async def test_cost_model_sends_tiny_batches_inline(tmp_path: Path) -> None:
     slow = make_batcher(SLOW, onnx_models.slow_model(tmp_path / "b.onnx"))
     await slow.submit({"x": np.zeros((1, 1024), np.float32)}, 1, far())
     assert slow.stats.inline_batches == 0
+
+
+async def arrive_one_per_turn(b: Batcher, xs: list[np.ndarray[Any, Any]]) -> list[Any]:
+    """Requests handed over one loop turn apart, as grpc.aio hands over calls."""
+
+    async def arrive(i: int, x: np.ndarray[Any, Any]) -> Any:
+        for _ in range(i):
+            await asyncio.sleep(0)
+        return await b.submit({"x": x}, len(x), far(), alone=True)
+
+    return await asyncio.gather(*(arrive(i, x) for i, x in enumerate(xs)))
+
+
+async def test_one_at_a_time_requests_are_gathered_into_a_batch(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=0.05)
+    xs = [np.full((1, 4), i, np.float32) for i in range(8)]
+    results = await arrive_one_per_turn(b, xs)
+    for x, (out, _) in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)  # each caller gets its own rows
+    assert b.stats.gathers == 1 and b.stats.batches == 1 and b.stats.requests == 8
+
+
+async def test_fruitless_gathers_back_off_exponentially(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=0.05)
+    x = np.ones((1, 4), np.float32)
+    waited = []
+    for _ in range(16):  # a lone client: one request at a time
+        before = b.stats.gathers
+        out, _ = await b.submit({"x": x}, 1, far(), alone=True)
+        np.testing.assert_array_equal(out["y"], x * 2)
+        waited.append(b.stats.gathers > before)
+    # gather, then 1 at once, gather, 2 at once, gather, 4 at once, gather, 8 at once
+    expected = [True, False, True, False, False, True] + [False] * 4 + [True] + [False] * 5
+    assert waited == expected
+    assert b.stats.fruitless_gathers == 4 and b.stats.batches == 16
+
+
+async def test_a_lone_request_waits_no_longer_than_an_idle_loop(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=5.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await b.submit({"x": np.ones((1, 4), np.float32)}, 1, far(), alone=True)
+    assert loop.time() - start < 1.0  # the 5 s cap is never reached on an idle loop
+    assert b.stats.gathers == 1 and b.stats.fruitless_gathers == 1
+
+
+async def test_without_gathering_one_at_a_time_requests_run_inline(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=0.0)
+    xs = [np.full((2, 4), i, np.float32) for i in range(4)]
+    results = await arrive_one_per_turn(b, xs)
+    for x, (out, info) in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+        assert info.batch_requests == 1 and info.queue_ns == 0
+    assert b.stats.gathers == 0 and b.stats.inline_batches == 4
+
+
+async def test_inline_request_past_its_deadline_never_runs(tmp_path: Path) -> None:
+    b = make_batcher(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=0.0)
+    with pytest.raises(LockgateError) as err:
+        await b.submit({"x": np.ones((1, 4), np.float32)}, 1, 0.0, alone=True)
+    assert err.value.kind is ErrorKind.DEADLINE
+    assert b.stats.expired == 1 and b.stats.batches == 0

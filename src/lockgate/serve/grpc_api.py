@@ -95,7 +95,7 @@ class InferenceService:
         try:
             self.pipeline.admit(msg.model_name, msg.model_version or None)
             request = protobuf_codec.decode_request(msg, context.time_remaining())
-            request.protocol, request.received_ns = "grpc", received
+            request.protocol, request.received_ns, request.alone = "grpc", received, True
             for key, value in context.invocation_metadata() or ():
                 if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
                     request.routing_key = value

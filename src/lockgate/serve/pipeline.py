@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from lockgate import __version__
@@ -257,7 +258,7 @@ class Pipeline:
         meta = None
         if loaded.recorder is not None:
             meta = loaded.recorder.meta(request.id, endpoint, variant_name, received)
-        results, run = await loaded.batcher.submit(feeds, rows, deadline, meta)
+        results, run = await loaded.batcher.submit(feeds, rows, deadline, meta, alone=request.alone)
         parameters = _run_parameters(run)
         self.requests[
             (endpoint, variant_name, spec.name, spec.version, request.protocol, "ok")
@@ -345,23 +346,26 @@ def validate_inputs(request: InferRequest, spec: ModelSpec) -> tuple[Arrays, int
                 f"{list(want.shape)} (-1 = any)"
             )
         feeds[tensor.name] = tensor.data
-    missing = [i.name for i in spec.inputs if i.name not in feeds]
-    if missing:
+    if len(feeds) != len(spec.inputs):  # every name given is known and given once
+        missing = [i.name for i in spec.inputs if i.name not in feeds]
         raise invalid(f"missing input(s) {', '.join(map(repr, missing))} for model {spec.name}")
     if not spec.batchable:
         return feeds, 1
-    rows = {int(a.shape[0]) for a in feeds.values()}
-    if len(rows) != 1:
-        raise invalid(f"inputs disagree on the batch dimension: {sorted(rows)}")
-    (n,) = rows
+    if len(feeds) == 1:
+        n = next(iter(feeds.values())).shape[0]
+    else:
+        rows = {a.shape[0] for a in feeds.values()}
+        if len(rows) != 1:
+            raise invalid(f"inputs disagree on the batch dimension: {sorted(rows)}")
+        (n,) = rows
     if n == 0:
         raise invalid("empty batch: the leading dimension is 0")
     return feeds, n
 
 
-def select_outputs(request: InferRequest, spec: ModelSpec) -> list[tuple[str, str]]:
+def select_outputs(request: InferRequest, spec: ModelSpec) -> Sequence[tuple[str, str]]:
     if not request.outputs:
-        return [(o.name, o.datatype) for o in spec.outputs]
+        return spec.all_outputs
     chosen = []
     for wanted in request.outputs:
         out = spec.output(wanted.name)

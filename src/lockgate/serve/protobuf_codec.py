@@ -16,7 +16,6 @@ from lockgate.errors import invalid
 from lockgate.serve.tensors import (
     DATATYPES,
     array_from_raw,
-    check_shape,
     element_count,
     numpy_dtype,
     raw_from_array,
@@ -57,38 +56,41 @@ def parse_request(body: bytes) -> Any:
 
 def decode_request(msg: Any, remaining: float | None) -> InferRequest:
     """A parsed ModelInferRequest -> InferRequest. `remaining` is the gRPC deadline in seconds."""
-    if not msg.inputs:
+    items = msg.inputs
+    if not items:
         raise invalid("request needs a non-empty list of inputs")
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    if raw and len(raw) != len(items):
         raise invalid(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs "
+            f"raw_input_contents has {len(raw)} entries for {len(items)} inputs "
             "(when used, every input must be raw)"
         )
-    inputs = []
-    for i, item in enumerate(msg.inputs):
-        name = item.name
-        if not name:
-            raise invalid(f"inputs[{i}] needs a name")
-        if item.datatype not in DATATYPES:
-            raise invalid(f"input {name!r}: unsupported datatype {item.datatype!r}")
-        shape = check_shape(name, list(item.shape))
-        if raw:
-            data = array_from_raw(name, item.datatype, shape, raw[i])
-        else:
-            data = _array_from_contents(name, item.datatype, shape, item)
-        inputs.append(Tensor(name, item.datatype, data, _parameters(item.parameters)))
-    outputs = [RequestedOutput(o.name) for o in msg.outputs] or None
-    deadline = time.monotonic() + remaining if remaining is not None else float("inf")
+    inputs = [_input(i, item, raw) for i, item in enumerate(items)]
     return InferRequest(
         model=msg.model_name,
         version=msg.model_version or None,
         id=msg.id or new_request_id(),
         inputs=inputs,
-        outputs=outputs,
+        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else None,
         parameters=_parameters(msg.parameters),
-        deadline=deadline,
+        deadline=time.monotonic() + remaining if remaining is not None else float("inf"),
     )
+
+
+def _input(i: int, item: Any, raw: Any) -> Tensor:
+    name, datatype = item.name, item.datatype
+    if not name:
+        raise invalid(f"inputs[{i}] needs a name")
+    if datatype not in DATATYPES:
+        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
+    shape = tuple(item.shape)  # int64s: only the sign needs checking
+    if shape and min(shape) < 0:
+        raise invalid(f"input {name!r}: shape must be non-negative, got {list(shape)}")
+    if raw:
+        data = array_from_raw(name, datatype, shape, raw[i])
+    else:
+        data = _array_from_contents(name, datatype, shape, item)
+    return Tensor(name, datatype, data, _parameters(item.parameters))
 
 
 def _array_from_contents(name: str, datatype: str, shape: tuple[int, ...], item: Any) -> Any:
@@ -115,6 +117,8 @@ def _array_from_contents(name: str, datatype: str, shape: tuple[int, ...], item:
 
 
 def _parameters(params: Any) -> Parameters:
+    if not params:
+        return {}
     out: Parameters = {}
     for key, param in params.items():
         which = param.WhichOneof("parameter_choice")

@@ -13,7 +13,7 @@ import bisect
 import hashlib
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lockgate.errors import invalid, not_found
@@ -28,10 +28,11 @@ class Variant:
     model: str
     version: str
     weight: float = 0.0  # percent; shadows have none
+    # (model, version), computed once: read per request
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.model, self.version)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.model, self.version))
 
 
 def sticky_bucket(key: str) -> int:
@@ -57,6 +58,12 @@ class EndpointRoute:
     variants: tuple[Variant, ...]
     bounds: tuple[int, ...]
     shadows: tuple[Variant, ...] = ()
+    # The variant with the most traffic: its schema is the endpoint's metadata and its queue
+    # decides admission. Computed once: read per request.
+    primary: Variant = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primary", max(self.variants, key=lambda v: v.weight))
 
     def pick(self, routing_key: str | None) -> Variant:
         if len(self.variants) == 1:
@@ -64,11 +71,6 @@ class EndpointRoute:
         # a traffic split, not security: the stdlib generator is right here
         bucket = random.randrange(BUCKETS) if routing_key is None else sticky_bucket(routing_key)
         return self.variants[bisect.bisect_right(self.bounds, bucket)]
-
-    @property
-    def primary(self) -> Variant:
-        """The variant with the most traffic: its schema is the endpoint's metadata."""
-        return max(self.variants, key=lambda v: v.weight)
 
     def versions(self) -> set[tuple[str, str]]:
         return {v.key for v in (*self.variants, *self.shadows)}
