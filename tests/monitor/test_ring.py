@@ -16,7 +16,7 @@ def _batch(first_row: int, request_rows: list[int]) -> Batch:
     total = sum(request_rows)
     seq = np.arange(first_row, first_row + total)
     starts = first_row + np.cumsum([0, *request_rows[:-1]])
-    metas = [RequestMeta(f"r{s}".encode(), int(s % 5), 1_000_000 + int(s)) for s in starts]
+    metas: list[RequestMeta] = [(f"r{s}", int(s % 5), 1_000_000 + int(s)) for s in starts]
     return Batch(
         feeds={"x": np.stack([seq, -seq], axis=1).astype(np.float32)},
         outputs={"y": (seq * 2).astype(np.float32)},

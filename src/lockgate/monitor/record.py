@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.ring import Batch, PredictionRing, RequestMeta, id_key
+from lockgate.monitor.ring import Batch, PredictionRing, RequestMeta
 from lockgate.types import ModelSpec, TensorSpec
 
 MAX_FEATURES = 256
@@ -55,7 +55,7 @@ class VersionRecorder:
         self.ring = PredictionRing(capacity, self.input_tensors, self.output_tensors, widths)
 
     def meta(self, request_id: str, endpoint: str, variant: str, received_ns: int) -> RequestMeta:
-        return RequestMeta(id_key(request_id), self.ring.route_code(endpoint, variant), received_ns)
+        return (request_id, self.ring.route_code(endpoint, variant), received_ns)
 
     def record(
         self,

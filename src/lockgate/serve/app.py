@@ -33,6 +33,10 @@ from lockgate.serve.http_api import build_http_app
 from lockgate.serve.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+# Allocations between young-generation collections (CPython's default is 700). Measured with wrk
+# at 64 connections on the tiny model: 20,000 gives about 6% more requests per second, and a
+# young collection of that size takes well under a millisecond.
+YOUNG_GC_THRESHOLD = 20_000
 
 
 class _Server(uvicorn.Server):
@@ -220,9 +224,11 @@ class Gateway:
                 await listen()
             if self.monitor is not None:
                 self.monitor.start()
-            # Everything alive now lives as long as the process: keep it out of GC scans.
+            # Everything alive now lives as long as the process: keep it out of GC scans. The
+            # request path makes few reference cycles, so young collections can be rarer too.
             gc.collect()
             gc.freeze()
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
             self.started.set()
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
