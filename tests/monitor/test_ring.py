@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockgate.monitor.ring import ID_BYTES, Batch, PredictionRing, RequestMeta, id_key
+from lockgate.monitor.ring import ID_BYTES, Batch, PredictionRing, RequestMeta, id_key, id_keys
 
 
 def _batch(first_row: int, request_rows: list[int]) -> Batch:
@@ -87,3 +87,12 @@ def test_long_ids_are_digested_consistently() -> None:
     assert id_key("short-id") == b"short-id"
     long = "x" * 100
     assert len(id_key(long)) == ID_BYTES and id_key(long) == id_key(long) != id_key(long + "y")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=40), st.text(alphabet="0123456789abcdef", max_size=40))))
+def test_id_keys_match_id_key(ids: list[str]) -> None:
+    """The bulk form (vectorised for short ASCII ids) agrees with the one the feedback uses."""
+    keys = id_keys(ids)
+    assert keys.dtype == np.dtype(f"S{ID_BYTES}")
+    assert keys.tolist() == [id_key(i).rstrip(b"\0") for i in ids]

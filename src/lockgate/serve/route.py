@@ -68,8 +68,12 @@ class EndpointRoute:
     def pick(self, routing_key: str | None) -> Variant:
         if len(self.variants) == 1:
             return self.variants[0]
-        # a traffic split, not security: the stdlib generator is right here
-        bucket = random.randrange(BUCKETS) if routing_key is None else sticky_bucket(routing_key)
+        # a traffic split, not security: the stdlib generator is right here (random() is C,
+        # randrange a few Python calls)
+        if routing_key is None:
+            bucket = int(random.random() * BUCKETS)
+        else:
+            bucket = sticky_bucket(routing_key)
         return self.variants[bisect.bisect_right(self.bounds, bucket)]
 
     def versions(self) -> set[tuple[str, str]]:
