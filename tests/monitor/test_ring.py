@@ -96,3 +96,24 @@ def test_id_keys_match_id_key(ids: list[str]) -> None:
     keys = id_keys(ids)
     assert keys.dtype == np.dtype(f"S{ID_BYTES}")
     assert keys.tolist() == [id_key(i).rstrip(b"\0") for i in ids]
+
+
+def test_stepwise_assembly_equals_one_shot() -> None:
+    """The drain assembles a long backlog a few batches at a time (handing the GIL back in
+    between); the result must be exactly the one-shot assembly."""
+    from types import SimpleNamespace
+
+    from lockgate.monitor.drain import DRAIN_STEP_BATCHES, Monitor
+
+    ring = PredictionRing(10_000, ["x"], ["y"], (2, 1))
+    batches, first = [], 0
+    for i in range(3 * DRAIN_STEP_BATCHES + 5):
+        sizes = [1 + i % 3, 2]
+        batches.append(_batch(first, sizes))
+        first += sum(sizes)
+    whole = ring.assemble(batches, 7)
+    version = SimpleNamespace(recorder=SimpleNamespace(ring=ring))
+    stepwise = Monitor._assemble(version, batches, 7)  # type: ignore[arg-type]
+    assert stepwise.dropped == whole.dropped == 7
+    for name in ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first"):
+        np.testing.assert_array_equal(getattr(stepwise, name), getattr(whole, name))

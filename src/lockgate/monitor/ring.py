@@ -91,9 +91,9 @@ class RingSlice:
 _COLUMNS = ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first")
 
 
-def concat_slices(a: RingSlice, b: RingSlice) -> RingSlice:
-    columns = {n: np.concatenate([getattr(a, n), getattr(b, n)]) for n in _COLUMNS}
-    return RingSlice(**columns, dropped=a.dropped + b.dropped)
+def concat_slices(*pieces: RingSlice) -> RingSlice:
+    columns = {n: np.concatenate([getattr(p, n) for p in pieces]) for n in _COLUMNS}
+    return RingSlice(**columns, dropped=sum(p.dropped for p in pieces))
 
 
 class PredictionRing:
