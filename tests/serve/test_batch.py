@@ -187,3 +187,15 @@ async def test_inline_request_past_its_deadline_never_runs(tmp_path: Path) -> No
         await b.submit({"x": np.ones((1, 4), np.float32)}, 1, 0.0, alone=True)
     assert err.value.kind is ErrorKind.DEADLINE
     assert b.stats.expired == 1 and b.stats.batches == 0
+
+
+async def test_requests_of_a_model_that_cannot_batch_never_gather(tmp_path: Path) -> None:
+    fixed = ModelSpec(
+        "fixed", "1", (TensorSpec("x", "FP32", (2, 4)),), (TensorSpec("y", "FP32", (2, 4)),)
+    )
+    b = make_batcher(fixed, onnx_models.scale_model(tmp_path / "m.onnx"), gather_delay=0.05)
+    xs = [np.full((2, 4), i, np.float32) for i in range(4)]
+    results = await arrive_one_per_turn(b, xs)
+    for x, (out, _) in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], x * 2)
+    assert b.stats.gathers == 0 and b.stats.inline_batches == 4

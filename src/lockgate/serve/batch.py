@@ -111,6 +111,8 @@ class Batcher:
         self._idle.set()
         self._closed = False
         self._inline = config.inline_threshold
+        # Gather only where batch-mates can share a run.
+        self._gathers = config.gather_delay > 0 and runner.spec.batchable
         self._skip_gathers = 0  # one-at-a-time requests to run at once before gathering again
         self._backoff = 0
 
@@ -128,7 +130,7 @@ class Batcher:
             raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self._label()} is shutting down")
         gather = False
         if alone and self._task is None:
-            if self.config.gather_delay > 0 and not self._skip_gathers:
+            if self._gathers and not self._skip_gathers:
                 gather = True
             else:
                 self._skip_gathers = max(0, self._skip_gathers - 1)
