@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from lockgate import __version__
+from lockgate.cli_models import add_models_parser
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.cli_traffic import add_traffic_parser
 from lockgate.config import (
@@ -192,30 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    models = sub.add_parser("models", help="the model registry")
-    msub = models.add_subparsers(dest="models_command", required=True)
-    reg = msub.add_parser("register", help="publish an ONNX file as a new immutable version")
-    _common(reg)
-    reg.add_argument("file", type=Path, help="the .onnx file")
-    reg.add_argument("--name", required=True, help="model name")
-    reg.add_argument(
-        "--reference", type=Path, help="reference data (.npy or .csv) for drift profiles"
-    )
-    reg.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata"
-    )
-    reg.add_argument("--json", action="store_true", help="print JSON")
-    reg.set_defaults(run=_models_register)
-    lst = msub.add_parser("list", help="list models and versions")
-    _common(lst)
-    lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.set_defaults(run=_models_list)
-    show = msub.add_parser("show", help="show one version (latest when omitted)")
-    _common(show)
-    show.add_argument("name")
-    show.add_argument("version", nargs="?")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(run=_models_show)
+    add_models_parser(sub, _common)
     add_traffic_parser(sub, _flag)
     add_rollout_parser(sub, _flag)
 
@@ -402,65 +380,6 @@ lockgate is serving the demo models (classifier v1+v2, regressor, mlp), monitori
 {loop}
 Ctrl-C stops the gateway (in-flight requests finish first).
 """
-
-
-def _models_register(args: argparse.Namespace) -> int:
-    from lockgate.control.registry import Registry
-
-    meta = {}
-    for item in args.meta:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise invalid(f"--meta expects KEY=VALUE, got {item!r}")
-        meta[key] = value
-    info = Registry(Path(args.home)).register(
-        args.file, args.name, metadata=meta, reference=args.reference
-    )
-    if args.json:
-        print(orjson.dumps(info.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(f"registered {info.name} version {info.version} (sha256 {info.sha256[:12]}...)")
-    return 0
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    from lockgate.control.registry import Registry
-
-    registry = Registry(Path(args.home))
-    rows = [(name, [v.version for v in registry.versions(name)]) for name in registry.models()]
-    if args.json:
-        print(orjson.dumps({name: versions for name, versions in rows}).decode())
-        return 0
-    if not rows:
-        print(f"no models registered in {args.home}")
-    for name, versions in rows:
-        print(f"{name:24s} versions {', '.join(versions)}")
-    return 0
-
-
-def _models_show(args: argparse.Namespace) -> int:
-    from lockgate.control.registry import Registry
-
-    registry = Registry(Path(args.home))
-    info = registry.get(args.name, args.version) if args.version else registry.latest(args.name)
-    doc = info.to_json()
-    if args.json:
-        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    print(f"{info.name} version {info.version}")
-    print(f"  created  {info.created}")
-    print(f"  sha256   {info.sha256}")
-    for kind, tensors in (("input ", info.spec.inputs), ("output", info.spec.outputs)):
-        for t in tensors:
-            print(f"  {kind}   {t.name} {t.datatype} {list(t.shape)}")
-    for key, value in (info.metadata or {}).items():
-        print(f"  meta     {key} = {value}")
-    for key, value in (info.lineage or {}).items():
-        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
-        print(f"  lineage  {key} = {shown}")
-    if info.card_path is not None:
-        print(f"  card     {info.card_path}")
-    return 0
 
 
 def _retrain(args: argparse.Namespace) -> int:

@@ -40,6 +40,15 @@ def _command(banner: str, starts: str) -> str:
     return " ".join(parts)
 
 
+def _shell(command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a printed command as a user would paste it; it must succeed."""
+    done = subprocess.run(
+        command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    return done
+
+
 def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--demo", "--home", str(home)]
@@ -50,49 +59,18 @@ def test_demo_commands_work_as_printed(tmp_path: Path) -> None:
     )
     try:
         banner = _read_banner(proc)
-        curl = subprocess.run(
-            _command(banner, "curl"), shell=True, cwd=ROOT, capture_output=True, text=True
-        )
-        answer = json.loads(curl.stdout)
+        answer = json.loads(_shell(_command(banner, "curl")).stdout)
         assert answer["model_name"] == "classifier" and answer["model_version"] == "2"
-        v1 = subprocess.run(
-            _command(banner, "curl").replace("classifier/infer", "classifier/versions/1/infer"),
-            shell=True,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        v1 = _shell(
+            _command(banner, "curl").replace("classifier/infer", "classifier/versions/1/infer")
         )
         assert json.loads(v1.stdout)["model_version"] == "1"  # v1 is kept warm in the demo
         assert [o["name"] for o in answer["outputs"]] == ["probability", "label"]
-        client = subprocess.run(
-            _command(banner, ".venv/bin/python"),
-            shell=True,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert client.returncode == 0, client.stderr
+        client = _shell(_command(banner, ".venv/bin/python"))
         assert "HTTP  probability:" in client.stdout and "gRPC  probability:" in client.stdout
-        drift = subprocess.run(
-            _command(banner, ".venv/bin/lockgate demo drift").replace("180", "0"),
-            shell=True,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert drift.returncode == 0, drift.stderr
-        assert json.loads(drift.stdout)["rows"] == 2000
-        status = subprocess.run(
-            _command(banner, ".venv/bin/lockgate rollout status"),
-            shell=True,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert status.returncode == 0, status.stderr
+        drift_command = _command(banner, ".venv/bin/lockgate demo drift").replace("180", "0")
+        assert json.loads(_shell(drift_command, timeout=120).stdout)["rows"] == 2000
+        _shell(_command(banner, ".venv/bin/lockgate rollout status"))
         assert [p.name for p in sorted((home / "models").iterdir())] == [
             "classifier",
             "mlp",
