@@ -76,6 +76,19 @@ def test_per_request_columns() -> None:
     assert ring.assemble(*ring.swap()).rows == 0
 
 
+def test_single_row_requests() -> None:
+    """The usual case, where no column needs spreading over rows, gives the same columns."""
+    ring = PredictionRing(100, ["x"], ["y"], (2, 1))
+    ring.append(_batch(0, [1, 1]))
+    ring.append(_batch(2, [1]))
+    piece = ring.assemble(*ring.swap())
+    assert piece.request_id.tolist() == [b"r0", b"r1", b"r2"]
+    assert piece.first.all() and piece.route.tolist() == [0, 1, 2]
+    assert piece.ts.tolist() == [0, 0, 2]
+    np.testing.assert_allclose(piece.latency, [3e-3, 3e-3 - 1e-9, 3e-3], rtol=1e-5)
+    np.testing.assert_allclose(piece.queue, [1e-3, 1e-3 - 1e-9, 1e-3], rtol=1e-5)
+
+
 def test_nothing_monitored_on_one_side() -> None:
     ring = PredictionRing(10, [], ["y"], (0, 1))
     ring.append(_batch(0, [3]))
@@ -96,6 +109,13 @@ def test_id_keys_match_id_key(ids: list[str]) -> None:
     keys = id_keys(ids)
     assert keys.dtype == np.dtype(f"S{ID_BYTES}")
     assert keys.tolist() == [id_key(i).rstrip(b"\0") for i in ids]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 40).flatmap(lambda n: st.lists(st.text(min_size=n, max_size=n), min_size=1)))
+def test_id_keys_of_one_length(ids: list[str]) -> None:
+    """Ids of one length (generated ids, client uuids) take the joined-string path."""
+    assert id_keys(ids).tolist() == [id_key(i).rstrip(b"\0") for i in ids]
 
 
 def test_stepwise_assembly_equals_one_shot() -> None:

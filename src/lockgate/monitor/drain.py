@@ -38,7 +38,7 @@ Array = np.ndarray[Any, Any]
 RECENT_ROWS = 1000
 # Batches the drain handles between hand-backs of the GIL to the event loop (about 0.3 ms of work
 # at 30 requests a batch; see Monitor._assemble).
-DRAIN_STEP_BATCHES = 16
+DRAIN_STEP_BATCHES = 32
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds load time and memory
 
 
@@ -84,30 +84,43 @@ class VersionMonitor:
 class RecentPredictions:
     """Request id -> prediction for the newest ~`capacity` requests, per version.
 
-    Two generations of plain `bytes -> float` dicts: when the young one is full it becomes the
-    old one and the old one is dropped. Insertion and eviction are O(1) per id, and dicts of
-    bytes and floats are not tracked by the garbage collector, so a large window costs no GC
-    pauses (an ordered dict of tuples did)."""
+    The drain adds whole arrays (no per-id work); the `bytes -> float` dicts that labels are
+    looked up in are built from them only when labels arrive, so serving without feedback pays
+    nothing for the join. Two generations: when the young one is full it becomes the old one and
+    the old one is dropped. Dicts of bytes and floats are not tracked by the garbage collector,
+    so a large window costs no GC pauses."""
 
     def __init__(self, capacity: int) -> None:
         self.half = max(1, capacity // 2)
-        self.young: dict[Key, dict[bytes, float]] = {}
-        self.old: dict[Key, dict[bytes, float]] = {}
+        self.young: dict[Key, _Predictions] = {}
+        self.old: dict[Key, _Predictions] = {}
         self.size = 0
 
-    def add(self, key: Key, ids: list[bytes], predictions: list[float]) -> None:
-        self.young.setdefault(key, {}).update(zip(ids, predictions, strict=True))
+    def add(self, key: Key, ids: Array, predictions: Array) -> None:
+        self.young.setdefault(key, _Predictions()).pending.append((ids, predictions))
         self.size += len(ids)
         if self.size >= self.half:
             self.old, self.young, self.size = self.young, {}, 0
 
     def get(self, request_id: bytes) -> tuple[Key, float] | None:
         for generation in (self.young, self.old):
-            for key, table in generation.items():
-                prediction = table.get(request_id)
+            for key, predictions in generation.items():
+                prediction = predictions.index().get(request_id)
                 if prediction is not None:
                     return key, prediction
         return None
+
+
+@dataclass
+class _Predictions:
+    pending: list[tuple[Array, Array]] = field(default_factory=list)  # (S32 ids, predictions)
+    table: dict[bytes, float] = field(default_factory=dict)
+
+    def index(self) -> dict[bytes, float]:
+        for ids, predictions in self.pending:
+            self.table.update(zip(ids.tolist(), predictions.tolist(), strict=True))
+        self.pending.clear()
+        return self.table
 
 
 @dataclass
@@ -308,23 +321,23 @@ class Monitor:
         column = vm.prediction_column
         if column is not None:
             # A label is for its request's first row (single-row requests are the usual case).
-            ids = piece.request_id[first].tolist()
-            self._recent.add(vm.key, ids, piece.outputs[first, column].tolist())
+            self._recent.add(vm.key, piece.request_id[first], piece.outputs[first, column])
 
     # -- feedback -------------------------------------------------------------------------------
     async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
         """Log labels and join them to recent predictions (drained first, so a label sent right
-        after its prediction still finds it)."""
+        after its prediction still finds it). The join runs on the drain's thread, which builds
+        the id index when labels first need it."""
         await self.drain()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels)
+
+    def _feedback_and_log(self, labels: list[tuple[str, float]]) -> FeedbackResult:
         result = self.feedback(labels)
         if self.feedback_log is not None and labels:
-            log_ = self.feedback_log
             ids = np.array([id_key(request_id) for request_id, _ in labels], dtype="S32")
             values = np.array([label for _, label in labels], dtype=np.float64)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self._executor, lambda: log_.append_labels(time.time(), ids, values)
-            )
+            self.feedback_log.append_labels(time.time(), ids, values)
         return result
 
     def feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:

@@ -14,6 +14,7 @@ import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -38,14 +39,18 @@ RequestMeta = tuple[str, int, int]
 
 
 def id_keys(request_ids: Sequence[str]) -> Array:
-    """`id_key` of many ids as an S32 array; short ASCII ids (the usual kind) without a Python
-    loop, since the drain holds the GIL meanwhile."""
-    text = np.array(request_ids, dtype=str)
-    if text.dtype.itemsize // 4 <= ID_BYTES:
-        try:
-            return text.astype(f"S{ID_BYTES}")
-        except UnicodeEncodeError:
-            pass
+    """`id_key` of many ids as an S32 array, without a Python loop for the usual kinds (the
+    drain holds the GIL meanwhile): ids of one length, such as generated ones, go through one
+    joined string; other short ASCII ids through numpy's own conversion."""
+    if not request_ids:
+        return np.zeros(0, f"S{ID_BYTES}")
+    joined = "".join(request_ids)
+    width = len(request_ids[0])
+    if joined.isascii():
+        if 0 < width <= ID_BYTES and len(joined) == width * len(request_ids):
+            return np.frombuffer(joined.encode(), f"S{width}").astype(f"S{ID_BYTES}")
+        if max(map(len, request_ids)) <= ID_BYTES:
+            return np.array(request_ids, dtype=f"S{ID_BYTES}")
     return np.array([id_key(i) for i in request_ids], dtype=f"S{ID_BYTES}")
 
 
@@ -145,32 +150,44 @@ class PredictionRing:
 
     def assemble(self, batches: list[Batch], dropped: int) -> RingSlice:
         """Columns for a whole backlog: a handful of vectorised calls, whatever its size."""
-        metas = [m for b in batches for m in b.metas]
+        metas = list(chain.from_iterable(b.metas for b in batches))
         ids, routes, received_ns = zip(*metas, strict=True) if metas else ((), (), ())
-        counts = np.array([r for b in batches for r in b.rows], dtype=np.int64)
-        per_request_done = np.repeat(
-            np.array([b.done_ns for b in batches], dtype=np.int64), [len(b.metas) for b in batches]
+        counts = np.fromiter(chain.from_iterable(b.rows for b in batches), np.int64, len(metas))
+        enqueued = np.fromiter(
+            chain.from_iterable(b.enqueued_ns for b in batches), np.int64, len(metas)
         )
-        per_request_start = np.repeat(
-            np.array([b.started_ns for b in batches], dtype=np.int64),
-            [len(b.metas) for b in batches],
-        )
-        ts = np.repeat(np.array([b.ts for b in batches]), [b.total for b in batches])
+        requests = [len(b.metas) for b in batches]
+        started = np.repeat(np.fromiter((b.started_ns for b in batches), np.int64), requests)
+        done = np.repeat(np.fromiter((b.done_ns for b in batches), np.int64), requests)
         received = np.array(received_ns, dtype=np.int64)
-        enqueued = np.array([e for b in batches for e in b.enqueued_ns], dtype=np.int64)
-        first = np.zeros(int(counts.sum()), np.bool_)
-        first[np.cumsum(counts) - counts] = True
+        first = np.ones(len(metas), np.bool_)
+        per_row = _Repeat(counts)
+        if per_row.needed:
+            first = np.zeros(per_row.rows, np.bool_)
+            first[np.cumsum(counts) - counts] = True
         return RingSlice(
-            ts=ts,
-            request_id=np.repeat(id_keys(ids), counts),
-            route=np.repeat(np.array(routes, dtype=np.int16), counts),
+            ts=per_row(np.repeat(np.fromiter((b.ts for b in batches), np.float64), requests)),
+            request_id=per_row(id_keys(ids)),
+            route=per_row(np.array(routes, dtype=np.int16)),
             inputs=_matrix([b.feeds for b in batches], self.input_tensors, self.widths[0]),
             outputs=_matrix([b.outputs for b in batches], self.output_tensors, self.widths[1]),
-            latency=np.repeat(((per_request_done - received) / 1e9).astype(np.float32), counts),
-            queue=np.repeat(((per_request_start - enqueued) / 1e9).astype(np.float32), counts),
+            latency=per_row(((done - received) / 1e9).astype(np.float32)),
+            queue=per_row(((started - enqueued) / 1e9).astype(np.float32)),
             first=first,
             dropped=dropped,
         )
+
+
+class _Repeat:
+    """Spreads per-request values over their rows; a no-op when every request is one row."""
+
+    def __init__(self, counts: Array) -> None:
+        self.rows = int(counts.sum())
+        self.counts = counts
+        self.needed = self.rows != counts.shape[0]
+
+    def __call__(self, values: Array) -> Array:
+        return np.repeat(values, self.counts) if self.needed else values
 
 
 def _matrix(arrays: list[dict[str, Array]], names: list[str], width: int) -> Array:
