@@ -1,6 +1,6 @@
 """The ring between the request path and the drain, against a plain list of rows: every row
-assembled exactly once, in order, with its own request's id, route and timings; rows dropped
-past capacity counted."""
+assembled exactly once, in order, with its own request's id, route and timings; runs that do
+not fit before the drain comes are dropped whole and counted."""
 
 from __future__ import annotations
 
@@ -8,26 +8,34 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockgate.monitor.ring import ID_BYTES, Batch, PredictionRing, RequestMeta, id_key, id_keys
+from lockgate.monitor.ring import ID_BYTES, PredictionRing, RequestMeta, RingSlice, id_key, id_keys
+
+SLOTS = ([("x", 0, 2)], [("y", 0, 1)])
 
 
-def _batch(first_row: int, request_rows: list[int]) -> Batch:
-    """Requests of the given sizes; row i carries the value i in every column."""
+def _record(ring: PredictionRing, first_row: int, request_rows: list[int]) -> int:
+    """Requests of the given sizes as one run; row i carries the value i in every column."""
     total = sum(request_rows)
     seq = np.arange(first_row, first_row + total)
     starts = first_row + np.cumsum([0, *request_rows[:-1]])
     metas: list[RequestMeta] = [(f"r{s}", int(s % 5), 1_000_000 + int(s)) for s in starts]
-    return Batch(
+    ring.append(
         feeds={"x": np.stack([seq, -seq], axis=1).astype(np.float32)},
-        outputs={"y": (seq * 2).astype(np.float32)},
+        outputs={"y": (seq * 2).astype(np.int64).reshape(total, 1)},
         metas=metas,
         rows=request_rows,
         enqueued_ns=[2_000_000 + int(s) for s in starts],
-        started_ns=3_000_000 + first_row,
-        done_ns=4_000_000 + first_row,
-        ts=float(first_row),
-        total=total,
+        times=(3_000_000 + first_row, 4_000_000 + first_row, float(first_row)),
     )
+    return total
+
+
+def _take(ring: PredictionRing) -> RingSlice:
+    columns, dropped = ring.swap()
+    piece = ring.assemble(columns, dropped)
+    piece = piece.tail(piece.rows)  # a copy: the columns are written again once released
+    ring.release(columns)
+    return piece
 
 
 @settings(max_examples=200, deadline=None)
@@ -38,34 +46,34 @@ def _batch(first_row: int, request_rows: list[int]) -> Batch:
     ),
 )
 def test_ring_matches_a_list(capacity: int, ops: list[list[int]]) -> None:
-    """A non-empty op records one batch of requests with those row counts; [] drains."""
-    ring = PredictionRing(capacity, ["x"], ["y"], (2, 1))
-    pending: list[Batch] = []
+    """A non-empty op records one run of requests with those row counts; [] drains."""
+    ring = PredictionRing(capacity, *SLOTS)
+    pending: list[int] = []  # rows the drain should see next
     written = seen = dropped = 0
     for op in [*ops, []]:
         if op:
-            batch = _batch(written, op)
-            ring.append(batch)
-            pending.append(batch)
-            written += batch.total
-            while sum(b.total for b in pending) > capacity:  # the oldest batches go first
-                dropped += pending.pop(0).total
+            total = _record(ring, written, op)
+            if len(pending) + total <= capacity:
+                pending += range(written, written + total)
+            else:  # the run does not fit in what is left: dropped whole
+                dropped += total
+            written += total
             continue
-        piece = ring.assemble(*ring.swap())
-        want_rows = [row for b in pending for row in range(int(b.ts), int(b.ts) + b.total)]
+        piece = _take(ring)
+        assert piece.rows == len(pending)
+        np.testing.assert_array_equal(piece.inputs[:, 0], np.array(pending, np.float32))
+        np.testing.assert_array_equal(piece.inputs[:, 1], -np.array(pending, np.float32))
+        np.testing.assert_array_equal(piece.outputs[:, 0], np.array(pending, np.float32) * 2)
         pending.clear()
-        assert piece.rows == len(want_rows)
-        np.testing.assert_array_equal(piece.inputs[:, 0], np.array(want_rows, np.float32))
-        np.testing.assert_array_equal(piece.outputs[:, 0], np.array(want_rows, np.float32) * 2)
         seen += piece.rows
-    assert seen + dropped == written and ring.dropped == dropped
+    assert seen + dropped == written and ring.dropped == dropped and ring.written == written
 
 
 def test_per_request_columns() -> None:
-    ring = PredictionRing(100, ["x"], ["y"], (2, 1))
-    ring.append(_batch(0, [2, 1, 3]))
-    ring.append(_batch(6, [1]))
-    piece = ring.assemble(*ring.swap())
+    ring = PredictionRing(100, *SLOTS)
+    _record(ring, 0, [2, 1, 3])
+    _record(ring, 6, [1])
+    piece = _take(ring)
     assert piece.request_id.tolist() == [b"r0", b"r0", b"r2", b"r3", b"r3", b"r3", b"r6"]
     assert piece.first.tolist() == [True, False, True, True, False, False, True]
     assert piece.route.tolist() == [0, 0, 2, 3, 3, 3, 1]
@@ -73,15 +81,15 @@ def test_per_request_columns() -> None:
     # latency = done - received, queue = started - enqueued, per request, on each of its rows
     np.testing.assert_allclose(piece.latency[:3], [3e-3 - 0e-9, 3e-3, 3e-3 - 2e-9], rtol=1e-5)
     np.testing.assert_allclose(piece.queue[:3], [1e-3, 1e-3, 1e-3 - 2e-9], rtol=1e-5)
-    assert ring.assemble(*ring.swap()).rows == 0
+    assert _take(ring).rows == 0
 
 
 def test_single_row_requests() -> None:
     """The usual case, where no column needs spreading over rows, gives the same columns."""
-    ring = PredictionRing(100, ["x"], ["y"], (2, 1))
-    ring.append(_batch(0, [1, 1]))
-    ring.append(_batch(2, [1]))
-    piece = ring.assemble(*ring.swap())
+    ring = PredictionRing(100, *SLOTS)
+    _record(ring, 0, [1, 1])
+    _record(ring, 2, [1])
+    piece = _take(ring)
     assert piece.request_id.tolist() == [b"r0", b"r1", b"r2"]
     assert piece.first.all() and piece.route.tolist() == [0, 1, 2]
     assert piece.ts.tolist() == [0, 0, 2]
@@ -90,9 +98,9 @@ def test_single_row_requests() -> None:
 
 
 def test_nothing_monitored_on_one_side() -> None:
-    ring = PredictionRing(10, [], ["y"], (0, 1))
-    ring.append(_batch(0, [3]))
-    piece = ring.assemble(*ring.swap())
+    ring = PredictionRing(10, [], SLOTS[1])
+    _record(ring, 0, [3])
+    piece = _take(ring)
     assert piece.inputs.shape == (3, 0) and piece.outputs.shape == (3, 1)
 
 
@@ -118,22 +126,13 @@ def test_id_keys_of_one_length(ids: list[str]) -> None:
     assert id_keys(ids).tolist() == [id_key(i).rstrip(b"\0") for i in ids]
 
 
-def test_stepwise_assembly_equals_one_shot() -> None:
-    """The drain assembles a long backlog a few batches at a time (handing the GIL back in
-    between); the result must be exactly the one-shot assembly."""
-    from types import SimpleNamespace
-
-    from lockgate.monitor.drain import DRAIN_STEP_BATCHES, Monitor
-
-    ring = PredictionRing(10_000, ["x"], ["y"], (2, 1))
-    batches, first = [], 0
-    for i in range(3 * DRAIN_STEP_BATCHES + 5):
-        sizes = [1 + i % 3, 2]
-        batches.append(_batch(first, sizes))
-        first += sum(sizes)
-    whole = ring.assemble(batches, 7)
-    version = SimpleNamespace(recorder=SimpleNamespace(ring=ring))
-    stepwise = Monitor._assemble(version, batches, 7)  # type: ignore[arg-type]
-    assert stepwise.dropped == whole.dropped == 7
-    for name in ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first"):
-        np.testing.assert_array_equal(getattr(stepwise, name), getattr(whole, name))
+def test_the_drain_reads_one_set_while_requests_fill_the_other() -> None:
+    ring = PredictionRing(8, *SLOTS)
+    _record(ring, 0, [2])
+    taken, _ = ring.swap()
+    _record(ring, 100, [3])  # arrives while the drain is reading
+    np.testing.assert_array_equal(ring.assemble(taken, 0).inputs[:, 0], [0, 1])
+    ring.release(taken)
+    _record(ring, 200, [1])
+    np.testing.assert_array_equal(_take(ring).inputs[:, 0], [100, 101, 102, 200])
+    np.testing.assert_array_equal(_take(ring).inputs[:, 0], np.zeros(0))

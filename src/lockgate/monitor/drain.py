@@ -1,6 +1,7 @@
-"""The monitor's background drain: every `drain_interval` it takes the new rows of every ring
-(on the event loop, a bulk copy), then, on its own thread, feeds them to the latency sketches
-and drift windows and appends them to the prediction log. The request path never waits for it.
+"""The monitor's background drain: every `drain_interval` it takes the filled columns of every
+ring (on the event loop, an O(1) swap), then, on its own thread, feeds them to the latency
+sketches and drift windows and appends them to the prediction log. The request path never waits
+for it.
 
 State read by `/metrics` and the admin API is guarded by one lock, taken once per drain and once
 per scrape, never per request.
@@ -27,7 +28,7 @@ from lockgate.errors import not_found
 from lockgate.monitor.drift import DriftConfig, DriftMonitor, build_profile
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.record import VersionRecorder
-from lockgate.monitor.ring import Batch, RingSlice, concat_slices, id_key
+from lockgate.monitor.ring import Columns, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.serve.tensors import numpy_dtype
 from lockgate.types import ModelSpec
@@ -36,16 +37,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Array = np.ndarray[Any, Any]
 RECENT_ROWS = 1000
-# Batches the drain handles between hand-backs of the GIL to the event loop (about 0.3 ms of work
-# at 30 requests a batch; see Monitor._assemble).
-DRAIN_STEP_BATCHES = 32
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds load time and memory
-
-
-def _yield_to_loop() -> None:
-    """Release the GIL so that a waiting event loop takes it now instead of after a switch
-    interval: the drain is background work and must not stall requests."""
-    time.sleep(0)
 
 
 @dataclass
@@ -225,32 +217,26 @@ class Monitor:
 
     async def drain(self) -> None:
         """Take every ring's new rows now (on the loop) and process them on the drain thread."""
-        backlogs = []
+        taken = []
         for vm in list(self.versions.values()):
-            batches, dropped = vm.recorder.ring.swap()
-            if batches or dropped:
-                backlogs.append((vm, batches, dropped))
+            columns, dropped = vm.recorder.ring.swap()
+            taken.append((vm, columns, dropped))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._process, backlogs)
-
-    def _process(self, backlogs: list[tuple[VersionMonitor, list[Batch], int]]) -> None:
         try:
-            self._process_backlogs(backlogs)
+            await loop.run_in_executor(self._executor, self._process, taken)
         finally:
-            # Free the requests' arrays and records here, not on the event loop, which would
-            # otherwise pay for thousands of deallocations when this returns.
-            for _, batches, _ in backlogs:
-                while batches:
-                    del batches[-DRAIN_STEP_BATCHES:]
-                    _yield_to_loop()
+            for vm, columns, _ in taken:
+                vm.recorder.ring.release(columns)
 
-    def _process_backlogs(self, backlogs: list[tuple[VersionMonitor, list[Batch], int]]) -> None:
+    def _process(self, taken: list[tuple[VersionMonitor, Columns, int]]) -> None:
         pieces = []
-        for vm, batches, dropped in backlogs:
+        for vm, columns, dropped in taken:
+            if not columns.rows and not dropped:
+                continue
             try:
-                pieces.append((vm, self._assemble(vm, batches, dropped)))
+                pieces.append((vm, vm.recorder.ring.assemble(columns, dropped)))
             except Exception:  # never lose rows silently: count them as dropped
-                lost = dropped + sum(b.total for b in batches)
+                lost = dropped + columns.rows
                 with self.lock:
                     vm.dropped += lost
                 log.exception("monitor: %d rows of %s v%s could not be assembled", lost, *vm.key)
@@ -270,18 +256,6 @@ class Monitor:
                 if self.feedback_log is not None:
                     self.feedback_log.flush()
                 self._last_flush = time.monotonic()
-
-    @staticmethod
-    def _assemble(vm: VersionMonitor, batches: list[Batch], dropped: int) -> RingSlice:
-        """The backlog's columns, assembled a step at a time with the GIL handed back to the
-        event loop in between: the Python part of assembly is what would otherwise stall
-        requests for a whole switch interval (5 ms) at a time."""
-        ring = vm.recorder.ring
-        pieces = [ring.assemble(batches[:DRAIN_STEP_BATCHES], dropped)]
-        for start in range(DRAIN_STEP_BATCHES, len(batches), DRAIN_STEP_BATCHES):
-            _yield_to_loop()
-            pieces.append(ring.assemble(batches[start : start + DRAIN_STEP_BATCHES], 0))
-        return pieces[0] if len(pieces) == 1 else concat_slices(*pieces)
 
     @staticmethod
     def _log(predlog: PredictionLog, vm: VersionMonitor, piece: RingSlice) -> None:

@@ -1,5 +1,5 @@
-"""The request path's only contact with the monitor: after each model run, a reference to the
-batch (inputs, outputs, ids, routes, timings) goes into the version's ring; the drain copies.
+"""The request path's only contact with the monitor: after each model run, the batch (inputs,
+outputs, ids, routes, timings) is copied into the version's ring for the drain.
 
 Which columns are monitored is decided once per version from its schema: every numeric input or
 output whose rows flatten to at most `MAX_FEATURES` values becomes features named `input[3]`,
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.ring import Batch, PredictionRing, RequestMeta
+from lockgate.monitor.ring import PredictionRing, RequestMeta, Slots
 from lockgate.types import ModelSpec, TensorSpec
 
 MAX_FEATURES = 256
@@ -30,29 +30,30 @@ def _width(spec: TensorSpec) -> int | None:
     return width
 
 
-def feature_names(tensors: tuple[TensorSpec, ...]) -> tuple[list[str], list[str]]:
-    """(monitored tensor names, feature names) for the inputs or outputs of a schema."""
-    chosen: list[str] = []
+def feature_names(tensors: tuple[TensorSpec, ...]) -> tuple[Slots, list[str]]:
+    """(monitored tensors with their feature columns, feature names) for the inputs or outputs
+    of a schema."""
+    chosen: Slots = []
     names: list[str] = []
     for t in tensors:
         width = _width(t)
         if width is None or len(names) + width > MAX_FEATURES:
             continue
-        chosen.append(t.name)
+        chosen.append((t.name, len(names), len(names) + width))
         names += [t.name] if width == 1 else [f"{t.name}[{i}]" for i in range(width)]
     return chosen, names
 
 
 class VersionRecorder:
-    """Owns one version's ring; `record` is called by its batcher on the event loop and only
-    appends references (the drain does the copying, in bulk, off the request path)."""
+    """Owns one version's ring; `record` is called by its batcher on the event loop."""
 
     def __init__(self, spec: ModelSpec, capacity: int) -> None:
         self.spec = spec
-        self.input_tensors, self.input_features = feature_names(spec.inputs)
-        self.output_tensors, self.output_features = feature_names(spec.outputs)
-        widths = (len(self.input_features), len(self.output_features))
-        self.ring = PredictionRing(capacity, self.input_tensors, self.output_tensors, widths)
+        inputs, self.input_features = feature_names(spec.inputs)
+        outputs, self.output_features = feature_names(spec.outputs)
+        self.input_tensors = [name for name, _, _ in inputs]
+        self.output_tensors = [name for name, _, _ in outputs]
+        self.ring = PredictionRing(capacity, inputs, outputs)
 
     def meta(self, request_id: str, endpoint: str, variant: str, received_ns: int) -> RequestMeta:
         return (request_id, self.ring.route_code(endpoint, variant), received_ns)
@@ -66,8 +67,5 @@ class VersionRecorder:
         enqueued_ns: list[int],
         started_ns: int,
     ) -> None:
-        done_ns = time.perf_counter_ns()
-        batch = Batch(
-            feeds, outputs, metas, rows, enqueued_ns, started_ns, done_ns, time.time(), sum(rows)
-        )
-        self.ring.append(batch)
+        times = (started_ns, time.perf_counter_ns(), time.time())
+        self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times)

@@ -1,20 +1,21 @@
 """The hand-over between the request path and the monitor's drain, per model version.
 
-The request path appends a reference to each finished batch (its feeds and outputs arrays, the
-requests' ids, routes and timings): O(1), no numpy call, no copy. The drain swaps the whole
-backlog out every drain interval (500 ms by default) and assembles it into columns with one
-vectorised call per column for the entire interval, on its own thread. The backlog is bounded
-in rows: when the drain falls behind, the oldest batches are dropped and counted, never
+Each finished batch is copied, on the request path, into preallocated columns: one slice
+assignment per monitored tensor, and C-level appends of the requests' ids, routes and timings.
+Nothing of the request is kept (its arrays, dicts and records die with it, on the event loop
+that made them, while they are still in cache): keeping them for the drain cost several percent
+of throughput. There are two sets of columns: the request path fills one while the drain reads
+the other, and the drain's `swap` (O(1), on the event loop) exchanges them. A set holds
+`capacity` rows; batches that do not fit before the drain comes are dropped and counted, never
 silently lost.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
 Array = np.ndarray[Any, Any]
+Arrays = dict[str, Array]
 
 
 def id_key(request_id: str) -> bytes:
@@ -54,21 +56,6 @@ def id_keys(request_ids: Sequence[str]) -> Array:
     return np.array([id_key(i) for i in request_ids], dtype=f"S{ID_BYTES}")
 
 
-@dataclass(slots=True)
-class Batch:
-    """One model run as the request path saw it: references only."""
-
-    feeds: dict[str, Array]
-    outputs: dict[str, Array]
-    metas: list[RequestMeta]
-    rows: list[int]  # per request
-    enqueued_ns: list[int]  # per request
-    started_ns: int
-    done_ns: int
-    ts: float  # unix seconds
-    total: int
-
-
 @dataclass(frozen=True, slots=True)
 class RingSlice:
     """Rows assembled by the drain; `dropped` rows were discarded before it could take them."""
@@ -88,8 +75,10 @@ class RingSlice:
         return int(self.ts.shape[0])
 
     def tail(self, limit: int) -> RingSlice:
+        """The last `limit` rows, copied (a slice's columns are views of ring memory that is
+        written again after the next swap)."""
         start = max(0, self.rows - limit)
-        columns = {name: getattr(self, name)[start:] for name in _COLUMNS}
+        columns = {name: getattr(self, name)[start:].copy() for name in _COLUMNS}
         return RingSlice(**columns, dropped=0)
 
 
@@ -101,26 +90,45 @@ def concat_slices(*pieces: RingSlice) -> RingSlice:
     return RingSlice(**columns, dropped=sum(p.dropped for p in pieces))
 
 
-class PredictionRing:
-    """Batches recorded since the drain last took them, at most `capacity` rows."""
+Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
 
-    def __init__(
-        self,
-        capacity: int,
-        input_tensors: list[str],
-        output_tensors: list[str],
-        widths: tuple[int, int],
-    ) -> None:
+
+class Columns:
+    """One set of ring columns: per-row matrices preallocated, per-request and per-batch
+    values in growable C arrays (appending to them is one C call per batch)."""
+
+    def __init__(self, capacity: int, widths: tuple[int, int]) -> None:
+        self.inputs = np.empty((capacity, widths[0]), np.float32)
+        self.outputs = np.empty((capacity, widths[1]), np.float32)
+        self.rows = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows = 0
+        self.ids: list[str] = []  # per request
+        self.routes = array("q")
+        self.received_ns = array("q")
+        self.enqueued_ns = array("q")
+        self.request_rows = array("q")
+        self.started_ns = array("q")  # per batch
+        self.done_ns = array("q")
+        self.ts = array("d")
+        self.batch_requests = array("q")
+
+
+class PredictionRing:
+    """Rows recorded since the drain last took them, at most `capacity` per set of columns."""
+
+    def __init__(self, capacity: int, inputs: Slots, outputs: Slots) -> None:
         self.capacity = capacity
-        self.input_tensors = input_tensors
-        self.output_tensors = output_tensors
-        self.widths = widths  # monitored input and output features
+        self.input_slots, self.output_slots = inputs, outputs
+        self.widths = (_width(inputs), _width(outputs))  # monitored input and output features
         self.written = 0  # rows ever recorded
         self.dropped = 0  # rows ever dropped before the drain took them
         self.routes: list[tuple[str, str]] = []
         self._route_codes: dict[tuple[str, str], int] = {}
-        self._batches: deque[Batch] = deque()
-        self._rows = 0
+        self._filling = Columns(capacity, self.widths)
+        self._spare: Columns | None = None
         self._dropped_since_take = 0
 
     def route_code(self, endpoint: str, variant: str) -> int:
@@ -131,51 +139,86 @@ class PredictionRing:
             self.routes.append(key)
         return code
 
-    def append(self, batch: Batch) -> None:
-        """O(1) on the request path; drops (and counts) the oldest batches past capacity."""
-        self._batches.append(batch)
-        self._rows += batch.total
-        self.written += batch.total
-        while self._rows > self.capacity:
-            old = self._batches.popleft()
-            self._rows -= old.total
-            self._dropped_since_take += old.total
-            self.dropped += old.total
+    def append(
+        self,
+        feeds: Arrays,
+        outputs: Arrays,
+        metas: list[RequestMeta],
+        rows: list[int],
+        enqueued_ns: list[int],
+        times: tuple[int, int, float],
+    ) -> None:
+        """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
+        unix seconds). A run that does not fit is dropped whole and counted."""
+        total = sum(rows)
+        self.written += total
+        cols = self._filling
+        start, stop = cols.rows, cols.rows + total
+        if stop > self.capacity:
+            self.dropped += total
+            self._dropped_since_take += total
+            return
+        ids, routes, received = zip(*metas, strict=True)
+        for matrix, slots, arrays in (
+            (cols.inputs, self.input_slots, feeds),
+            (cols.outputs, self.output_slots, outputs),
+        ):
+            for name, lo, hi in slots:
+                matrix[start:stop, lo:hi] = arrays[name].reshape(total, hi - lo)
+        cols.ids += ids
+        cols.routes.extend(routes)
+        cols.received_ns.extend(received)
+        cols.enqueued_ns.extend(enqueued_ns)
+        cols.request_rows.extend(rows)
+        cols.started_ns.append(times[0])
+        cols.done_ns.append(times[1])
+        cols.ts.append(times[2])
+        cols.batch_requests.append(len(metas))
+        cols.rows = stop
 
-    def swap(self) -> tuple[list[Batch], int]:
-        """Hand the backlog to the drain (O(1), on the event loop)."""
-        batches, dropped = list(self._batches), self._dropped_since_take
-        self._batches, self._rows, self._dropped_since_take = deque(), 0, 0
-        return batches, dropped
+    def swap(self) -> tuple[Columns, int]:
+        """Hand the filled columns to the drain and start filling the spare set (O(1), on the
+        event loop). Give them back with `release` once they are read."""
+        taken, dropped = self._filling, self._dropped_since_take
+        spare, self._spare = self._spare, None
+        self._filling = spare if spare is not None else Columns(self.capacity, self.widths)
+        self._dropped_since_take = 0
+        return taken, dropped
 
-    def assemble(self, batches: list[Batch], dropped: int) -> RingSlice:
-        """Columns for a whole backlog: a handful of vectorised calls, whatever its size."""
-        metas = list(chain.from_iterable(b.metas for b in batches))
-        ids, routes, received_ns = zip(*metas, strict=True) if metas else ((), (), ())
-        counts = np.fromiter(chain.from_iterable(b.rows for b in batches), np.int64, len(metas))
-        enqueued = np.fromiter(
-            chain.from_iterable(b.enqueued_ns for b in batches), np.int64, len(metas)
-        )
-        requests = [len(b.metas) for b in batches]
-        started = np.repeat(np.fromiter((b.started_ns for b in batches), np.int64), requests)
-        done = np.repeat(np.fromiter((b.done_ns for b in batches), np.int64), requests)
-        received = np.array(received_ns, dtype=np.int64)
-        first = np.ones(len(metas), np.bool_)
+    def release(self, taken: Columns) -> None:
+        """Columns the drain has finished with become the spare set (call on the event loop)."""
+        taken.clear()
+        self._spare = taken
+
+    def assemble(self, cols: Columns, dropped: int) -> RingSlice:
+        """Per-row columns of one taken set: a handful of vectorised calls, whatever its size.
+        The matrices are views of the set's memory (valid until it is released)."""
+        counts = np.array(cols.request_rows, np.int64)
+        requests = np.array(cols.batch_requests, np.int64)
+        started = np.repeat(np.array(cols.started_ns, np.int64), requests)
+        done = np.repeat(np.array(cols.done_ns, np.int64), requests)
+        received = np.array(cols.received_ns, np.int64)
+        enqueued = np.array(cols.enqueued_ns, np.int64)
+        first = np.ones(len(cols.ids), np.bool_)
         per_row = _Repeat(counts)
         if per_row.needed:
             first = np.zeros(per_row.rows, np.bool_)
             first[np.cumsum(counts) - counts] = True
         return RingSlice(
-            ts=per_row(np.repeat(np.fromiter((b.ts for b in batches), np.float64), requests)),
-            request_id=per_row(id_keys(ids)),
-            route=per_row(np.array(routes, dtype=np.int16)),
-            inputs=_matrix([b.feeds for b in batches], self.input_tensors, self.widths[0]),
-            outputs=_matrix([b.outputs for b in batches], self.output_tensors, self.widths[1]),
+            ts=per_row(np.repeat(np.array(cols.ts, np.float64), requests)),
+            request_id=per_row(id_keys(cols.ids)),
+            route=per_row(np.array(cols.routes, np.int16)),
+            inputs=cols.inputs[: cols.rows],
+            outputs=cols.outputs[: cols.rows],
             latency=per_row(((done - received) / 1e9).astype(np.float32)),
             queue=per_row(((started - enqueued) / 1e9).astype(np.float32)),
             first=first,
             dropped=dropped,
         )
+
+
+def _width(slots: Slots) -> int:
+    return slots[-1][2] if slots else 0
 
 
 class _Repeat:
@@ -188,15 +231,3 @@ class _Repeat:
 
     def __call__(self, values: Array) -> Array:
         return np.repeat(values, self.counts) if self.needed else values
-
-
-def _matrix(arrays: list[dict[str, Array]], names: list[str], width: int) -> Array:
-    """[rows, width] float32 from the named tensors of every batch, each flattened per row."""
-    if not arrays:
-        return np.zeros((0, width), np.float32)
-    parts = [np.concatenate([a[n].reshape(a[n].shape[0], -1) for a in arrays]) for n in names]
-    if not parts:
-        rows = sum(next(iter(a.values())).shape[0] for a in arrays)
-        return np.zeros((rows, 0), np.float32)
-    matrix = parts[0] if len(parts) == 1 else np.hstack(parts)
-    return np.ascontiguousarray(matrix, dtype=np.float32)
