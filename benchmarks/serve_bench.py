@@ -46,7 +46,7 @@ from lockgate.config import default_intra_op_threads
 HERE = Path(__file__).resolve().parent
 FEATURES = {"classifier": 16, "mlp": 32}
 HTTP_CONCURRENCY = (1, 16, 64)
-FEATURE_ROUNDS = 3  # alternating runs per side when lockgate is compared with itself
+FEATURE_ROUNDS = 5  # alternating runs per side when lockgate is compared with itself
 
 
 @dataclass(slots=True)
