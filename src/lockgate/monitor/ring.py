@@ -36,7 +36,7 @@ def id_key(request_id: str) -> bytes:
 
 # What the pipeline attaches to a queued request for the monitor: (request id, code of
 # (endpoint, variant) in the ring's route table, time.perf_counter_ns() at arrival). A plain
-# tuple: one is made per request, and the drain transposes thousands at once.
+# tuple: one is made per request, and the ring transposes a batch's at once.
 RequestMeta = tuple[str, int, int]
 
 
@@ -100,7 +100,6 @@ class Columns:
     def __init__(self, capacity: int, widths: tuple[int, int]) -> None:
         self.inputs = np.empty((capacity, widths[0]), np.float32)
         self.outputs = np.empty((capacity, widths[1]), np.float32)
-        self.rows = 0
         self.clear()
 
     def clear(self) -> None:
