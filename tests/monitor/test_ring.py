@@ -5,6 +5,7 @@ not fit before the drain comes are dropped whole and counted."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +137,22 @@ def test_the_drain_reads_one_set_while_requests_fill_the_other() -> None:
     _record(ring, 200, [1])
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], [100, 101, 102, 200])
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], np.zeros(0))
+
+
+def test_a_run_that_does_not_match_the_schema_is_counted_as_dropped() -> None:
+    ring = PredictionRing(8, *SLOTS)
+    _record(ring, 0, [1])
+    with pytest.raises(ValueError):  # three values a row where the schema monitors two
+        ring.append(
+            feeds={"x": np.zeros((2, 3), np.float32)},
+            outputs={"y": np.zeros((2, 1), np.float32)},
+            metas=[("a", 0, 0), ("b", 0, 0)],
+            rows=[1, 1],
+            enqueued_ns=[0, 0],
+            times=(0, 0, 0.0),
+        )
+    _record(ring, 1, [1])
+    columns, dropped = ring.swap()
+    piece = ring.assemble(columns, dropped)
+    assert dropped == 2 and ring.written == 4
+    assert piece.rows == 2 and piece.request_id.tolist() == [b"r0", b"r1"]

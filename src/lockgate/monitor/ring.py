@@ -148,22 +148,26 @@ class PredictionRing:
         times: tuple[int, int, float],
     ) -> None:
         """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
-        unix seconds). A run that does not fit is dropped whole and counted."""
+        unix seconds). A run that does not fit, or whose arrays do not match the monitored
+        schema, is dropped whole and counted (the latter also raises, for the caller to log)."""
         total = sum(rows)
         self.written += total
         cols = self._filling
         start, stop = cols.rows, cols.rows + total
         if stop > self.capacity:
-            self.dropped += total
-            self._dropped_since_take += total
+            self._drop(total)
             return
-        ids, routes, received = zip(*metas, strict=True)
-        for matrix, slots, arrays in (
-            (cols.inputs, self.input_slots, feeds),
-            (cols.outputs, self.output_slots, outputs),
-        ):
-            for name, lo, hi in slots:
-                matrix[start:stop, lo:hi] = arrays[name].reshape(total, hi - lo)
+        try:
+            ids, routes, received = zip(*metas, strict=True)
+            for matrix, slots, arrays in (
+                (cols.inputs, self.input_slots, feeds),
+                (cols.outputs, self.output_slots, outputs),
+            ):
+                for name, lo, hi in slots:
+                    matrix[start:stop, lo:hi] = arrays[name].reshape(total, hi - lo)
+        except Exception:
+            self._drop(total)
+            raise
         cols.ids += ids
         cols.routes.extend(routes)
         cols.received_ns.extend(received)
@@ -174,6 +178,10 @@ class PredictionRing:
         cols.ts.append(times[2])
         cols.batch_requests.append(len(metas))
         cols.rows = stop
+
+    def _drop(self, rows: int) -> None:
+        self.dropped += rows
+        self._dropped_since_take += rows
 
     def swap(self) -> tuple[Columns, int]:
         """Hand the filled columns to the drain and start filling the spare set (O(1), on the
