@@ -222,11 +222,22 @@ class Monitor:
             columns, dropped = vm.recorder.ring.swap()
             taken.append((vm, columns, dropped))
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._process, taken)
-        finally:
-            for vm, columns, _ in taken:
-                vm.recorder.ring.release(columns)
+        processing = loop.run_in_executor(self._executor, self._process, taken)
+        processing.add_done_callback(lambda done: self._release(taken, done))
+        # Shielded: rows already taken from the rings must be processed even when the caller
+        # is cancelled (a shutdown mid-drain), or they would be lost unseen.
+        await asyncio.shield(processing)
+
+    @staticmethod
+    def _release(
+        taken: list[tuple[VersionMonitor, Columns, int]], processing: asyncio.Future[None]
+    ) -> None:
+        """Columns go back for reuse once read; after a failure they are left to the garbage
+        collector instead (the reading may not have finished)."""
+        if processing.cancelled() or processing.exception() is not None:
+            return
+        for vm, columns, _ in taken:
+            vm.recorder.ring.release(columns)
 
     def _process(self, taken: list[tuple[VersionMonitor, Columns, int]]) -> None:
         pieces = []
