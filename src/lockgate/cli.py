@@ -161,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(serve, "--no-monitor", False, "turn the online monitor off", action="store_true")
     _flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
-    _flag(serve, "--ring-rows", _MONITOR.ring_rows, "monitor ring rows per version", type=int)
+    _flag(
+        serve,
+        "--ring-rows",
+        _MONITOR.ring_rows,
+        "rows per set of monitor ring columns (two sets per loaded version)",
+        type=int,
+    )
     _flag(
         serve,
         "--drift-window-rows",

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lockgate.config import MonitorConfig
 from lockgate.monitor.drain import Monitor
@@ -38,9 +39,11 @@ def test_a_cancelled_drain_loses_no_rows(tmp_path: Path) -> None:
         blocker = monitor._executor.submit(busy.wait)  # the drain thread is still on older work
         _record(monitor, 0, 3)
         first = asyncio.create_task(monitor.drain())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one loop turn: the drain has taken the rows and waits
+        assert monitor.versions[("m", "1")].recorder.ring.swap()[0].rows == 0
         first.cancel()
-        await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await first
         _record(monitor, 3, 2)
         busy.set()
         blocker.result()

@@ -51,9 +51,16 @@ class VersionRecorder:
         self.spec = spec
         inputs, self.input_features = feature_names(spec.inputs)
         outputs, self.output_features = feature_names(spec.outputs)
-        self.input_tensors = [name for name, _, _ in inputs]
-        self.output_tensors = [name for name, _, _ in outputs]
         self.ring = PredictionRing(capacity, inputs, outputs)
+
+    @property
+    def input_tensors(self) -> list[str]:
+        """The monitored input tensors, in feature-column order."""
+        return [name for name, _, _ in self.ring.input_slots]
+
+    @property
+    def output_tensors(self) -> list[str]:
+        return [name for name, _, _ in self.ring.output_slots]
 
     def meta(self, request_id: str, endpoint: str, variant: str, received_ns: int) -> RequestMeta:
         return (request_id, self.ring.route_code(endpoint, variant), received_ns)

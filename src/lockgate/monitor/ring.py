@@ -47,11 +47,12 @@ def id_keys(request_ids: Sequence[str]) -> Array:
     if not request_ids:
         return np.zeros(0, f"S{ID_BYTES}")
     joined = "".join(request_ids)
-    width = len(request_ids[0])
     if joined.isascii():
-        if 0 < width <= ID_BYTES and len(joined) == width * len(request_ids):
+        lengths = set(map(len, request_ids))
+        width = max(lengths)
+        if len(lengths) == 1 and 0 < width <= ID_BYTES:
             return np.frombuffer(joined.encode(), f"S{width}").astype(f"S{ID_BYTES}")
-        if max(map(len, request_ids)) <= ID_BYTES:
+        if width <= ID_BYTES:
             return np.array(request_ids, dtype=f"S{ID_BYTES}")
     return np.array([id_key(i) for i in request_ids], dtype=f"S{ID_BYTES}")
 
