@@ -88,6 +88,9 @@ def test_round_trip_across_keys_ranges_and_columns(tmp_path: Path) -> None:
             assert_columns_equal(reader.read(key, start, end), want)
             subset = reader.read(key, start, end, columns=["id", "ts"])
             assert_columns_equal(subset, {"id": want["id"], "ts": want["ts"]})
+            even = want["k"] % 2 == 0  # a row filter sees each chunk's rows in range
+            filtered = reader.read(key, start, end, ["id", "ts"], lambda c: c["k"] % 2 == 0)
+            assert_columns_equal(filtered, {"id": want["id"][even], "ts": want["ts"][even]})
         empty = reader.read(key, 1.0, 2.0)
         assert {n: (a.dtype, a.shape[1:]) for n, a in empty.items()} == {
             n: (a.dtype, a.shape[1:]) for n, a in full.items()

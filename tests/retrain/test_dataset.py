@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,40 @@ def test_multi_row_requests_use_their_first_row(tmp_path: Path) -> None:
     label(flog, T0 + 5, "multi", 1.0)
     data = build_dataset(plog, flog, "m", ["1", "2"], T0, T0 + 100, 100)
     np.testing.assert_array_equal(data.x, [[1, 1, 1]])
-    assert data.manifest["logged_rows"] == 4 and data.manifest["requests"] == 1
+    assert data.manifest["logged_rows"] == 4 and data.manifest["labelled_requests"] == 1
+
+
+def test_unlabelled_traffic_is_never_held_in_memory(tmp_path: Path) -> None:
+    """Busy traffic, few labels: the read keeps only labelled rows, chunk by chunk, so its peak
+    memory is a fraction of what the window holds."""
+    plog, flog = logs(tmp_path)
+    rows_per_chunk, chunks = 20_000, 20
+    for c in range(chunks):
+        numbers = np.arange(c * rows_per_chunk, (c + 1) * rows_per_chunk)
+        ids = np.char.add(b"id", numbers.astype("S"))
+        plog.append_predictions(
+            "m",
+            "1",
+            ts=T0 + c + np.arange(rows_per_chunk) / rows_per_chunk,
+            request_id=ids.astype("S32"),
+            endpoint="m",
+            variant="stable",
+            inputs=np.full((rows_per_chunk, F), c, np.float32),
+            outputs=np.zeros((rows_per_chunk, 1), np.float32),
+            latency_s=0.001,
+            queue_s=0.0,
+        )
+    plog.flush()
+    for c in range(0, chunks, 4):
+        label(flog, T0 + 100, f"id{c * rows_per_chunk + 7}", 1.0)
+    tracemalloc.start()
+    data = build_dataset(plog, flog, "m", ["1"], T0, T0 + 100, 1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(data.x[:, 0], np.arange(0, chunks, 4))
+    assert data.manifest["logged_rows"] == rows_per_chunk * chunks
+    window_bytes = rows_per_chunk * chunks * (8 + 32 + 4 * F)  # ts, request id, inputs
+    assert peak < window_bytes / 4  # reading it all would hold more than window_bytes
 
 
 def test_time_window_and_unlabelled_rows(tmp_path: Path) -> None:
@@ -231,4 +265,19 @@ def test_versions_that_logged_no_features_are_refused(tmp_path: Path) -> None:
         queue_s=0.0,
     )
     with pytest.raises(LockgateError, match="no input features were logged"):
+        build_dataset(plog, flog, "m", ["1"], T0, T0 + 10, 10)
+
+
+@pytest.mark.parametrize("column", ["request_id", "inputs"])
+def test_a_log_without_a_needed_column_is_named(tmp_path: Path, column: str) -> None:
+    plog, flog = logs(tmp_path)
+    chunk = {
+        "ts": np.array([T0]),
+        "request_id": np.array([b"a"], dtype="S32"),
+        "inputs": np.zeros((1, F), np.float32),
+    }
+    del chunk[column]
+    plog.append(("m", "1"), chunk)
+    label(flog, T0 + 1, "a", 1.0)
+    with pytest.raises(LockgateError, match=r"m v1: the prediction log lacks one of"):
         build_dataset(plog, flog, "m", ["1"], T0, T0 + 10, 10)

@@ -306,11 +306,15 @@ class SegmentLog:
         start: float | None = None,
         end: float | None = None,
         columns: list[str] | None = None,
+        where: Callable[[dict[str, Array]], Array] | None = None,
     ) -> dict[str, Array]:
         """Rows of ``key`` with ``start <= ts < end``, in write order, as one array per column.
 
         Only columns present in every matching chunk are returned. With no matching rows the
         arrays are empty (typed like the key's first chunk), or the dict is empty for no data.
+        ``where``, given each chunk's rows in range (every column), returns a boolean mask of
+        the rows to keep: a read that keeps few rows then holds no more than those and one
+        chunk in memory, however large the range.
         """
         _check_key(key)
         with self._lock:  # this process's own unflushed rows become visible to the read
@@ -324,6 +328,11 @@ class SegmentLog:
             if lo < first or hi >= stop:
                 mask = (cols["ts"] >= first) & (cols["ts"] < stop)
                 cols = {name: a[mask] for name, a in cols.items()}
+            if where is not None:
+                keep = where(cols)
+                names = columns if columns is not None else list(cols)
+                # Copies: views would keep every chunk's whole payload alive.
+                cols = {name: cols[name][keep] for name in names if name in cols}
             parts.append(cols)
         if not parts:
             return self._empty(key, columns)
@@ -449,9 +458,10 @@ class PredictionLog(SegmentLog):
         start: float | None = None,
         end: float | None = None,
         columns: list[str] | None = None,
+        where: Callable[[dict[str, Array]], Array] | None = None,
     ) -> dict[str, Array]:
         """The predictions of one version with ``start <= ts < end`` (see :meth:`read`)."""
-        return self.read((model, str(version)), start, end, columns)
+        return self.read((model, str(version)), start, end, columns, where)
 
 
 class FeedbackLog(SegmentLog):
