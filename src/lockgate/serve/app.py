@@ -29,6 +29,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
 from lockgate.serve import peer
 from lockgate.serve.grpc_api import build_grpc_server
+from lockgate.serve.handover import hand_over
 from lockgate.serve.http_api import build_http_app
 from lockgate.serve.pipeline import Pipeline
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 # at 64 connections on the tiny model: 20,000 gives about 6% more requests per second, and a
 # young collection of that size takes well under a millisecond.
 YOUNG_GC_THRESHOLD = 20_000
+# A worker's gRPC connections get a graceful GOAWAY within this age, so that a worker handed over
+# by a rolling restart sees its clients move to the other workers (serve/handover.py). Clients
+# reconnect this often; a reconnect costs well under a millisecond.
+GRPC_CONNECTION_AGE = 5.0
 
 
 class _Server(uvicorn.Server):
@@ -141,8 +146,15 @@ class Gateway:
         self.admin_app: Any = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
+        self._handing_over = False
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_handover(self) -> None:
+        """Stop as a worker replaced by a rolling restart: move the gRPC clients to the other
+        workers first (serve/handover.py), so that no call fails."""
+        self._handing_over = True
         self._stop.set()
 
     async def run(self) -> None:
@@ -190,6 +202,8 @@ class Gateway:
             cfg.grpc_port,
             max_message_bytes=cfg.max_body_bytes,
             reuse_port=True,
+            max_connection_age=GRPC_CONNECTION_AGE,
+            grace_period=cfg.grace_period,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()
@@ -284,6 +298,9 @@ class Gateway:
         self.pipeline.begin_shutdown()
         for server in servers:
             server.should_exit = True
+        if self._handing_over:
+            timeout = GRPC_CONNECTION_AGE * 1.2 + self.config.grace_period
+            await hand_over(self.ports["grpc"], timeout)
         await asyncio.gather(
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )

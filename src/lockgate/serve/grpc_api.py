@@ -156,16 +156,22 @@ def build_grpc_server(
     *,
     max_message_bytes: int,
     reuse_port: bool = False,
+    max_connection_age: float | None = None,
+    grace_period: float = 0.0,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port.
-    `reuse_port` lets worker processes share the port (SO_REUSEPORT)."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", int(reuse_port)),
-        ]
-    )
+    `reuse_port` lets worker processes share the port (SO_REUSEPORT). With `max_connection_age`
+    (seconds) every connection gets a graceful GOAWAY within that age, and its calls then have
+    `grace_period` to finish: how a worker's clients move away (see serve/handover.py)."""
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
+    if max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(grace_period * 1000)))
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((_handlers(InferenceService(pipeline)),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(pipeline), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

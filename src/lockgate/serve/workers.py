@@ -6,7 +6,9 @@ listening socket per worker *slot* and hands it to the slot's worker, so the ker
 connections over the workers, and a slot's socket, with its queue of not-yet-accepted
 connections, outlives the worker: a restarted worker (crash or rolling restart) picks up the
 same queue and no connection is reset. gRPC listeners are bound by each worker on the shared
-port (grpc's own SO_REUSEPORT). Workers are started with the `spawn` context.
+port (grpc's own SO_REUSEPORT); a worker replaced by a rolling restart hands its gRPC clients
+over to the others before it stops (:mod:`lockgate.serve.handover`). Workers are started with
+the `spawn` context.
 
 The admin API talks to the workers through :class:`WorkerPool`, which implements the same
 interfaces as one in-process pipeline and monitor: a change is loaded and applied on every
@@ -40,7 +42,13 @@ from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.snapshot import Snapshot, merged
 from lockgate.serve import peer
-from lockgate.serve.app import WorkerRole, _uvicorn, bind_socket, check_admin_binding
+from lockgate.serve.app import (
+    GRPC_CONNECTION_AGE,
+    WorkerRole,
+    _uvicorn,
+    bind_socket,
+    check_admin_binding,
+)
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -72,7 +80,9 @@ def worker_main(spec: WorkerSpec) -> None:
 
     async def run() -> None:
         gateway = Gateway(spec.config, Registry(spec.config.home), spec.role)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, gateway.request_stop)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, gateway.request_handover)
         await gateway.run()
 
     try:
@@ -405,8 +415,10 @@ class Supervisor:
                     return
                 slot.current = new
                 slot.retiring.append(old)
-                old.process.terminate()  # SIGTERM: finish in-flight requests, then exit
-                await asyncio.to_thread(old.process.join, self.config.grace_period + 10)
+                # Hand over: move its gRPC clients away, finish in-flight requests, then exit.
+                os.kill(old.process.pid, signal.SIGUSR1)  # type: ignore[arg-type]
+                handover = GRPC_CONNECTION_AGE * 1.2 + 2 * self.config.grace_period
+                await asyncio.to_thread(old.process.join, handover + 10)
                 self.pool.reap()
             finally:
                 slot.handover = False
