@@ -92,3 +92,34 @@ def test_register_invalid_file_fails_cleanly(tmp_path: Path) -> None:
 def test_show_unknown_model(tmp_path: Path) -> None:
     result = _run("models", "show", "ghost", "--home", str(tmp_path))
     assert result.returncode == 1 and "ghost" in result.stderr
+
+
+RETRAIN_POOLS = """
+import os, sys
+from lockgate import cli
+from lockgate.retrain import pipeline
+
+def report(path):  # the first thing the worker does after sizing the pools
+    print(*(os.environ[v] for v in cli._POOL_SIZE_VARIABLES))
+    sys.exit(0)
+
+pipeline.load_pipeline = report
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_retrain_sizes_the_compute_pools_before_loading_numpy(tmp_path: Path) -> None:
+    """The worker's BLAS/OpenMP pools are sized from --threads (default 1), as environment
+    variables those libraries read when they load; a bad value is refused."""
+    (tmp_path / "p.toml").write_text("")
+    refused = _run("retrain", "--home", str(tmp_path), "--threads", "0", "--pipeline", "p.toml")
+    assert refused.returncode == 1 and "--threads must be >= 1, got 0" in refused.stderr
+    for extra, want in (((), "1 1 1"), (("--threads", "2"), "2 2 2")):
+        done = subprocess.run(
+            [sys.executable, "-c", RETRAIN_POOLS, "retrain", "--pipeline", "p.toml", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"OPENBLAS_NUM_THREADS": "8", "PATH": "/usr/bin"},
+        )
+        assert done.stdout.split() == want.split(), done.stderr

@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         "CPU niceness of the worker: training yields to serving on a shared machine",
         type=int,
     )
+    _flag(
+        retrain,
+        "--threads",
+        1,
+        "compute threads for training (BLAS and OpenMP pools); more take cores from serving",
+        type=int,
+    )
     retrain.add_argument("--now", action="store_true", help="run one job at once, then go on")
     retrain.add_argument("--once", action="store_true", help="exit after one job (or none due)")
     retrain.set_defaults(run=_retrain)
@@ -388,9 +395,19 @@ Ctrl-C stops the gateway (in-flight requests finish first).
 """
 
 
+# Thread-pool sizes read by numpy's OpenBLAS, OpenMP and MKL when they load.
+_POOL_SIZE_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _retrain(args: argparse.Namespace) -> int:
-    if int(args.nice) > 0:  # before the imports: they alone take 0.3 s of CPU
+    # Both before the imports: they alone take 0.3 s of CPU, and numpy sizes its BLAS pool as
+    # it loads. Idle pool threads spin-wait after each call; with a pool per core, a job slowed
+    # the gateway's p99 visibly more (benchmarks/retrain_impact.py, README).
+    if int(args.nice) > 0:
         os.nice(int(args.nice))
+    if int(args.threads) < 1:
+        raise invalid(f"--threads must be >= 1, got {args.threads}")
+    os.environ.update(dict.fromkeys(_POOL_SIZE_VARIABLES, str(int(args.threads))))
     from lockgate.cli_traffic import AdminClient
     from lockgate.retrain.pipeline import check_url, load_pipeline
     from lockgate.retrain.worker import RetrainWorker
