@@ -64,12 +64,13 @@ def close_listeners(port: int) -> int:
     fds = _socket_inodes()
     closed = 0
     for inode, state in _tcp_sockets(port):
-        if state != _LISTEN:
+        fd = fds.get(inode)
+        if state != _LISTEN or fd is None:  # None: closed since it was listed
             continue
         with contextlib.suppress(OSError):
             # A duplicate descriptor: shutting it down stops the shared socket listening,
             # while grpc keeps (and later closes) its own descriptor.
-            listener = socket.socket(fileno=os.dup(fds[inode]))
+            listener = socket.socket(fileno=os.dup(fd))
             try:
                 listener.shutdown(socket.SHUT_RD)
                 closed += 1
