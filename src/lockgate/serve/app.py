@@ -44,6 +44,12 @@ YOUNG_GC_THRESHOLD = 20_000
 GRPC_CONNECTION_AGE = 5.0
 
 
+def handover_seconds(grace_period: float) -> float:
+    """The longest a handed-over worker waits for its gRPC connections to end: their age (with
+    gRPC core's jitter) plus the grace their calls get after the GOAWAY."""
+    return GRPC_CONNECTION_AGE * 1.2 + grace_period
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the gateway owns shutdown for all listeners."""
 
@@ -299,8 +305,7 @@ class Gateway:
         for server in servers:
             server.should_exit = True
         if self._handing_over:
-            timeout = GRPC_CONNECTION_AGE * 1.2 + self.config.grace_period
-            await hand_over(self.ports["grpc"], timeout)
+            await hand_over(self.ports["grpc"], handover_seconds(self.config.grace_period))
         await asyncio.gather(
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )

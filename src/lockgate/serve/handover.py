@@ -45,35 +45,34 @@ def _socket_inodes() -> dict[int, int]:
 
 
 def _tcp_sockets(port: int) -> list[tuple[int, str]]:
-    """(inode, state) of every TCP socket of this process with local port `port`."""
+    """(fd, state) of every TCP socket of this process with local port `port`."""
     ours = _socket_inodes()
     found = []
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                local, state, inode = fields[1], fields[3], int(fields[9])
-                if inode in ours and int(local.rsplit(":", 1)[1], 16) == port:
-                    found.append((inode, state))
+                local, state, fd = fields[1], fields[3], ours.get(int(fields[9]))
+                if fd is not None and int(local.rsplit(":", 1)[1], 16) == port:
+                    found.append((fd, state))
     return found
 
 
 def close_listeners(port: int) -> int:
     """Take this process's listening sockets on `port` out of the accept path (the kernel
     then hands new connections to the other sockets sharing the port); returns how many."""
-    fds = _socket_inodes()
     closed = 0
-    for inode, state in _tcp_sockets(port):
-        fd = fds.get(inode)
-        if state != _LISTEN or fd is None:  # None: closed since it was listed
+    for fd, state in _tcp_sockets(port):
+        if state != _LISTEN:
             continue
         with contextlib.suppress(OSError):
             # A duplicate descriptor: shutting it down stops the shared socket listening,
             # while grpc keeps (and later closes) its own descriptor.
             listener = socket.socket(fileno=os.dup(fd))
             try:
-                listener.shutdown(socket.SHUT_RD)
-                closed += 1
+                if listener.getsockname()[1] == port:  # not a descriptor reused since
+                    listener.shutdown(socket.SHUT_RD)
+                    closed += 1
             finally:
                 listener.close()
     return closed

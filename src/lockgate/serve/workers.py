@@ -43,11 +43,11 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.snapshot import Snapshot, merged
 from lockgate.serve import peer
 from lockgate.serve.app import (
-    GRPC_CONNECTION_AGE,
     WorkerRole,
     _uvicorn,
     bind_socket,
     check_admin_binding,
+    handover_seconds,
 )
 
 log = logging.getLogger(__name__)
@@ -417,8 +417,8 @@ class Supervisor:
                 slot.retiring.append(old)
                 # Hand over: move its gRPC clients away, finish in-flight requests, then exit.
                 os.kill(old.process.pid, signal.SIGUSR1)  # type: ignore[arg-type]
-                handover = GRPC_CONNECTION_AGE * 1.2 + 2 * self.config.grace_period
-                await asyncio.to_thread(old.process.join, handover + 10)
+                grace = self.config.grace_period  # the stop after the handover has one too
+                await asyncio.to_thread(old.process.join, handover_seconds(grace) + grace + 10)
                 self.pool.reap()
             finally:
                 slot.handover = False
