@@ -105,7 +105,9 @@ class Batcher:
         self._executor = executor
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
-        self._task: asyncio.Task[None] | None = None
+        # The scheduled or running drain: a Task, or a plain callback where every batch runs
+        # inline (see `_drain_inline`).
+        self._task: asyncio.Task[None] | asyncio.Handle | None = None
         self._in_flight = 0  # requests submitted and not yet answered
         self._idle = asyncio.Event()
         self._idle.set()
@@ -115,6 +117,12 @@ class Batcher:
         self._gathers = config.gather_delay > 0 and runner.spec.batchable
         self._skip_gathers = 0  # one-at-a-time requests to run at once before gathering again
         self._backoff = 0
+        # Every batch this batcher can form runs inline and none waits to fill: the drain can be
+        # a plain callback (see `_drain_inline`). The runner is loaded, its cost model known.
+        full = config.max_batch_rows if runner.spec.batchable else 1
+        self._callback_drain = (
+            runner.predicted_cost(full) < self._inline and config.max_queue_delay <= 0
+        )
 
     @property
     def queued_rows(self) -> int:
@@ -147,7 +155,10 @@ class Batcher:
         self._idle.clear()
         if self._task is None:
             # Started on the next loop turn, so requests parsed in this turn join the first batch.
-            self._task = loop.create_task(self._drain(gather))
+            if gather or not self._callback_drain:
+                self._task = loop.create_task(self._drain(gather))
+            else:
+                self._task = loop.call_soon(self._drain_inline)
         timer = loop.call_at(deadline, self._expire, pending) if deadline != float("inf") else None
         try:
             return await pending.future
@@ -215,6 +226,18 @@ class Batcher:
         finally:
             self._task = None
 
+    def _drain_inline(self) -> None:
+        """`_drain` for models that always run inline, as a plain callback: a Task and its
+        coroutines cost more than a tiny model's batch (about 5 us per batch, which a traffic
+        split pays twice as often, its batches being half the size)."""
+        try:
+            while self._queue:
+                batch = self._take()
+                if batch:
+                    self._run_inline(batch)
+        finally:
+            self._task = None
+
     async def _gather(self) -> None:
         """Let one-at-a-time requests join the first while the event loop is busy (a loop turn
         that runs other callbacks is how the next request arrives), for at most `gather_delay`
@@ -268,22 +291,52 @@ class Batcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         rows = sum(p.rows for p in batch)
+        if self.runner.predicted_cost(rows) < self._inline:
+            self._run_inline(batch, rows)
+            return
+        feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
+        start = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.runner.run, feeds)
+        except Exception as exc:
+            if self._failed(batch, exc):
+                for p in batch:
+                    await self._run([p])
+            return
+        self._finish(batch, feeds, outputs, rows, start)
+
+    def _run_inline(self, batch: list[_Pending], rows: int | None = None) -> None:
+        """Run on the event loop: the predicted compute is below the cost of a thread hand-off."""
+        if rows is None:
+            rows = sum(p.rows for p in batch)
         feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
         start = time.perf_counter_ns()
         try:
-            outputs = await self._compute(feeds, rows)
-        except LockgateError as exc:
-            if len(batch) > 1:  # one bad request must not fail its neighbours: retry alone
-                for p in batch:
-                    await self._run([p])
-                return
-            self.stats.failed += 1
-            _fail(batch, exc)
-            return
+            outputs = self.runner.run(feeds)
         except Exception as exc:
-            self.stats.failed += 1
-            _fail(batch, LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}"))
+            if self._failed(batch, exc):
+                for p in batch:
+                    self._run_inline([p], p.rows)
             return
+        self.stats.inline_batches += 1
+        self._finish(batch, feeds, outputs, rows, start)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> bool:
+        """Fail the batch's requests, or return True: retry them one by one, since one bad
+        request must not fail its neighbours."""
+        if isinstance(exc, LockgateError):
+            if len(batch) > 1:
+                return True
+        else:
+            exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
+        self.stats.failed += 1
+        _fail(batch, exc)
+        return False
+
+    def _finish(
+        self, batch: list[_Pending], feeds: Arrays, outputs: Arrays, rows: int, start: int
+    ) -> None:
         compute_ns = time.perf_counter_ns() - start
         self._count(len(batch), rows, compute_ns)
         if self.observer is not None:
@@ -315,14 +368,6 @@ class Batcher:
             self.stats.observer_errors += 1
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
-
-    async def _compute(self, feeds: Arrays, rows: int) -> Arrays:
-        """Run inline when the predicted compute is below the cost of a thread hand-off."""
-        if self.runner.predicted_cost(rows) < self._inline:
-            self.stats.inline_batches += 1
-            return self.runner.run(feeds)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.run, feeds)
 
     def _count(self, requests: int, rows: int, compute_ns: int) -> None:
         s = self.stats
