@@ -4,7 +4,8 @@ sketches and drift windows and appends them to the prediction log. The request p
 for it.
 
 State read by `/metrics` and the admin API is guarded by one lock, taken once per drain and once
-per scrape, never per request.
+per scrape, never per request, and never on the event loop: the drain holds it for milliseconds
+while it absorbs rows, and a loop waiting for it stalls every request in flight.
 """
 
 from __future__ import annotations
@@ -353,7 +354,7 @@ class Monitor:
         return await asyncio.to_thread(self._drift_report, model, version)
 
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
-        return self._recent_rows(model, version, limit)
+        return await asyncio.to_thread(self._recent_rows, model, version, limit)
 
     def _drift_report(self, model: str, version: str) -> dict[str, Any]:
         with self.lock:

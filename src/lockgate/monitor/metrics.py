@@ -19,11 +19,11 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
+from lockgate.monitor.exposition import encode_text
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
     BATCH_FIELDS,
@@ -47,8 +47,9 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     family.add_metric(labels, buckets, sketch.sum)
 
 
-def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
-    """This process's figures now (called at scrape time, on the event loop)."""
+def capture_serving(pipeline: Any, monitored: bool) -> Snapshot:
+    """This process's serving figures now: counters the event loop owns, so read on it (a
+    handful of dict copies)."""
     snap = Snapshot(
         revision=pipeline.routes.revision,
         requests=Counter(dict(pipeline.requests)),
@@ -59,7 +60,7 @@ def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
         },
         loaded=set(pipeline.models.loaded),
         failed=set(pipeline.models.failed),
-        monitored=monitor is not None,
+        monitored=monitored,
     )
     for key, lv in list(pipeline.models.loaded.items()):
         stats = lv.batcher.stats
@@ -67,8 +68,12 @@ def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
         snap.queued_rows[key] = lv.batcher.queued_rows
     for key, shadow in list(pipeline.shadows.stats.items()):
         snap.shadows[key] = Counter({f: getattr(shadow, f) for f in SHADOW_FIELDS})
-    if monitor is None:
-        return snap
+    return snap
+
+
+def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
+    """Add the monitor's figures to `snap`. Takes the monitor's lock, which the drain holds
+    while it absorbs a batch of rows (milliseconds): call it off the event loop."""
     with monitor.lock:
         snap.feedback_unknown = monitor.feedback_unknown
         for key, vm in monitor.versions.items():
@@ -97,7 +102,6 @@ def capture(pipeline: Any, monitor: Monitor | None) -> Snapshot:
                         window_rows=drift.config.window_rows,
                         window_seconds=drift.config.window_seconds,
                     )
-    return snap
 
 
 class GatewayCollector(Collector):
@@ -317,4 +321,4 @@ def metrics_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
 
 def render_metrics(snap: Snapshot) -> bytes:
     """`snap` in the Prometheus text exposition format."""
-    return bytes(generate_latest(metrics_registry(lambda: snap)))
+    return encode_text(GatewayCollector(lambda: snap).collect())

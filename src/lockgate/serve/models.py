@@ -169,8 +169,8 @@ class ModelSet:
             return
         finished = await loaded.batcher.close(self.config.grace_period)
         loaded.runner.release()
-        if self.monitor is not None:
-            self.monitor.detach(key)
+        if self.monitor is not None:  # off the loop: waits for the drain's lock
+            await asyncio.to_thread(self.monitor.detach, key)
         log.info(
             "released %s v%s%s", key[0], key[1], "" if finished else " (in-flight work timed out)"
         )

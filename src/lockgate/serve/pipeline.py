@@ -22,7 +22,7 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture
+from lockgate.monitor.metrics import capture_monitor, capture_serving
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
@@ -150,7 +150,10 @@ class Pipeline:
 
     async def snapshot(self) -> Snapshot:
         """This process's metrics figures now."""
-        return capture(self, self.monitor)
+        snap = capture_serving(self, self.monitor is not None)
+        if self.monitor is not None:
+            await asyncio.to_thread(capture_monitor, snap, self.monitor)
+        return snap
 
     async def serving_status(self) -> dict[str, Any]:
         """What this process serves right now: revision, versions, failures, shadow counters."""
