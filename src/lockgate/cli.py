@@ -203,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parser(sub, _flag)
     add_rollout_parser(sub, _flag)
 
-    retrain = sub.add_parser("retrain", help="run the retrain-and-promote worker")
+    retrain = sub.add_parser(
+        "retrain",
+        help="run the retrain-and-promote worker",
+        description="Run the retrain-and-promote worker. SIGUSR1 asks it for a job now; SIGTERM "
+        "stops it between steps.",
+    )
     _common(retrain)
     _flag(retrain, "--pipeline", None, "the pipeline file (TOML)", type=Path, required=False)
     _state_flag(retrain)

@@ -213,3 +213,39 @@ def test_kill_9_of_the_worker_leaves_a_consistent_state(
     final = admin(gateway, "/v1/endpoints/classifier")
     assert len(final["variants"]) == 1 and final["variants"][0]["weight"] == 100.0
     assert all(r["status"] != "running" for r in admin(gateway, "/v1/rollouts")["rollouts"])
+
+
+def test_sigusr1_asks_a_running_worker_for_a_job(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """No trigger can fire (drift off, no label count, no schedule, a 10-minute poll): a job
+    runs only because the signal asked for it, at once, and the worker goes on running."""
+    send_traffic(gateway.http, 1200, drifted=True, seed=6)
+    wait_for_labels(tmp_path, 1200)
+    trainer = "tests.e2e.test_retrain_loop:inverted_trainer"  # quick: the gates stop it
+    pipeline = write_pipeline(tmp_path / "p.toml", gateway.admin, trainer)
+    text = pipeline.read_text().replace("drift = true", "drift = false")
+    pipeline.write_text(text.replace("poll_seconds = 0.5", "poll_seconds = 600"))
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(tmp_path)]
+    cmd += ["--pipeline", str(pipeline)]
+    env = {**os.environ, "LOCKGATE_TEST_WORKER_TOKEN": TOKEN}
+    with log.open("w") as out:
+        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+    try:
+
+        def wait_for(text: str, count: int = 1) -> None:
+            deadline = time.monotonic() + 60
+            while log.read_text().count(text) < count:
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+
+        wait_for("retrain worker for endpoint classifier started")
+        time.sleep(1.0)
+        assert "job:" not in log.read_text()  # nothing triggers by itself
+        for count in (1, 2):  # and it keeps answering
+            worker.send_signal(signal.SIGUSR1)
+            wait_for("job finished: gates_failed", count)
+        assert log.read_text().count("job: manual triggered") == 2
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()

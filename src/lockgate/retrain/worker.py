@@ -1,6 +1,6 @@
 """The retrain-and-promote worker: a plain synchronous loop, one job at a time.
 
-    triggers (drift alert, new labels, schedule, --now)
+    triggers (drift alert, new labels, schedule, --now or SIGUSR1)
       -> dataset (prediction log joined with labels; content-hashed manifest)
       -> train (the pipeline's trainer, retried per policy)
       -> evaluate (candidate vs champion on the same holdout; declarative gates)
@@ -9,6 +9,8 @@
 
 A job that fails a gate stops with a report and registers nothing. SIGTERM stops the worker
 between steps; a rollout in progress is resumed (or aborted, as recorded) by the next start.
+SIGUSR1 asks a running worker for a job now (after the one it runs, if any), as `--now` does at
+start: the way to retrain on demand without a new process's start-up.
 """
 
 from __future__ import annotations
@@ -58,18 +60,22 @@ class RetrainWorker:
         self.rollouts = RolloutStore(home, state_url)
         self.gateways = Gateways(spec.rollout.gateways, token=admin.token)
         self.stop = threading.Event()
+        self._wake = threading.Event()  # stop or SIGUSR1: end the wait between trigger polls
+        self._asked = False  # SIGUSR1 arrived: run a job now
         self._marks = home / "retrain" / f"{spec.endpoint}.json"
 
     # -- the loop -------------------------------------------------------------------------------
     def run_forever(self, *, now: bool = False, once: bool = False) -> None:
         """Poll the triggers and run jobs until SIGTERM (or after one job with `once`)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
+            signal.signal(sig, lambda *_: self._stop())
+        signal.signal(signal.SIGUSR1, lambda *_: self.ask())
         self.own_endpoint()
         self.resume_rollouts()
         log.info("retrain worker for endpoint %s started", self.spec.endpoint)
         while not self.stop.is_set():
-            reason = "manual" if now else self.trigger()
+            asked, self._asked = self._asked, False
+            reason = "manual" if now or asked else self.trigger()
             now = False
             if reason is not None:
                 try:
@@ -82,7 +88,18 @@ class RetrainWorker:
                     return
             elif once:
                 return
-            self.stop.wait(self.spec.triggers.poll_seconds)
+            if not self._asked:
+                self._wake.wait(self.spec.triggers.poll_seconds)
+            self._wake.clear()
+
+    def ask(self) -> None:
+        """Run a job as soon as the worker is between jobs (SIGUSR1)."""
+        self._asked = True
+        self._wake.set()
+
+    def _stop(self) -> None:
+        self.stop.set()
+        self._wake.set()
 
     def own_endpoint(self) -> None:
         """Store the endpoint if it is still implicit: an implicit endpoint follows the latest
