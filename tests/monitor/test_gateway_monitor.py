@@ -4,6 +4,8 @@ once, labels join to predictions, overflow is counted, and /metrics says so."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -181,3 +183,26 @@ def test_rows_the_drain_cannot_assemble_are_counted_as_dropped(home: Path) -> No
     v2 = {"model": "classifier", "version": "2"}
     assert value(samples, "lockgate_predlog_dropped_total", **v2) == 3
     assert value(samples, "lockgate_predlog_rows_total", **v2) == 2
+
+
+def test_a_scrape_never_holds_the_event_loop_on_the_drains_lock(home: Path) -> None:
+    """While the drain holds the monitor's lock (absorbing rows), a scrape and the recent-rows
+    view wait for it off the event loop: predictions are answered meanwhile."""
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        rows = classifier_data(np.random.default_rng(1), 1)[0]
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
+            _infer(client, "warm", rows)
+            lock = gw.pipeline.monitor.lock
+            urls = ["/metrics", "/v1/models/classifier/versions/2/recent"]
+            with ThreadPoolExecutor(len(urls)) as pool:
+                with lock:
+                    waiting = [
+                        pool.submit(lambda u=u: httpx.get(f"http://{gw.admin}{u}", timeout=30))
+                        for u in urls
+                    ]
+                    time.sleep(0.3)  # both requests are now waiting for the lock
+                    assert not any(w.done() for w in waiting)
+                    for i in range(5):
+                        _infer(client, f"while-locked-{i}", rows)  # 10 s timeout each
+                scrapes = [w.result().status_code for w in waiting]
+        assert scrapes == [200, 200]

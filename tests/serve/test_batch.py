@@ -66,8 +66,13 @@ async def test_an_oversized_request_runs_alone(tmp_path: Path) -> None:
     assert out["y"].shape == (9, 4) and info.batch_rows == 9
 
 
-async def test_a_failing_request_does_not_fail_its_batch(tmp_path: Path) -> None:
-    b = make_batcher(LOOKUP, onnx_models.lookup_model(tmp_path / "m.onnx"))
+@pytest.mark.parametrize("inline_threshold", [150e-6, 0.0], ids=["on-the-loop", "in-a-thread"])
+async def test_a_failing_request_does_not_fail_its_batch(
+    tmp_path: Path, inline_threshold: float
+) -> None:
+    b = make_batcher(
+        LOOKUP, onnx_models.lookup_model(tmp_path / "m.onnx"), inline_threshold=inline_threshold
+    )
     good = [np.array([i, 9 - i], np.int64) for i in range(5)]
     bad = np.array([99], np.int64)
     calls = [b.submit({"i": g}, 2, far()) for g in good[:3]]
@@ -78,6 +83,7 @@ async def test_a_failing_request_does_not_fail_its_batch(tmp_path: Path) -> None
     for g, res in zip(good, results[:3] + results[4:], strict=True):
         assert not isinstance(res, BaseException)
         np.testing.assert_array_equal(res[0]["y"], g.astype(np.float32) * 10)
+    assert (b.stats.inline_batches > 0) == (inline_threshold > 0)
 
 
 async def test_expired_request_never_reaches_the_model(tmp_path: Path) -> None:

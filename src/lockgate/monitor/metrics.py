@@ -10,7 +10,7 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -19,7 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
@@ -47,7 +47,7 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     family.add_metric(labels, buckets, sketch.sum)
 
 
-def capture_serving(pipeline: Any, monitored: bool) -> Snapshot:
+def capture_serving(pipeline: Any) -> Snapshot:
     """This process's serving figures now: counters the event loop owns, so read on it (a
     handful of dict copies)."""
     snap = Snapshot(
@@ -60,7 +60,7 @@ def capture_serving(pipeline: Any, monitored: bool) -> Snapshot:
         },
         loaded=set(pipeline.models.loaded),
         failed=set(pipeline.models.failed),
-        monitored=monitored,
+        monitored=pipeline.monitor is not None,
     )
     for key, lv in list(pipeline.models.loaded.items()):
         stats = lv.batcher.stats
@@ -107,11 +107,11 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
 class GatewayCollector(Collector):
     """A snapshot (one process's, or the merge of several) as Prometheus metric families."""
 
-    def __init__(self, source: Callable[[], Snapshot]) -> None:
-        self.source = source
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.source()
+        snap = self.snap
         yield from self._requests(snap)
         yield from self._serving(snap)
         yield from self._shadows(snap)
@@ -312,13 +312,6 @@ class GatewayCollector(Collector):
         yield from (labelled, accuracy, error, unknown)
 
 
-def metrics_registry(source: Callable[[], Snapshot]) -> CollectorRegistry:
-    """A registry rendering `source()` at every scrape."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(source))
-    return registry
-
-
 def render_metrics(snap: Snapshot) -> bytes:
     """`snap` in the Prometheus text exposition format."""
-    return encode_text(GatewayCollector(lambda: snap).collect())
+    return encode_text(GatewayCollector(snap).collect())

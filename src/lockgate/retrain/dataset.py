@@ -61,10 +61,6 @@ def _manifest(x: Array, y: Array, ts: Array, **extra: Any) -> dict[str, Any]:
     }
 
 
-class _NoRequestIds(Exception):
-    """A logged chunk without the request_id column (written by something else)."""
-
-
 def _read_predictions(
     predlog: PredictionLog,
     model: str,
@@ -82,25 +78,20 @@ def _read_predictions(
 
     def labelled(cols: dict[str, Array]) -> Array:
         nonlocal logged
+        rows = cols["ts"].shape[0]
+        logged += rows
         ids = cols.get("request_id")
-        if ids is None:
-            raise _NoRequestIds
-        logged += ids.shape[0]
-        if not label_ids.size:
-            return np.zeros(ids.shape[0], np.bool_)
+        if ids is None or not label_ids.size:  # a log without ids is reported below
+            return np.zeros(rows, np.bool_)
         pos = np.minimum(np.searchsorted(label_ids, ids), label_ids.size - 1)
         return np.asarray(label_ids[pos] == ids)
 
     for version in versions:
-        missing = f"{model} v{version}: the prediction log lacks one of {_COLUMNS}"
-        try:
-            cols = predlog.read_predictions(model, version, start, end, _COLUMNS, labelled)
-        except _NoRequestIds:
-            raise invalid(missing) from None
+        cols = predlog.read_predictions(model, version, start, end, _COLUMNS, labelled)
         if not cols:
             continue
         if any(c not in cols for c in _COLUMNS):
-            raise invalid(missing)
+            raise invalid(f"{model} v{version}: the prediction log lacks one of {_COLUMNS}")
         width = cols["inputs"].shape[1]
         if width == 0:
             raise invalid(

@@ -150,7 +150,7 @@ class Pipeline:
 
     async def snapshot(self) -> Snapshot:
         """This process's metrics figures now."""
-        snap = capture_serving(self, self.monitor is not None)
+        snap = capture_serving(self)
         if self.monitor is not None:
             await asyncio.to_thread(capture_monitor, snap, self.monitor)
         return snap
