@@ -60,7 +60,11 @@ PLAN = Plan(
     # The p99 of a few requests on a busy 2-core machine is scheduling noise: only the slow
     # candidate's test judges latency (with a real floor).
     p99_floor_seconds=1.0,
-    abort_on_drift=True,
+    # Off for the live gateway: on in-distribution traffic each of the candidate's 18 features
+    # alerts falsely in up to 2 * alpha of its windows (monitor/drift.py), and one CI run saw a
+    # healthy candidate rolled back for it. The drift breach itself is judged in
+    # test_analysis_drift_and_online_accuracy, on scrapes with and without an alert.
+    abort_on_drift=False,
 )
 
 
@@ -152,7 +156,7 @@ def test_analysis_needs_min_requests_before_judging_rates() -> None:
 def test_analysis_drift_and_online_accuracy() -> None:
     before = scrape_text(0.0, labels=100, accuracy=0.9)
     after = scrape_text(1.0, canary=20, fast=20, alert=1, labels=200, accuracy=0.8)
-    assert "drift alert on m v2" in str(analyse(rollout(), before, after).breach)
+    assert "drift alert on m v2" in str(analyse(rollout(abort_on_drift=True), before, after).breach)
     assert analyse(rollout(abort_on_drift=False), before, after).breach is None
     # version 1 (the champion) has no labels: accuracy cannot be compared yet
     strict = rollout(abort_on_drift=False, min_accuracy_delta=-0.05, min_labels=50)
