@@ -326,3 +326,86 @@ def test_config_rejects_inconsistent_settings() -> None:
     for bad in ({"min_rows": 0}, {"min_rows": 2000}, {"alpha": 1.5}, {"clear_after": 0}):
         with pytest.raises(ValueError):
             drift.DriftConfig(**bad)
+
+
+# --- the compiled rule against the rule written out in numpy -------------------------------------
+
+
+def _numpy_rule(
+    profile: drift.ReferenceProfile, cfg: drift.DriftConfig, win: Array
+) -> dict[str, Any]:
+    """The module doc's alert rule over whole arrays, from the floors' own functions."""
+    scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
+    finite, ref_n = win[:, :-1].sum(axis=1), profile.counts[:, :-1].sum(axis=1)
+    bins = (profile.counts[:, :-1] > 0).sum(axis=1)
+    rows = int(win[0].sum())
+    psi, ks = scores[:, dv.PSI], scores[:, dv.KS]
+    scored = (finite >= cfg.min_rows) & (ref_n > 0) & np.isfinite(psi) & (rows >= cfg.min_rows)
+
+    def hits(alpha: float) -> tuple[Array, Array, Array, Array]:
+        pf, kf = floors.psi_floor(finite, ref_n, bins, alpha), floors.ks_floor(finite, ref_n, alpha)
+        p = scored & (psi > np.maximum(cfg.psi_alert, pf))
+        return p, scored & (ks > np.maximum(cfg.ks_alert, kf)), pf, kf
+
+    psi_alert, ks_alert, pf, kf = hits(cfg.alpha)
+    fwer_p, fwer_k, _, _ = hits(cfg.alpha / (2 * profile.n_features))
+    return {
+        "rows": rows,
+        "finite": finite,
+        "psi_floor": pf,
+        "ks_floor": kf,
+        "scored": scored,
+        "psi_warn": scored & (psi > np.maximum(cfg.psi_warn, pf)),
+        "psi_alert": psi_alert,
+        "ks_alert": ks_alert,
+        "alerting": psi_alert | ks_alert,
+        "fwer_alerting": fwer_p | fwer_k,
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_rule_matches_the_numpy_rule_bit_for_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    features = int(rng.integers(1, 12))
+    reference = rng.normal(size=(int(rng.integers(50, 3000)), features))
+    reference[:, 0] = 1.0  # a constant column: one edge
+    if features > 2:
+        reference[rng.random(reference.shape[0]) < 0.5, 2] = np.nan  # NaN in the reference
+    profile = drift.build_profile(reference)
+    cfg = _config(min_rows=int(rng.integers(1, 200)), alpha=float(rng.choice([1e-3, 0.05])))
+    for _ in range(40):
+        rows = int(rng.integers(0, 1500))
+        data = rng.normal(rng.normal(0, 0.3), rng.uniform(0.5, 2.0), size=(rows, features))
+        data[rng.random(data.shape) < rng.uniform(0, 0.3)] = np.nan  # some features go empty
+        if features > 1 and rng.random() < 0.3:
+            data[:, 1] = np.nan
+        win = hist.new_counts(profile.edges)
+        hist.histogram_update(np.ascontiguousarray(data), profile.edges, profile.n_edges, win)
+        got = drift.evaluate(profile, cfg, win)
+        want = _numpy_rule(profile, cfg, win)
+        for name, value in want.items():
+            np.testing.assert_array_equal(getattr(got, name), value, err_msg=name)
+        n_scored = int(want["scored"].sum())
+        if n_scored:
+            assert got.share == want["alerting"].sum() / n_scored
+            assert got.dataset_alerting == (want["fwer_alerting"].sum() / n_scored >= 0.5)
+        else:
+            assert math.isnan(got.share) and not got.dataset_alerting
+
+
+def test_compiled_hysteresis_matches_the_numpy_streaks() -> None:
+    rng = np.random.default_rng(3)
+    cfg = _config(alert_after=2, clear_after=3)
+    state = drift._Hysteresis(7)
+    on, hits, misses = np.zeros(7, bool), np.zeros(7, np.int64), np.zeros(7, np.int64)
+    for _ in range(300):
+        seen = rng.random(7) < 0.8
+        hit = seen & (rng.random(7) < 0.4)
+        state.step(hit, seen, cfg)
+        miss = seen & ~hit
+        hits = np.where(hit, hits + 1, np.where(miss, 0, hits))
+        misses = np.where(miss, misses + 1, np.where(hit, 0, misses))
+        on = (on | (hits >= 2)) & ~(misses >= 3)
+        np.testing.assert_array_equal(state.on, on)
+        np.testing.assert_array_equal(state.hits, hits)
+        np.testing.assert_array_equal(state.misses, misses)

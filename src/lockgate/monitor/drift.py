@@ -57,8 +57,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lockgate.monitor import bins as binning
-from lockgate.monitor.floors import ks_floor, psi_floor
+from lockgate.monitor.floors import ks_coefficient, psi_floor_factors
 from lockgate.monitor.kernels import divergence as dv
+from lockgate.monitor.kernels import rule as rl
 from lockgate.monitor.kernels.histogram import histogram_update, new_counts
 
 SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share")
@@ -95,6 +96,10 @@ class ReferenceProfile:
             dtype = np.int64 if name in ("n_edges", "counts") else np.float64
             object.__setattr__(self, name, _frozen(getattr(self, name), dtype))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        # Derived once: every window's evaluation needs them.
+        object.__setattr__(self, "_finite_rows", _frozen(self.counts[:, :-1].sum(axis=1), np.int64))
+        object.__setattr__(self, "_bins", _frozen((self.counts[:, :-1] > 0).sum(axis=1), np.int64))
+        object.__setattr__(self, "_chi", {})
 
     @property
     def n_features(self) -> int:
@@ -104,14 +109,23 @@ class ReferenceProfile:
     @property
     def finite_rows(self) -> NDArray[np.int64]:
         """Finite reference values per feature: the N of the noise floors (NaN is excluded)."""
-        out: NDArray[np.int64] = self.counts[:, :-1].sum(axis=1)
+        out: NDArray[np.int64] = self._finite_rows  # type: ignore[attr-defined]
         return out
 
     @property
     def bins(self) -> NDArray[np.int64]:
         """B per feature: finite slots holding reference mass (the chi-square cells)."""
-        out: NDArray[np.int64] = (self.counts[:, :-1] > 0).sum(axis=1)
+        out: NDArray[np.int64] = self._bins  # type: ignore[attr-defined]
         return out
+
+    def chi2_factors(self, alpha: float) -> NDArray[np.float64]:
+        """Per feature, the PSI floor over ``1/n + 1/N`` at level ``alpha`` (module doc);
+        remembered per level, since every window of the profile asks again."""
+        cache: dict[float, NDArray[np.float64]] = self._chi  # type: ignore[attr-defined]
+        factors = cache.get(alpha)
+        if factors is None:
+            factors = cache[alpha] = _frozen(psi_floor_factors(self.bins, alpha), np.float64)
+        return factors
 
     def to_npz_bytes(self) -> bytes:
         """Serialise (numpy ``.npz``, no pickle) to cache next to a model version."""
@@ -212,36 +226,37 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
     win = np.array(counts, dtype=np.int64, copy=True)
     if win.shape != profile.counts.shape:
         raise ValueError(f"window counts must have shape {profile.counts.shape}")
-    rows = int(win[0].sum())
     scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
-    finite, ref_n = win[:, :-1].sum(axis=1), profile.finite_rows
-    scored = (finite >= config.min_rows) & (ref_n > 0) & np.isfinite(scores[:, dv.PSI])
-    scored &= rows >= config.min_rows
-    psi, ks = scores[:, dv.PSI], scores[:, dv.KS]
-
-    def rule(alpha: float) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64]]:
-        pf, kf = psi_floor(finite, ref_n, profile.bins, alpha), ks_floor(finite, ref_n, alpha)
-        p_hit = scored & (psi > np.maximum(config.psi_alert, pf))
-        return p_hit, scored & (ks > np.maximum(config.ks_alert, kf)), pf
-
-    psi_alert, ks_alert, pf = rule(config.alpha)
-    fwer = np.logical_or(*rule(config.alpha / (2 * profile.n_features))[:2])
-    alerting = psi_alert | ks_alert
-    n_scored = int(scored.sum())
-    share = float(alerting.sum() / n_scored) if n_scored else math.nan
-    share_fwer = float(fwer.sum() / n_scored) if n_scored else math.nan
+    fwer_alpha = config.alpha / (2 * profile.n_features)
+    rows, finite, pf, kf, flags = rl.window_rule(
+        scores,
+        win,
+        profile.finite_rows,
+        profile.chi2_factors(config.alpha),
+        profile.chi2_factors(fwer_alpha),
+        ks_coefficient(config.alpha),
+        ks_coefficient(fwer_alpha),
+        config.min_rows,
+        config.psi_warn,
+        config.psi_alert,
+        config.ks_alert,
+    )
+    scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
+    n_scored = int(np.count_nonzero(scored))
+    share = np.count_nonzero(alerting) / n_scored if n_scored else math.nan
+    share_fwer = np.count_nonzero(fwer) / n_scored if n_scored else math.nan
     return WindowScores(
         counts=win,
-        rows=rows,
+        rows=int(rows),
         finite=finite,
         scores=scores,
         psi_floor=pf,
-        ks_floor=ks_floor(finite, ref_n, config.alpha),
+        ks_floor=kf,
         scored=scored,
-        psi_warn=scored & (psi > np.maximum(config.psi_warn, pf)),
+        psi_warn=flags[rl.PSI_WARN],
         alerting=alerting,
-        psi_alert=psi_alert,
-        ks_alert=ks_alert,
+        psi_alert=flags[rl.PSI_ALERT],
+        ks_alert=flags[rl.KS_ALERT],
         fwer_alerting=fwer,
         share=share,
         share_fwer=share_fwer,
@@ -323,10 +338,9 @@ class _Hysteresis:
         self.misses = np.zeros(size, dtype=np.int64)
 
     def step(self, hit: NDArray[np.bool_], seen: NDArray[np.bool_], cfg: DriftConfig) -> None:
-        miss = seen & ~hit
-        self.hits = np.where(hit, self.hits + 1, np.where(miss, 0, self.hits))
-        self.misses = np.where(miss, self.misses + 1, np.where(hit, 0, self.misses))
-        self.on = (self.on | (self.hits >= cfg.alert_after)) & ~(self.misses >= cfg.clear_after)
+        rl.hysteresis_step(
+            self.on, self.hits, self.misses, hit, seen, cfg.alert_after, cfg.clear_after
+        )
 
 
 class DriftMonitor:

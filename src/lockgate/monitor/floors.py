@@ -48,11 +48,15 @@ def _inv_sum(n: NDArray[Any], ref_n: NDArray[Any]) -> NDArray[np.float64]:
     return out
 
 
+def psi_floor_factors(bins: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """``chi2.ppf(1 - alpha, max(B - 1, 1))``: the PSI floor over ``1/n + 1/N``."""
+    df = np.maximum(np.asarray(bins, dtype=np.int64) - 1, 1)
+    return np.array([chi2_quantile(1.0 - alpha, int(d)) for d in df.ravel()]).reshape(df.shape)
+
+
 def psi_floor(n: ArrayLike, ref_n: ArrayLike, bins: ArrayLike, alpha: float) -> NDArray[np.float64]:
     """PSI noise floor ``chi2.ppf(1 - alpha, max(B - 1, 1)) * (1/n + 1/N)`` (module doc)."""
-    df = np.maximum(np.asarray(bins, dtype=np.int64) - 1, 1)
-    chi = np.array([chi2_quantile(1.0 - alpha, int(d)) for d in df.ravel()]).reshape(df.shape)
-    return chi * _inv_sum(np.asarray(n), np.asarray(ref_n))
+    return psi_floor_factors(bins, alpha) * _inv_sum(np.asarray(n), np.asarray(ref_n))
 
 
 def ks_floor(n: ArrayLike, ref_n: ArrayLike, alpha: float) -> NDArray[np.float64]:
