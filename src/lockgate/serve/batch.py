@@ -220,9 +220,9 @@ class Batcher:
                 if busy and self.config.max_queue_delay > 0:
                     await self._gather_more()
                 busy = True
-                batch = self._take()
+                batch, rows = self._take()
                 if batch:
-                    await self._run(batch)
+                    await self._run(batch, rows)
         finally:
             self._task = None
 
@@ -232,9 +232,9 @@ class Batcher:
         split pays twice as often, its batches being half the size)."""
         try:
             while self._queue:
-                batch = self._take()
+                batch, rows = self._take()
                 if batch:
-                    self._run_inline(batch)
+                    self._run_inline(batch, rows)
         finally:
             self._task = None
 
@@ -271,7 +271,8 @@ class Batcher:
                 return
             await asyncio.sleep(min(remaining, 0.0005))
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> tuple[list[_Pending], int]:
+        """The next batch from the queue's head, and its rows."""
         batch: list[_Pending] = []
         rows = 0
         limit = self.config.max_batch_rows if self.runner.spec.batchable else 1
@@ -287,10 +288,9 @@ class Batcher:
             self._queued_rows -= head.rows
             batch.append(head)
             rows += head.rows
-        return batch
+        return batch, rows
 
-    async def _run(self, batch: list[_Pending]) -> None:
-        rows = sum(p.rows for p in batch)
+    async def _run(self, batch: list[_Pending], rows: int) -> None:
         if self.runner.predicted_cost(rows) < self._inline:
             self._run_inline(batch, rows)
             return
@@ -302,14 +302,12 @@ class Batcher:
         except Exception as exc:
             if self._failed(batch, exc):
                 for p in batch:
-                    await self._run([p])
+                    await self._run([p], p.rows)
             return
         self._finish(batch, feeds, outputs, rows, start)
 
-    def _run_inline(self, batch: list[_Pending], rows: int | None = None) -> None:
+    def _run_inline(self, batch: list[_Pending], rows: int) -> None:
         """Run on the event loop: the predicted compute is below the cost of a thread hand-off."""
-        if rows is None:
-            rows = sum(p.rows for p in batch)
         feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
         start = time.perf_counter_ns()
         try:
