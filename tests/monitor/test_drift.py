@@ -371,6 +371,8 @@ def test_compiled_rule_matches_the_numpy_rule_bit_for_bit(seed: int) -> None:
     reference[:, 0] = 1.0  # a constant column: one edge
     if features > 2:
         reference[rng.random(reference.shape[0]) < 0.5, 2] = np.nan  # NaN in the reference
+    if features > 3:
+        reference[:, 3] = np.nan  # no finite reference value: infinite floors, never scored
     profile = drift.build_profile(reference)
     cfg = _config(min_rows=int(rng.integers(1, 200)), alpha=float(rng.choice([1e-3, 0.05])))
     for _ in range(40):
