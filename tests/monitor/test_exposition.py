@@ -22,6 +22,7 @@ from lockgate.monitor.exposition import encode_text
 from lockgate.monitor.metrics import GatewayCollector, render_metrics
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import DriftSnapshot, Snapshot, VersionSnapshot
+from lockgate.retrain.gateway_metrics import SAMPLES, parse
 
 
 class _Fixed(Collector):
@@ -67,7 +68,7 @@ def test_any_label_values_render_identically(samples: list[tuple[str, str, float
     assert encode_text([family]) == reference([family])
 
 
-def test_a_gateway_snapshot_renders_identically() -> None:
+def _gateway_snapshot() -> Snapshot:
     rng = np.random.default_rng(1)
     latency = LatencySketch()
     latency.add(rng.exponential(0.002, size=1000))
@@ -81,7 +82,7 @@ def test_a_gateway_snapshot_renders_identically() -> None:
         dataset_alert=True,
         counts=rng.integers(0, 50, size=(2, 7)),
     )
-    snap = Snapshot(
+    return Snapshot(
         revision=3,
         requests=Counter(
             {("e", "canary", *key, "http", "ok"): 10, ("e", "", "", "", "grpc", "x"): 1}
@@ -90,6 +91,7 @@ def test_a_gateway_snapshot_renders_identically() -> None:
         loaded={key},
         batch={key: Counter(batches=4, rows=9, compute_ns=12345)},
         queued_rows=Counter({key: 2}),
+        shadows={("e", "challenger"): Counter(requests=5, disagreeing_rows=1)},
         monitored=True,
         versions={
             key: VersionSnapshot(
@@ -97,6 +99,40 @@ def test_a_gateway_snapshot_renders_identically() -> None:
             )
         },
     )
+
+
+def test_a_gateway_snapshot_renders_identically() -> None:
+    snap = _gateway_snapshot()
     expected = reference(list(GatewayCollector(snap).collect()))
     assert render_metrics(snap) == expected
     assert render_metrics(snap) == expected  # again, from the label cache
+
+
+def _restricted(snap: Snapshot, names: set[str]) -> bytes:
+    """prometheus-client's own `/metrics?name[]=...`: its registry, restricted."""
+    registry = CollectorRegistry(auto_describe=True)  # it learns the names from collect()
+    registry.register(GatewayCollector(snap))
+    return generate_latest(registry.restricted_registry(names))
+
+
+def test_names_restrict_the_output_as_prometheus_clients_registry_does() -> None:
+    snap = _gateway_snapshot()
+    every = {s.name for m in GatewayCollector(snap).collect() for s in m.samples}
+    assert len(every) > 30
+    rng = np.random.default_rng(2)
+    choices = [{name} for name in sorted(every)]  # each sample name alone: every family found
+    choices += [set(rng.choice(sorted(every), size=8, replace=False)) for _ in range(10)]
+    choices += [set(SAMPLES), {"lockgate_no_such_metric"}]
+    for names in choices:
+        got = render_metrics(snap, names)
+        assert got == _restricted(snap, names), names
+        assert bool(got) == bool(names & every)
+
+
+def test_the_rollouts_scrape_parses_as_the_full_output_does() -> None:
+    snap = _gateway_snapshot()
+    full = parse(render_metrics(snap).decode(), at=0.0)
+    restricted = parse(render_metrics(snap, SAMPLES).decode(), at=0.0)
+    assert restricted == full
+    assert full.requests and full.latency and full.alerts and full.shadows and full.weights
+    assert len(render_metrics(snap, SAMPLES)) < len(render_metrics(snap)) / 2

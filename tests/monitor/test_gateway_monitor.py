@@ -19,6 +19,7 @@ from lockgate.control.registry import Registry
 from lockgate.demo import classifier_data, ensure_demo_models
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.sketch import LatencySketch
+from lockgate.retrain.gateway_metrics import parse, scrape
 from tests.conftest import RunningGateway, loopback_config
 
 
@@ -98,6 +99,24 @@ def test_every_request_is_logged_once_and_labels_join(home: Path) -> None:
     assert set(log["endpoint"].tolist()) == {b"classifier"}
     feedback = FeedbackLog(home / "feedback").read_labels()
     assert len(feedback["request_id"]) == 65
+
+
+def test_a_scrape_can_ask_for_some_samples_only(home: Path) -> None:
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
+            for i in range(5):
+                _infer(client, f"r{i}", np.zeros((1, 16), np.float32))
+        gw.call(gw.gateway.monitor.drain())
+        url = f"http://{gw.admin}/metrics"
+        wanted = ["lockgate_requests_total", "lockgate_drift_alert"]
+        text = httpx.get(url, params=[("name[]", n) for n in wanted]).text
+        got = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        assert got == set(wanted)
+        # the rollout controller's scrape asks for its samples only and reads what it read
+        # from the whole page
+        full = parse(httpx.get(url).text, at=0.0)
+        assert dataclasses.replace(scrape(f"http://{gw.admin}"), at=0.0) == full
+        assert full.requests and full.latency
 
 
 def test_ring_overflow_is_counted_not_hidden(home: Path) -> None:

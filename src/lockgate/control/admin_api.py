@@ -158,7 +158,8 @@ def build_admin_app(
 
     async def prometheus(request: Request) -> Response:
         snap = await control.snapshot()
-        return Response(render_metrics(snap), media_type=METRICS_CONTENT_TYPE)
+        names = request.query_params.getlist("name[]") or None  # as prometheus-client's
+        return Response(render_metrics(snap, names), media_type=METRICS_CONTENT_TYPE)
 
     async def monitor_snapshot(request: Request) -> Response:
         snap = await control.snapshot()

@@ -10,7 +10,7 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -105,21 +105,39 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
 
 
 class GatewayCollector(Collector):
-    """A snapshot (one process's, or the merge of several) as Prometheus metric families."""
+    """A snapshot (one process's, or the merge of several) as Prometheus metric families.
 
-    def __init__(self, snap: Snapshot) -> None:
+    `names`, when given, restricts the output to samples of those names, as prometheus-client's
+    `restricted_registry` does for `/metrics?name[]=...`; groups of families with no wanted
+    sample are not built at all (the rollout controller reads a few families, twice a step)."""
+
+    def __init__(self, snap: Snapshot, names: Collection[str] | None = None) -> None:
         self.snap = snap
+        self.names = None if names is None else frozenset(names)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
-        yield from self._requests(snap)
-        yield from self._serving(snap)
-        yield from self._shadows(snap)
+        versions = sorted(snap.versions.items())
+        groups: list[tuple[tuple[str, ...], Callable[[], Iterator[Metric]]]] = [
+            (_REQUESTS, lambda: self._requests(snap)),
+            (_SERVING, lambda: self._serving(snap)),
+            (_SHADOWS, lambda: self._shadows(snap)),
+        ]
         if snap.monitored:
-            versions = sorted(snap.versions.items())
-            yield from self._latency(versions)
-            yield from self._drift(versions)
-            yield from self._feedback(snap, versions)
+            groups += [
+                (_LATENCY, lambda: self._latency(versions, self.wants("lockgate_queue_seconds"))),
+                (_DRIFT, lambda: self._drift(versions, self.wants("lockgate_drift_score"))),
+                (_FEEDBACK, lambda: self._feedback(snap, versions)),
+            ]
+        names = self.names
+        for families, build in groups:
+            if names is None:
+                yield from build()
+            elif any(_sample_names(f) & names for f in families):
+                for metric in build():
+                    metric.samples = [s for s in metric.samples if s.name in names]
+                    if metric.samples:
+                        yield metric
 
     @staticmethod
     def _requests(snap: Snapshot) -> Iterator[Metric]:
@@ -208,8 +226,13 @@ class GatewayCollector(Collector):
                 family.add_metric(list(key), stats[f])
         yield from families.values()
 
+    def wants(self, family: str) -> bool:
+        """Whether any sample of `family` is asked for (the two largest families are skipped
+        outright when not)."""
+        return self.names is None or bool(_sample_names(family) & self.names)
+
     @staticmethod
-    def _latency(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
+    def _latency(versions: list[tuple[Key, VersionSnapshot]], queues: bool) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
             "lockgate_request_latency_seconds",
             "Server time from decoded request to answer",
@@ -238,13 +261,14 @@ class GatewayCollector(Collector):
                 if sketch.count:
                     for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
                         quantiles.add_metric([*labels, str(q)], float(value))
-            _histogram(queue, list(key), vs.queue)
+            if queues:
+                _histogram(queue, list(key), vs.queue)
             written.add_metric(list(key), vs.rows)
             dropped.add_metric(list(key), vs.dropped)
         yield from (latency, quantiles, queue, written, dropped)
 
     @staticmethod
-    def _drift(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
+    def _drift(versions: list[tuple[Key, VersionSnapshot]], scores: bool) -> Iterator[Metric]:
         side_labels = [*VERSION, "side"]
         score = GaugeMetricFamily(
             "lockgate_drift_score",
@@ -276,7 +300,7 @@ class GatewayCollector(Collector):
                 labels = [*key, side]
                 for f, feature in enumerate(drift.names):
                     alert.add_metric([*labels, feature], float(drift.alert[f]))
-                    for i, statistic in enumerate(SCORE_NAMES):
+                    for i, statistic in enumerate(SCORE_NAMES if scores else ()):
                         v = float(drift.scores[f, i])
                         if v == v:  # NaN: not scored (too few finite values)
                             score.add_metric([*labels, feature, statistic], v)
@@ -312,6 +336,57 @@ class GatewayCollector(Collector):
         yield from (labelled, accuracy, error, unknown)
 
 
-def render_metrics(snap: Snapshot) -> bytes:
-    """`snap` in the Prometheus text exposition format."""
-    return encode_text(GatewayCollector(snap).collect())
+def render_metrics(snap: Snapshot, names: Collection[str] | None = None) -> bytes:
+    """`snap` in the Prometheus text exposition format (only samples named in `names`, if
+    given)."""
+    return encode_text(GatewayCollector(snap, names).collect())
+
+
+def _sample_names(family: str) -> set[str]:
+    """The names a family's samples can have (its type decides which occur)."""
+    return {family, *(family + suffix for suffix in _SUFFIXES)}
+
+
+_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum")
+# The families each group of GatewayCollector builds (a test checks these against the output).
+_REQUESTS = ("lockgate_requests",)
+_SERVING = (
+    "lockgate_worker_processes",
+    "lockgate_worker_restarts",
+    "lockgate_state_revision",
+    "lockgate_traffic_weight",
+    "lockgate_model_loaded",
+    *(
+        f"lockgate_{name}"
+        for name in (
+            "batches",
+            "batch_rows",
+            "batch_requests",
+            "shed",
+            "expired",
+            "compute_seconds",
+            "queue_rows",
+        )
+    ),
+)
+_SHADOWS = tuple(f"lockgate_shadow_{field}" for field in SHADOW_FIELDS)
+_LATENCY = (
+    "lockgate_request_latency_seconds",
+    "lockgate_request_latency_quantile_seconds",
+    "lockgate_queue_seconds",
+    "lockgate_predlog_rows",
+    "lockgate_predlog_dropped",
+)
+_DRIFT = (
+    "lockgate_drift_score",
+    "lockgate_drift_alert",
+    "lockgate_drift_dataset_alert",
+    "lockgate_drift_share",
+    "lockgate_drift_windows",
+)
+_FEEDBACK = (
+    "lockgate_feedback_labels",
+    "lockgate_online_accuracy",
+    "lockgate_online_abs_error",
+    "lockgate_feedback_unknown",
+)
