@@ -16,6 +16,7 @@ from onnx import TensorProto
 
 from lockgate.control.registry import Registry
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.monitor import drift
 from tests import onnx_models
 
 
@@ -131,6 +132,35 @@ def test_reference_data_from_npy_and_csv(tmp_path: Path, model_file: Path) -> No
     with pytest.raises(LockgateError, match=r"\.npy, \.npz or \.csv"):
         registry.register(model_file, "scale", reference=bad)
     assert len(registry.versions("scale")) == 2
+
+
+def test_drift_profiles_are_built_at_registration_from_the_reference(
+    tmp_path: Path, model_file: Path
+) -> None:
+    data = np.random.default_rng(2).normal(size=(400, 3))
+    registry = Registry(tmp_path / "home")
+    info = registry.register(model_file, "scale", reference=data)
+    profiles = registry.load_profiles(info)
+    assert profiles is not None and info.profile_path is not None
+    # inputs: the reference itself; outputs: what the model (y = 2x, in float32) makes of it
+    names = ["x[0]", "x[1]", "x[2]"]
+    outputs = 2 * data.astype(np.float32)
+    for got, want in (
+        (profiles.inputs, drift.build_profile(data, names)),
+        (
+            profiles.outputs,
+            drift.build_profile(outputs.astype(np.float64), ["y[0]", "y[1]", "y[2]"]),
+        ),
+    ):
+        assert got is not None and got.names == want.names
+        for name in ("edges", "n_edges", "counts", "norms"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    # no reference, no profile; a reference the model cannot score still registers, unprofiled
+    assert registry.load_profiles(registry.register(model_file, "scale")) is None
+    narrow = registry.register(model_file, "scale", reference=data[:, :2])
+    assert registry.load_reference(narrow) is not None and registry.load_profiles(narrow) is None
+    (narrow.path / "profile.npz").write_bytes(b"not a profile")  # unreadable: ignored
+    assert registry.load_profiles(narrow) is None
 
 
 def test_verify_detects_a_changed_file(tmp_path: Path, model_file: Path) -> None:

@@ -178,6 +178,29 @@ def test_shifted_traffic_flips_the_drift_alert(home: Path) -> None:
         client.close()
 
 
+@pytest.mark.parametrize("removed", ["reference.npz", "profile.npz"])
+def test_drift_monitors_come_from_the_stored_profile_or_else_the_reference(
+    home: Path, removed: str
+) -> None:
+    """The profile built at registration is what a gateway loads; a version without one (an
+    older registration) gets it built from its reference data at load, identically."""
+    registry = Registry(home)
+    info = registry.get("classifier", "2")
+    stored = registry.load_profiles(info)
+    assert stored is not None and stored.outputs is not None
+    (info.path / removed).unlink()
+    with RunningGateway(loopback_config(home), Registry(home)) as gw:
+        monitored = gw.gateway.monitor.versions[("classifier", "2")]
+        assert monitored.input_drift is not None and monitored.output_drift is not None
+        for got, want in (
+            (monitored.input_drift.profile, stored.inputs),
+            (monitored.output_drift.profile, stored.outputs),
+        ):
+            assert got.names == want.names
+            np.testing.assert_array_equal(got.edges, want.edges)
+            np.testing.assert_array_equal(got.counts, want.counts)
+
+
 def test_rows_the_drain_cannot_assemble_are_counted_as_dropped(home: Path) -> None:
     with RunningGateway(loopback_config(home), Registry(home)) as gw:
         with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:

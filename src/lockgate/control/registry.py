@@ -1,5 +1,6 @@
 """Model versions on disk: `models/<name>/<version>/` holding `model.onnx`, `meta.json` and,
-when given, `reference.npz`. A version is immutable once published.
+when given, `reference.npz` with the drift profiles built from it (`profile.npz`, see
+:mod:`lockgate.monitor.profiles`). A version is immutable once published.
 
 Publishing writes a temporary folder next to the versions, fsyncs it, and renames it to the next
 free version number. `rename` of a folder onto an existing non-empty folder fails, so two writers
@@ -13,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -28,12 +30,15 @@ import orjson
 
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.fsutil import fsync_dir, write_synced
+from lockgate.monitor.profiles import VersionProfiles, build_profiles
 from lockgate.types import ModelSpec, TensorSpec
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 REFERENCE_FILE = "reference.npz"
+PROFILE_FILE = "profile.npz"
 CARD_FILE = "card.md"
 _TEMP_PREFIX = ".tmp-"
 
@@ -80,6 +85,11 @@ class VersionInfo:
         path = self.path / REFERENCE_FILE
         return path if path.exists() else None
 
+    @property
+    def profile_path(self) -> Path | None:
+        path = self.path / PROFILE_FILE
+        return path if path.exists() else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -107,6 +117,11 @@ def check_name(name: str) -> str:
 def read_schema(model_bytes: bytes, name: str, version: str) -> ModelSpec:
     """Validate an ONNX model (checker + an onnxruntime session) and read its input/output
     schema. Raises INVALID with the reason when the file is not a usable model."""
+    return _validate(model_bytes, name, version)[0]
+
+
+def _validate(model_bytes: bytes, name: str, version: str) -> tuple[ModelSpec, Any]:
+    """`read_schema`, and the onnxruntime session it made."""
     import onnx
     import onnxruntime as ort
 
@@ -118,7 +133,7 @@ def read_schema(model_bytes: bytes, name: str, version: str) -> ModelSpec:
     try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise invalid(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
     initializers = {i.name for i in model.graph.initializer}
@@ -135,7 +150,22 @@ def read_schema(model_bytes: bytes, name: str, version: str) -> ModelSpec:
     outputs = tuple(spec_of(o) for o in model.graph.output)
     if not inputs or not outputs:
         raise invalid("the model has no inputs or no outputs")
-    return ModelSpec(name, version, inputs, outputs)
+    return ModelSpec(name, version, inputs, outputs), session
+
+
+def _profiles(spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any) -> bytes | None:
+    """The version's drift profiles, serialised; None (logged) when they cannot be built, in
+    which case a gateway tries again from the reference data when it loads the version."""
+    names = [o.name for o in spec.outputs]
+
+    def predict(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    try:
+        return build_profiles(spec, reference, predict).to_npz_bytes()
+    except Exception as exc:  # a model that cannot score its own reference still registers
+        log.warning("no drift profile for a version of %s: %s", spec.name, _first_line(exc))
+        return None
 
 
 def load_reference_file(path: Path) -> np.ndarray[Any, Any]:
@@ -220,6 +250,18 @@ class Registry:
         with np.load(path, allow_pickle=False) as archive:
             return np.asarray(archive["data"])
 
+    def load_profiles(self, info: VersionInfo) -> VersionProfiles | None:
+        """The drift profiles stored at registration; None when the version has none (or they
+        cannot be read: the caller builds them from the reference data instead)."""
+        path = info.profile_path
+        if path is None:
+            return None
+        try:
+            return VersionProfiles.from_npz_bytes(path.read_bytes())
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("unreadable drift profile %s: %s", path, _first_line(exc))
+            return None
+
     def verify(self, info: VersionInfo) -> None:
         """Raise UNAVAILABLE when the model file no longer matches its recorded checksum."""
         digest = hashlib.sha256(info.model_path.read_bytes()).hexdigest()
@@ -269,14 +311,15 @@ class Registry:
                 model_bytes = Path(source).read_bytes()
             except OSError as exc:
                 raise invalid(f"cannot read model file {source}: {exc.strerror}") from None
-        spec = read_schema(model_bytes, name, "0")
-        ref = None
+        spec, session = _validate(model_bytes, name, "0")
+        ref = profiles = None
         if reference is not None:
             ref = (
                 load_reference_file(reference)
                 if isinstance(reference, Path)
                 else np.asarray(reference, dtype=np.float64)
             )
+            profiles = _profiles(spec, ref, session)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=folder))
@@ -298,6 +341,8 @@ class Registry:
                 buf = io.BytesIO()
                 np.savez(buf, data=ref)
                 write_synced(temp / REFERENCE_FILE, buf.getvalue())
+            if profiles is not None:
+                write_synced(temp / PROFILE_FILE, profiles)
             fsync_dir(temp)
             version = self._publish(temp, folder)
         except BaseException:

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +25,18 @@ import numpy as np
 
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
-from lockgate.monitor.drift import DriftConfig, DriftMonitor, build_profile
+from lockgate.monitor.drift import DriftConfig, DriftMonitor
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
+from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import Columns, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
-from lockgate.serve.tensors import numpy_dtype
 from lockgate.types import ModelSpec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 Array = np.ndarray[Any, Any]
 RECENT_ROWS = 1000
-MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds load time and memory
 
 
 @dataclass
@@ -147,57 +145,42 @@ class Monitor:
         self,
         spec: ModelSpec,
         reference: Array | None = None,
-        predict: Callable[[dict[str, Array]], dict[str, Array]] | None = None,
+        predict: Predict | None = None,
+        profiles: VersionProfiles | None = None,
     ) -> VersionRecorder:
-        """A ring for a version being loaded (the batcher's observer), and its drift profiles
-        from the version's reference data: inputs directly, outputs by running the model on it.
-        Blocking (called from the loading thread)."""
+        """A ring for a version being loaded (the batcher's observer), and its drift monitors:
+        from the `profiles` stored at registration, or else built from its `reference` data
+        (inputs directly, outputs by running the model on it). Blocking (called from the loading
+        thread)."""
         key = (spec.name, spec.version)
         recorder = VersionRecorder(spec, self.config.ring_rows)
         vm = VersionMonitor(key, recorder)
-        if reference is not None:
-            try:
-                vm.input_drift, vm.output_drift = self._drift_monitors(recorder, reference, predict)
-            except Exception as exc:  # a bad profile must not stop the model from serving
-                log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
+        try:
+            if profiles is None and reference is not None:
+                profiles = build_profiles(spec, reference, predict)
+            if profiles is not None:
+                vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
+        except Exception as exc:  # a bad profile must not stop the model from serving
+            log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
         with self.lock:
             self.versions[key] = vm
         return recorder
 
     def _drift_monitors(
-        self,
-        recorder: VersionRecorder,
-        reference: Array,
-        predict: Callable[[dict[str, Array]], dict[str, Array]] | None,
-    ) -> tuple[DriftMonitor | None, DriftMonitor | None]:
+        self, recorder: VersionRecorder, profiles: VersionProfiles
+    ) -> tuple[DriftMonitor, DriftMonitor | None]:
         config = DriftConfig(
             window_rows=self.config.drift_window_rows,
             window_seconds=self.config.drift_window_seconds,
         )
-        reference = reference[:MAX_REFERENCE_ROWS]
-        names = recorder.input_features
-        if reference.ndim != 2 or reference.shape[1] != len(names):
-            raise ValueError(
-                f"reference data has shape {reference.shape}, the monitored inputs are "
-                f"{len(names)} features"
-            )
-        inputs = DriftMonitor(build_profile(reference, names), config)
-        outputs = None
-        spec = recorder.spec
-        if predict is not None and len(recorder.input_tensors) == 1 and recorder.output_features:
-            (name,) = recorder.input_tensors
-            tensor = spec.input(name)
-            assert tensor is not None
-            feed = reference.astype(numpy_dtype(tensor.datatype)).reshape(
-                (reference.shape[0], *tensor.shape[1:])
-            )
-            predicted = predict({name: feed})
-            matrix = np.hstack(
-                [predicted[n].reshape(reference.shape[0], -1) for n in recorder.output_tensors]
-            )
-            profile = build_profile(matrix.astype(np.float64), recorder.output_features)
-            outputs = DriftMonitor(profile, config)
-        return inputs, outputs
+        for profile, names in (
+            (profiles.inputs, recorder.input_features),
+            (profiles.outputs, recorder.output_features),
+        ):
+            if profile is not None and list(profile.names) != names:
+                raise ValueError(f"the profile's features {profile.names} are not {names}")
+        outputs = None if profiles.outputs is None else DriftMonitor(profiles.outputs, config)
+        return DriftMonitor(profiles.inputs, config), outputs
 
     def detach(self, key: Key) -> None:
         """Forget a released version (its last rows were drained with everyone else's)."""

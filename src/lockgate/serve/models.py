@@ -133,6 +133,9 @@ class ModelSet:
             runner.load()
             if self.monitor is None:
                 return None
+            profiles = self.registry.load_profiles(info)  # built at registration
+            if profiles is not None:
+                return self.monitor.attach(info.spec, profiles=profiles)
             reference = self.registry.load_reference(info)
             return self.monitor.attach(info.spec, reference, runner.run)
 

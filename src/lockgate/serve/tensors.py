@@ -9,34 +9,12 @@ from typing import Any
 import numpy as np
 
 from lockgate.errors import invalid
+from lockgate.types import NUMERIC_DTYPES as NUMERIC_DTYPES  # defined there for monitor/ too
+from lockgate.types import numpy_dtype as numpy_dtype
 
-NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
 DATATYPES = frozenset((*NUMERIC_DTYPES, "BYTES"))
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in NUMERIC_DTYPES.items()}
 _U32 = struct.Struct("<I")
-
-
-def numpy_dtype(datatype: str) -> np.dtype[Any]:
-    """The numpy dtype for an OIP datatype; BYTES maps to object (elements are `bytes`)."""
-    if datatype == "BYTES":
-        return np.dtype(object)
-    try:
-        return NUMERIC_DTYPES[datatype]
-    except KeyError:
-        raise invalid(f"unsupported datatype {datatype!r}") from None
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
