@@ -141,7 +141,7 @@ def test_drift_profiles_are_built_at_registration_from_the_reference(
     registry = Registry(tmp_path / "home")
     info = registry.register(model_file, "scale", reference=data)
     profiles = registry.load_profiles(info)
-    assert profiles is not None and info.profile_path is not None
+    assert profiles is not None and info.to_json()["drift_profile"] is True
     # inputs: the reference itself; outputs: what the model (y = 2x, in float32) makes of it
     names = ["x[0]", "x[1]", "x[2]"]
     outputs = 2 * data.astype(np.float32)
@@ -156,7 +156,8 @@ def test_drift_profiles_are_built_at_registration_from_the_reference(
         for name in ("edges", "n_edges", "counts", "norms"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
     # no reference, no profile; a reference the model cannot score still registers, unprofiled
-    assert registry.load_profiles(registry.register(model_file, "scale")) is None
+    bare = registry.register(model_file, "scale")
+    assert registry.load_profiles(bare) is None and bare.to_json()["drift_profile"] is False
     narrow = registry.register(model_file, "scale", reference=data[:, :2])
     assert registry.load_reference(narrow) is not None and registry.load_profiles(narrow) is None
     (narrow.path / "profile.npz").write_bytes(b"not a profile")  # unreadable: ignored

@@ -102,6 +102,7 @@ class VersionInfo:
             "metadata": self.metadata,
             "lineage": self.lineage,
             "reference": self.reference_path is not None,
+            "drift_profile": self.profile_path is not None,
         }
 
 
