@@ -9,13 +9,16 @@ SIGUSR1, as a deployed worker runs (`make demo`, the compose stack and the Kuber
 start it once). `--spawn` starts a fresh `lockgate retrain --now --once` process per job instead,
 so its interpreter start and imports (about 0.4 s of CPU) fall inside the window too.
 
-Prints a table of p50/p99 per window and the ratio of p99 with a retrain to p99 without.
+Prints a table of p50/p99 per window and the ratio of p99 with a retrain to p99 without, and
+flags any window whose throughput departs more than 15% from the run's median (on a shared
+machine, a disturbance of the machine rather than of the job; it still counts).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from loadgen import Result, wrk
 from lockgate.control.registry import Registry
 from lockgate.demo import ensure_demo_models, send_traffic
 
+DISTURBED = 0.15  # a window whose rps departs this far from the run's median is flagged
 PIPELINE = """
 endpoint = "classifier"
 [triggers]
@@ -117,6 +121,15 @@ def run(home: Path, http: str, admin: str, args: argparse.Namespace) -> int:
         job_text = f"{seconds:.1f}" if seconds else "—"
         p50, p99 = r.p50_us / 1000, r.p99_us / 1000
         print(f"| {name} | {r.rps:,.0f} | {p50:.2f} | {p99:.2f} | {job_text} |")
+    median_rps = statistics.median(r.rps for _, r, _ in rows)
+    for i, (name, r, _) in enumerate(rows):
+        if abs(r.rps / median_rps - 1) > DISTURBED:
+            # A window far off the run's usual throughput, steady or not: the shared machine
+            # itself, most likely; the verdict still counts it, the reader should know.
+            print(
+                f"\nwindow {i + 1} ({name}) ran at {r.rps:,.0f} rps, the run's median is "
+                f"{median_rps:,.0f}: the machine may have been disturbed"
+            )
     steady = [r.p99_us for name, r, _ in rows if name == "steady"]
     busy = [r.p99_us for name, r, _ in rows if name != "steady"]
     ratio = (sum(busy) / len(busy)) / (sum(steady) / len(steady))
