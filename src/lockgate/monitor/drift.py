@@ -50,7 +50,8 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,9 @@ class ReferenceProfile:
     counts: NDArray[np.int64]  # [F, M + 2] reference histogram, NaN in the last column
     norms: NDArray[np.float64]  # [F] reference std (bins.reference_scale) for Wasserstein
     rows: int  # N, reference rows
+    _chi2_factors: dict[float, NDArray[np.float64]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         f, m = np.shape(self.edges)
@@ -96,35 +100,30 @@ class ReferenceProfile:
             dtype = np.int64 if name in ("n_edges", "counts") else np.float64
             object.__setattr__(self, name, _frozen(getattr(self, name), dtype))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
-        # Derived once: every window's evaluation needs them.
-        object.__setattr__(self, "_finite_rows", _frozen(self.counts[:, :-1].sum(axis=1), np.int64))
-        object.__setattr__(self, "_bins", _frozen((self.counts[:, :-1] > 0).sum(axis=1), np.int64))
-        object.__setattr__(self, "_chi", {})
 
     @property
     def n_features(self) -> int:
         """F, the number of features (columns)."""
         return len(self.names)
 
-    @property
+    # Derived once (the arrays are frozen): every window's evaluation needs them.
+    @cached_property
     def finite_rows(self) -> NDArray[np.int64]:
         """Finite reference values per feature: the N of the noise floors (NaN is excluded)."""
-        out: NDArray[np.int64] = self._finite_rows  # type: ignore[attr-defined]
-        return out
+        return _frozen(self.counts[:, :-1].sum(axis=1), np.int64)
 
-    @property
+    @cached_property
     def bins(self) -> NDArray[np.int64]:
         """B per feature: finite slots holding reference mass (the chi-square cells)."""
-        out: NDArray[np.int64] = self._bins  # type: ignore[attr-defined]
-        return out
+        return _frozen((self.counts[:, :-1] > 0).sum(axis=1), np.int64)
 
     def chi2_factors(self, alpha: float) -> NDArray[np.float64]:
         """Per feature, the PSI floor over ``1/n + 1/N`` at level ``alpha`` (module doc);
         remembered per level, since every window of the profile asks again."""
-        cache: dict[float, NDArray[np.float64]] = self._chi  # type: ignore[attr-defined]
-        factors = cache.get(alpha)
+        factors = self._chi2_factors.get(alpha)
         if factors is None:
-            factors = cache[alpha] = _frozen(psi_floor_factors(self.bins, alpha), np.float64)
+            factors = _frozen(psi_floor_factors(self.bins, alpha), np.float64)
+            self._chi2_factors[alpha] = factors
         return factors
 
     def to_npz_bytes(self) -> bytes:

@@ -10,7 +10,7 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -108,36 +108,37 @@ class GatewayCollector(Collector):
     """A snapshot (one process's, or the merge of several) as Prometheus metric families.
 
     `names`, when given, restricts the output to samples of those names, as prometheus-client's
-    `restricted_registry` does for `/metrics?name[]=...`; groups of families with no wanted
-    sample are not built at all (the rollout controller reads a few families, twice a step)."""
+    `restricted_registry` does for `/metrics?name[]=...` (the rollout controller reads a few
+    families, twice a step); the two largest families are not even built when unasked."""
 
     def __init__(self, snap: Snapshot, names: Collection[str] | None = None) -> None:
         self.snap = snap
         self.names = None if names is None else frozenset(names)
 
     def collect(self) -> Iterator[Metric]:
+        if self.names is None:
+            yield from self._families()
+            return
+        for metric in self._families():
+            metric.samples = [s for s in metric.samples if s.name in self.names]
+            if metric.samples:
+                yield metric
+
+    def _families(self) -> Iterator[Metric]:
         snap = self.snap
-        versions = sorted(snap.versions.items())
-        groups: list[tuple[tuple[str, ...], Callable[[], Iterator[Metric]]]] = [
-            (_REQUESTS, lambda: self._requests(snap)),
-            (_SERVING, lambda: self._serving(snap)),
-            (_SHADOWS, lambda: self._shadows(snap)),
-        ]
+        yield from self._requests(snap)
+        yield from self._serving(snap)
+        yield from self._shadows(snap)
         if snap.monitored:
-            groups += [
-                (_LATENCY, lambda: self._latency(versions, self.wants("lockgate_queue_seconds"))),
-                (_DRIFT, lambda: self._drift(versions, self.wants("lockgate_drift_score"))),
-                (_FEEDBACK, lambda: self._feedback(snap, versions)),
-            ]
-        names = self.names
-        for families, build in groups:
-            if names is None:
-                yield from build()
-            elif any(_sample_names(f) & names for f in families):
-                for metric in build():
-                    metric.samples = [s for s in metric.samples if s.name in names]
-                    if metric.samples:
-                        yield metric
+            versions = sorted(snap.versions.items())
+            yield from self._latency(versions, self.wants("lockgate_queue_seconds"))
+            yield from self._drift(versions, self.wants("lockgate_drift_score"))
+            yield from self._feedback(snap, versions)
+
+    def wants(self, family: str) -> bool:
+        """Whether any sample of `family` is asked for."""
+        suffixes = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum")
+        return self.names is None or any(family + s in self.names for s in suffixes)
 
     @staticmethod
     def _requests(snap: Snapshot) -> Iterator[Metric]:
@@ -225,11 +226,6 @@ class GatewayCollector(Collector):
             for f, family in families.items():
                 family.add_metric(list(key), stats[f])
         yield from families.values()
-
-    def wants(self, family: str) -> bool:
-        """Whether any sample of `family` is asked for (the two largest families are skipped
-        outright when not)."""
-        return self.names is None or bool(_sample_names(family) & self.names)
 
     @staticmethod
     def _latency(versions: list[tuple[Key, VersionSnapshot]], queues: bool) -> Iterator[Metric]:
@@ -340,53 +336,3 @@ def render_metrics(snap: Snapshot, names: Collection[str] | None = None) -> byte
     """`snap` in the Prometheus text exposition format (only samples named in `names`, if
     given)."""
     return encode_text(GatewayCollector(snap, names).collect())
-
-
-def _sample_names(family: str) -> set[str]:
-    """The names a family's samples can have (its type decides which occur)."""
-    return {family, *(family + suffix for suffix in _SUFFIXES)}
-
-
-_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum")
-# The families each group of GatewayCollector builds (a test checks these against the output).
-_REQUESTS = ("lockgate_requests",)
-_SERVING = (
-    "lockgate_worker_processes",
-    "lockgate_worker_restarts",
-    "lockgate_state_revision",
-    "lockgate_traffic_weight",
-    "lockgate_model_loaded",
-    *(
-        f"lockgate_{name}"
-        for name in (
-            "batches",
-            "batch_rows",
-            "batch_requests",
-            "shed",
-            "expired",
-            "compute_seconds",
-            "queue_rows",
-        )
-    ),
-)
-_SHADOWS = tuple(f"lockgate_shadow_{field}" for field in SHADOW_FIELDS)
-_LATENCY = (
-    "lockgate_request_latency_seconds",
-    "lockgate_request_latency_quantile_seconds",
-    "lockgate_queue_seconds",
-    "lockgate_predlog_rows",
-    "lockgate_predlog_dropped",
-)
-_DRIFT = (
-    "lockgate_drift_score",
-    "lockgate_drift_alert",
-    "lockgate_drift_dataset_alert",
-    "lockgate_drift_share",
-    "lockgate_drift_windows",
-)
-_FEEDBACK = (
-    "lockgate_feedback_labels",
-    "lockgate_online_accuracy",
-    "lockgate_online_abs_error",
-    "lockgate_feedback_unknown",
-)
