@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from lockgate.serve import codec
+from lockgate.serve.transport import codec
 from lockgate.types import InferResponse, Tensor
 
 ROW = np.random.default_rng(0).standard_normal(16).astype(np.float32)

@@ -20,7 +20,7 @@ import uvloop
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate.config import RunnerConfig, default_intra_op_threads
 from lockgate.serve.runner import session_options
-from lockgate.serve.tensors import NUMERIC_DTYPES, datatype_of
+from lockgate.serve.transport.tensors import NUMERIC_DTYPES, datatype_of
 
 SERVICE = "inference.GRPCInferenceService"
 

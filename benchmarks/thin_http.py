@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from lockgate.config import RunnerConfig, default_intra_op_threads
 from lockgate.serve.runner import session_options
-from lockgate.serve.tensors import NUMERIC_DTYPES, datatype_of
+from lockgate.serve.transport.tensors import NUMERIC_DTYPES, datatype_of
 
 CEILING = b'{"ceiling":true}'
 

@@ -17,7 +17,7 @@ from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
-from lockgate.serve.app import Gateway
+from lockgate.process.gateway import Gateway
 from tests import onnx_models
 from tests.postgres import postgres_server, postgres_url, state_url  # noqa: F401
 

@@ -295,8 +295,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
-    from lockgate.serve.app import Gateway
-    from lockgate.serve.workers import Supervisor
+    from lockgate.process.gateway import Gateway
+    from lockgate.process.supervisor import Supervisor
 
     config = serve_config(args)
     registry = Registry(config.home)
@@ -413,7 +413,7 @@ def _retrain(args: argparse.Namespace) -> int:
     if int(args.threads) < 1:
         raise invalid(f"--threads must be >= 1, got {args.threads}")
     os.environ.update(dict.fromkeys(_POOL_SIZE_VARIABLES, str(int(args.threads))))
-    from lockgate.cli_traffic import AdminClient
+    from lockgate.control.client import AdminClient
     from lockgate.retrain.pipeline import check_url, load_pipeline
     from lockgate.retrain.worker import RetrainWorker
 

@@ -11,7 +11,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from lockgate.cli_traffic import AdminClient, admin_command
+from lockgate.cli_traffic import admin_command
+from lockgate.control.client import AdminClient
 
 ACTIONS = ("pause", "resume", "abort", "promote")
 

@@ -8,55 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from lockgate.errors import ErrorKind, LockgateError, invalid
-
-DEFAULT_ADMIN = "http://127.0.0.1:8002"
-
-
-class AdminClient:
-    def __init__(self, base: str, token: str | None, timeout: float = 60.0) -> None:
-        self.base = base.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def call(
-        self, method: str, path: str, body: Any = None, revision: int | None = None
-    ) -> dict[str, Any]:
-        headers = {"accept": "application/json"}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
-        if revision is not None:
-            headers["if-match"] = f'"{revision}"'
-        data = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["content-type"] = "application/json"
-        request = urllib.request.Request(self.base + path, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                doc: dict[str, Any] = orjson.loads(response.read())
-                return doc
-        except urllib.error.HTTPError as exc:
-            try:
-                message = orjson.loads(exc.read()).get("error", exc.reason)
-            except (orjson.JSONDecodeError, AttributeError):
-                message = exc.reason
-            raise LockgateError(ErrorKind.INVALID, f"admin API {exc.code}: {message}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LockgateError(
-                ErrorKind.UNAVAILABLE, f"cannot reach the admin API at {self.base}: {reason}"
-            ) from None
-
-    def revision(self) -> int:
-        return int(self.call("GET", "/v1/state")["revision"])
+from lockgate.control.client import DEFAULT_ADMIN, AdminClient
+from lockgate.errors import invalid
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:

@@ -26,8 +26,8 @@ from starlette.responses import Response
 
 from lockgate.cli import _flag
 from lockgate.cli_rollout import add_rollout_parser
-from lockgate.cli_traffic import AdminClient
 from lockgate.control.auth import TokenCheck
+from lockgate.control.client import AdminClient
 from lockgate.control.registry import Registry
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import (
@@ -45,7 +45,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.retrain.fleet import Gateways
 from lockgate.retrain.gateway_metrics import Snapshot, parse, quantile, window
 from lockgate.retrain.rollout import RolloutController, analyse
-from lockgate.serve.http_api import error_response
+from lockgate.web import error_response
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config
 

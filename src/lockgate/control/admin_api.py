@@ -31,7 +31,7 @@ from lockgate.control.state import Mutation, State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.metrics import render_metrics
 from lockgate.monitor.snapshot import Snapshot
-from lockgate.serve.http_api import error_response, read_body
+from lockgate.web import digits, error_response, read_body
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -67,10 +67,7 @@ def _if_match(request: Request) -> int | None:
     raw = request.headers.get("if-match")
     if raw is None or raw.strip() == "*":
         return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise invalid(f"If-Match must be a state revision number, got {raw!r}")
-    return int(value)
+    return digits(raw.strip().removeprefix("W/").strip('"'), "If-Match (a state revision)")
 
 
 async def _body(request: Request) -> Any:
@@ -81,6 +78,13 @@ async def _body(request: Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"malformed JSON body: {exc}") from None
+
+
+def _limit(request: Request) -> int:
+    limit = digits(request.query_params.get("limit", "100"), "limit")
+    if not 0 < limit <= 10_000:
+        raise invalid("limit must be an integer from 1 to 10000")
+    return limit
 
 
 def _field(doc: Any, name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
@@ -185,11 +189,9 @@ def build_admin_app(
         return _json({"revision": state.revision, **doc}, revision=state.revision)
 
     async def audit(request: Request) -> Response:
-        limit = request.query_params.get("limit", "100")
-        if not limit.isdigit() or not 0 < int(limit) <= 10_000:
-            raise invalid("limit must be an integer from 1 to 10000")
+        limit = _limit(request)
         target = request.query_params.get("target")
-        records = await asyncio.to_thread(store.audit, int(limit), target)
+        records = await asyncio.to_thread(store.audit, limit, target)
         return _json({"records": records})
 
     def watched(request: Request) -> tuple[MonitorView, str, str]:
@@ -210,10 +212,8 @@ def build_admin_app(
 
     async def recent(request: Request) -> Response:
         view, model, version = watched(request)
-        limit = request.query_params.get("limit", "100")
-        if not limit.isdigit() or not 0 < int(limit) <= 10_000:
-            raise invalid("limit must be an integer from 1 to 10000")
-        return _json(await view.recent(model, version, int(limit)))
+        limit = _limit(request)
+        return _json(await view.recent(model, version, limit))
 
     # -- writes -------------------------------------------------------------------------------
     async def put_endpoint(request: Request) -> Response:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lockgate.cli_traffic import AdminClient
+from lockgate.control.client import AdminClient
 from lockgate.control.rollouts import (
     ABORT,
     ABORTED,

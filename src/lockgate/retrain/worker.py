@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from lockgate import __version__
-from lockgate.cli_traffic import AdminClient
+from lockgate.control.client import AdminClient
 from lockgate.control.registry import Registry, VersionInfo
 from lockgate.control.rollouts import RolloutStore
 from lockgate.errors import ErrorKind, LockgateError

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from lockgate.config import RunnerConfig
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.serve.tensors import numpy_dtype
+from lockgate.serve.transport.tensors import numpy_dtype
 from lockgate.types import ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)

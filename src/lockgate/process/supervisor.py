@@ -7,7 +7,7 @@ connections over the workers, and a slot's socket, with its queue of not-yet-acc
 connections, outlives the worker: a restarted worker (crash or rolling restart) picks up the
 same queue and no connection is reset. gRPC listeners are bound by each worker on the shared
 port (grpc's own SO_REUSEPORT); a worker replaced by a rolling restart hands its gRPC clients
-over to the others before it stops (:mod:`lockgate.serve.handover`). Workers are started with
+over to the others before it stops (:mod:`lockgate.process.handover`). Workers are started with
 the `spawn` context.
 
 The admin API talks to the workers through :class:`WorkerPool`, which implements the same
@@ -41,8 +41,8 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.snapshot import Snapshot, merged
-from lockgate.serve import peer
-from lockgate.serve.app import (
+from lockgate.process import channel as peer
+from lockgate.process.gateway import (
     WorkerRole,
     _uvicorn,
     bind_socket,
@@ -71,7 +71,7 @@ def worker_main(spec: WorkerSpec) -> None:
     """A worker process: one Gateway in worker mode until SIGTERM. Ctrl-C and a terminal
     hang-up go to the whole process group; the supervisor alone acts on them."""
     from lockgate.logs import configure_logging
-    from lockgate.serve.app import Gateway
+    from lockgate.process.gateway import Gateway
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

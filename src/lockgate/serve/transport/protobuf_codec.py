@@ -13,7 +13,7 @@ import numpy as np
 
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate.errors import invalid
-from lockgate.serve.tensors import (
+from lockgate.serve.transport.tensors import (
     DATATYPES,
     array_from_raw,
     element_count,

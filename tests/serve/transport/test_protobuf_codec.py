@@ -12,8 +12,8 @@ import pytest
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
 from lockgate.errors import LockgateError
-from lockgate.serve import protobuf_codec
-from lockgate.serve.tensors import raw_from_array
+from lockgate.serve.transport import protobuf_codec
+from lockgate.serve.transport.tensors import raw_from_array
 from lockgate.types import InferResponse, Tensor
 from tests.conftest import RunningGateway
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.serve import protobuf_codec
+from lockgate.serve.transport import protobuf_codec
 from lockgate.types import InferencePipeline
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from lockgate.errors import invalid
-from lockgate.serve.tensors import (
+from lockgate.serve.transport.tensors import (
     DATATYPES,
     array_from_raw,
     check_shape,
@@ -30,16 +30,13 @@ from lockgate.types import (
     Tensor,
     new_request_id,
 )
+from lockgate.web import JSON as JSON
+from lockgate.web import MSGPACK as MSGPACK
+from lockgate.web import is_msgpack as is_msgpack
 
-JSON = "application/json"
-MSGPACK = "application/msgpack"
 OCTET = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
 _INT_KINDS = "iu"
-
-
-def is_msgpack(content_type: str) -> bool:
-    return "msgpack" in content_type
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -365,12 +362,6 @@ def _msgpack_output(tensor: Tensor) -> dict[str, Any]:
         "shape": list(tensor.shape),
         "data": raw_from_array(tensor.data),
     }
-
-
-def encode_error(message: str, *, msgpack_body: bool = False) -> tuple[bytes, str]:
-    if msgpack_body:
-        return msgpack.packb({"error": message}), MSGPACK
-    return orjson.dumps({"error": message}), JSON
 
 
 def dumps(doc: Any) -> bytes:

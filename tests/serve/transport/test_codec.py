@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.serve import codec
-from lockgate.serve.tensors import NUMERIC_DTYPES, raw_from_array
+from lockgate.serve.transport import codec
+from lockgate.serve.transport.tensors import NUMERIC_DTYPES, raw_from_array
 from lockgate.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from tests.conftest import RunningGateway
 

@@ -10,15 +10,15 @@ bodies are identical to the starlette routes.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from lockgate.errors import ErrorKind, LockgateError, invalid
-from lockgate.serve import codec
+from lockgate.serve.transport import codec
 from lockgate.types import InferencePipeline
+from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,12 @@ class InferRoute:
         except LockgateError as exc:
             if not exc.counted:
                 self.pipeline.count_failure(model, "http", exc.kind.value)
-            body, media = codec.encode_error(
-                exc.message, msgpack_body=codec.is_msgpack(content_type)
-            )
-            status, extra = self.status[exc.kind], {"content-type": media}
-            if exc.kind is ErrorKind.OVERLOADED:
-                extra["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
+            body, media = error_body(exc.message, msgpack_body=is_msgpack(content_type))
+            status, extra = self.status[exc.kind], {"content-type": media, **error_headers(exc)}
         except Exception:
             self.pipeline.count_failure(model, "http", "internal")
             log.exception("unexpected error serving POST %s", scope["path"])
-            body, media = codec.encode_error("internal server error")
+            body, media = error_body("internal server error")
             status, extra = 500, {"content-type": media}
         raw = [(k.encode(), v.encode()) for k, v in extra.items()]
         raw.append((b"content-length", str(len(body)).encode()))
@@ -108,7 +104,7 @@ class InferRoute:
         req.routing_key = headers.get("x-lockgate-key") or None
         req.received_ns = received
         resp = await self.pipeline.infer(req)
-        as_msgpack = codec.is_msgpack(content_type) or codec.is_msgpack(headers.get("accept", ""))
+        as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
         out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
         variant = resp.parameters.get("variant")
         if variant is not None:
@@ -136,23 +132,7 @@ class InferRoute:
         return b"".join(chunks)
 
 
-def check_declared_length(declared: str | None, limit: int) -> None:
-    """Refuse a body over the limit before reading it, when its length is declared."""
-    if declared is None:
-        return
-    if not declared.isdigit():
-        raise invalid(f"bad Content-Length {declared!r}")
-    if int(declared) > limit:
-        raise LockgateError(
-            ErrorKind.TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit"
-        )
-
-
 def _header_length(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.strip().isdigit():
-        raise invalid(
-            f"Inference-Header-Content-Length must be a non-negative integer, got {raw!r}"
-        )
-    return int(raw)
+    return digits(raw, "Inference-Header-Content-Length")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lockgate.serve.handover import close_listeners, hand_over, open_connections
+from lockgate.process.handover import close_listeners, hand_over, open_connections
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 

@@ -4,7 +4,6 @@ data extension and msgpack bodies. Errors are `{"error": "..."}` with the status
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -13,38 +12,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lockgate.errors import ErrorKind, LockgateError
-from lockgate.serve import codec
-from lockgate.serve.infer_asgi import InferRoute, check_declared_length
+from lockgate.errors import LockgateError
+from lockgate.serve.transport import codec
+from lockgate.serve.transport.infer_asgi import InferRoute
 from lockgate.types import InferencePipeline
+from lockgate.web import STATUS, error_body, error_response, is_msgpack, read_body
 
 log = logging.getLogger(__name__)
 
 ROUTING_KEY_HEADER = "x-lockgate-key"
 VARIANT_HEADER = "x-lockgate-variant"
-STATUS: dict[ErrorKind, int] = {
-    ErrorKind.INVALID: 400,
-    ErrorKind.UNAUTHORIZED: 401,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.CONFLICT: 409,
-    ErrorKind.TOO_LARGE: 413,
-    ErrorKind.UNPROCESSABLE: 422,
-    ErrorKind.MODEL_FAILED: 500,
-    ErrorKind.UNAVAILABLE: 503,
-    ErrorKind.OVERLOADED: 503,
-    ErrorKind.DEADLINE: 504,
-}
-
-
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def error_response(exc: LockgateError, *, msgpack_body: bool = False) -> Response:
-    body, media = codec.encode_error(exc.message, msgpack_body=msgpack_body)
-    headers = {}
-    if exc.kind is ErrorKind.OVERLOADED:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
-    return Response(body, status_code=STATUS[exc.kind], headers=headers, media_type=media)
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -55,11 +33,11 @@ def _guarded(handler: Handler) -> Handler:
             return await handler(request)
         except LockgateError as exc:
             return error_response(
-                exc, msgpack_body=codec.is_msgpack(request.headers.get("content-type", ""))
+                exc, msgpack_body=is_msgpack(request.headers.get("content-type", ""))
             )
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
-            body, media = codec.encode_error("internal server error")
+            body, media = error_body("internal server error")
             return Response(body, status_code=500, media_type=media)
 
     return run
@@ -67,21 +45,6 @@ def _guarded(handler: Handler) -> Handler:
 
 def _json(doc: object, status: int = 200) -> Response:
     return Response(codec.dumps(doc), status_code=status, media_type=codec.JSON)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes before reading them when the length is known."""
-    declared = request.headers.get("content-length")
-    check_declared_length(declared, limit)
-    if declared is not None:
-        return await request.body()
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> InferRoute:
@@ -134,7 +97,7 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Infer
         detail = exc.detail if isinstance(exc, HTTPException) else "internal server error"
         if status == 404:
             detail = f"no route for {request.method} {request.url.path}"
-        body, media = codec.encode_error(str(detail))
+        body, media = error_body(str(detail))
         return Response(body, status_code=status, media_type=media)
 
     model_paths = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")

@@ -3,7 +3,7 @@ listener, all on one event loop; graceful shutdown on request.
 
 As one of `--workers N` processes (a :class:`WorkerRole`), it serves HTTP on the listening socket
 its supervisor hands it and gRPC on a shared port, and instead of the admin listener answers its
-supervisor's calls on a private unix socket (:mod:`lockgate.serve.peer`)."""
+supervisor's calls on a private unix socket (:mod:`lockgate.process.channel`)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
-from lockgate.serve import peer
-from lockgate.serve.grpc_api import build_grpc_server
-from lockgate.serve.handover import hand_over
-from lockgate.serve.http_api import build_http_app
-from lockgate.serve.pipeline import Pipeline
+from lockgate.process import channel as peer
+from lockgate.process.handover import hand_over
+from lockgate.serve.dataplane import Pipeline
+from lockgate.serve.transport.grpc_service import build_grpc_server
+from lockgate.serve.transport.http_app import build_http_app
 
 log = logging.getLogger(__name__)
 # Allocations between young-generation collections (CPython's default is 700). Measured with wrk

@@ -1,0 +1,1 @@
+"""The gateway process and the supervisor: listeners, lifespan, workers, the worker channel."""

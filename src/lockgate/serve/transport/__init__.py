@@ -1,0 +1,1 @@
+"""Transports: HTTP (bare ASGI infer route + starlette for the rest), gRPC, and their codecs."""
