@@ -71,9 +71,9 @@ class RunningGateway:
         self._thread.join(60)
 
     @property
-    def pipeline(self) -> Any:
+    def dataplane(self) -> Any:
         assert self.gateway is not None
-        return self.gateway.pipeline
+        return self.gateway.dataplane
 
     @property
     def http(self) -> str:

@@ -26,7 +26,6 @@ class LockgateError(Exception):
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
-        self.counted = False  # set once the pipeline has counted it with its variant's labels
 
     def __repr__(self) -> str:
         return f"LockgateError({self.kind.name}, {self.message!r})"

@@ -12,10 +12,10 @@ import orjson
 import psycopg
 import pytest
 
+from lockgate.control.dbapi import Backend
 from lockgate.control.rollouts import ACTIVE, RolloutStore
 from lockgate.control.schema import MIGRATIONS, migrate
 from lockgate.control.state import Change, State, StateStore
-from lockgate.control.statedb import Backend
 from lockgate.errors import LockgateError
 
 TABLES = ("meta", "endpoints", "pins", "audit", "rollouts", "aliases")

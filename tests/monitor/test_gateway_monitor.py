@@ -234,7 +234,7 @@ def test_a_scrape_never_holds_the_event_loop_on_the_drains_lock(home: Path) -> N
         rows = classifier_data(np.random.default_rng(1), 1)[0]
         with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
             _infer(client, "warm", rows)
-            lock = gw.pipeline.monitor.lock
+            lock = gw.dataplane.monitor.lock
             urls = ["/metrics", "/v1/models/classifier/versions/2/recent"]
             with ThreadPoolExecutor(len(urls)) as pool:
                 with lock:

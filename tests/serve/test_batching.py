@@ -67,7 +67,7 @@ def test_64_concurrent_callers_get_exactly_their_rows(
 
 
 def test_batches_of_several_requests_form_under_load(gateway: RunningGateway) -> None:
-    stats = gateway.pipeline.batch_stats("mlp", "1")
+    stats = gateway.dataplane.batch_stats("mlp", "1")
     before = stats.multi_request_batches
     rng = np.random.default_rng(7)
     payloads = [
@@ -146,7 +146,7 @@ def test_overload_sheds_fast_and_accepted_requests_complete(slow_gateway: Runnin
     )
     # Rejections do not wait for the queue: they return before the accepted work completes.
     assert max(t for _, t in shed) < max(ok)
-    assert slow_gateway.pipeline.batch_stats("slow", "1").shed >= len(shed)
+    assert slow_gateway.dataplane.batch_stats("slow", "1").shed >= len(shed)
 
 
 def test_timeout_parameter_gives_504(slow_gateway: RunningGateway) -> None:

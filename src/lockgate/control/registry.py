@@ -23,15 +23,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.fsutil import fsync_dir, write_synced
-from lockgate.monitor.profiles import VersionProfiles, build_profiles
 from lockgate.types import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:  # the profiles' kernels (numba) load only when a profile is built or read
+    from lockgate.monitor.profiles import VersionProfiles
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -157,6 +159,8 @@ def _validate(model_bytes: bytes, name: str, version: str) -> tuple[ModelSpec, A
 def _profiles(spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any) -> bytes | None:
     """The version's drift profiles, serialised; None (logged) when they cannot be built, in
     which case a gateway tries again from the reference data when it loads the version."""
+    from lockgate.monitor.profiles import build_profiles
+
     names = [o.name for o in spec.outputs]
 
     def predict(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
@@ -254,6 +258,8 @@ class Registry:
     def load_profiles(self, info: VersionInfo) -> VersionProfiles | None:
         """The drift profiles stored at registration; None when the version has none (or they
         cannot be read: the caller builds them from the reference data instead)."""
+        from lockgate.monitor.profiles import VersionProfiles
+
         path = info.profile_path
         if path is None:
             return None

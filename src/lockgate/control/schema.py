@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from lockgate.control.statedb import Backend, Tx
+from lockgate.control.dbapi import Backend, Tx
 from lockgate.errors import ErrorKind, LockgateError
 
 # DDL templates: {int8}, {float8}, {serial} and {rowid} are the backend's type names.

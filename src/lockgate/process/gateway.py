@@ -1,5 +1,5 @@
-"""The gateway process: one Pipeline, served over HTTP (uvicorn), gRPC (grpc.aio) and the admin
-listener, all on one event loop; graceful shutdown on request.
+"""The gateway process: one data plane and its controller, served over HTTP (uvicorn), gRPC
+(grpc.aio) and the admin listener, all on one event loop; graceful shutdown on request.
 
 As one of `--workers N` processes (a :class:`WorkerRole`), it serves HTTP on the listening socket
 its supervisor hands it and gRPC on a shared port, and instead of the admin listener answers its
@@ -24,12 +24,13 @@ from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck, is_loopback
 from lockgate.control.registry import Registry
-from lockgate.control.state import StateStore
+from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
-from lockgate.process import channel as peer
+from lockgate.monitor.snapshot import Snapshot
+from lockgate.process import channel
 from lockgate.process.handover import hand_over
-from lockgate.serve.dataplane import Pipeline
+from lockgate.serve.controller import Controller
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -131,7 +132,8 @@ def check_admin_binding(tokens: TokenCheck, host: str) -> None:
 
 
 class Gateway:
-    """Owns the listeners and the pipeline. `ports` is filled once the sockets are bound."""
+    """Owns the listeners, the data plane and its controller. `ports` is filled once the
+    sockets are bound."""
 
     def __init__(
         self,
@@ -147,7 +149,8 @@ class Gateway:
         self.monitor = (
             Monitor(config.monitor, config.home, writer) if config.monitor.enabled else None
         )
-        self.pipeline = Pipeline(self.registry, config, self.state, self.monitor)
+        self.controller = Controller(self.registry, config, self.state, self.monitor)
+        self.dataplane = self.controller.dataplane
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
         self.started = asyncio.Event()
@@ -173,14 +176,14 @@ class Gateway:
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
-            self.pipeline, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
+            self.dataplane, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
             "grpc": grpc_port,
             "admin": admin_sock.getsockname()[1],
         }
-        self.admin_app = build_admin_app(self.state, self.pipeline, tokens, self.monitor)
+        self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
         servers = [
             (self._http_server(), http_sock),
             (_uvicorn(self.admin_app, cfg.grace_period), admin_sock),
@@ -197,13 +200,13 @@ class Gateway:
         await self._serve(servers, grpc_server)
 
     def _http_server(self) -> _Server:
-        app = build_http_app(self.pipeline, max_body_bytes=self.config.max_body_bytes)
+        app = build_http_app(self.dataplane, max_body_bytes=self.config.max_body_bytes)
         return _uvicorn(app, self.config.grace_period, linger=HTTP_LINGER)
 
     async def _run_worker(self, role: WorkerRole) -> None:
         cfg = self.config
         grpc_server, grpc_port = build_grpc_server(
-            self.pipeline,
+            self.dataplane,
             cfg.grpc_host,
             cfg.grpc_port,
             max_message_bytes=cfg.max_body_bytes,
@@ -213,13 +216,13 @@ class Gateway:
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()
-        peer_server = await peer.serve(role.peer_path, self._peer_handlers(role))
+        peer_server = await channel.serve(role.peer_path, _WorkerAnswers(self, role))
         log.info("worker %d (pid %d) serving", role.index, os.getpid())
         try:
             await self._serve([(http, role.http_socket)], grpc_server)
         finally:
             peer_server.close()
-            snap = await self.pipeline.snapshot()
+            snap = await self.controller.snapshot()
             Path(role.final_path + ".tmp").write_bytes(snap.to_bytes())
             os.replace(role.final_path + ".tmp", role.final_path)
 
@@ -239,7 +242,7 @@ class Gateway:
         try:
             if self.worker is None:
                 await listen()
-            await self.pipeline.start()
+            await self.controller.start()
             if self.worker is not None:
                 await listen()
             if self.monitor is not None:
@@ -258,42 +261,6 @@ class Gateway:
         finally:
             await self._shutdown([s for s, _ in servers], grpc_server, tasks)
 
-    def _peer_handlers(self, role: WorkerRole) -> dict[str, peer.Handler]:
-        """What the supervisor may ask of this worker (for the admin API and /metrics)."""
-        pipeline, monitor = self.pipeline, self.monitor
-
-        async def hello() -> dict[str, Any]:
-            return {"index": role.index, "pid": os.getpid(), "ready": self.started.is_set()}
-
-        async def snapshot() -> bytes:
-            return (await pipeline.snapshot()).to_bytes()
-
-        async def status() -> dict[str, Any]:
-            answered = sum(pipeline.requests.values())
-            status = await pipeline.serving_status()
-            return {"index": role.index, "pid": os.getpid(), "requests": answered, **status}
-
-        async def registered() -> dict[str, list[str]]:
-            await pipeline.refresh_registry()
-            return {m: sorted(v) for m, v in pipeline.registered_versions().items()}
-
-        async def ensure_loaded(keys: list[list[str]]) -> list[list[str]]:
-            failures = await pipeline.ensure_loaded({(m, v) for m, v in keys})
-            return [[m, v, why] for (m, v), why in failures.items()]
-
-        async def apply() -> list[list[str]]:
-            failures = await pipeline.apply(await asyncio.to_thread(self.state.read))
-            return [[m, v, why] for (m, v), why in failures.items()]
-
-        async def monitoring_off(*_: Any) -> None:
-            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
-
-        calls = (hello, snapshot, status, registered, ensure_loaded, apply)
-        handlers: dict[str, peer.Handler] = {f.__name__: f for f in calls}
-        for view in ("drift_report", "recent"):
-            handlers[view] = getattr(monitor, view) if monitor is not None else monitoring_off
-        return handlers
-
     async def _shutdown(
         self, servers: list[_Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
     ) -> None:
@@ -301,7 +268,7 @@ class Gateway:
         log.info(
             "shutting down: finishing in-flight requests (grace %.0fs)", self.config.grace_period
         )
-        self.pipeline.begin_shutdown()
+        self.controller.begin_shutdown()
         for server in servers:
             server.should_exit = True
         if self._handing_over:
@@ -309,9 +276,50 @@ class Gateway:
         await asyncio.gather(
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )
-        finished = await self.pipeline.drain(self.config.grace_period)
+        finished = await self.controller.drain(self.config.grace_period)
         if self.monitor is not None:
             await self.monitor.close()
         log.info(
             "shutdown complete%s", "" if finished else " (some requests did not finish in time)"
         )
+
+
+class _WorkerAnswers:
+    """A worker's answers to its supervisor (channel.WorkerService): for the admin API and
+    /metrics, which the supervisor serves for all workers."""
+
+    def __init__(self, gateway: Gateway, role: WorkerRole) -> None:
+        self.gateway = gateway
+        self.controller = gateway.controller
+        self.role = role
+
+    async def hello(self) -> channel.Hello:
+        return channel.Hello(self.role.index, os.getpid(), self.gateway.started.is_set())
+
+    async def snapshot(self) -> Snapshot:
+        return await self.controller.snapshot()
+
+    async def status(self) -> dict[str, Any]:
+        status = await self.controller.serving_status()
+        return {"index": self.role.index, "pid": os.getpid(), **status}
+
+    async def registered(self) -> dict[str, frozenset[str]]:
+        await self.controller.refresh_registry()
+        return self.controller.registered_versions()
+
+    async def ensure_loaded(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        return await self.controller.ensure_loaded(keys)
+
+    async def apply(self, state: State) -> dict[tuple[str, str], str]:
+        return await self.controller.apply(state)
+
+    async def drift_report(self, model: str, version: str) -> dict[str, Any]:
+        return await self._monitor().drift_report(model, version)
+
+    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+        return await self._monitor().recent(model, version, limit)
+
+    def _monitor(self) -> Monitor:
+        if self.gateway.monitor is None:
+            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
+        return self.gateway.monitor

@@ -1,32 +1,25 @@
-"""handle(request): route -> validate -> batch -> run -> shadow -> answer.
+"""infer(request): route -> validate -> batch -> run -> shadow -> answer; and model metadata.
 
 This is the one place the order of the request path is written; both transports call `infer`.
-The route table is swapped whole when the state database changes; between choosing a variant and
-queueing on its batcher there is no `await`, so a version is never released under a request.
+The route table is swapped whole by the controller when the state database changes; between
+choosing a variant and queueing on its batcher there is no `await`, so a version is never
+released under a request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 from lockgate import __version__
 from lockgate.config import ServeConfig
-from lockgate.control.registry import Registry
-from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor, capture_serving
-from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
-from lockgate.serve.route import EndpointRoute, RouteTable, Variant, build_route_table
+from lockgate.serve.route import EndpointRoute, RouteTable, Variant
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic
 from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
@@ -34,141 +27,46 @@ from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data", "msgpack_tensor_data", "model_repository_read"]
-STATE_POLL_SECONDS = 0.2
-REGISTRY_SCAN_SECONDS = 5.0
 
 
-class Pipeline:
+class DataPlane:
+    """The request path and the model metadata both transports read (`InferencePipeline`).
+
+    Its route table is replaced whole by the controller; the only state it changes itself is
+    its request counters, read at scrape time."""
+
     server_name = "lockgate"
     server_version = __version__
     extensions = EXTENSIONS
 
     def __init__(
         self,
-        registry: Registry,
+        models: ModelSet,
+        shadows: ShadowTraffic,
         config: ServeConfig,
-        state: StateStore,
         monitor: Monitor | None = None,
     ) -> None:
+        self.models = models
+        self.shadows = shadows
         self.config = config
-        self.state = state
         self.monitor = monitor
-        self.models = ModelSet(registry, config, monitor)
-        self.shadows = ShadowTraffic(self.models)
         self.routes = RouteTable(-1, {})
-        self._pins: frozenset[Key] = frozenset()
-        self._apply_lock = asyncio.Lock()  # one route change at a time (not on the hot path)
-        self._watcher: asyncio.Task[None] | None = None
-        self._releasing: set[asyncio.Task[None]] = set()
         # requests by (endpoint, variant, model, version, protocol, outcome); read at scrape time
-        self.requests: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self.requests: Counter[tuple[str, ...]] = Counter()
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load and warm every version that receives traffic or is pinned, then watch the state
-        database for changes. A version that fails to load is reported, not fatal."""
-        await self.models.refresh()
-        await self.apply(await asyncio.to_thread(self.state.read))
-        self._watcher = asyncio.create_task(self._watch(), name="state-watcher")
+    def open(self) -> None:
+        """Ready: the first route table is in place and its versions are warm."""
         self._ready = True
-        log.info(
-            "serving %d endpoints, %d model versions (%d failed to load)",
-            len(self.routes.endpoints),
-            len(self.models.loaded),
-            len(self.models.failed),
-        )
-
-    async def apply(self, state: State, *, retry_failed: bool = True) -> dict[Key, str]:
-        """Make `state` the serving configuration: load what it needs, swap the route table,
-        then release what nothing uses any more. Endpoints whose new variants fail to load keep
-        their previous route. Returns the versions that failed, with reasons."""
-        async with self._apply_lock:
-            table = build_route_table(state.revision, state.endpoints, self.models.latest())
-            needed = table.versions() | state.pins
-            failures = await self.models.ensure(needed, retry_failed=retry_failed)
-            if failures:
-                # An endpoint that served before keeps its old route; a new one keeps the new
-                # route, so its requests get 503 naming the failure rather than 404.
-                kept = dict(table.endpoints)
-                for name, route in table.endpoints.items():
-                    old = self.routes.endpoints.get(name)
-                    if route.versions() & failures.keys() and old is not None:
-                        kept[name] = old
-                table = RouteTable(state.revision, kept)
-            self.routes = table
-            self._pins = state.pins
-            unused = self.models.loaded.keys() - table.versions() - state.pins
-            for key in unused:
-                task = asyncio.create_task(self.models.release(key))
-                self._releasing.add(task)
-                task.add_done_callback(self._releasing.discard)
-            return failures
-
-    async def _watch(self) -> None:
-        """Notice new state revisions (and newly registered models) and apply them."""
-        last_scan = time.monotonic()
-        while True:
-            await asyncio.sleep(STATE_POLL_SECONDS)
-            try:
-                revision = await asyncio.to_thread(self.state.revision)
-                rescan = time.monotonic() - last_scan > REGISTRY_SCAN_SECONDS
-                if revision == self.routes.revision and not rescan:
-                    continue
-                if rescan:
-                    last_scan = time.monotonic()
-                await self.models.refresh()
-                await self.apply(await asyncio.to_thread(self.state.read), retry_failed=False)
-            except Exception:
-                log.exception("applying the state database failed; keeping the current routes")
 
     def begin_shutdown(self) -> None:
-        """Report not-ready so load balancers stop sending, while in-flight traffic completes."""
         self._shutting_down = True
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop taking new requests and wait for in-flight ones; True if all finished in time."""
+    def close(self) -> None:
+        """Refuse new requests from now on (in-flight ones finish)."""
         self._draining = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        await self.shadows.drain(timeout)
-        return await self.models.drain(timeout)
-
-    # -- control (for the admin API) -----------------------------------------------------------
-    async def refresh_registry(self) -> None:
-        await self.models.refresh()
-
-    def registered_versions(self) -> dict[str, frozenset[str]]:
-        return {name: frozenset(versions) for name, versions in self.models.registered.items()}
-
-    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
-        return await self.models.ensure(keys)
-
-    async def snapshot(self) -> Snapshot:
-        """This process's metrics figures now."""
-        snap = capture_serving(self)
-        if self.monitor is not None:
-            await asyncio.to_thread(capture_monitor, snap, self.monitor)
-        return snap
-
-    async def serving_status(self) -> dict[str, Any]:
-        """What this process serves right now: revision, versions, failures, shadow counters."""
-        return {
-            "revision": self.routes.revision,
-            "loaded": [{"model": m, "version": v} for m, v in sorted(self.models.loaded)],
-            "failed": [
-                {"model": m, "version": v, "reason": why}
-                for (m, v), why in sorted(self.models.failed.items())
-            ],
-            "shadows": [
-                {"endpoint": e, "variant": v, **dataclasses.asdict(stats)}
-                for (e, v), stats in sorted(self.shadows.stats.items())
-            ],
-        }
 
     # -- metadata ----------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -224,24 +122,29 @@ class Pipeline:
             loaded.batcher.admit()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._draining:
-            raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        route = variant = None
-        if request.version:
-            loaded = self._explicit(request.model, request.version)
-        else:
-            route = self.routes.resolve(request.model)
-            variant = route.pick(_routing_key(request))
-            loaded = self.models.get(*variant.key)
+        """Answer one request. Every outcome is counted here, once: with its variant and version
+        when routing got that far, else under the endpoint name (or `_unknown`)."""
+        try:
+            if self._draining:
+                raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
+            route = variant = None
+            if request.version:
+                loaded = self._explicit(request.model, request.version)
+            else:
+                route = self.routes.resolve(request.model)
+                variant = route.pick(_routing_key(request))
+                loaded = self.models.get(*variant.key)
+        except LockgateError as exc:
+            self.count_failure(request.model, request.protocol, exc.kind.value)
+            raise
         spec = loaded.spec
         endpoint = route.name if route is not None else request.model
         variant_name = variant.name if variant is not None else ""
         try:
             return await self._run(request, loaded, endpoint, variant_name, route, variant)
-        except LockgateError as exc:  # counted here, where the variant and version are known
+        except LockgateError as exc:
             key = (endpoint, variant_name, spec.name, spec.version, request.protocol)
             self.requests[(*key, exc.kind.value)] += 1
-            exc.counted = True
             raise
 
     async def _run(
@@ -289,8 +192,8 @@ class Pipeline:
         return {"accepted": len(labels), "matched": result.matched, "unknown": result.unknown}
 
     def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None:
-        """A failed request; names that are not endpoints share one label value so that
-        garbage in URLs cannot grow the metrics without bound."""
+        """A request that failed before it reached a variant. Names that are not endpoints share
+        one label value, so that garbage in URLs cannot grow the metrics without bound."""
         name = endpoint if endpoint in self.routes.endpoints else "_unknown"
         self.requests[(name, "", "", "", protocol, outcome)] += 1
 

@@ -1,5 +1,5 @@
 """Open Inference Protocol over gRPC (grpc.aio, on the gateway's event loop), plus the standard
-`grpc.health.v1.Health` service. Both transports call the same Pipeline."""
+`grpc.health.v1.Health` service. Both transports call the same data plane."""
 
 from __future__ import annotations
 
@@ -99,10 +99,12 @@ class InferenceService:
             for key, value in context.invocation_metadata() or ():
                 if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
                     request.routing_key = value
+        except LockgateError as exc:  # infer counts its own outcomes; these never reach it
+            self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
+            raise
+        try:
             response = await self.pipeline.infer(request)
-        except LockgateError as exc:
-            if not exc.counted:
-                self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
+        except LockgateError:
             raise
         except Exception:
             self.pipeline.count_failure(msg.model_name, "grpc", "internal")

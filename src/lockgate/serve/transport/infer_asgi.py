@@ -17,7 +17,7 @@ from typing import Any
 
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec
-from lockgate.types import InferencePipeline
+from lockgate.types import InferencePipeline, InferRequest
 from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ class InferRoute:
             body, extra = await self._answer(receive, headers, model, version, received)
             status = 200
         except LockgateError as exc:
-            if not exc.counted:
-                self.pipeline.count_failure(model, "http", exc.kind.value)
             body, media = error_body(exc.message, msgpack_body=is_msgpack(content_type))
             status, extra = self.status[exc.kind], {"content-type": media, **error_headers(exc)}
         except Exception:
@@ -92,6 +90,25 @@ class InferRoute:
         version: str | None,
         received: int,
     ) -> tuple[bytes, dict[str, str]]:
+        try:
+            req = await self._request(receive, headers, model, version)
+        except LockgateError as exc:  # infer counts its own outcomes; these never reach it
+            self.pipeline.count_failure(model, "http", exc.kind.value)
+            raise
+        req.received_ns = received
+        resp = await self.pipeline.infer(req)
+        content_type = headers.get("content-type", "")
+        as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
+        out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
+        variant = resp.parameters.get("variant")
+        if variant is not None:
+            extra["x-lockgate-variant"] = str(variant)
+        return out, extra
+
+    async def _request(
+        self, receive: Receive, headers: dict[str, str], model: str, version: str | None
+    ) -> InferRequest:
+        """Shed, read and decode: everything before the request reaches the data plane."""
         self.pipeline.admit(model, version)
         content_type = headers.get("content-type", "")
         header_length = _header_length(headers.get("inference-header-content-length"))
@@ -102,14 +119,7 @@ class InferRoute:
         else:
             req = codec.decode_request(body, content_type, header_length, model, version)
         req.routing_key = headers.get("x-lockgate-key") or None
-        req.received_ns = received
-        resp = await self.pipeline.infer(req)
-        as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
-        out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
-        variant = resp.parameters.get("variant")
-        if variant is not None:
-            extra["x-lockgate-variant"] = str(variant)
-        return out, extra
+        return req
 
     async def _body(self, receive: Receive, declared: str | None) -> bytes:
         """The body, refusing more than the limit before reading it when the length is known."""
