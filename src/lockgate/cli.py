@@ -36,6 +36,7 @@ from lockgate.logs import configure_logging
 
 log = logging.getLogger("lockgate")
 _BATCH = BatchConfig()
+_SERVE = ServeConfig()
 _MONITOR = MonitorConfig()
 
 
@@ -126,6 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
         _BATCH.max_queue_rows,
         "queued rows per version before shedding",
         type=int,
+    )
+    _flag(
+        serve,
+        "--max-queue-wait-ms",
+        _BATCH.max_queue_wait * 1000,
+        "longest wait for the model, per version (0 = no bound): a request expected to wait "
+        "longer is refused at once (503 + Retry-After), a queued one that did is shed without "
+        "running, and while the oldest queued request has waited over half of it the queue is "
+        "served newest first. A request that could not finish before its deadline is refused "
+        "(504 / DEADLINE_EXCEEDED) before it runs",
+        type=float,
+    )
+    _flag(
+        serve,
+        "--max-in-flight",
+        _SERVE.max_in_flight,
+        "infer requests admitted and not yet answered, per worker process, HTTP and gRPC "
+        "together; beyond it a request is refused before its body is read (503 + Retry-After / "
+        "RESOURCE_EXHAUSTED). A connection answered 503 for overload is not read again for up "
+        "to 1 s (the more such connections, the longer), so clients that retry at once cannot "
+        "take the event loop from the requests being served",
+        type=_positive_int,
     )
     _flag(serve, "--timeout", 30.0, "default request deadline in seconds", type=float)
     _flag(serve, "--max-body-mb", 64.0, "largest request body accepted", type=float)
@@ -265,6 +288,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         admin_port=args.admin[1],
         default_timeout=float(args.timeout),
         max_body_bytes=int(float(args.max_body_mb) * 1024 * 1024),
+        max_in_flight=int(args.max_in_flight),
         grace_period=float(args.grace),
         demo=bool(args.demo),
         state_url=args.state or None,
@@ -279,6 +303,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,
             max_queue_rows=int(args.max_queue_rows),
+            max_queue_wait=float(args.max_queue_wait_ms) / 1000,
             gather_delay=float(args.gather_delay_ms) / 1000,
         ),
         runner=RunnerConfig(intra_op_threads=int(args.intra_op_threads)),

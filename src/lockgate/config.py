@@ -17,6 +17,10 @@ class BatchConfig:
     max_batch_rows: int = 64  # rows (not requests) per model run
     max_queue_delay: float = 0.0  # seconds a busy-period batch may wait to fill; 0 = purely greedy
     max_queue_rows: int = 2048  # queued rows per version beyond which requests are shed
+    # The longest a request may wait for the model, in seconds (0 = no bound): admission refuses
+    # one expected to wait longer, a queued one that did is shed without running, and while the
+    # oldest has waited over half of it the queue is served newest first (see serve/queue.py).
+    max_queue_wait: float = 0.5
     inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
     # The longest a request from a transport that hands requests over one at a time (gRPC)
     # waits for batch-mates when its model is idle; 0 = never (see serve/batch.py).
@@ -59,6 +63,9 @@ class ServeConfig:
     admin_port: int = 8002
     default_timeout: float = 30.0  # seconds, when the client sends no deadline
     max_body_bytes: int = 64 * 1024 * 1024
+    # Infer requests admitted and not yet answered, per process (both transports): beyond it a
+    # request is refused (503 / RESOURCE_EXHAUSTED) before its body is read.
+    max_in_flight: int = 1024
     grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas

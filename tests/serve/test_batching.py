@@ -132,7 +132,9 @@ def test_overload_sheds_fast_and_accepted_requests_complete(slow_gateway: Runnin
         return resp, time.perf_counter() - start
 
     async def run() -> list[tuple[httpx.Response, float]]:
-        limits = httpx.Limits(max_connections=48)
+        # One connection per request: the next request on a connection just answered 503 for
+        # overload is read only after a pause (serve/transport/shed.py).
+        limits = httpx.Limits(max_connections=48, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             return await asyncio.gather(*(timed(client) for _ in range(48)))
 

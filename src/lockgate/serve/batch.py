@@ -1,61 +1,41 @@
 """Per-model-version adaptive batcher.
 
 Greedy: when the model is idle a request runs at once; while a batch runs, new requests queue and
-the next batch takes everything queued, up to `max_batch_rows` rows. Nothing waits for a timer at
-low load, and batches grow exactly as fast as load does. The queue is bounded in rows: a full queue
-sheds the request (OVERLOADED) instead of letting latency grow without bound. Every request has a
-deadline; an expired request is answered DEADLINE and never reaches the model.
+the next batch takes what is queued, up to `max_batch_rows` rows. Nothing waits for a timer at
+low load, and batches grow exactly as fast as load does.
 
-One exception: a transport that hands requests over one at a time (grpc.aio accepts one call per
-completion-queue round trip) never lets batch-mates arrive while a tiny model runs, so under load
-every request would pay a whole model call. Its requests, arriving at an idle model, wait for
-batch-mates while the event loop is busy bringing in more (at most `gather_delay`), as long as such
-waits pay; a wait that gathers too few backs the gathering off exponentially, so a lone client
-almost never waits and a small convoy is not formed.
+Overload: a request is refused at admission, before it is queued (and, through `admit`, before its
+body is even read), when the queue holds `max_queue_rows` rows, when its expected wait exceeds
+`max_queue_wait`, or when it could not finish before its deadline (expected wait + its own compute,
+from the runner's cost model scaled by what batches have really been taking). Queued requests are
+served by the discipline of serve/queue.py. While a full batch is queued behind a running one, the
+model thread takes and runs it itself instead of handing back to the event loop: under overload a
+busy loop took longer to turn around than the batch took to run (a 64-row batch of the demo `mlp`,
+3.5 ms of compute, took 40 ms from batch to batch at 512 hammering connections).
+
+Requests handed over one at a time (gRPC) may wait for batch-mates: see serve/gather.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve.gather import Gatherer
+from lockgate.serve.queue import Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
 
+__all__ = ["BatchObserver", "BatchStats", "Batcher", "RunInfo"]
 log = logging.getLogger(__name__)
-
-# Gathering one-at-a-time requests (see the module docstring). Measured with grpc.aio on 2 cores:
-BUSY_TURN = 20e-6  # a loop turn longer than this ran other callbacks: requests are moving
-IDLE_LOOP = 50e-6  # this long without a busy turn or an arrival: nobody else is coming
-GATHER_PAYS = 3  # two batch-mates: below that, gathering a convoy costs more than it saves
-MAX_GATHER_BACKOFF = 256  # after fruitless gathers, a lone client waits on one request in 257
-
-
-@dataclass(slots=True)
-class RunInfo:
-    """How a request was served: what the monitor and the response headers may report."""
-
-    queue_ns: int
-    compute_ns: int
-    batch_rows: int
-    batch_requests: int
-
-
-@dataclass(slots=True)
-class _Pending:
-    inputs: Arrays
-    rows: int
-    future: asyncio.Future[tuple[Arrays, RunInfo]]
-    enqueued_ns: int
-    meta: Any = None  # opaque to the batcher; handed to the observer
 
 
 class BatchObserver(Protocol):
@@ -81,13 +61,27 @@ class BatchStats:
     rows: int = 0
     multi_request_batches: int = 0
     inline_batches: int = 0
+    chained_batches: int = 0  # taken and run by the model thread itself (see the docstring)
     gathers: int = 0  # waits for batch-mates (one-at-a-time transports)
     fruitless_gathers: int = 0  # ... that gathered no batch-mate
-    shed: int = 0
-    expired: int = 0
+    shed: int = 0  # OVERLOADED: refused at admission, or waited too long in the queue
+    expired: int = 0  # DEADLINE: passed, or could not be met, before the model ran it
     failed: int = 0
     observer_errors: int = 0
     compute_ns: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """One model run: its requests and their outputs, or the error they all get."""
+
+    batch: list[Pending]
+    feeds: Arrays
+    result: Arrays | LockgateError
+    rows: int
+    start: int
+    compute_ns: int
+    chained: bool = False  # taken by the model thread itself
 
 
 class Batcher:
@@ -97,14 +91,17 @@ class Batcher:
         config: BatchConfig,
         executor: Executor,
         observer: BatchObserver | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.observer = observer
         self.config = config
         self.stats = BatchStats()
         self._executor = executor
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._queued_rows = 0
+        self._clock = clock  # deadlines and queue waits; time.monotonic, as in the data plane
+        limit = config.max_batch_rows if runner.spec.batchable else 1
+        self.queue = RequestQueue(limit, config.max_queue_wait, clock)
         # The scheduled or running drain: a Task, or a plain callback where every batch runs
         # inline (see `_drain_inline`).
         self._task: asyncio.Task[None] | asyncio.Handle | None = None
@@ -113,44 +110,42 @@ class Batcher:
         self._idle.set()
         self._closed = False
         self._inline = config.inline_threshold
-        # Gather only where batch-mates can share a run.
-        self._gathers = config.gather_delay > 0 and runner.spec.batchable
-        self._skip_gathers = 0  # one-at-a-time requests to run at once before gathering again
-        self._backoff = 0
+        self.gatherer = Gatherer(config.gather_delay, config.max_batch_rows, runner.spec.batchable)
         # Every batch this batcher can form runs inline and none waits to fill: the drain can be
         # a plain callback (see `_drain_inline`). The runner is loaded, its cost model known.
-        full = config.max_batch_rows if runner.spec.batchable else 1
         self._callback_drain = (
-            runner.predicted_cost(full) < self._inline and config.max_queue_delay <= 0
+            runner.predicted_cost(limit) < self._inline and config.max_queue_delay <= 0
         )
+        self.waits = WaitModel(runner.predicted_cost, limit)
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self.queue.rows
 
     async def submit(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any = None, *, alone: bool = False
     ) -> tuple[Arrays, RunInfo]:
         """Queue one request's rows; return exactly its own output rows. `meta` goes to the
         observer with the request's rows. `alone`: the transport hands requests over one at a
-        time (see the module docstring)."""
+        time (see serve/gather.py)."""
         if self._closed:
             raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self._label()} is shutting down")
         gather = False
         if alone and self._task is None:
-            if self._gathers and not self._skip_gathers:
-                gather = True
-            else:
-                self._skip_gathers = max(0, self._skip_gathers - 1)
-                if self.runner.predicted_cost(rows) < self._inline:
-                    # No future, no task, no loop turn: the cheapest way through.
-                    return self._run_now(inputs, rows, deadline, meta)
-        if self._queued_rows and self._queued_rows + rows > self.config.max_queue_rows:
-            self._shed()
+            gather = self.gatherer.wanted()
+            if not gather and self.runner.predicted_cost(rows) < self._inline:
+                # No future, no task, no loop turn: the cheapest way through.
+                return self._run_now(inputs, rows, deadline, meta)
+        queued = self.queue.rows
+        if queued and queued + rows > self.config.max_queue_rows:
+            self._shed(f"{queued} rows queued")
+        now = self._clock()
+        self._check_wait(queued, rows, deadline, now)
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns(), meta)
-        self._queue.append(pending)
-        self._queued_rows += rows
+        pending = Pending(
+            inputs, rows, loop.create_future(), time.perf_counter_ns(), now, deadline, meta
+        )
+        self.queue.push(pending)
         self._in_flight += 1
         self._idle.clear()
         if self._task is None:
@@ -169,11 +164,39 @@ class Batcher:
             if not self._in_flight:
                 self._idle.set()
 
+    def admit(self, deadline: float | None = None) -> None:
+        """Refuse before the request is even read when it would be refused once queued: a
+        rejection must cost far less than a request, or overload turns into collapse. Its rows
+        are not known yet: it is judged as one row."""
+        queued = self.queue.rows
+        if queued >= self.config.max_queue_rows:
+            self._shed(f"{queued} rows queued")
+        if queued or deadline is not None:
+            self._check_wait(queued, 1, float("inf") if deadline is None else deadline)
+
+    def _check_wait(
+        self, queued: int, rows: int, deadline: float, now: float | None = None
+    ) -> None:
+        """Refuse a request expected to wait longer than `max_queue_wait` (OVERLOADED), or to
+        finish after its deadline (DEADLINE). Newest-first queues serve it next."""
+        ahead = min(queued, self.queue.limit) if self.queue.standing else queued
+        wait = self.waits.queue(ahead)
+        if wait > self.config.max_queue_wait > 0:
+            self._shed(f"expected wait {wait * 1000:.0f} ms")
+        own = self.waits.run(rows)
+        if deadline - (self._clock() if now is None else now) < wait + own:
+            self.stats.expired += 1
+            raise LockgateError(
+                ErrorKind.DEADLINE,
+                f"deadline too close for {self._label()}: it would wait about "
+                f"{wait * 1000:.1f} ms and run {own * 1000:.1f} ms",
+            )
+
     def _run_now(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any
     ) -> tuple[Arrays, RunInfo]:
         start = time.perf_counter_ns()
-        if deadline <= time.monotonic():
+        if deadline <= self._clock():
             self.stats.expired += 1
             raise LockgateError(ErrorKind.DEADLINE, f"deadline exceeded before {self._label()}")
         try:
@@ -190,33 +213,44 @@ class Batcher:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
 
-    def admit(self) -> None:
-        """Refuse before the request is even read when the queue is already full: a rejection
-        must cost far less than a request, or overload turns into collapse."""
-        if self._queued_rows >= self.config.max_queue_rows:
-            self._shed()
-
-    def _shed(self) -> None:
+    def _shed(self, why: str) -> NoReturn:
         self.stats.shed += 1
         raise LockgateError(
             ErrorKind.OVERLOADED,
-            f"model {self._label()} is overloaded ({self._queued_rows} rows queued)",
+            f"model {self._label()} is overloaded ({why})",
             retry_after=self._drain_estimate(),
         )
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: Pending) -> None:
         if not pending.future.done():
             self.stats.expired += 1
             pending.future.set_exception(
                 LockgateError(ErrorKind.DEADLINE, f"deadline exceeded waiting for {self._label()}")
             )
 
+    def _drop(self, dropped: Dropped) -> None:
+        """Answer the requests the queue dropped without running them."""
+        for p, kind in dropped:
+            if p.future.done():
+                continue
+            if kind is ErrorKind.DEADLINE:
+                self.stats.expired += 1
+                why = f"deadline too close to run {self._label()}"
+                p.future.set_exception(LockgateError(kind, why))
+            else:
+                self.stats.shed += 1
+                wait = self.config.max_queue_wait * 1000
+                why = f"model {self._label()} is overloaded (queued over {wait:.0f} ms)"
+                p.future.set_exception(LockgateError(kind, why, retry_after=self._drain_estimate()))
+
     async def _drain(self, gather: bool = False) -> None:
         busy = False  # the first batch after an idle period never waits
         try:
             if gather:
-                await self._gather()
-            while self._queue:
+                await self.gatherer.gather(self.queue)
+                self.stats.gathers = self.gatherer.gathers
+                self.stats.fruitless_gathers = self.gatherer.fruitless
+            while self.queue:
                 if busy and self.config.max_queue_delay > 0:
                     await self._gather_more()
                 busy = True
@@ -231,111 +265,94 @@ class Batcher:
         coroutines cost more than a tiny model's batch (about 5 us per batch, which a traffic
         split pays twice as often, its batches being half the size)."""
         try:
-            while self._queue:
+            while self.queue:
                 batch, rows = self._take()
                 if batch:
-                    self._run_inline(batch, rows)
+                    self._done(self._compute(batch, rows), inline=True)
         finally:
             self._task = None
 
-    async def _gather(self) -> None:
-        """Let one-at-a-time requests join the first while the event loop is busy (a loop turn
-        that runs other callbacks is how the next request arrives), for at most `gather_delay`
-        or until a batch is full; stop as soon as the loop has sat idle, since nobody else is
-        coming then. Judge the wait by how many it gathered."""
-        start = busy = previous = time.perf_counter()
-        seen = len(self._queue)
-        while self._queued_rows < self.config.max_batch_rows:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            if now - previous > BUSY_TURN or len(self._queue) != seen:
-                busy, seen = now, len(self._queue)
-            elif now - busy > IDLE_LOOP or now - start > self.config.gather_delay:
-                break
-            previous = now
-        self.stats.gathers += 1
-        if len(self._queue) >= GATHER_PAYS:
-            self._backoff = 0
-        else:
-            self.stats.fruitless_gathers += 1
-            self._backoff = min(max(1, 2 * self._backoff), MAX_GATHER_BACKOFF)
-            self._skip_gathers = self._backoff
-
     async def _gather_more(self) -> None:
         """Busy-period option: give a short batch up to `max_queue_delay` to fill."""
-        oldest = self._queue[0].enqueued_ns
-        limit = oldest + int(self.config.max_queue_delay * 1e9)
-        while self._queued_rows < self.config.max_batch_rows:
+        head = self.queue.head()
+        if head is None:
+            return
+        limit = head.enqueued_ns + int(self.config.max_queue_delay * 1e9)
+        while self.queue.rows < self.config.max_batch_rows:
             remaining = (limit - time.perf_counter_ns()) / 1e9
             if remaining <= 0:
                 return
             await asyncio.sleep(min(remaining, 0.0005))
 
-    def _take(self) -> tuple[list[_Pending], int]:
-        """The next batch from the queue's head, and its rows."""
-        batch: list[_Pending] = []
-        rows = 0
-        limit = self.config.max_batch_rows if self.runner.spec.batchable else 1
-        while self._queue:
-            head = self._queue[0]
-            if head.future.done():  # expired or cancelled while queued
-                self._queue.popleft()
-                self._queued_rows -= head.rows
-                continue
-            if batch and (rows + head.rows > limit or not self.runner.spec.batchable):
-                break
-            self._queue.popleft()
-            self._queued_rows -= head.rows
-            batch.append(head)
-            rows += head.rows
+    def _take(self) -> tuple[list[Pending], int]:
+        """The next batch, on the event loop; the requests dropped on the way are answered."""
+        batch, rows, dropped = self.queue.take(self.runner.predicted_cost)
+        if dropped:
+            self._drop(dropped)
         return batch, rows
 
-    async def _run(self, batch: list[_Pending], rows: int) -> None:
+    async def _run(self, batch: list[Pending], rows: int) -> None:
         if self.runner.predicted_cost(rows) < self._inline:
-            self._run_inline(batch, rows)
+            self._done(self._compute(batch, rows), inline=True)
             return
-        feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
-        start = time.perf_counter_ns()
         loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self.runner.run, feeds)
-        except Exception as exc:
-            if self._failed(batch, exc):
-                for p in batch:
-                    await self._run([p], p.rows)
-            return
-        self._finish(batch, feeds, outputs, rows, start)
+        self._done(await loop.run_in_executor(self._executor, self._chain, loop, batch, rows))
 
-    def _run_inline(self, batch: list[_Pending], rows: int) -> None:
-        """Run on the event loop: the predicted compute is below the cost of a thread hand-off."""
-        feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
+    def _chain(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], rows: int) -> Any:
+        """In the model thread: run the batch, then, while a full batch is already queued, take
+        and run it here (the loop gets each finished batch as one callback). Returns the last
+        batch's outcomes. Only while a full batch waits: a shorter one is left to the loop's
+        drain, which lets it grow meanwhile (and honours `max_queue_delay`)."""
+        outcomes = self._compute(batch, rows)
+        while self.queue.rows >= self.queue.limit:
+            batch, rows, dropped = self.queue.take(self.runner.predicted_cost)
+            if dropped:
+                loop.call_soon_threadsafe(self._drop, dropped)
+            if not batch:
+                break
+            loop.call_soon_threadsafe(self._done, outcomes)
+            outcomes = self._compute(batch, rows)
+            for o in outcomes:
+                o.chained = True
+        return outcomes
+
+    def _compute(self, batch: list[Pending], rows: int) -> list[_Outcome]:
+        """Run one batch in any thread; touches no state but the runner's. If it fails with
+        several requests, each runs alone: one bad request must not fail its neighbours."""
+        feeds = batch[0].inputs
         start = time.perf_counter_ns()
         try:
+            if len(batch) > 1:
+                feeds = _concat([p.inputs for p in batch])
             outputs = self.runner.run(feeds)
         except Exception as exc:
-            if self._failed(batch, exc):
-                for p in batch:
-                    self._run_inline([p], p.rows)
-            return
-        self.stats.inline_batches += 1
-        self._finish(batch, feeds, outputs, rows, start)
-
-    def _failed(self, batch: list[_Pending], exc: Exception) -> bool:
-        """Fail the batch's requests, or return True: retry them one by one, since one bad
-        request must not fail its neighbours."""
-        if isinstance(exc, LockgateError):
             if len(batch) > 1:
-                return True
-        else:
-            exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
-        self.stats.failed += 1
-        _fail(batch, exc)
-        return False
+                return [o for p in batch for o in self._compute([p], p.rows)]
+            if not isinstance(exc, LockgateError):
+                exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
+            return [_Outcome(batch, feeds, exc, rows, start, 0)]
+        return [_Outcome(batch, feeds, outputs, rows, start, time.perf_counter_ns() - start)]
+
+    def _done(self, outcomes: list[_Outcome], inline: bool = False) -> None:
+        """On the event loop: answer the requests of finished runs."""
+        for o in outcomes:
+            if isinstance(o.result, LockgateError):
+                self.stats.failed += 1
+                _fail(o.batch, o.result)
+                continue
+            self.stats.inline_batches += inline
+            self.stats.chained_batches += o.chained
+            self._finish(o.batch, o.feeds, o.result, o.rows, o.start, o.compute_ns)
 
     def _finish(
-        self, batch: list[_Pending], feeds: Arrays, outputs: Arrays, rows: int, start: int
+        self,
+        batch: list[Pending],
+        feeds: Arrays,
+        outputs: Arrays,
+        rows: int,
+        start: int,
+        compute_ns: int,
     ) -> None:
-        compute_ns = time.perf_counter_ns() - start
         self._count(len(batch), rows, compute_ns)
         if self.observer is not None:
             metas, sizes = [p.meta for p in batch], [p.rows for p in batch]
@@ -375,10 +392,11 @@ class Batcher:
         s.rows += rows
         if requests > 1:
             s.multi_request_batches += 1
+        self.waits.learn(rows, compute_ns)
 
     def _drain_estimate(self) -> float:
-        batches = self._queued_rows / max(self.config.max_batch_rows, 1) + 1
-        return batches * self.runner.predicted_cost(self.config.max_batch_rows)
+        """Seconds until the queue has drained: the Retry-After of a shed request."""
+        return self.waits.queue(self.queue.rows + self.queue.limit)
 
     def _label(self) -> str:
         return f"{self.runner.spec.name} v{self.runner.spec.version}"
@@ -397,7 +415,7 @@ def _concat(parts: list[Arrays]) -> Arrays:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _fail(batch: list[_Pending], exc: LockgateError) -> None:
+def _fail(batch: list[Pending], exc: LockgateError) -> None:
     for p in batch:
         if not p.future.done():
             p.future.set_exception(exc)

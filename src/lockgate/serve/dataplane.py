@@ -53,6 +53,7 @@ class DataPlane:
         self.routes = RouteTable(-1, {})
         # requests by (endpoint, variant, model, version, protocol, outcome); read at scrape time
         self.requests: Counter[tuple[str, ...]] = Counter()
+        self.in_flight = 0  # infer requests admitted and not yet released (see `admit`)
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
@@ -109,17 +110,31 @@ class DataPlane:
         return self.models.get(*self._explicit_key(name, version))
 
     # -- the request path --------------------------------------------------------------------
-    def admit(self, name: str, version: str | None) -> None:
-        """Shed at once, before the body is read and decoded, when the version the request
-        would go to (an endpoint's primary variant) has a full queue. Anything else wrong with
-        the request is left for `infer` to report."""
+    def admit(self, name: str, version: str | None, deadline: float | None = None) -> None:
+        """Shed at once, before the body is read and decoded: when this process already has
+        `max_in_flight` infer requests admitted and unanswered, or when the version the request
+        would go to (an endpoint's primary variant) would refuse it once queued (see
+        `Batcher.admit`; `deadline` on time.monotonic(), when the transport knows it). Anything
+        else wrong with the request is left for `infer` to report. An admitted request counts
+        as in flight until the transport calls `release`, exactly once, whatever its outcome."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise LockgateError(
+                ErrorKind.OVERLOADED,
+                f"server is overloaded ({self.in_flight} requests in flight)",
+                retry_after=1.0,
+            )
         if version:
             loaded = self.models.loaded.get((name, version))
         else:
             route = self.routes.endpoints.get(name)
             loaded = self.models.loaded.get(route.primary.key) if route is not None else None
         if loaded is not None:
-            loaded.batcher.admit()
+            loaded.batcher.admit(deadline)
+        self.in_flight += 1
+
+    def release(self) -> None:
+        """An admitted request has been answered (see `admit`)."""
+        self.in_flight -= 1
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Answer one request. Every outcome is counted here, once: with its variant and version

@@ -92,9 +92,23 @@ class InferenceService:
         # The request arrives as bytes so that a malformed message is INVALID_ARGUMENT, not the
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
+        remaining = context.time_remaining()
+        try:  # before decoding: a refusal must cost far less than a request
+            deadline = None if remaining is None else time.monotonic() + remaining
+            self.pipeline.admit(msg.model_name, msg.model_version or None, deadline)
+        except LockgateError as exc:
+            self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
+            raise
         try:
-            self.pipeline.admit(msg.model_name, msg.model_version or None)
-            request = protobuf_codec.decode_request(msg, context.time_remaining())
+            return await self._admitted(msg, context, received, remaining)
+        finally:
+            self.pipeline.release()
+
+    async def _admitted(
+        self, msg: Any, context: grpc.aio.ServicerContext, received: int, remaining: float | None
+    ) -> Any:
+        try:
+            request = protobuf_codec.decode_request(msg, remaining)
             request.protocol, request.received_ns, request.alone = "grpc", received, True
             for key, value in context.invocation_metadata() or ():
                 if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:

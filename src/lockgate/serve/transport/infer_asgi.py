@@ -17,6 +17,7 @@ from typing import Any
 
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec
+from lockgate.serve.transport.shed import ConnectionBrake, answer_refusal
 from lockgate.types import InferencePipeline, InferRequest
 from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
 
@@ -49,6 +50,7 @@ class InferRoute:
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
+        self.brake = ConnectionBrake()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -59,6 +61,26 @@ class InferRoute:
         await self.fallback(scope, receive, send)
 
     async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        """Admission first: a refusal is answered before the headers are even looked at, and
+        a connection refused for overload is braked (see serve/transport/shed.py)."""
+        try:
+            self.pipeline.admit(model, version)
+        except LockgateError as exc:
+            self.pipeline.count_failure(model, "http", exc.kind.value)
+            media = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            msgpack = is_msgpack(media.decode("latin-1"))
+            await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
+            if exc.kind is ErrorKind.OVERLOADED:
+                self.brake.pause(send)
+            return
+        try:
+            await self._admitted(scope, receive, send, model, version)
+        finally:
+            self.pipeline.release()
+
+    async def _admitted(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
         received = time.perf_counter_ns()
@@ -108,8 +130,7 @@ class InferRoute:
     async def _request(
         self, receive: Receive, headers: dict[str, str], model: str, version: str | None
     ) -> InferRequest:
-        """Shed, read and decode: everything before the request reaches the data plane."""
-        self.pipeline.admit(model, version)
+        """Read and decode: everything before the request reaches the data plane."""
         content_type = headers.get("content-type", "")
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))
