@@ -26,9 +26,7 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -64,6 +62,7 @@ class Spent:
     batches: float
     batch_rows: float
     compute: float  # seconds in the model, summed over batches
+    latency: dict[float, float]  # the 200s' server latency: bucket bound -> requests within
 
     def line(self) -> str:
         mean = self.compute / self.batches * 1000 if self.batches else 0.0
@@ -71,8 +70,17 @@ class Spent:
         return (
             f"event loop {self.loop_cpu / self.seconds:.0%} of a core, other threads "
             f"{self.other_cpu / self.seconds:.0%}; {self.batches / self.seconds:,.0f} batches/s "
-            f"of {rows:.1f} rows, {mean:.1f} ms each"
+            f"of {rows:.1f} rows, {mean:.1f} ms each; 200s' server latency p50 <= "
+            f"{self.quantile(0.5) * 1000:g} ms, p99 <= {self.quantile(0.99) * 1000:g} ms"
         )
+
+    def quantile(self, q: float) -> float:
+        """The smallest histogram bound holding a share `q` of the 200s (an upper bound)."""
+        total = self.latency.get(float("inf"), 0.0)
+        for bound, count in sorted(self.latency.items()):
+            if total and count >= q * total:
+                return bound
+        return float("nan")
 
 
 class Probe:
@@ -92,6 +100,7 @@ class Probe:
         return time.monotonic(), loop, other, self.counters()
 
     def counters(self) -> dict[str, float]:
+        """The mlp's batch counters, and its latency buckets as `le=<bound>`."""
         with urllib.request.urlopen(self.url, timeout=10) as answer:
             text = answer.read().decode()
         wanted = {"lockgate_batches_total", "lockgate_batch_rows_total"}
@@ -99,8 +108,14 @@ class Probe:
         out = dict.fromkeys(wanted, 0.0)
         for line in text.splitlines():
             name, _, rest = line.partition("{")
-            if name in wanted and 'model="mlp"' in rest:
+            if 'model="mlp"' not in rest:
+                continue
+            if name in wanted:
                 out[name] += float(line.rsplit(" ", 1)[1])
+            elif name == "lockgate_request_latency_seconds_bucket":
+                bound = rest.split('le="', 1)[1].split('"', 1)[0]
+                key = f"le={float(bound)}"
+                out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
     @staticmethod
@@ -113,6 +128,7 @@ class Probe:
             cb["lockgate_batches_total"] - ca["lockgate_batches_total"],
             cb["lockgate_batch_rows_total"] - ca["lockgate_batch_rows_total"],
             cb["lockgate_compute_seconds_total"] - ca["lockgate_compute_seconds_total"],
+            {float(k[3:]): cb[k] - ca.get(k, 0.0) for k in cb if k.startswith("le=")},
         )
 
 
@@ -146,11 +162,13 @@ def run(bench: Bench, seconds: float, extra: list[str]) -> list[str]:
     probe = Probe(bench.procs["lockgate"].pid, ports["admin"])
     wrk(bench.tmp, url, payload, 16, 2)  # warm-up
     before = wrk(bench.tmp, url, payload, LOW_CONNS, seconds)
-    peaks: list[tuple[int, Result]] = []
+    peaks: list[tuple[int, Result, Spent]] = []
     for conns in PEAK_CONNS:
-        peaks.append((conns, wrk(bench.tmp, url, payload, conns, seconds)))
-        print(f"c={conns}: {peaks[-1][1].rps:,.0f} 200s/s", flush=True)
-    peak_conns, peak = max(peaks, key=lambda cr: cr[1].rps)
+        start_sample = probe.sample()
+        result = wrk(bench.tmp, url, payload, conns, seconds)
+        peaks.append((conns, result, probe.spent(start_sample, probe.sample())))
+        print(f"c={conns}: {result.rps:,.0f} 200s/s", flush=True)
+    peak_conns, peak, at_peak = max(peaks, key=lambda cr: cr[1].rps)
     start_sample = probe.sample()
     over = wrk(bench.tmp, url, payload, OVERLOAD_CONNS, 2 * seconds)
     spent = probe.spent(start_sample, probe.sample())
@@ -163,7 +181,7 @@ def run(bench: Bench, seconds: float, extra: list[str]) -> list[str]:
         f"| low load, before | {LOW_CONNS} | {before.rps:,.0f} | {before.errors / seconds:,.0f} "
         f"| {ms(before.p50_us)} / {ms(before.p99_us)} | |",
     ]
-    for conns, r in peaks:
+    for conns, r, _ in peaks:
         mark = " (peak)" if conns == peak_conns else ""
         lines.append(
             f"| load{mark} | {conns} | {r.rps:,.0f} | {r.errors / seconds:,.0f} "
@@ -178,6 +196,7 @@ def run(bench: Bench, seconds: float, extra: list[str]) -> list[str]:
         f"| p50 {after.p50_us / before.p50_us:.2f}x, p99 {after.p99_us / before.p99_us:.2f}x "
         "before |",
         "",
+        f"At the peak: {at_peak.line()}.  ",
         f"During the overload: {spent.line()}.",
     ]
     return lines

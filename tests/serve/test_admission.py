@@ -5,6 +5,7 @@ cycle must expose its transport for that)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -131,16 +132,16 @@ class Server:
 
 
 def braking_app(brake: ConnectionBrake, seen: list[tuple[float, bool]]) -> Any:
-    """Answers 503 and pauses the connection, recording the pause and whether reading stopped."""
+    """Answers 503 for overload, recording the pause and whether reading stopped."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        delay = brake.pause(send)
-        seen.append((delay, send.__self__.transport.is_reading()))
         headers = [(b"content-length", b"0")]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+        delay = brake.refused(send)
+        seen.append((delay, send.__self__.transport.is_reading()))
 
     return app
 
@@ -148,25 +149,59 @@ def braking_app(brake: ConnectionBrake, seen: list[tuple[float, bool]]) -> Any:
 GET = b"GET / HTTP/1.1\r\nhost: t\r\n\r\n"
 
 
-async def test_a_braked_connection_is_read_again_after_its_pause() -> None:
-    brake, seen = ConnectionBrake(rate=100.0), []  # one connection paused: 10 ms
+async def test_a_connection_refused_again_is_paused_then_read_again() -> None:
+    # Few connections paused: the pause is the connection's own, doubling as it keeps coming back.
+    brake, seen = ConnectionBrake(rate=1 / 60, longest=60.0), []
     async with Server(braking_app(brake, seen)) as server:
         reader, writer = await server.connect()
-        for _ in range(2):  # the second request is read once the first pause is over
+        for _ in range(4):  # each request after the second is read once the pause is over
             writer.write(GET)
             status, _, _ = await read_answer(reader)
             assert status == 503
         writer.close()
         await until(lambda: brake.paused == 0)
-    assert seen == [(0.01, False), (0.01, False)]
+    # A first refusal is never braked; a connection that comes straight back is.
+    assert seen == [(0.0, True), (0.01, False), (0.02, False), (0.04, False)]
+
+
+async def test_a_connection_back_after_its_retry_after_is_not_paused() -> None:
+    clock = [1000.0]
+    brake, seen = ConnectionBrake(rate=100.0, longest=1.0, clock=lambda: clock[0]), []
+    async with Server(braking_app(brake, seen)) as server:
+        reader, writer = await server.connect()
+        for _ in range(2):
+            writer.write(GET)
+            assert (await read_answer(reader))[0] == 503
+            clock[0] += 1.5  # the client waited longer than the Retry-After it was given
+        writer.close()
+    assert seen == [(0.0, True), (0.0, True)]
 
 
 async def test_the_pause_grows_with_the_connections_paused_up_to_a_cap() -> None:
-    brake, seen = ConnectionBrake(rate=1 / 60, longest=150.0), []  # none resumes in this test
+    # Many connections paused: the pause keeps the gateway's rate of such 503s bounded.
+    brake, seen = ConnectionBrake(rate=1 / 60, longest=150.0, first=1000.0), []  # none resumes
     async with Server(braking_app(brake, seen)) as server:
         for _ in range(3):
             reader, writer = await server.connect()
+            for _ in range(2):
+                writer.write(GET)
+                assert (await read_answer(reader))[0] == 503
+            writer.close()
+    assert seen[1::2] == [(60.0, False), (120.0, False), (150.0, False)]
+    assert seen[0::2] == [(0.0, True)] * 3
+
+
+async def test_a_paused_connection_whose_client_left_is_closed_unread() -> None:
+    brake, seen = ConnectionBrake(rate=1 / 60, first=1.0), []  # a comeback: paused for 1 s
+    async with Server(braking_app(brake, seen)) as server:
+        reader, writer = await server.connect()
+        for _ in range(2):
             writer.write(GET)
             assert (await read_answer(reader))[0] == 503
-            writer.close()
-    assert seen == [(60.0, False), (120.0, False), (150.0, False)]
+        writer.write(GET)  # sent into the pause, then the client leaves
+        writer.write_eof()
+        # The server closes it without an answer (a reset: it left the request unread).
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b""
+        await until(lambda: brake.paused == 0)
+    assert seen == [(0.0, True), (1.0, False)]  # the third request never reached the app

@@ -132,8 +132,8 @@ def test_overload_sheds_fast_and_accepted_requests_complete(slow_gateway: Runnin
         return resp, time.perf_counter() - start
 
     async def run() -> list[tuple[httpx.Response, float]]:
-        # One connection per request: the next request on a connection just answered 503 for
-        # overload is read only after a pause (serve/transport/shed.py).
+        # One connection per request: a connection refused for overload and at once refused
+        # again is read again only after a pause (serve/transport/shed.py).
         limits = httpx.Limits(max_connections=48, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             return await asyncio.gather(*(timed(client) for _ in range(48)))

@@ -101,7 +101,7 @@ class Batcher:
         self._executor = executor
         self._clock = clock  # deadlines and queue waits; time.monotonic, as in the data plane
         limit = config.max_batch_rows if runner.spec.batchable else 1
-        self.queue = RequestQueue(limit, config.max_queue_wait, clock)
+        self.queue = RequestQueue(limit, config.max_queue_wait, clock, runner.predicted_cost)
         # The scheduled or running drain: a Task, or a plain callback where every batch runs
         # inline (see `_drain_inline`).
         self._task: asyncio.Task[None] | asyncio.Handle | None = None
@@ -179,11 +179,11 @@ class Batcher:
     ) -> None:
         """Refuse a request expected to wait longer than `max_queue_wait` (OVERLOADED), or to
         finish after its deadline (DEADLINE). Newest-first queues serve it next."""
-        ahead = min(queued, self.queue.limit) if self.queue.standing else queued
-        wait = self.waits.queue(ahead)
-        if wait > self.config.max_queue_wait > 0:
+        w, q = self.waits, self.queue
+        wait = (min(queued, q.limit) if q.standing else queued) * w.per_queued_row * w.slowdown
+        if wait > q.max_wait > 0:
             self._shed(f"expected wait {wait * 1000:.0f} ms")
-        own = self.waits.run(rows)
+        own = (w.fixed + w.per_row * rows) * w.slowdown
         if deadline - (self._clock() if now is None else now) < wait + own:
             self.stats.expired += 1
             raise LockgateError(
@@ -286,7 +286,7 @@ class Batcher:
 
     def _take(self) -> tuple[list[Pending], int]:
         """The next batch, on the event loop; the requests dropped on the way are answered."""
-        batch, rows, dropped = self.queue.take(self.runner.predicted_cost)
+        batch, rows, dropped = self.queue.take()
         if dropped:
             self._drop(dropped)
         return batch, rows
@@ -305,7 +305,7 @@ class Batcher:
         drain, which lets it grow meanwhile (and honours `max_queue_delay`)."""
         outcomes = self._compute(batch, rows)
         while self.queue.rows >= self.queue.limit:
-            batch, rows, dropped = self.queue.take(self.runner.predicted_cost)
+            batch, rows, dropped = self.queue.take()
             if dropped:
                 loop.call_soon_threadsafe(self._drop, dropped)
             if not batch:

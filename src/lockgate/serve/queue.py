@@ -66,9 +66,9 @@ class WaitModel:
 
     def __init__(self, cost: Callable[[int], float], limit: int) -> None:
         self._cost = cost  # the runner's predicted_cost(rows)
-        self._fixed = cost(0)
-        self._per_row = cost(1) - self._fixed
-        self._per_queued_row = cost(limit) / limit  # queued rows run in full batches
+        self.fixed = cost(0)
+        self.per_row = cost(1) - self.fixed
+        self.per_queued_row = cost(limit) / limit  # queued rows run in full batches
         self.slowdown = 1.0
 
     def learn(self, rows: int, compute_ns: int) -> None:
@@ -79,18 +79,22 @@ class WaitModel:
 
     def queue(self, rows: int) -> float:
         """To run `rows` queued rows."""
-        return rows * self._per_queued_row * self.slowdown
-
-    def run(self, rows: int) -> float:
-        """To run one batch of `rows` rows."""
-        return (self._fixed + self._per_row * rows) * self.slowdown
+        return rows * self.per_queued_row * self.slowdown
 
 
 class RequestQueue:
-    def __init__(self, limit: int, max_wait: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        max_wait: float,
+        clock: Callable[[], float],
+        least_cost: Callable[[int], float],
+    ) -> None:
         self.limit = limit  # rows per batch (1 for a model that cannot batch)
         self.max_wait = max_wait  # seconds; 0 = no bound and never standing
         self.clock = clock
+        self.least_cost = least_cost  # (rows) -> the least time a run of that many rows takes
+        self._full_cost = least_cost(limit)
         self.standing = False  # as of the last take
         self._items: collections.deque[Pending] = collections.deque()
         self._rows_in = 0  # written by the event loop only
@@ -111,9 +115,9 @@ class RequestQueue:
         self._items.append(pending)
         self._rows_in += pending.rows
 
-    def take(self, least_cost: Callable[[int], float]) -> tuple[list[Pending], int, Dropped]:
+    def take(self) -> tuple[list[Pending], int, Dropped]:
         """The next batch and its rows, plus the requests dropped on the way with the kind of
-        their answer. `least_cost(rows)`: the least time a run of that many rows takes."""
+        their answer."""
         now = self.clock()
         dropped: Dropped = []
         items = self._items
@@ -124,7 +128,7 @@ class RequestQueue:
             pop, put_back = items.pop, items.append
         else:
             pop, put_back = items.popleft, items.appendleft
-        horizon = now + least_cost(self.limit)  # no deadline beyond it needs a closer look
+        horizon = now + self._full_cost  # no deadline beyond it needs a closer look
         batch: list[Pending] = []
         rows = 0
         while items and rows < self.limit:
@@ -136,7 +140,7 @@ class RequestQueue:
                 put_back(p)
                 break
             self._rows_out += p.rows
-            if p.deadline < horizon and p.deadline < now + least_cost(rows + p.rows):
+            if p.deadline < horizon and p.deadline < now + self.least_cost(rows + p.rows):
                 dropped.append((p, ErrorKind.DEADLINE))
                 continue
             batch.append(p)

@@ -73,7 +73,7 @@ class InferRoute:
             msgpack = is_msgpack(media.decode("latin-1"))
             await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
             if exc.kind is ErrorKind.OVERLOADED:
-                self.brake.pause(send)
+                self.brake.refused(send)
             return
         try:
             await self._admitted(scope, receive, send, model, version)
