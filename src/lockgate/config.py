@@ -20,7 +20,8 @@ class BatchConfig:
     # The longest a request may wait for the model, in seconds (0 = no bound): admission refuses
     # one expected to wait longer, a queued one that did is shed without running, and while the
     # oldest has waited over half of it the queue is served newest first (see serve/queue.py).
-    max_queue_wait: float = 0.5
+    # Not below a second: a refused client is told to retry after at least one (Retry-After).
+    max_queue_wait: float = 1.0
     inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
     # The longest a request from a transport that hands requests over one at a time (gRPC)
     # waits for batch-mates when its model is idle; 0 = never (see serve/batch.py).

@@ -139,8 +139,9 @@ class Batcher:
         queued = self.queue.rows
         if queued and queued + rows > self.config.max_queue_rows:
             self._shed(f"{queued} rows queued")
-        now = self._clock()
-        self._check_wait(queued, rows, deadline, now)
+        now, w = self._clock(), self.waits
+        if queued or deadline - now < (w.fixed + w.per_row * rows) * w.slowdown:
+            self._check_wait(queued, rows, deadline, now)
         loop = asyncio.get_running_loop()
         pending = Pending(
             inputs, rows, loop.create_future(), time.perf_counter_ns(), now, deadline, meta
