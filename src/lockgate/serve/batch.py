@@ -31,7 +31,7 @@ import numpy as np
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.gather import Gatherer
-from lockgate.serve.queue import Dropped, Pending, RequestQueue, RunInfo, WaitModel
+from lockgate.serve.queue import SLOWDOWN_WEIGHT, Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
 
 __all__ = ["BatchObserver", "BatchStats", "Batcher", "RunInfo"]
@@ -71,17 +71,8 @@ class BatchStats:
     compute_ns: int = 0
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """One model run: its requests and their outputs, or the error they all get."""
-
-    batch: list[Pending]
-    feeds: Arrays
-    result: Arrays | LockgateError
-    rows: int
-    start: int
-    compute_ns: int
-    chained: bool = False  # taken by the model thread itself
+# One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute.
+_Outcome = tuple[list[Pending], Arrays, "Arrays | LockgateError", int, int, int]
 
 
 class Batcher:
@@ -117,6 +108,7 @@ class Batcher:
             runner.predicted_cost(limit) < self._inline and config.max_queue_delay <= 0
         )
         self.waits = WaitModel(runner.predicted_cost, limit)
+        self._bounds()
 
     @property
     def queued_rows(self) -> int:
@@ -136,17 +128,19 @@ class Batcher:
             if not gather and self.runner.predicted_cost(rows) < self._inline:
                 # No future, no task, no loop turn: the cheapest way through.
                 return self._run_now(inputs, rows, deadline, meta)
-        queued = self.queue.rows
+        q = self.queue
+        queued = q.rows_in - q.rows_out
         if queued and queued + rows > self.config.max_queue_rows:
             self._shed(f"{queued} rows queued")
-        now, w = self._clock(), self.waits
-        if queued or deadline - now < (w.fixed + w.per_row * rows) * w.slowdown:
+        now = self._clock()
+        if queued > self._calm_rows or deadline - now < self._far:
             self._check_wait(queued, rows, deadline, now)
         loop = asyncio.get_running_loop()
         pending = Pending(
             inputs, rows, loop.create_future(), time.perf_counter_ns(), now, deadline, meta
         )
-        self.queue.push(pending)
+        q.items.append(pending)  # q.push, inline: the hot path
+        q.rows_in += rows
         self._in_flight += 1
         self._idle.clear()
         if self._task is None:
@@ -169,11 +163,14 @@ class Batcher:
         """Refuse before the request is even read when it would be refused once queued: a
         rejection must cost far less than a request, or overload turns into collapse. Its rows
         are not known yet: it is judged as one row."""
-        queued = self.queue.rows
+        queued = self.queue.rows_in - self.queue.rows_out
         if queued >= self.config.max_queue_rows:
             self._shed(f"{queued} rows queued")
-        if queued or deadline is not None:
-            self._check_wait(queued, 1, float("inf") if deadline is None else deadline)
+        if deadline is None:
+            if queued > self._calm_rows:
+                self._check_wait(queued, 1, float("inf"))
+        elif queued > self._calm_rows or deadline - self._clock() < self._far:
+            self._check_wait(queued, 1, deadline)
 
     def _check_wait(
         self, queued: int, rows: int, deadline: float, now: float | None = None
@@ -251,7 +248,7 @@ class Batcher:
                 await self.gatherer.gather(self.queue)
                 self.stats.gathers = self.gatherer.gathers
                 self.stats.fruitless_gathers = self.gatherer.fruitless
-            while self.queue:
+            while self.queue.items:
                 if busy and self.config.max_queue_delay > 0:
                     await self._gather_more()
                 busy = True
@@ -265,9 +262,12 @@ class Batcher:
         """`_drain` for models that always run inline, as a plain callback: a Task and its
         coroutines cost more than a tiny model's batch (about 5 us per batch, which a traffic
         split pays twice as often, its batches being half the size)."""
+        queue = self.queue
         try:
-            while self.queue:
-                batch, rows = self._take()
+            while queue.items:
+                batch, rows, dropped = queue.take()
+                if dropped:
+                    self._drop(dropped)
                 if batch:
                     self._done(self._compute(batch, rows), inline=True)
         finally:
@@ -297,25 +297,29 @@ class Batcher:
             self._done(self._compute(batch, rows), inline=True)
             return
         loop = asyncio.get_running_loop()
-        self._done(await loop.run_in_executor(self._executor, self._chain, loop, batch, rows))
+        outcomes, chained = await loop.run_in_executor(
+            self._executor, self._chain, loop, batch, rows
+        )
+        self._done(outcomes, False, chained)
 
-    def _chain(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], rows: int) -> Any:
+    def _chain(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Pending], rows: int
+    ) -> tuple[list[_Outcome], bool]:
         """In the model thread: run the batch, then, while a full batch is already queued, take
         and run it here (the loop gets each finished batch as one callback). Returns the last
-        batch's outcomes. Only while a full batch waits: a shorter one is left to the loop's
-        drain, which lets it grow meanwhile (and honours `max_queue_delay`)."""
-        outcomes = self._compute(batch, rows)
+        batch's outcomes, and whether this thread took it. Only while a full batch waits: a
+        shorter one is left to the loop's drain, which lets it grow meanwhile (and honours
+        `max_queue_delay`)."""
+        outcomes, chained = self._compute(batch, rows), False
         while self.queue.rows >= self.queue.limit:
             batch, rows, dropped = self.queue.take()
             if dropped:
                 loop.call_soon_threadsafe(self._drop, dropped)
             if not batch:
                 break
-            loop.call_soon_threadsafe(self._done, outcomes)
-            outcomes = self._compute(batch, rows)
-            for o in outcomes:
-                o.chained = True
-        return outcomes
+            loop.call_soon_threadsafe(self._done, outcomes, False, chained)
+            outcomes, chained = self._compute(batch, rows), True
+        return outcomes, chained
 
     def _compute(self, batch: list[Pending], rows: int) -> list[_Outcome]:
         """Run one batch in any thread; touches no state but the runner's. If it fails with
@@ -331,19 +335,19 @@ class Batcher:
                 return [o for p in batch for o in self._compute([p], p.rows)]
             if not isinstance(exc, LockgateError):
                 exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
-            return [_Outcome(batch, feeds, exc, rows, start, 0)]
-        return [_Outcome(batch, feeds, outputs, rows, start, time.perf_counter_ns() - start)]
+            return [(batch, feeds, exc, rows, start, 0)]
+        return [(batch, feeds, outputs, rows, start, time.perf_counter_ns() - start)]
 
-    def _done(self, outcomes: list[_Outcome], inline: bool = False) -> None:
+    def _done(self, outcomes: list[_Outcome], inline: bool = False, chained: bool = False) -> None:
         """On the event loop: answer the requests of finished runs."""
-        for o in outcomes:
-            if isinstance(o.result, LockgateError):
+        for batch, feeds, result, rows, start, compute_ns in outcomes:
+            if isinstance(result, LockgateError):
                 self.stats.failed += 1
-                _fail(o.batch, o.result)
+                _fail(batch, result)
                 continue
             self.stats.inline_batches += inline
-            self.stats.chained_batches += o.chained
-            self._finish(o.batch, o.feeds, o.result, o.rows, o.start, o.compute_ns)
+            self.stats.chained_batches += chained
+            self._finish(batch, feeds, result, rows, start, compute_ns)
 
     def _finish(
         self,
@@ -393,7 +397,25 @@ class Batcher:
         s.rows += rows
         if requests > 1:
             s.multi_request_batches += 1
-        self.waits.learn(rows, compute_ns)
+        w = self.waits  # the slowdown follows what batches take (serve/queue.py)
+        predicted = w.fixed + w.per_row * rows
+        if predicted > 0:
+            ratio = compute_ns / 1e9 / predicted
+            ratio = 0.5 if ratio < 0.5 else 1000.0 if ratio > 1000.0 else ratio
+            w.slowdown += SLOWDOWN_WEIGHT * (ratio - w.slowdown)
+            if abs(w.slowdown - self._bounds_at) > 0.1 * self._bounds_at:
+                self._bounds()
+
+    def _bounds(self) -> None:
+        """Within these, admission has nothing to check (two comparisons per request): the
+        queued rows whose expected wait stays under `max_queue_wait`, and a time beyond the
+        longest any admitted request can expect to wait and run."""
+        w, most = self.waits, self.config.max_queue_rows
+        per_row = w.per_queued_row * w.slowdown
+        max_wait = self.config.max_queue_wait
+        self._bounds_at = w.slowdown
+        self._calm_rows = max_wait / per_row if max_wait > 0 and per_row > 0 else float("inf")
+        self._far = (most * (w.per_queued_row + w.per_row) + w.fixed) * w.slowdown
 
     def _drain_estimate(self) -> float:
         """Seconds until the queue has drained: the Retry-After of a shed request."""

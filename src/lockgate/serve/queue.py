@@ -62,20 +62,15 @@ SLOWDOWN_WEIGHT = 0.2  # how fast the slowdown follows what batches take
 
 
 class WaitModel:
-    """Seconds a version's batches are expected to take (see the module docstring)."""
+    """Seconds a version's batches are expected to take (see the module docstring). The
+    batcher updates `slowdown` after every run."""
 
     def __init__(self, cost: Callable[[int], float], limit: int) -> None:
-        self._cost = cost  # the runner's predicted_cost(rows)
+        """`cost(rows)`: the runner's predicted cost of a run (fixed + per row)."""
         self.fixed = cost(0)
         self.per_row = cost(1) - self.fixed
         self.per_queued_row = cost(limit) / limit  # queued rows run in full batches
         self.slowdown = 1.0
-
-    def learn(self, rows: int, compute_ns: int) -> None:
-        predicted = self._cost(rows)
-        if predicted > 0:
-            ratio = min(max(compute_ns / 1e9 / predicted, 0.5), 1000.0)
-            self.slowdown += SLOWDOWN_WEIGHT * (ratio - self.slowdown)
 
     def queue(self, rows: int) -> float:
         """To run `rows` queued rows."""
@@ -96,34 +91,37 @@ class RequestQueue:
         self.least_cost = least_cost  # (rows) -> the least time a run of that many rows takes
         self._full_cost = least_cost(limit)
         self.standing = False  # as of the last take
-        self._items: collections.deque[Pending] = collections.deque()
-        self._rows_in = 0  # written by the event loop only
-        self._rows_out = 0  # written by the consumer only
+        self.items: collections.deque[Pending] = collections.deque()  # append through `push`
+        self.rows_in = 0  # written by the event loop only (`push`, or the batcher inline)
+        self.rows_out = 0  # written by the consumer only
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     @property
     def rows(self) -> int:
         """Rows queued, including requests answered (expired, cancelled) but not yet removed."""
-        return self._rows_in - self._rows_out
+        return self.rows_in - self.rows_out
 
     def head(self) -> Pending | None:
-        return self._items[0] if self._items else None
+        return self.items[0] if self.items else None
 
     def push(self, pending: Pending) -> None:
-        self._items.append(pending)
-        self._rows_in += pending.rows
+        self.items.append(pending)
+        self.rows_in += pending.rows
 
     def take(self) -> tuple[list[Pending], int, Dropped]:
         """The next batch and its rows, plus the requests dropped on the way with the kind of
         their answer."""
         now = self.clock()
         dropped: Dropped = []
-        items = self._items
-        if self.max_wait > 0:
-            self._drop_stale(now - self.max_wait, dropped)
+        items = self.items
+        if self.max_wait > 0 and items:
+            if now - items[0].queued_at > self.max_wait:
+                self._drop_stale(now - self.max_wait, dropped)
             self.standing = bool(items) and now - items[0].queued_at > self.max_wait / 2
+        else:
+            self.standing = False
         if self.standing:
             pop, put_back = items.pop, items.append
         else:
@@ -134,12 +132,12 @@ class RequestQueue:
         while items and rows < self.limit:
             p = pop()
             if p.future.done():  # expired or cancelled while queued
-                self._rows_out += p.rows
+                self.rows_out += p.rows
                 continue
             if batch and rows + p.rows > self.limit:
                 put_back(p)
                 break
-            self._rows_out += p.rows
+            self.rows_out += p.rows
             if p.deadline < horizon and p.deadline < now + self.least_cost(rows + p.rows):
                 dropped.append((p, ErrorKind.DEADLINE))
                 continue
@@ -149,9 +147,9 @@ class RequestQueue:
 
     def _drop_stale(self, oldest: float, dropped: Dropped) -> None:
         """Remove, from the head, the requests queued before `oldest`."""
-        items = self._items
+        items = self.items
         while items and items[0].queued_at < oldest:
             p = items.popleft()
-            self._rows_out += p.rows
+            self.rows_out += p.rows
             if not p.future.done():
                 dropped.append((p, ErrorKind.OVERLOADED))

@@ -56,31 +56,30 @@ class InferRoute:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.fullmatch(scope["path"])
             if match is not None:
-                await self._infer(scope, receive, send, match.group(1), match.group(2))
+                model, version = match.group(1), match.group(2)
+                # Admission first: a refusal is answered before the headers are even looked
+                # at, and a connection refused for overload is braked (transport/shed.py).
+                try:
+                    self.pipeline.admit(model, version)
+                except LockgateError as exc:
+                    await self._refuse(scope, send, model, exc)
+                    return
+                try:
+                    await self._infer(scope, receive, send, model, version)
+                finally:
+                    self.pipeline.release()
                 return
         await self.fallback(scope, receive, send)
 
-    async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
-        """Admission first: a refusal is answered before the headers are even looked at, and
-        a connection refused for overload is braked (see serve/transport/shed.py)."""
-        try:
-            self.pipeline.admit(model, version)
-        except LockgateError as exc:
-            self.pipeline.count_failure(model, "http", exc.kind.value)
-            media = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-            msgpack = is_msgpack(media.decode("latin-1"))
-            await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
-            if exc.kind is ErrorKind.OVERLOADED:
-                self.brake.refused(send)
-            return
-        try:
-            await self._admitted(scope, receive, send, model, version)
-        finally:
-            self.pipeline.release()
+    async def _refuse(self, scope: Scope, send: Send, model: str, exc: LockgateError) -> None:
+        self.pipeline.count_failure(model, "http", exc.kind.value)
+        media = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        msgpack = is_msgpack(media.decode("latin-1"))
+        await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
+        if exc.kind is ErrorKind.OVERLOADED:
+            self.brake.refused(send)
 
-    async def _admitted(
+    async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
         received = time.perf_counter_ns()
