@@ -145,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         _SERVE.max_in_flight,
         "infer requests admitted and not yet answered, per worker process, HTTP and gRPC "
         "together; beyond it a request is refused before its body is read (503 + Retry-After / "
-        "RESOURCE_EXHAUSTED). A connection answered 503 for overload is not read again for up "
-        "to 1 s (the more such connections, the longer), so clients that retry at once cannot "
-        "take the event loop from the requests being served",
+        "RESOURCE_EXHAUSTED). An HTTP connection refused for overload that comes straight back "
+        "(within the Retry-After it was given) is read again only after a pause (10 ms, doubling "
+        "while it keeps coming back, at most 1 s, and long enough that a worker answers at most "
+        "about 1000 such 503s a second), so clients that retry at once cannot take the event "
+        "loop from the requests being served",
         type=_positive_int,
     )
     _flag(serve, "--timeout", 30.0, "default request deadline in seconds", type=float)

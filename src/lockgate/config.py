@@ -24,7 +24,7 @@ class BatchConfig:
     max_queue_wait: float = 1.0
     inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
     # The longest a request from a transport that hands requests over one at a time (gRPC)
-    # waits for batch-mates when its model is idle; 0 = never (see serve/batch.py).
+    # waits for batch-mates when its model is idle; 0 = never (see serve/gather.py).
     gather_delay: float = 0.001
 
 
