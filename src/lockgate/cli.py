@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
@@ -53,6 +54,16 @@ def _flag(parser: argparse.ArgumentParser, flag: str, default: Any, help: str, *
         help=f"{help} (default: {default}) [env {env}]",
         **kw,
     )
+
+
+def positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number > 0 or math.isinf(number):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -129,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(serve, "--timeout", 30.0, "default request deadline in seconds", type=float)
     _flag(serve, "--max-body-mb", 64.0, "largest request body accepted", type=float)
+    _flag(
+        serve,
+        "--max-buffered-body-mb",
+        256.0,
+        "request-body bytes held at once for bodies still arriving; beyond it new bodies get 503",
+        type=positive,
+    )
+    _flag(serve, "--header-timeout", 10.0, "seconds to send a request's headers", type=positive)
+    _flag(serve, "--body-timeout", 30.0, "seconds between two reads of a body", type=positive)
+    _flag(serve, "--idle-timeout", 30.0, "seconds a connection may idle", type=positive)
     _flag(
         serve,
         "--intra-op-threads",
@@ -265,6 +286,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         admin_port=args.admin[1],
         default_timeout=float(args.timeout),
         max_body_bytes=int(float(args.max_body_mb) * 1024 * 1024),
+        max_buffered_body_bytes=int(float(args.max_buffered_body_mb) * 1024 * 1024),
+        header_timeout=float(args.header_timeout),
+        body_timeout=float(args.body_timeout),
+        idle_timeout=float(args.idle_timeout),
         grace_period=float(args.grace),
         demo=bool(args.demo),
         state_url=args.state or None,

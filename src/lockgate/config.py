@@ -59,6 +59,12 @@ class ServeConfig:
     admin_port: int = 8002
     default_timeout: float = 30.0  # seconds, when the client sends no deadline
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request-body bytes this process buffers at once for bodies still arriving; beyond it new
+    # bodies are shed (503), so stalled uploads cannot take the memory.
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    header_timeout: float = 10.0  # seconds from a request's first byte to its last header
+    body_timeout: float = 30.0  # seconds between two reads of a request body
+    idle_timeout: float = 30.0  # seconds a connection may wait with no request in progress
     grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas

@@ -18,6 +18,19 @@ class ErrorKind(enum.Enum):
     MODEL_FAILED = "model_failed"  # onnxruntime raised while running a valid request
 
 
+# Outcomes that are the server's failure (5xx, timeouts, shedding), as the request counters name
+# them: what a rollout holds against a canary. The rest of ErrorKind is the client's mistake.
+SERVER_SIDE_OUTCOMES = frozenset(
+    {
+        ErrorKind.MODEL_FAILED.value,
+        ErrorKind.UNAVAILABLE.value,
+        ErrorKind.OVERLOADED.value,
+        ErrorKind.DEADLINE.value,
+        "internal",  # an unexpected exception: logged, 500
+    }
+)
+
+
 class LockgateError(Exception):
     """An expected failure with a message meant for the caller."""
 

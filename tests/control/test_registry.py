@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -202,3 +204,33 @@ def test_concurrent_processes_get_distinct_versions(tmp_path: Path, model_file: 
     assert sorted(map(int, versions)) == list(range(1, 13))
     for info in Registry(tmp_path).versions("scale"):
         Registry(tmp_path).verify(info)
+
+
+def test_gc_spares_a_live_writer_and_removes_a_killed_one(tmp_path: Path, model_file: Path) -> None:
+    """A writer's temporary folder survives gc while the writer runs, however old, and goes
+    once the writer was killed (kill -9 in the middle of a registration)."""
+    registry = Registry(tmp_path)
+    registry.register(model_file, "scale")
+    folder = tmp_path / "models" / "scale"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tempfile; from lockgate.control import registry as r; "
+            f"print(tempfile.mkdtemp(prefix=r._temp_prefix(), dir={str(folder)!r}), flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        temp = Path(writer.stdout.readline().strip())
+        os.utime(temp, (0, 0))
+        assert registry.gc_temp() == 0 and temp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert registry.gc_temp() == 1 and not temp.exists()
+    assert [v.version for v in registry.versions("scale")] == ["1"]

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lockgate.control import traffic
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
 from lockgate.demo import classifier_data, ensure_demo_models
-from tests.conftest import RunningGateway, loopback_config
+from tests import onnx_models
+from tests.conftest import RunningGateway, catalog, loopback_config
 from tests.deploy.conftest import (
     GRAFANA_DIR,
     PROMETHEUS_DIR,
@@ -48,6 +51,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, i
     family: ok and failed requests, a shadow variant, a closed drift window and labels."""
     home = tmp_path_factory.mktemp("deploy-metrics")
     ensure_demo_models(Registry(home))
+    # an endpoint whose canary cannot load (damaged on disk): the stable variant serves its share
+    registry = Registry(home)
+    canary = registry.register(onnx_models.scale_model(home / "scale.onnx"), "scale")
+    registry.register(home / "scale.onnx", "scale")
+    store = StateStore(home)
+    to_canary = traffic.canary("scale", None, canary.version, 10, catalog(registry))
+    store.apply(to_canary, actor="tests", expected_revision=None)
+    canary.model_path.write_bytes(b"damaged")
     rng = np.random.default_rng(3)
     with RunningGateway(loopback_config(home), Registry(home)) as gw:
         body = {

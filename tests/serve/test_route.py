@@ -71,3 +71,33 @@ def test_implicit_endpoints_serve_the_latest_version() -> None:
     assert table.versions() == {("m", "1"), ("other", "2")}
     with pytest.raises(LockgateError, match="unknown model 'nope'"):
         table.resolve("nope")
+
+
+def _route(*weights: float, shadows: int = 0) -> EndpointRoute:
+    variants = tuple(Variant(f"v{i}", "m", str(i), w) for i, w in enumerate(weights, 1))
+    extra = tuple(Variant(f"s{i}", "s", str(i)) for i in range(1, shadows + 1))
+    return EndpointRoute("e", variants, bucket_bounds(weights), extra)
+
+
+def test_without_scales_the_loaded_variants_up_to_the_whole_share() -> None:
+    route = _route(60, 30, 10, shadows=2).without({("m", "2"), ("s", "1")})
+    assert route is not None
+    assert [(v.name, round(v.weight, 6)) for v in route.variants] == [
+        ("v1", 85.714286),
+        ("v3", 14.285714),
+    ]
+    assert route.bounds[-1] == BUCKETS
+    assert [v.name for v in route.fallback] == ["v2"] and [s.name for s in route.shadows] == ["s2"]
+    picked = {route.pick(f"user-{i}").name for i in range(2000)}
+    assert picked == {"v1", "v3"}  # no key lands on the variant that cannot serve
+
+
+def test_without_gives_a_standby_everything_and_none_when_nothing_is_left() -> None:
+    standby = _route(100, 0).without({("m", "1")})
+    assert standby is not None
+    assert [(v.name, v.weight) for v in standby.variants] == [("v2", 100.0)]
+    assert standby.bounds == (BUCKETS,)
+    assert _route(100, 0).without({("m", "1"), ("m", "2")}) is None
+    even = _route(0, 0, 100).without({("m", "3")})
+    assert even is not None and [v.weight for v in even.variants] == [50.0, 50.0]
+    assert even.bounds == (5000, BUCKETS)

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -329,7 +330,7 @@ class Registry:
             profiles = _profiles(spec, ref, session)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=folder))
+        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(), dir=folder))
         try:
             created = datetime.now(UTC).isoformat(timespec="milliseconds")
             meta = {
@@ -372,16 +373,37 @@ class Registry:
             return version
         raise LockgateError(ErrorKind.CONFLICT, f"could not publish a version in {folder}")
 
-    def gc_temp(self, older_than: float = 3600.0) -> int:
-        """Remove temporary folders left by crashed writers; returns how many."""
+    def gc_temp(self, older_than: float = 600.0) -> int:
+        """Remove temporary folders left by crashed writers; returns how many. A folder is
+        left alone while it is younger than `older_than` seconds or its writer (named in the
+        folder: host and pid) is still running on this host."""
         removed = 0
         cutoff = time.time() - older_than
         for temp in self.root.glob(f"*/{_TEMP_PREFIX}*"):
             with contextlib.suppress(OSError):
-                if temp.stat().st_mtime < cutoff:
+                if temp.stat().st_mtime < cutoff and not _writer_alive(temp.name):
                     shutil.rmtree(temp)
                     removed += 1
         return removed
+
+
+def _temp_prefix() -> str:
+    return f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _writer_alive(folder_name: str) -> bool:
+    """Whether the process that made a temporary folder still runs (as far as this host can
+    tell: a writer on another host counts as gone once the folder is old enough)."""
+    host, _, rest = folder_name.removeprefix(_TEMP_PREFIX).rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tensor_doc(t: TensorSpec) -> dict[str, Any]:

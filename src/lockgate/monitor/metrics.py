@@ -9,9 +9,7 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection, Iterator
-from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -26,8 +24,6 @@ from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.exposition import encode_text
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
-    BATCH_FIELDS,
-    SHADOW_FIELDS,
     DriftSnapshot,
     Snapshot,
     VersionSnapshot,
@@ -45,30 +41,6 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     buckets = [(repr(b), c) for b, c in zip(LATENCY_BOUNDS, counts, strict=True)]
     buckets.append(("+Inf", sketch.count))
     family.add_metric(labels, buckets, sketch.sum)
-
-
-def capture_serving(pipeline: Any) -> Snapshot:
-    """This process's serving figures now: counters the event loop owns, so read on it (a
-    handful of dict copies)."""
-    snap = Snapshot(
-        revision=pipeline.routes.revision,
-        requests=Counter(dict(pipeline.requests)),
-        weights={
-            (route.name, v.name, v.model, v.version): v.weight
-            for route in pipeline.routes.endpoints.values()
-            for v in route.variants
-        },
-        loaded=set(pipeline.models.loaded),
-        failed=set(pipeline.models.failed),
-        monitored=pipeline.monitor is not None,
-    )
-    for key, lv in list(pipeline.models.loaded.items()):
-        stats = lv.batcher.stats
-        snap.batch[key] = Counter({f: getattr(stats, f) for f in BATCH_FIELDS})
-        snap.queued_rows[key] = lv.batcher.queued_rows
-    for key, shadow in list(pipeline.shadows.stats.items()):
-        snap.shadows[key] = Counter({f: getattr(shadow, f) for f in SHADOW_FIELDS})
-    return snap
 
 
 def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
@@ -174,6 +146,15 @@ class GatewayCollector(Collector):
         for route, share in sorted(snap.weights.items()):
             weight.add_metric(list(route), share)
         yield weight
+        fallback = GaugeMetricFamily(
+            "lockgate_variant_fallback",
+            "1 while a variant's version cannot load and the endpoint's other variants serve its "
+            "share",
+            labels=ROUTE,
+        )
+        for route in sorted(snap.fallback):
+            fallback.add_metric(list(route), 1)
+        yield fallback
         loaded = GaugeMetricFamily(
             "lockgate_model_loaded", "1 when loaded, 0 when it failed", labels=VERSION
         )

@@ -29,7 +29,7 @@ Key = tuple[str, str]
 Route = tuple[str, str, str, str]  # endpoint, variant, model, version
 BATCH_FIELDS = ("batches", "rows", "requests", "shed", "expired", "compute_ns")
 SHADOW_FIELDS = ("requests", "shed", "failed", "rows", "disagreeing_rows")
-WIRE_FORMAT = 1
+WIRE_FORMAT = 2
 
 
 @dataclass
@@ -107,6 +107,8 @@ class Snapshot:
     weights: dict[Route, float] = field(default_factory=dict)
     loaded: set[Key] = field(default_factory=set)
     failed: set[Key] = field(default_factory=set)
+    # (endpoint, variant, model, version) whose version failed to load: others serve its share
+    fallback: set[Route] = field(default_factory=set)
     batch: dict[Key, Counter[str]] = field(default_factory=dict)
     queued_rows: Counter[Key] = field(default_factory=Counter)
     shadows: dict[Key, Counter[str]] = field(default_factory=dict)  # by (endpoint, shadow)
@@ -123,6 +125,7 @@ class Snapshot:
             self.revision, self.weights = other.revision, dict(other.weights)
         self.requests.update(other.requests)
         self.failed |= other.failed
+        self.fallback |= other.fallback
         self.loaded = (self.loaded | other.loaded) - self.failed
         for table, more in ((self.batch, other.batch), (self.shadows, other.shadows)):
             for key, counts in more.items():
@@ -140,7 +143,7 @@ class Snapshot:
         totals (its requests, sketches, drift histograms), without its point-in-time values."""
         out = merged([self])
         out.revision, out.weights, out.processes, out.restarts = 0, {}, 0, 0
-        out.loaded, out.failed, out.queued_rows = set(), set(), Counter()
+        out.loaded, out.failed, out.fallback, out.queued_rows = set(), set(), set(), Counter()
         for vs in out.versions.values():
             for side, d in vs.drift.items():
                 vs.drift[side] = dataclasses.replace(
@@ -161,6 +164,7 @@ class Snapshot:
             "weights": [[*k, w] for k, w in self.weights.items()],
             "loaded": [list(k) for k in self.loaded],
             "failed": [list(k) for k in self.failed],
+            "fallback": [list(k) for k in self.fallback],
             "batch": [[*k, dict(c)] for k, c in self.batch.items()],
             "queued_rows": [[*k, n] for k, n in self.queued_rows.items()],
             "shadows": [[*k, dict(c)] for k, c in self.shadows.items()],
@@ -183,6 +187,7 @@ class Snapshot:
             weights={(r[0], r[1], r[2], r[3]): float(r[4]) for r in doc["weights"]},
             loaded={(m, v) for m, v in doc["loaded"]},
             failed={(m, v) for m, v in doc["failed"]},
+            fallback={(e, n, m, v) for e, n, m, v in doc["fallback"]},
             batch={(m, v): Counter(c) for m, v, c in doc["batch"]},
             queued_rows=Counter({(m, v): int(n) for m, v, n in doc["queued_rows"]}),
             shadows={(e, s): Counter(c) for e, s, c in doc["shadows"]},

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class EndpointRoute:
     variants: tuple[Variant, ...]
     bounds: tuple[int, ...]
     shadows: tuple[Variant, ...] = ()
+    # Variants whose versions failed to load: the ones above serve their share (see `without`).
+    fallback: tuple[Variant, ...] = ()
     # The variant with the most traffic: its schema is the endpoint's metadata and its queue
     # decides admission. Computed once: read per request.
     primary: Variant = field(init=False, repr=False, compare=False)
@@ -78,6 +81,29 @@ class EndpointRoute:
 
     def versions(self) -> set[tuple[str, str]]:
         return {v.key for v in (*self.variants, *self.shadows)}
+
+    def without(self, failed: Collection[tuple[str, str]]) -> EndpointRoute | None:
+        """This endpoint served by the variants whose versions are not in `failed`: their
+        weights scaled up to 100 (equal shares when all of them had none, as a blue-green
+        standby), shadows of failed versions dropped, the variants left out named in
+        `fallback`. None when no variant is left."""
+        kept = tuple(v for v in self.variants if v.key not in failed)
+        if not kept:
+            return None
+        total = sum(v.weight for v in kept)
+        shares = [v.weight / total * 100 if total else 100 / len(kept) for v in kept]
+        variants = tuple(
+            Variant(v.name, v.model, v.version, share)
+            for v, share in zip(kept, shares, strict=True)
+        )
+        bounds = tuple(round(c * BUCKETS / 100) for c in itertools.accumulate(shares))
+        return EndpointRoute(
+            self.name,
+            variants,
+            (*bounds[:-1], BUCKETS),
+            tuple(s for s in self.shadows if s.key not in failed),
+            fallback=tuple(v for v in self.variants if v.key in failed),
+        )
 
 
 def endpoint_from_spec(name: str, spec: Mapping[str, Any]) -> EndpointRoute:

@@ -16,7 +16,7 @@ from lockgate.errors import LockgateError
 from lockgate.serve.transport import codec
 from lockgate.serve.transport.infer_asgi import InferRoute
 from lockgate.types import InferencePipeline
-from lockgate.web import STATUS, error_body, error_response, is_msgpack, read_body
+from lockgate.web import STATUS, BodyBudget, error_body, error_response, is_msgpack, read_body
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,12 @@ def _json(doc: object, status: int = 200) -> Response:
     return Response(codec.dumps(doc), status_code=status, media_type=codec.JSON)
 
 
-def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> InferRoute:
-    """The REST API: the infer route as bare ASGI in front of starlette for the rest."""
+def build_http_app(
+    pipeline: InferencePipeline, *, max_body_bytes: int, max_buffered_bytes: int = 2**28
+) -> InferRoute:
+    """The REST API: the infer route as bare ASGI in front of starlette for the rest. Bodies
+    still arriving share one budget of `max_buffered_bytes` (web.BodyBudget)."""
+    budget = BodyBudget(max_buffered_bytes)
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -88,7 +92,7 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Infer
         return _json({"ready": ok}, 200 if ok else 503)
 
     async def feedback(request: Request) -> Response:
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes, budget)
         labels = codec.decode_feedback(body, request.headers.get("content-type", ""))
         return _json(await pipeline.feedback(request.path_params["model"], labels))
 
@@ -113,4 +117,4 @@ def build_http_app(pipeline: InferencePipeline, *, max_body_bytes: int) -> Infer
         ]
     routes.append(Route("/v2/models/{model}/feedback", _guarded(feedback), methods=["POST"]))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return InferRoute(pipeline, app, max_body_bytes, STATUS)
+    return InferRoute(pipeline, app, max_body_bytes, STATUS, budget)

@@ -18,7 +18,14 @@ from typing import Any
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec
 from lockgate.types import InferencePipeline, InferRequest
-from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
+from lockgate.web import (
+    BodyBudget,
+    check_declared_length,
+    digits,
+    error_body,
+    error_headers,
+    is_msgpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +51,13 @@ class InferRoute:
         fallback: ASGIApp,
         max_body_bytes: int,
         status: dict[ErrorKind, int],
+        budget: BodyBudget,
     ) -> None:
         self.pipeline = pipeline
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -129,17 +138,26 @@ class InferRoute:
         body = message.get("body", b"")
         if not message.get("more_body", False):
             return bytes(body)
+        # More is coming: hold the body's bytes against the process's budget while it does.
         chunks, total = [body], len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise invalid("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        held = max(total, digits(declared, "Content-Length") if declared is not None else 0)
+        self.budget.reserve(held)
+        try:
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise invalid("client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
+                if total > held:
+                    self.budget.reserve(total - held)
+                    held = total
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self.budget.release(held)
 
 
 def _header_length(raw: str | None) -> int | None:
