@@ -34,6 +34,7 @@ from lockgate.config import (
 from lockgate.control.auth import load_tokens
 from lockgate.errors import LockgateError, invalid
 from lockgate.logs import configure_logging
+from lockgate.tls import client_context, install_client_tls, tls_config
 
 log = logging.getLogger("lockgate")
 _BATCH = BatchConfig()
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _flag(serve, "--grace", 20.0, "seconds to finish in-flight work on SIGTERM", type=float)
+    _flag(serve, "--tls-cert", None, "PEM certificate: HTTP, gRPC and admin speak TLS")
+    _flag(serve, "--tls-key", None, "PEM private key of --tls-cert")
+    _flag(serve, "--tls-client-ca", None, "PEM CA: clients must present a certificate it signed")
     _state_flag(serve)
     _flag(
         serve,
@@ -294,6 +298,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         demo=bool(args.demo),
         state_url=args.state or None,
         replica=str(args.replica_id),
+        tls=tls_config(args.tls_cert, args.tls_key, args.tls_client_ca),
         admin_tokens=tuple(
             load_tokens(
                 Path(args.admin_token_file) if args.admin_token_file else None,
@@ -349,9 +354,9 @@ def _serve(args: argparse.Namespace) -> int:
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
         worker = None
         if gateway.started.is_set() and args.worker is not None:
-            worker = _start_worker(
-                config.home, Path(args.worker), gateway.ports["admin"], config.state_url
-            )
+            scheme = "https" if config.tls is not None else "http"
+            admin_url = f"{scheme}://127.0.0.1:{gateway.ports['admin']}"
+            worker = _start_worker(config.home, Path(args.worker), admin_url, config.state_url)
         if config.demo and gateway.started.is_set():
             print(demo_banner(gateway.ports, args.worker), flush=True)
         try:
@@ -390,14 +395,26 @@ def _pin_demo_versions(home: Path, registry: Any, state_url: str | None) -> None
 
 
 def _start_worker(
-    home: Path, pipeline: Path, admin_port: int, state_url: str | None
+    home: Path, pipeline: Path, admin_url: str, state_url: str | None
 ) -> subprocess.Popen[bytes]:
-    """The retrain worker as its own process (it never shares the gateway's event loop)."""
+    """The retrain worker as its own process (it never shares the gateway's event loop). With
+    TLS, it reaches the admin API at https://127.0.0.1 (the certificate must name that address)
+    and trusts LOCKGATE_TLS_CA, which it inherits."""
     cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(home)]
-    cmd += ["--pipeline", str(pipeline), "--admin-url", f"http://127.0.0.1:{admin_port}"]
+    cmd += ["--pipeline", str(pipeline), "--admin-url", admin_url]
     log.info("starting the retrain worker: %s", " ".join(cmd))
     env = {**os.environ, "LOCKGATE_STATE": state_url} if state_url else None  # not in argv
     return subprocess.Popen(cmd, env=env)
+
+
+def _client_tls() -> None:
+    """lockgate's own HTTPS calls (admin API, /metrics) trust LOCKGATE_TLS_CA and present
+    LOCKGATE_TLS_CLIENT_CERT (+ _KEY) for mutual TLS, when set."""
+    ca, cert, key = (
+        os.environ.get(f"LOCKGATE_TLS_{n}") for n in ("CA", "CLIENT_CERT", "CLIENT_KEY")
+    )
+    if ca or cert:
+        install_client_tls(client_context(ca, cert, key))
 
 
 def demo_banner(ports: dict[str, int], worker: Path | None = None) -> str:
@@ -482,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, json_lines=args.log_json)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        _client_tls()
         return run(args)
     except LockgateError as exc:
         print(f"lockgate: {exc.message}", file=sys.stderr)

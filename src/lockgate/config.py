@@ -49,6 +49,16 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The listeners' certificate and key (PEM); with `client_ca`, clients must present a
+    certificate that CA signed (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     home: Path = Path("lockgate-home")
     http_host: str = "0.0.0.0"
@@ -70,6 +80,7 @@ class ServeConfig:
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
     admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
+    tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()

@@ -28,7 +28,6 @@ from lockgate.process import channel
 from lockgate.process.handover import hand_over
 from lockgate.process.http_server import (
     HTTP_LINGER,
-    ReadDeadlines,
     Server,
     bind_socket,
     http_server,
@@ -70,10 +69,6 @@ async def collect_registry_garbage(registry: Registry) -> None:
     removed = await asyncio.to_thread(registry.gc_temp)
     if removed:
         log.info("removed %d unfinished registrations from the registry", removed)
-
-
-def read_deadlines(config: ServeConfig) -> ReadDeadlines:
-    return ReadDeadlines(config.header_timeout, config.body_timeout, config.idle_timeout)
 
 
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
@@ -133,7 +128,11 @@ class Gateway:
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
-            self.dataplane, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
+            self.dataplane,
+            cfg.grpc_host,
+            cfg.grpc_port,
+            max_message_bytes=cfg.max_body_bytes,
+            tls=cfg.tls,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -143,7 +142,7 @@ class Gateway:
         self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
         servers = [
             (self._http_server(), http_sock),
-            (http_server(self.admin_app, cfg.grace_period, read_deadlines(cfg)), admin_sock),
+            (http_server(self.admin_app, cfg), admin_sock),
         ]
         log.info(
             "listening: http %s:%d, grpc %s:%d, admin %s:%d",
@@ -163,7 +162,7 @@ class Gateway:
             max_body_bytes=cfg.max_body_bytes,
             max_buffered_bytes=cfg.max_buffered_body_bytes,
         )
-        return http_server(app, cfg.grace_period, read_deadlines(cfg), linger=HTTP_LINGER)
+        return http_server(app, cfg, linger=HTTP_LINGER)
 
     async def _run_worker(self, role: WorkerRole) -> None:
         cfg = self.config
@@ -175,6 +174,7 @@ class Gateway:
             reuse_port=True,
             max_connection_age=GRPC_CONNECTION_AGE,
             grace_period=cfg.grace_period,
+            tls=cfg.tls,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

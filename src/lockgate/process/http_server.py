@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lockgate.config import ServeConfig
 
 log = logging.getLogger(__name__)
 HTTP_LINGER = 0.5  # seconds; see Server.shutdown
@@ -130,8 +133,18 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def http_server(app: Any, grace: float, deadlines: ReadDeadlines, linger: float = 0.0) -> Server:
-    config = uvicorn.Config(
+def http_server(app: Any, config: ServeConfig, linger: float = 0.0) -> Server:
+    """uvicorn serving `app` with the gateway's grace period, read deadlines and TLS."""
+    deadlines = ReadDeadlines(config.header_timeout, config.body_timeout, config.idle_timeout)
+    tls: dict[str, Any] = {}
+    if config.tls is not None:
+        tls = {
+            "ssl_certfile": config.tls.cert,
+            "ssl_keyfile": config.tls.key,
+            "ssl_ca_certs": config.tls.client_ca,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if config.tls.client_ca else ssl.CERT_NONE,
+        }
+    uvicorn_config = uvicorn.Config(
         app,
         loop="none",
         http=DeadlineProtocol,
@@ -139,11 +152,12 @@ def http_server(app: Any, grace: float, deadlines: ReadDeadlines, linger: float 
         access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: not needed, and not free
         log_config=None,
-        timeout_graceful_shutdown=max(1, int(grace)),
+        timeout_graceful_shutdown=max(1, int(config.grace_period)),
         timeout_keep_alive=max(1, int(deadlines.idle)),
         backlog=2048,
+        **tls,
     )
-    return Server(config, deadlines, linger)
+    return Server(uvicorn_config, deadlines, linger)
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

@@ -40,7 +40,6 @@ from lockgate.process.gateway import (
     check_admin_binding,
     collect_registry_garbage,
     handover_seconds,
-    read_deadlines,
 )
 from lockgate.process.http_server import bind_socket, http_server
 from lockgate.process.pool import Slot, Worker, WorkerPool
@@ -155,7 +154,7 @@ class Supervisor:
             await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
             store = StateStore(cfg.home, cfg.state_url)
             admin_app = build_admin_app(store, self.pool, tokens, self.pool)
-            admin = http_server(admin_app, cfg.grace_period, read_deadlines(cfg))
+            admin = http_server(admin_app, cfg)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
             log.info(
                 "%d workers serving: http %s:%d, grpc %s:%d, admin %s:%d",

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lockgate._proto import grpc_service_pb2 as pb
+from lockgate.config import TLSConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.transport import protobuf_codec
 from lockgate.types import InferencePipeline
@@ -151,6 +152,15 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
         return status(status=status.SERVING if self.pipeline.ready() else status.NOT_SERVING)
 
 
+def _credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 def build_grpc_server(
     pipeline: InferencePipeline,
     host: str,
@@ -160,6 +170,7 @@ def build_grpc_server(
     reuse_port: bool = False,
     max_connection_age: float | None = None,
     grace_period: float = 0.0,
+    tls: TLSConfig | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port.
     `reuse_port` lets worker processes share the port (SO_REUSEPORT). With `max_connection_age`
@@ -177,7 +188,10 @@ def build_grpc_server(
     server.add_generic_rpc_handlers((_handlers(InferenceService(pipeline)),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(pipeline), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, _credentials(tls))
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} for gRPC")
     return server, bound
