@@ -9,8 +9,12 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 
 from __future__ import annotations
 
+import functools
+import platform
 from collections.abc import Collection, Iterator
+from importlib import metadata
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,6 +35,13 @@ from lockgate.monitor.snapshot import (
 
 LATENCY_BOUNDS = [2.0**k for k in range(-14, 6)]  # 61 us .. 32 s (past the 30 s default deadline)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+PROCESS_FIGURES = {
+    "process_cpu_seconds_total": "cpu_seconds",
+    "process_resident_memory_bytes": "resident_memory_bytes",
+    "process_virtual_memory_bytes": "virtual_memory_bytes",
+    "process_open_fds": "open_fds",
+}
+BUILD_PACKAGES = ("onnxruntime", "numpy", "numba")
 Key = tuple[str, str]
 ROUTE = ["endpoint", "variant", "model", "version"]
 VERSION = ["model", "version"]
@@ -41,6 +52,42 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     buckets = [(repr(b), c) for b, c in zip(LATENCY_BOUNDS, counts, strict=True)]
     buckets.append(("+Inf", sketch.count))
     family.add_metric(labels, buckets, sketch.sum)
+
+
+def _summary(family: Metric, labels: dict[str, str], sketch: LatencySketch) -> None:
+    name = family.name
+    for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
+        family.add_sample(name, {**labels, "quantile": str(q)}, float(value))
+    family.add_sample(name + "_sum", labels, sketch.sum)
+    family.add_sample(name + "_count", labels, sketch.count)
+
+
+def capture_process(snap: Snapshot) -> None:
+    """This process's OS figures (read from /proc: call it off the event loop)."""
+    for family in ProcessCollector(registry=None).collect():
+        for sample in family.samples:
+            name = PROCESS_FIGURES.get(sample.name)
+            if name is not None:
+                snap.process[name] = sample.value
+
+
+@functools.cache
+def build_labels() -> list[str]:
+    """lockgate's version and the versions it runs on, for `lockgate_build_info`."""
+    versions = [lockgate_version()]
+    for package in BUILD_PACKAGES:
+        try:
+            versions.append(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            versions.append("")
+    return [*versions, platform.python_version()]
+
+
+def lockgate_version() -> str:
+    try:
+        return metadata.version("lockgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
@@ -98,12 +145,14 @@ class GatewayCollector(Collector):
 
     def _families(self) -> Iterator[Metric]:
         snap = self.snap
+        yield from self._build_and_process(snap)
         yield from self._requests(snap)
         yield from self._serving(snap)
         yield from self._shadows(snap)
         if snap.monitored:
             versions = sorted(snap.versions.items())
-            yield from self._latency(versions, self.wants("lockgate_queue_seconds"))
+            queues = self.wants("lockgate_queue_seconds")
+            yield from self._latency(versions, queues, snap.shadows.keys())
             yield from self._drift(versions, self.wants("lockgate_drift_score"))
             yield from self._feedback(snap, versions)
 
@@ -111,6 +160,31 @@ class GatewayCollector(Collector):
         """Whether any sample of `family` is asked for."""
         suffixes = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum")
         return self.names is None or any(family + s in self.names for s in suffixes)
+
+    @staticmethod
+    def _build_and_process(snap: Snapshot) -> Iterator[Metric]:
+        build = GaugeMetricFamily(
+            "lockgate_build_info",
+            "Always 1: the lockgate version and the versions it runs on",
+            labels=["version", *BUILD_PACKAGES, "python"],
+        )
+        build.add_metric(build_labels(), 1)
+        yield build
+        if not snap.process:
+            return
+        cpu = CounterMetricFamily(
+            "process_cpu_seconds", "CPU seconds of the gateway processes (exited ones included)"
+        )
+        cpu.add_metric([], snap.process.get("cpu_seconds", 0.0))
+        yield cpu
+        for name, doc in (
+            ("resident_memory_bytes", "Resident memory of the running gateway processes"),
+            ("virtual_memory_bytes", "Virtual memory of the running gateway processes"),
+            ("open_fds", "Open file descriptors of the running gateway processes"),
+        ):
+            family = GaugeMetricFamily(f"process_{name}", doc)
+            family.add_metric([], snap.process.get(name, 0.0))
+            yield family
 
     @staticmethod
     def _requests(snap: Snapshot) -> Iterator[Metric]:
@@ -209,16 +283,30 @@ class GatewayCollector(Collector):
         yield from families.values()
 
     @staticmethod
-    def _latency(versions: list[tuple[Key, VersionSnapshot]], queues: bool) -> Iterator[Metric]:
+    def _latency(
+        versions: list[tuple[Key, VersionSnapshot]],
+        queues: bool,
+        shadows: Collection[tuple[str, str]],
+    ) -> Iterator[Metric]:
+        """Served traffic's latency, and shadow copies' in their own family: no panel, alert or
+        rollout step can mix them."""
         latency = HistogramMetricFamily(
             "lockgate_request_latency_seconds",
-            "Server time from decoded request to answer",
+            "Server time of answered requests, from the transport's first look at the request "
+            "to the end of its model run",
             labels=ROUTE,
         )
-        quantiles = GaugeMetricFamily(
+        shadow_latency = HistogramMetricFamily(
+            "lockgate_shadow_latency_seconds",
+            "Server time of shadow copies, from the primary request's arrival to the end of "
+            "the shadow's model run",
+            labels=ROUTE,
+        )
+        quantiles = Metric(
             "lockgate_request_latency_quantile_seconds",
-            "Latency quantiles from the mergeable sketch (0.54% relative accuracy)",
-            labels=[*ROUTE, "quantile"],
+            "Latency quantiles of answered requests from the mergeable sketch "
+            "(0.54% relative accuracy)",
+            "summary",
         )
         queue = HistogramMetricFamily(
             "lockgate_queue_seconds", "Time waiting for the model", labels=VERSION
@@ -234,15 +322,17 @@ class GatewayCollector(Collector):
         for key, vs in versions:
             for (endpoint, variant), sketch in sorted(vs.latency.items()):
                 labels = [endpoint, variant, *key]
+                if (endpoint, variant) in shadows:
+                    _histogram(shadow_latency, labels, sketch)
+                    continue
                 _histogram(latency, labels, sketch)
                 if sketch.count:
-                    for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
-                        quantiles.add_metric([*labels, str(q)], float(value))
+                    _summary(quantiles, dict(zip(ROUTE, labels, strict=True)), sketch)
             if queues:
                 _histogram(queue, list(key), vs.queue)
             written.add_metric(list(key), vs.rows)
             dropped.add_metric(list(key), vs.dropped)
-        yield from (latency, quantiles, queue, written, dropped)
+        yield from (latency, shadow_latency, quantiles, queue, written, dropped)
 
     @staticmethod
     def _drift(versions: list[tuple[Key, VersionSnapshot]], scores: bool) -> Iterator[Metric]:

@@ -115,6 +115,9 @@ class Snapshot:
     monitored: bool = False
     versions: dict[Key, VersionSnapshot] = field(default_factory=dict)
     feedback_unknown: int = 0
+    # OS figures summed over the processes: cpu_seconds (kept for exited ones), resident and
+    # virtual memory bytes, open file descriptors
+    process: dict[str, float] = field(default_factory=dict)
     processes: int = 1  # running processes whose figures these are (0: counts of exited ones)
     restarts: int = 0  # worker processes restarted after a crash
 
@@ -135,6 +138,8 @@ class Snapshot:
         for key, vs in other.versions.items():
             self.versions.setdefault(key, VersionSnapshot()).merge(vs)
         self.feedback_unknown += other.feedback_unknown
+        for name, value in other.process.items():
+            self.process[name] = self.process.get(name, 0.0) + value
         self.processes += other.processes
         self.restarts += other.restarts
 
@@ -144,6 +149,7 @@ class Snapshot:
         out = merged([self])
         out.revision, out.weights, out.processes, out.restarts = 0, {}, 0, 0
         out.loaded, out.failed, out.fallback, out.queued_rows = set(), set(), set(), Counter()
+        out.process = {k: v for k, v in self.process.items() if k == "cpu_seconds"}
         for vs in out.versions.values():
             for side, d in vs.drift.items():
                 vs.drift[side] = dataclasses.replace(
@@ -171,6 +177,7 @@ class Snapshot:
             "monitored": self.monitored,
             "versions": [[*k, _version_doc(v)] for k, v in self.versions.items()],
             "feedback_unknown": self.feedback_unknown,
+            "process": dict(self.process),
             "processes": self.processes,
             "restarts": self.restarts,
         }
@@ -194,6 +201,7 @@ class Snapshot:
             monitored=bool(doc["monitored"]),
             versions={(m, v): _version_from(d) for m, v, d in doc["versions"]},
             feedback_unknown=int(doc["feedback_unknown"]),
+            process={k: float(v) for k, v in doc["process"].items()},
             processes=int(doc["processes"]),
             restarts=int(doc["restarts"]),
         )

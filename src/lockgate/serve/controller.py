@@ -20,7 +20,7 @@ from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor
+from lockgate.monitor.metrics import capture_monitor, capture_process
 from lockgate.monitor.snapshot import BATCH_FIELDS, SHADOW_FIELDS, Snapshot
 from lockgate.serve.dataplane import DataPlane
 from lockgate.serve.models import Key, ModelSet
@@ -155,9 +155,13 @@ class Controller:
         """This process's metrics figures now: the serving counters (owned by the event loop,
         so read on it), then the monitor's (under its lock, so off the loop)."""
         snap = self.serving_snapshot()
-        if self.monitor is not None:
-            await asyncio.to_thread(capture_monitor, snap, self.monitor)
+        await asyncio.to_thread(self._capture_off_loop, snap)
         return snap
+
+    def _capture_off_loop(self, snap: Snapshot) -> None:
+        capture_process(snap)
+        if self.monitor is not None:
+            capture_monitor(snap, self.monitor)
 
     def serving_snapshot(self) -> Snapshot:
         """The serving side's figures: a handful of dict copies."""
