@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from lockgate import __version__
+from lockgate.cli_home import existing_home, serve_home
 from lockgate.cli_models import add_models_parser
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.cli_traffic import add_traffic_parser
@@ -95,7 +96,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         parser,
         "--home",
         "lockgate-home",
-        "state directory: registry, state database, prediction log",
+        "state directory: registry, state database, prediction log; a relative path is taken "
+        "from the working directory, and a home that does not exist is an error",
         type=Path,
     )
     _flag(parser, "--log-level", "info", "debug, info, warning or error")
@@ -118,9 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         serve,
+        "--init",
+        False,
+        "create --home as a new empty home when it does not exist (its parent folder must "
+        "exist); without it a missing home is refused",
+        action="store_true",
+    )
+    _flag(
+        serve,
         "--demo",
         False,
-        "build and register the demo models when missing",
+        "build and register the demo models when missing (creates --home like --init)",
         action="store_true",
     )
     _flag(serve, "--max-batch-rows", _BATCH.max_batch_rows, "rows per model run", type=int)
@@ -328,7 +338,8 @@ def _serve(args: argparse.Namespace) -> int:
     from lockgate.process.gateway import Gateway
     from lockgate.process.supervisor import Supervisor
 
-    config = serve_config(args)
+    home = serve_home(Path(args.home), create=bool(args.init or args.demo))
+    config = dataclasses.replace(serve_config(args), home=home)
     registry = Registry(config.home)
     if config.demo:
         from lockgate.demo import ensure_demo_models
@@ -475,7 +486,7 @@ def _retrain(args: argparse.Namespace) -> int:
         )
     token = os.environ.get(spec.rollout.token_env)
     admin = AdminClient(spec.rollout.admin_url, token)
-    worker = RetrainWorker(spec, Path(args.home), admin, args.state)
+    worker = RetrainWorker(spec, existing_home(args.home), admin, args.state)
     worker.run_forever(now=args.now, once=args.once)
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from lockgate.cli_home import existing_home
 from lockgate.errors import invalid
 
 
@@ -62,13 +63,14 @@ def _register(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
 
-    registry = Registry(Path(args.home))
+    home = existing_home(args.home)
+    registry = Registry(home)
     rows = [(name, [v.version for v in registry.versions(name)]) for name in registry.models()]
     if args.json:
         print(orjson.dumps({name: versions for name, versions in rows}).decode())
         return 0
     if not rows:
-        print(f"no models registered in {args.home}")
+        print(f"no models registered in {home}")
     for name, versions in rows:
         print(f"{name:24s} versions {', '.join(versions)}")
     return 0
@@ -77,7 +79,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
 
-    registry = Registry(Path(args.home))
+    registry = Registry(existing_home(args.home))
     info = registry.get(args.name, args.version) if args.version else registry.latest(args.name)
     doc = info.to_json()
     if args.json:

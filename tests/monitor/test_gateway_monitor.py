@@ -87,7 +87,7 @@ def test_every_request_is_logged_once_and_labels_join(home: Path) -> None:
         assert value(samples, "lockgate_feedback_labels_total", **v2) == 60
         assert value(samples, "lockgate_online_accuracy", **v2) == pytest.approx(40 / 60)
         assert value(samples, "lockgate_feedback_unknown_total") == 5
-        route = {"endpoint": "classifier", "variant": "default", **v2}
+        route = {"endpoint": "classifier", "variant": "stable", **v2}  # implicit: as shown
         ok = {**route, "protocol": "http", "outcome": "ok"}
         assert value(samples, "lockgate_requests_total", **ok) == 60
         assert value(samples, "lockgate_request_latency_seconds_count", **route) == 60
@@ -173,7 +173,7 @@ def test_shifted_traffic_flips_the_drift_alert(home: Path) -> None:
         assert [r["id"] for r in recent["rows"]] == ["shifted"] * 3
         assert recent["input_features"][0] == "input[0]"
         sketches = msgpack.unpackb(httpx.get(f"{admin}/sketches").content)
-        merged = LatencySketch.from_bytes(sketches["latency"]["classifier/default"])
+        merged = LatencySketch.from_bytes(sketches["latency"]["classifier/stable"])
         assert merged.count == 3  # three requests
         client.close()
 

@@ -17,6 +17,7 @@ from lockgate.retrain.pipeline import (
     TriggersSpec,
     load_pipeline,
 )
+from lockgate.specs import RolloutPlan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline.toml"
 
@@ -61,6 +62,9 @@ abort_on_drift = true
 max_disagreement = 0.3
 min_accuracy_delta = -0.02
 shadow_seconds = 20
+max_extensions = 5
+p99_floor_seconds = 0.002
+min_labels = 40
 token_env = "RETRAIN_TOKEN"
 admin_url = "http://gateway:9002/"
 """
@@ -96,29 +100,37 @@ def test_full_file_parses_to_the_expected_spec(tmp_path: Path) -> None:
             p99_latency_ms=2.5,
         ),
         rollout=RolloutSpec(
-            steps=(0.5, 10.0, 100.0),
-            analysis_seconds=12.5,
-            min_requests=10,
-            max_error_rate=0.05,
-            max_p99_ratio=2.0,
-            abort_on_drift=True,
-            max_disagreement=0.3,
-            min_accuracy_delta=-0.02,
-            shadow_seconds=20.0,
+            plan=RolloutPlan(
+                steps=(0.5, 10.0, 100.0),
+                analysis_seconds=12.5,
+                min_requests=10,
+                max_extensions=5,
+                max_error_rate=0.05,
+                max_p99_ratio=2.0,
+                p99_floor_seconds=0.002,
+                abort_on_drift=True,
+                max_disagreement=0.3,
+                min_accuracy_delta=-0.02,
+                min_labels=40,
+                shadow_seconds=20.0,
+            ),
             token_env="RETRAIN_TOKEN",
             admin_url="http://gateway:9002",
         ),
     )
-    plan = spec.rollout.plan()
-    assert plan == {
+    # what a rollout stores: every plan key, none of the connection settings
+    assert spec.rollout.plan.to_doc() == {
         "steps": [0.5, 10.0, 100.0],
         "analysis_seconds": 12.5,
         "min_requests": 10,
+        "max_extensions": 5,
         "max_error_rate": 0.05,
         "max_p99_ratio": 2.0,
+        "p99_floor_seconds": 0.002,
         "abort_on_drift": True,
         "max_disagreement": 0.3,
         "min_accuracy_delta": -0.02,
+        "min_labels": 40,
         "shadow_seconds": 20.0,
     }
 
@@ -131,8 +143,12 @@ def test_defaults(tmp_path: Path) -> None:
     assert spec.triggers == TriggersSpec(True, 500, None, 5.0)
     assert spec.data == DataSpec(3600.0, 200_000, 0.2, 0, 200)
     assert spec.gates == GatesSpec("accuracy", 0.0, None, 4, 0.05, 5.0)
-    assert spec.rollout.steps == (1.0, 5.0, 25.0, 50.0, 100.0)
-    assert spec.rollout.max_disagreement is None and spec.rollout.min_accuracy_delta is None
+    assert spec.rollout.plan == RolloutPlan()  # the rollout store's defaults, the same schema
+    assert spec.rollout.plan.steps == (1.0, 5.0, 25.0, 50.0, 100.0)
+    assert (spec.rollout.plan.max_extensions, spec.rollout.plan.min_labels) == (3, 30)
+    assert spec.rollout.plan.p99_floor_seconds == 0.005
+    assert spec.rollout.plan.max_disagreement is None
+    assert spec.rollout.plan.min_accuracy_delta is None
     assert spec.rollout.token_env == "LOCKGATE_ADMIN_TOKEN"
     assert spec.rollout.admin_url == "http://127.0.0.1:8002"
     assert spec.rollout.gateways == ("http://127.0.0.1:8002",)  # metrics from the admin URL
@@ -148,7 +164,7 @@ def test_regression_defaults_to_mae(tmp_path: Path) -> None:
 def test_the_example_file_is_valid() -> None:
     spec = load_pipeline(EXAMPLE)
     assert spec.endpoint == "classifier" and spec.model == "classifier"
-    assert spec.rollout.steps[-1] == 100
+    assert spec.rollout.plan.steps[-1] == 100
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
@@ -215,6 +231,10 @@ BAD = [
     (BASE + "[rollout]\nmax_disagreement = 2\n", "rollout.max_disagreement must be a number in"),
     (BASE + "[rollout]\nmin_accuracy_delta = 'x'\n", "rollout.min_accuracy_delta must be a"),
     (BASE + "[rollout]\nshadow_seconds = -1\n", "rollout.shadow_seconds must be a number >= 0"),
+    (BASE + "[rollout]\nmax_extensions = -1\n", "rollout.max_extensions must be an integer >= 0"),
+    (BASE + "[rollout]\nmax_extensions = 1.5\n", "rollout.max_extensions must be an integer"),
+    (BASE + "[rollout]\np99_floor_seconds = -1\n", "rollout.p99_floor_seconds must be a number"),
+    (BASE + "[rollout]\nmin_labels = 0\n", "rollout.min_labels must be an integer >= 1"),
     (BASE + "[rollout]\ntoken_env = '1TOKEN'\n", "rollout.token_env must be an environment"),
     (BASE + "[rollout]\nadmin_url = 'ftp://x'\n", "rollout.admin_url must be an http(s)"),
     (BASE + "[rollout]\nmetrics_urls = 'http://a:1'\n", "rollout.metrics_urls must be a list"),

@@ -16,15 +16,16 @@ from lockgate.serve.route import (
     endpoint_from_spec,
     sticky_bucket,
 )
+from lockgate.specs import STABLE, EndpointSpec, ShadowSpec, VariantSpec
 
 
 def _canary_route(canary_weight: float) -> EndpointRoute:
-    spec = {
-        "variants": [
-            {"name": "stable", "model": "m", "version": "1", "weight": 100 - canary_weight},
-            {"name": "canary", "model": "m", "version": "2", "weight": canary_weight},
-        ]
-    }
+    spec = EndpointSpec(
+        (
+            VariantSpec("stable", "m", "1", 100 - canary_weight),
+            VariantSpec("canary", "m", "2", canary_weight),
+        )
+    )
     return endpoint_from_spec("m", spec)
 
 
@@ -64,11 +65,13 @@ def test_zero_weight_variants_never_get_traffic() -> None:
 
 
 def test_implicit_endpoints_serve_the_latest_version() -> None:
-    spec = {"variants": [{"name": "a", "model": "m", "version": "1", "weight": 100}]}
+    spec = EndpointSpec((VariantSpec("a", "m", "1", 100),), (ShadowSpec("s", "m", "2"),))
     table = build_route_table(7, {"m": spec}, {"m": "3", "other": "2"})
     assert table.resolve("m").variants == (Variant("a", "m", "1", 100.0),)  # stored wins
-    assert table.resolve("other").variants[0].key == ("other", "2")
-    assert table.versions() == {("m", "1"), ("other", "2")}
+    assert table.resolve("m").shadows == (Variant("s", "m", "2"),)
+    # the implicit endpoint's variant has the name the admin API shows and a stored one keeps
+    assert table.resolve("other").variants == (Variant(STABLE, "other", "2", 100.0),)
+    assert table.versions() == {("m", "1"), ("m", "2"), ("other", "2")}
     with pytest.raises(LockgateError, match="unknown model 'nope'"):
         table.resolve("nope")
 

@@ -104,7 +104,7 @@ def _field(doc: Any, name: str, kind: type | tuple[type, ...], required: bool = 
 
 def _endpoint_view(name: str, state: State, catalog: traffic.Catalog) -> dict[str, Any]:
     spec = traffic.current_endpoint(state, catalog, name)
-    return {"name": name, "implicit": name not in state.endpoints, **spec}
+    return {"name": name, "implicit": name not in state.endpoints, **spec.to_doc()}
 
 
 def build_admin_app(
@@ -132,10 +132,12 @@ def build_admin_app(
                 ErrorKind.CONFLICT,
                 f"stale revision: you read {expected}, the state is at {current.revision}",
             )
-        _, pins, change = mutation(current)  # dry run: validates, names the versions
-        needed = set(pins - current.pins)
-        if target_versions and change.after is not None:
-            needed |= traffic.endpoint_versions(change.after)
+        step = mutation(current)  # dry run: validates, names the versions
+        change = step.change
+        needed: set[Key] = set(step.pins - current.pins)
+        target = step.endpoints.get(change.target)
+        if target_versions and target is not None:
+            needed |= target.versions()
         failures = await control.ensure_loaded(needed)
         if failures:
             reasons = "; ".join(f"{m} v{v}: {why}" for (m, v), why in sorted(failures.items()))
@@ -237,7 +239,7 @@ def build_admin_app(
     async def canary(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
         model = _field(doc, "model", str, required=False)
-        version = _field(doc, "version", str)
+        version = _field(doc, "version", str, required=False)  # none: ramp the current canary
         weight = _field(doc, "weight", (int, float))
         return await write(request, lambda c: traffic.canary(name, model, version, weight, c), True)
 

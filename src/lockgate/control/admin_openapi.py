@@ -108,9 +108,10 @@ def openapi_document() -> dict[str, Any]:
         ep + "/canary": {
             "parameters": [name],
             "post": _op(
-                "Start or adjust the canary variant",
+                "Start the canary variant (model, version, weight), or ramp the current one "
+                "(weight alone)",
                 _obj(
-                    ["version", "weight"],
+                    ["weight"],
                     model={"type": "string"},
                     version=version_ref,
                     weight={"type": "number"},
@@ -159,7 +160,11 @@ def openapi_document() -> dict[str, Any]:
         }
     rollout = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     paths["/v1/rollouts"] = {
-        "get": _op("Rollouts, newest first (?endpoint=, ?limit=)", write=False)
+        "get": _op(
+            "Rollouts, newest first, each with its endpoint's current aliases (?endpoint=, "
+            "?limit=)",
+            write=False,
+        )
     }
     paths["/v1/rollouts/{id}"] = {
         "parameters": [rollout],

@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -31,13 +30,13 @@ import orjson
 
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.fsutil import fsync_dir, write_synced
+from lockgate.specs import NAME_PATTERN as NAME_PATTERN  # model names: the same rule
 from lockgate.types import ModelSpec, TensorSpec
 
 if TYPE_CHECKING:  # the profiles' kernels (numba) load only when a profile is built or read
     from lockgate.monitor.profiles import VersionProfiles
 
 log = logging.getLogger(__name__)
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 REFERENCE_FILE = "reference.npz"

@@ -45,10 +45,17 @@ def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:
 def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
     """The `/v1/rollouts` routes, each wrapped in the admin app's `guarded`."""
 
+    def listing(endpoint: str | None, limit: int) -> list[dict[str, Any]]:
+        """Rollouts with their endpoint's aliases as they are now (the current champion, even
+        for a rollout that ended long ago)."""
+        rollouts = store.rollouts(endpoint, limit)
+        aliases = {e: store.aliases(e) for e in {r.endpoint for r in rollouts}}
+        return [{**r.to_json(), "aliases": aliases[r.endpoint]} for r in rollouts]
+
     async def list_rollouts(request: Request) -> Response:
         endpoint = request.query_params.get("endpoint") or None
-        rollouts = await asyncio.to_thread(store.rollouts, endpoint, _limit(request))
-        return _json({"rollouts": [r.to_json() for r in rollouts]})
+        rollouts = await asyncio.to_thread(listing, endpoint, _limit(request))
+        return _json({"rollouts": rollouts})
 
     async def show(request: Request) -> Response:
         rid = request.path_params["id"]

@@ -10,9 +10,7 @@ given (see statedb.py): the same SQL and the same guarantees on both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,31 +20,12 @@ import orjson
 from lockgate.control.schema import migrate
 from lockgate.control.statedb import STATE_FILE, Tx, open_backend
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.specs import Change, EndpointSpec, Mutation, State, Transition, VersionKey
 
-__all__ = ["STATE_FILE", "Change", "Mutation", "State", "StateDB", "StateStore"]
+# State, Change, Mutation and Transition are defined with the rest of the typed model in
+# lockgate.specs; they are re-exported here, where the store that reads and commits them is.
+__all__ = ["STATE_FILE", "Change", "Mutation", "State", "StateDB", "StateStore", "Transition"]
 _REVISION = "SELECT value FROM meta WHERE key = 'revision'"
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    """One consistent snapshot: endpoint specs (plain JSON documents) and pinned versions."""
-
-    revision: int
-    endpoints: dict[str, dict[str, Any]]
-    pins: frozenset[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a write did, for the audit log and for the caller's answer."""
-
-    action: str
-    target: str
-    before: Any
-    after: Any
-
-
-Mutation = Callable[[State], tuple[dict[str, dict[str, Any]], frozenset[tuple[str, str]], Change]]
 
 
 class StateDB:
@@ -70,7 +49,8 @@ class StateDB:
 
 
 class StateStore(StateDB):
-    """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection."""
+    """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection.
+    Rows are parsed into the typed model as they are read: `read()` returns EndpointSpecs."""
 
     # -- reading ------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -85,10 +65,10 @@ class StateStore(StateDB):
     def _read(db: Tx) -> State:
         revision = db.execute(_REVISION).fetchone()[0]
         endpoints = {
-            name: orjson.loads(spec)
+            name: EndpointSpec.from_doc(orjson.loads(spec))
             for name, spec in db.execute("SELECT name, spec FROM endpoints ORDER BY name")
         }
-        pins = frozenset((m, v) for m, v in db.execute("SELECT model, version FROM pins"))
+        pins = frozenset(VersionKey(m, v) for m, v in db.execute("SELECT model, version FROM pins"))
         return State(int(revision), endpoints, pins)
 
     def audit(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
@@ -114,7 +94,8 @@ class StateStore(StateDB):
         """Run `mutation` on the current state and commit its result with an audit record.
 
         `expected_revision` is the revision the caller read; a different current revision is a
-        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse."""
+        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse. Endpoints
+        are stored as their `to_doc()` JSON, only those the mutation changed."""
         with self._transaction(write=True) as db:
             current = self._read(db)
             if expected_revision is not None and expected_revision != current.revision:
@@ -123,7 +104,8 @@ class StateStore(StateDB):
                     f"state changed: revision is {current.revision}, "
                     f"the change was based on {expected_revision}; re-read and retry",
                 )
-            endpoints, pins, change = mutation(current)
+            step = mutation(current)
+            endpoints, pins, change = step.endpoints, step.pins, step.change
             revision = current.revision + 1
             for name in current.endpoints.keys() - endpoints.keys():
                 db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
@@ -132,7 +114,7 @@ class StateStore(StateDB):
                     db.execute(
                         "INSERT INTO endpoints (name, spec) VALUES (?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
-                        (name, orjson.dumps(spec)),
+                        (name, orjson.dumps(spec.to_doc())),
                     )
             for model, version in current.pins - pins:
                 db.execute("DELETE FROM pins WHERE model = ? AND version = ?", (model, version))

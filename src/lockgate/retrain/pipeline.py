@@ -10,14 +10,14 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lockgate.control.registry import NAME_PATTERN
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.retrain.fleet import DNS_SCHEME
+from lockgate.specs import NAME_PATTERN, RolloutPlan
 
 DEFAULT_TRAINER = "lockgate.retrain.train:logistic_regression"
 TASKS = ("classification", "regression")
@@ -69,17 +69,11 @@ class GatesSpec:
 
 @dataclass(frozen=True, slots=True)
 class RolloutSpec:
-    """`[rollout]`: the progressive rollout of a candidate that passed the gates."""
+    """`[rollout]`: the progressive rollout of a candidate that passed the gates. Its keys are
+    the plan's (lockgate.specs.RolloutPlan, stored with each rollout) plus how the worker
+    reaches the gateways."""
 
-    steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)  # canary percents; ends at 100
-    analysis_seconds: float = 30.0  # observation time per step
-    min_requests: int = 50  # canary requests needed per step before it is judged
-    max_error_rate: float = 0.01  # canary error share above this: roll back
-    max_p99_ratio: float = 1.5  # canary p99 / champion p99 above this: roll back
-    abort_on_drift: bool = False  # a drift alert on the canary rolls back
-    max_disagreement: float | None = None  # shadow disagreement share above this: roll back
-    min_accuracy_delta: float | None = None  # canary online accuracy - champion's below: roll back
-    shadow_seconds: float = 0.0  # > 0: a shadow phase of this length before the first step
+    plan: RolloutPlan = field(default_factory=RolloutPlan)
     token_env: str = "LOCKGATE_ADMIN_TOKEN"  # env var holding the worker's admin token
     admin_url: str = "http://127.0.0.1:8002"
     # the gateways whose traffic is judged (replicas; dns+http://name:port for every address
@@ -90,14 +84,8 @@ class RolloutSpec:
     def gateways(self) -> tuple[str, ...]:
         return self.metrics_urls or (self.admin_url,)
 
-    def plan(self) -> dict[str, Any]:
-        """How the candidate is ramped and judged, as a JSON-ready dict (everything but the
-        connection settings `token_env`, `admin_url`, `metrics_urls`): stored with a rollout,
-        so a resumed rollout follows the plan it started with, whatever the file says by then."""
-        doc = asdict(self)
-        doc["steps"] = list(self.steps)
-        del doc["token_env"], doc["admin_url"], doc["metrics_urls"]
-        return doc
+
+_CONNECTION_KEYS = ("token_env", "admin_url", "metrics_urls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +197,13 @@ def _gates(r: _Reader, t: Mapping[str, Any], task: str) -> GatesSpec:
 
 
 def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
-    r.keys(t, "rollout.", tuple(RolloutSpec.__dataclass_fields__))
+    r.keys(t, "rollout.", (*RolloutPlan.keys(), *_CONNECTION_KEYS))
+    try:
+        plan = RolloutPlan.from_doc(
+            {k: v for k, v in t.items() if k not in _CONNECTION_KEYS}, "rollout"
+        )
+    except LockgateError as exc:
+        raise r.error(exc.message) from None
     token_env = r.string(t, "rollout.token_env", "LOCKGATE_ADMIN_TOKEN")
     if not _ENV_NAME.fullmatch(token_env):
         raise r.error(f"rollout.token_env must be an environment variable name, got {token_env!r}")
@@ -221,15 +215,7 @@ def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
     for url in metrics_urls:
         check_url(url, "rollout.metrics_urls", r.error, dns=True)
     return RolloutSpec(
-        steps=_steps(r, t),
-        analysis_seconds=r.number(t, "rollout.analysis_seconds", 30.0, _POSITIVE),
-        min_requests=r.integer(t, "rollout.min_requests", 50, 0),
-        max_error_rate=r.number(t, "rollout.max_error_rate", 0.01, _UNIT),
-        max_p99_ratio=r.number(t, "rollout.max_p99_ratio", 1.5, _POSITIVE),
-        abort_on_drift=r.boolean(t, "rollout.abort_on_drift", False),
-        max_disagreement=r.optional(t, "rollout.max_disagreement", _UNIT),
-        min_accuracy_delta=r.optional(t, "rollout.min_accuracy_delta", _ANY),
-        shadow_seconds=r.number(t, "rollout.shadow_seconds", 0.0, _NON_NEGATIVE),
+        plan=plan,
         token_env=token_env,
         admin_url=admin_url.rstrip("/"),
         metrics_urls=tuple(u.rstrip("/") for u in metrics_urls),
@@ -247,34 +233,11 @@ def check_url(
         raise error(f"{where} must be an {form} URL, got {url!r}")
 
 
-def _steps(r: _Reader, t: Mapping[str, Any]) -> tuple[float, ...]:
-    """Canary percents: strictly increasing in (0, 100], in the admin API's 0.01% grid, ending
-    at 100 (the last step is the promotion)."""
-    raw = t.get("steps", [1, 5, 25, 50, 100])
-    if not isinstance(raw, list) or not raw:
-        raise r.error(f"rollout.steps must be a non-empty list of percents, got {raw!r}")
-    steps: list[float] = []
-    for i, value in enumerate(raw):
-        path = f"rollout.steps[{i}]"
-        if not _is_number(value) or not 0 < value <= 100:
-            raise r.error(f"{path} must be a number in (0, 100], got {value!r}")
-        if abs(value * 100 - round(value * 100)) > 1e-6:
-            raise r.error(f"{path} must be a multiple of 0.01 (the weight grid), got {value!r}")
-        if steps and value <= steps[-1]:
-            raise r.error(f"rollout.steps must be strictly increasing ({path} = {value!r})")
-        steps.append(float(value))
-    if steps[-1] != 100:
-        raise r.error(f"rollout.steps must end at 100, got {steps[-1]:g}")
-    return tuple(steps)
-
-
 # -- typed getters ----------------------------------------------------------------------------
 # A rule is (predicate, text for the message), e.g. (lambda v: v >= 0, ">= 0").
 Rule = tuple[Callable[[float], bool], str]
-_ANY: Rule = (lambda v: True, "")
 _POSITIVE: Rule = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
-_UNIT: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
 _OPEN_UNIT: Rule = (lambda v: 0 < v < 1, "with 0 < value < 1")
 _SECTIONS = ("trainer", "triggers", "data", "gates", "rollout")
 

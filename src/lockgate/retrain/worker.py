@@ -105,10 +105,9 @@ class RetrainWorker:
         """Store the endpoint if it is still implicit: an implicit endpoint follows the latest
         registered version, and the candidates this worker registers must not take traffic
         before their rollout says so."""
-        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
-        if endpoint.get("implicit"):
-            body = {"variants": endpoint["variants"], "shadows": endpoint.get("shadows", [])}
-            self.admin.call("PUT", f"/v1/endpoints/{self.spec.endpoint}", body)
+        endpoint = self.admin.endpoint(self.spec.endpoint)
+        if endpoint.implicit:
+            self.admin.call("PUT", f"/v1/endpoints/{self.spec.endpoint}", endpoint.spec.to_doc())
             log.info("stored endpoint %s at its current split", self.spec.endpoint)
 
     def resume_rollouts(self) -> None:
@@ -183,7 +182,7 @@ class RetrainWorker:
         info = self._register(model, train.x, data.manifest, champion, report.to_dict())
         log.info("step 5/5: rolling out %s v%s", info.name, info.version)
         rollout_id = self.rollouts.start(
-            spec.endpoint, spec.model, info.version, champion, spec.rollout.plan()
+            spec.endpoint, spec.model, info.version, champion, spec.rollout.plan
         )
         status = self._controller().run(rollout_id)
         return JobResult(status, info.version, {"rollout": rollout_id, "gates": report.to_dict()})
@@ -255,11 +254,11 @@ class RetrainWorker:
         alias = self.rollouts.alias(self.spec.endpoint, "champion")
         if alias is not None:
             return alias[1]
-        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
-        variants = [v for v in endpoint["variants"] if v["model"] == self.spec.model]
+        spec = self.admin.endpoint(self.spec.endpoint).spec
+        variants = [v for v in spec.variants if v.model == self.spec.model]
         if not variants:
             return None
-        return str(max(variants, key=lambda v: v["weight"])["version"])
+        return max(variants, key=lambda v: v.weight).version
 
     def _read_marks(self) -> dict[str, float]:
         try:

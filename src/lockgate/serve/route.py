@@ -15,12 +15,11 @@ import itertools
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from lockgate.errors import invalid, not_found
+from lockgate.specs import EndpointSpec
 
 BUCKETS = 10_000
-DEFAULT_VARIANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +105,10 @@ class EndpointRoute:
         )
 
 
-def endpoint_from_spec(name: str, spec: Mapping[str, Any]) -> EndpointRoute:
-    """An endpoint from its stored JSON document (validated when it was written)."""
-    variants = tuple(
-        Variant(v["name"], v["model"], str(v["version"]), float(v["weight"]))
-        for v in spec["variants"]
-    )
-    shadows = tuple(
-        Variant(s["name"], s["model"], str(s["version"])) for s in spec.get("shadows", ())
-    )
+def endpoint_from_spec(name: str, spec: EndpointSpec) -> EndpointRoute:
+    """The route of an endpoint (validated when its spec was built)."""
+    variants = tuple(Variant(v.name, v.model, v.version, v.weight) for v in spec.variants)
+    shadows = tuple(Variant(s.name, s.model, s.version) for s in spec.shadows)
     return EndpointRoute(name, variants, bucket_bounds(v.weight for v in variants), shadows)
 
 
@@ -138,13 +132,13 @@ class RouteTable:
 
 
 def build_route_table(
-    revision: int, endpoint_specs: Mapping[str, Mapping[str, Any]], latest: Mapping[str, str]
+    revision: int, endpoint_specs: Mapping[str, EndpointSpec], latest: Mapping[str, str]
 ) -> RouteTable:
     """Explicit endpoints from the state database, plus one implicit endpoint per model that has
-    none of its name, serving the model's latest version."""
+    none of its name, serving the model's latest version (variant `stable`, as the admin API
+    shows it and as the endpoint keeps it once a change stores it)."""
     endpoints = {name: endpoint_from_spec(name, spec) for name, spec in endpoint_specs.items()}
     for model, version in latest.items():
         if model not in endpoints:
-            variant = Variant(DEFAULT_VARIANT, model, version, 100.0)
-            endpoints[model] = EndpointRoute(model, (variant,), (BUCKETS,))
+            endpoints[model] = endpoint_from_spec(model, EndpointSpec.implicit(model, version))
     return RouteTable(revision, endpoints)
