@@ -11,7 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from lockgate.cli import build_parser, main, serve_config
+from lockgate.cli import build_parser, main
+from lockgate.cli_serve import serve_config
 from tests import onnx_models
 from tests.processes import start_gateway
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lockgate.cli import build_parser, serve_config
+from lockgate.cli import build_parser
+from lockgate.cli_serve import serve_config
 from lockgate.control.registry import Registry
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config

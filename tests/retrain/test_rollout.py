@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lockgate.cli import _flag
+from lockgate.cli_flags import flag as _flag
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.control.auth import TokenCheck
 from lockgate.control.client import AdminClient
