@@ -26,6 +26,7 @@ from lockgate.cli_models import add_models_parser
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.cli_traffic import add_traffic_parser
 from lockgate.config import (
+    MAX_REQUEST_ELEMENTS,
     BatchConfig,
     MonitorConfig,
     RunnerConfig,
@@ -161,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--header-timeout", 10.0, "seconds to send a request's headers", type=positive)
     _flag(serve, "--body-timeout", 30.0, "seconds between two reads of a body", type=positive)
     _flag(serve, "--idle-timeout", 30.0, "seconds a connection may idle", type=positive)
+    _flag(
+        serve,
+        "--max-request-elements",
+        MAX_REQUEST_ELEMENTS,
+        "most tensor elements an infer request may declare, all inputs together (413 beyond)",
+        type=_positive_int,
+    )
     _flag(
         serve,
         "--intra-op-threads",
@@ -304,6 +312,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         header_timeout=float(args.header_timeout),
         body_timeout=float(args.body_timeout),
         idle_timeout=float(args.idle_timeout),
+        max_request_elements=int(args.max_request_elements),
         grace_period=float(args.grace),
         demo=bool(args.demo),
         state_url=args.state or None,
@@ -443,7 +452,7 @@ def demo_banner(ports: dict[str, int], worker: Path | None = None) -> str:
     return f"""
 lockgate is serving the demo models (classifier v1+v2, regressor, mlp), monitoring on.
 
-  curl -s localhost:{http}/v2/models/classifier/infer \\
+  curl -s localhost:{http}/v2/models/classifier/infer -H 'content-type: application/json' \\
     -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,16],"data":[{row}]}}]}}'
 
   # the stock tritonclient, over HTTP and gRPC:
