@@ -43,7 +43,7 @@ class InputLimits:
 
     def input(self, name: Any) -> TensorSpec:
         """The model's input called `name`; refused when the model has none of that name."""
-        want = self.spec.input(name) if isinstance(name, str) else None
+        want = self.spec.input(name) if type(name) is str else None
         if want is None:
             expected = ", ".join(i.name for i in self.spec.inputs)
             raise invalid(
@@ -54,26 +54,36 @@ class InputLimits:
     def declared(self, name: Any, datatype: Any, shape: Any) -> tuple[TensorSpec, tuple[int, ...]]:
         """Check an input as declared (name, datatype, shape) and take its elements from the
         budget; returns the model's spec of that input (its name is safe to quote) and the
-        shape."""
+        shape: integers >= 0 (`type`, not isinstance: True is not a dimension), the model's
+        rank and its fixed dimensions (-1 = any). One pass: this runs for every input."""
         want = self.input(name)
         if datatype != want.datatype:
-            if not isinstance(datatype, str) or datatype not in DATATYPES:
-                raise invalid(f"input {want.name!r}: unsupported datatype {shown(datatype)}")
-            raise invalid(
-                f"input {want.name!r}: datatype {datatype} does not match the model's "
-                f"{want.datatype}"
-            )
-        dims = check_dims(want, shape)
-        self.take(want, dims)
-        return want, dims
+            raise _datatype_error(want, datatype)
+        fixed = want.shape
+        if (type(shape) is list or type(shape) is tuple) and len(shape) == len(fixed) <= MAX_RANK:
+            count = span = 1
+            for i, d in enumerate(shape):
+                w = fixed[i]
+                if type(d) is not int or d < 0 or (d != w and w >= 0):
+                    break
+                count *= d
+                span *= d or 1
+            else:
+                self._take(want, shape, count, span)
+                return want, tuple(shape)
+        raise _shape_error(want, shape)
 
     def take(self, want: TensorSpec, dims: tuple[int, ...]) -> None:
-        """Take `dims`' elements from the budget. A zero dimension counts as one here: numpy
-        refuses an empty array whose other dimensions multiply beyond its limits."""
+        """Take the elements of `dims` (already checked) from the budget."""
         count = span = 1
         for d in dims:
             count *= d
             span *= d or 1
+        self._take(want, dims, count, span)
+
+    def _take(self, want: TensorSpec, dims: Any, count: int, span: int) -> None:
+        # `span` counts a zero dimension as one: numpy refuses an empty array whose other
+        # dimensions multiply beyond its limits.
         if span > self.left:
             raise LockgateError(
                 ErrorKind.TOO_LARGE,
@@ -83,17 +93,12 @@ class InputLimits:
         self.left -= count
 
 
-def check_dims(want: TensorSpec, shape: Any) -> tuple[int, ...]:
-    """A declared shape: integers >= 0, the model's rank, its fixed dimensions (-1 = any)."""
-    fixed = want.shape
-    if (type(shape) is list or type(shape) is tuple) and len(shape) == len(fixed) <= MAX_RANK:
-        for d, w in zip(shape, fixed, strict=True):
-            # `type`, not isinstance: True is not a dimension
-            if type(d) is not int or d < 0 or (d != w and w >= 0):
-                break
-        else:
-            return tuple(shape)
-    raise _shape_error(want, shape)
+def _datatype_error(want: TensorSpec, datatype: Any) -> LockgateError:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        return invalid(f"input {want.name!r}: unsupported datatype {shown(datatype)}")
+    return invalid(
+        f"input {want.name!r}: datatype {datatype} does not match the model's {want.datatype}"
+    )
 
 
 def _shape_error(want: TensorSpec, shape: Any) -> LockgateError:
