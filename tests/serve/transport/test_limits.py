@@ -27,10 +27,10 @@ LIMIT = 32  # elements: two rows of the classifier's 16 features
 @pytest.fixture(scope="module")
 def limited(gateway: RunningGateway) -> Iterator[tuple[str, str]]:
     """HTTP and gRPC listeners built with max_request_elements=32 on the shared gateway's
-    pipeline and event loop; yields their addresses."""
+    data plane and event loop; yields their addresses."""
 
     async def start() -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Server, int]:
-        app = build_http_app(gateway.pipeline, max_body_bytes=2**20, max_request_elements=LIMIT)
+        app = build_http_app(gateway.dataplane, max_body_bytes=2**20, max_request_elements=LIMIT)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=0, loop="none", lifespan="off", log_config=None
         )
@@ -41,7 +41,7 @@ def limited(gateway: RunningGateway) -> Iterator[tuple[str, str]]:
             assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.01)
         grpc_server, port = build_grpc_server(
-            gateway.pipeline, "127.0.0.1", 0, max_message_bytes=2**20, max_request_elements=LIMIT
+            gateway.dataplane, "127.0.0.1", 0, max_message_bytes=2**20, max_request_elements=LIMIT
         )
         await grpc_server.start()
         return server, task, grpc_server, port
