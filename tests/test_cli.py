@@ -41,6 +41,7 @@ def test_every_serve_flag_has_an_env_var_and_help(capsys: pytest.CaptureFixture[
         "--drift-window-seconds",
         "--predlog-retention-gb",
         "--admin-token-file",
+        "--max-request-elements",
     ):
         env = "LOCKGATE_" + flag.lstrip("-").replace("-", "_").upper()
         assert flag in text and env in text, flag
@@ -55,6 +56,17 @@ def test_env_vars_set_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.batch.max_batch_rows == 7 and config.demo
     flagged = serve_config(build_parser().parse_args(["serve", "--http", "0.0.0.0:81"]))
     assert flagged.http_port == 81  # a flag beats the environment
+
+
+def test_max_request_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert serve_config(build_parser().parse_args(["serve"])).max_request_elements == 2**26
+    monkeypatch.setenv("LOCKGATE_MAX_REQUEST_ELEMENTS", "4096")
+    assert serve_config(build_parser().parse_args(["serve"])).max_request_elements == 4096
+    args = build_parser().parse_args(["serve", "--max-request-elements", "100"])
+    assert serve_config(args).max_request_elements == 100
+    for bad in ("0", "-5", "1e6"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--max-request-elements", bad])
 
 
 def test_bad_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,17 +21,11 @@ from lockgate.cli_models import add_models_parser
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.cli_serve import add_serve_parser
 from lockgate.cli_traffic import add_traffic_parser
-from lockgate.config import (
-    BatchConfig,
-    MonitorConfig,
-)
 from lockgate.errors import LockgateError, invalid
 from lockgate.logs import configure_logging
 from lockgate.tls import client_context, install_client_tls
 
 log = logging.getLogger("lockgate")
-_BATCH = BatchConfig()
-_MONITOR = MonitorConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from typing import Any
 from lockgate.cli_flags import common, flag, host_port, positive, positive_int, state_flag
 from lockgate.cli_home import serve_home
 from lockgate.config import (
+    MAX_REQUEST_ELEMENTS,
     BatchConfig,
     MonitorConfig,
     RunnerConfig,
@@ -83,6 +84,13 @@ def add_serve_parser(sub: Any) -> None:
     flag(serve, "--header-timeout", 10.0, "seconds to send a request's headers", type=positive)
     flag(serve, "--body-timeout", 30.0, "seconds between two reads of a body", type=positive)
     flag(serve, "--idle-timeout", 30.0, "seconds a connection may idle", type=positive)
+    flag(
+        serve,
+        "--max-request-elements",
+        MAX_REQUEST_ELEMENTS,
+        "most tensor elements an infer request may declare, all inputs together (413 beyond)",
+        type=positive_int,
+    )
     flag(
         serve,
         "--intra-op-threads",
@@ -172,6 +180,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         header_timeout=float(args.header_timeout),
         body_timeout=float(args.body_timeout),
         idle_timeout=float(args.idle_timeout),
+        max_request_elements=int(args.max_request_elements),
         grace_period=float(args.grace),
         demo=bool(args.demo),
         state_url=args.state or None,
@@ -301,7 +310,7 @@ def demo_banner(ports: dict[str, int], worker: Path | None = None) -> str:
     return f"""
 lockgate is serving the demo models (classifier v1+v2, regressor, mlp), monitoring on.
 
-  curl -s localhost:{http}/v2/models/classifier/infer \\
+  curl -s localhost:{http}/v2/models/classifier/infer -H 'content-type: application/json' \\
     -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,16],"data":[{row}]}}]}}'
 
   # the stock tritonclient, over HTTP and gRPC:

@@ -6,6 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Elements (all inputs together) one infer request may declare; more is TOO_LARGE. A bound on
+# what decoding may allocate, independent of the body limit (a tiny body can declare a huge shape).
+MAX_REQUEST_ELEMENTS = 2**26
+
 
 def default_intra_op_threads() -> int:
     """One compute thread per spare core: the event loop keeps one core, the model gets the rest."""
@@ -75,6 +79,7 @@ class ServeConfig:
     header_timeout: float = 10.0  # seconds from a request's first byte to its last header
     body_timeout: float = 30.0  # seconds between two reads of a request body
     idle_timeout: float = 30.0  # seconds a connection may wait with no request in progress
+    max_request_elements: int = MAX_REQUEST_ELEMENTS
     grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas

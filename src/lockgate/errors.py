@@ -9,6 +9,7 @@ class ErrorKind(enum.Enum):
     INVALID = "invalid"  # the client's request is malformed or does not match the model
     NOT_FOUND = "not_found"  # unknown model, version, output or route
     TOO_LARGE = "too_large"  # request body or tensor beyond the configured limit
+    UNSUPPORTED_MEDIA = "unsupported_media"  # a body in a content type the route does not read
     UNAVAILABLE = "unavailable"  # not ready yet, shutting down, or the version failed to load
     OVERLOADED = "overloaded"  # queue full: shed load rather than collapse
     DEADLINE = "deadline"  # the request's deadline passed before it was answered

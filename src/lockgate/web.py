@@ -20,6 +20,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNSUPPORTED_MEDIA: 415,
     ErrorKind.UNPROCESSABLE: 422,
     ErrorKind.MODEL_FAILED: 500,
     ErrorKind.UNAVAILABLE: 503,

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from lockgate.control.rollouts import ACTIONS, Rollout, RolloutStore
 from lockgate.errors import invalid
+from lockgate.web import digits
 
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Handler], Any]
@@ -32,10 +33,10 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 
 def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+    limit = digits(request.query_params.get("limit", "100"), "limit")  # '²'.isdigit() is true
+    if not 0 < limit <= 10_000:
         raise invalid("limit must be an integer from 1 to 10000")
-    return int(raw)
+    return limit
 
 
 def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:

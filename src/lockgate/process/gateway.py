@@ -133,6 +133,7 @@ class Gateway:
             cfg.grpc_port,
             max_message_bytes=cfg.max_body_bytes,
             tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -161,6 +162,7 @@ class Gateway:
             self.dataplane,
             max_body_bytes=cfg.max_body_bytes,
             max_buffered_bytes=cfg.max_buffered_body_bytes,
+            max_request_elements=cfg.max_request_elements,
         )
         return http_server(app, cfg, linger=HTTP_LINGER)
 
@@ -175,6 +177,7 @@ class Gateway:
             max_connection_age=GRPC_CONNECTION_AGE,
             grace_period=cfg.grace_period,
             tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lockgate._proto import grpc_service_pb2 as pb
-from lockgate.config import TLSConfig
+from lockgate.config import MAX_REQUEST_ELEMENTS, TLSConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.transport import protobuf_codec
 from lockgate.types import InferencePipeline
@@ -25,6 +25,7 @@ STATUS = {
     ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNSUPPORTED_MEDIA: grpc.StatusCode.INVALID_ARGUMENT,  # gRPC has one encoding
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -58,8 +59,11 @@ def _guarded(handler: Handler) -> Handler:
 
 
 class InferenceService:
-    def __init__(self, pipeline: InferencePipeline) -> None:
+    def __init__(
+        self, pipeline: InferencePipeline, max_request_elements: int = MAX_REQUEST_ELEMENTS
+    ) -> None:
         self.pipeline = pipeline
+        self.max_elements = max_request_elements
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -94,8 +98,12 @@ class InferenceService:
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
         try:
-            self.pipeline.admit(msg.model_name, msg.model_version or None)
-            request = protobuf_codec.decode_request(msg, context.time_remaining())
+            version = msg.model_version or None
+            self.pipeline.admit(msg.model_name, version)
+            spec = self.pipeline.model_spec(msg.model_name, version)
+            request = protobuf_codec.decode_request(
+                msg, context.time_remaining(), spec, max_elements=self.max_elements
+            )
             request.protocol, request.received_ns, request.alone = "grpc", received, True
             for key, value in context.invocation_metadata() or ():
                 if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
@@ -171,11 +179,13 @@ def build_grpc_server(
     max_connection_age: float | None = None,
     grace_period: float = 0.0,
     tls: TLSConfig | None = None,
+    max_request_elements: int = MAX_REQUEST_ELEMENTS,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port.
     `reuse_port` lets worker processes share the port (SO_REUSEPORT). With `max_connection_age`
     (seconds) every connection gets a graceful GOAWAY within that age, and its calls then have
-    `grace_period` to finish: how a worker's clients move away (see serve/handover.py)."""
+    `grace_period` to finish: how a worker's clients move away (see process/handover.py).
+    `max_request_elements` bounds the elements an infer request may declare (TOO_LARGE)."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -185,7 +195,8 @@ def build_grpc_server(
         options.append(("grpc.max_connection_age_ms", int(max_connection_age * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(grace_period * 1000)))
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((_handlers(InferenceService(pipeline)),))
+    service = InferenceService(pipeline, max_request_elements)
+    server.add_generic_rpc_handlers((_handlers(service),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(pipeline), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if tls is None:

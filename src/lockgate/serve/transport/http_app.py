@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import LockgateError
 from lockgate.serve.transport import codec
 from lockgate.serve.transport.infer_asgi import InferRoute
@@ -48,10 +49,15 @@ def _json(doc: object, status: int = 200) -> Response:
 
 
 def build_http_app(
-    pipeline: InferencePipeline, *, max_body_bytes: int, max_buffered_bytes: int = 2**28
+    pipeline: InferencePipeline,
+    *,
+    max_body_bytes: int,
+    max_buffered_bytes: int = 2**28,
+    max_request_elements: int = MAX_REQUEST_ELEMENTS,
 ) -> InferRoute:
     """The REST API: the infer route as bare ASGI in front of starlette for the rest. Bodies
-    still arriving share one budget of `max_buffered_bytes` (web.BodyBudget)."""
+    still arriving share one budget of `max_buffered_bytes` (web.BodyBudget);
+    `max_request_elements` bounds the elements an infer request may declare (TOO_LARGE)."""
     budget = BodyBudget(max_buffered_bytes)
 
     async def live(request: Request) -> Response:
@@ -117,4 +123,4 @@ def build_http_app(
         ]
     routes.append(Route("/v2/models/{model}/feedback", _guarded(feedback), methods=["POST"]))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return InferRoute(pipeline, app, max_body_bytes, STATUS, budget)
+    return InferRoute(pipeline, app, max_body_bytes, STATUS, budget, max_request_elements)

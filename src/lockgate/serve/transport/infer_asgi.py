@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec
 from lockgate.types import InferencePipeline, InferRequest
@@ -52,12 +53,14 @@ class InferRoute:
         max_body_bytes: int,
         status: dict[ErrorKind, int],
         budget: BodyBudget,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
     ) -> None:
         self.pipeline = pipeline
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
         self.budget = budget
+        self.max_elements = max_request_elements
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -120,13 +123,17 @@ class InferRoute:
         """Shed, read and decode: everything before the request reaches the data plane."""
         self.pipeline.admit(model, version)
         content_type = headers.get("content-type", "")
+        codec.media_type(content_type, codec.INFER_MEDIA)  # refused before the body is read
+        spec = self.pipeline.model_spec(model, version)  # the decoders check inputs against it
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))
+        limit = self.max_elements
         if header_length == 0 and body:
-            spec = self.pipeline.model_spec(model, version)
-            req = codec.decode_raw_input(body, spec, model, version)
+            req = codec.decode_raw_input(body, spec, model, version, max_elements=limit)
         else:
-            req = codec.decode_request(body, content_type, header_length, model, version)
+            req = codec.decode_request(
+                body, content_type, header_length, model, version, spec=spec, max_elements=limit
+            )
         req.routing_key = headers.get("x-lockgate-key") or None
         return req
 
