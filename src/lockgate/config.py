@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Elements (all inputs together) one infer request may declare; more is TOO_LARGE. A bound on
 # what decoding may allocate, independent of the body limit (a tiny body can declare a huge shape).
@@ -84,7 +85,8 @@ class ServeConfig:
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
-    admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
+    # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
+    admin_tokens: tuple[tuple[str, Any], ...] = ()
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -15,6 +15,7 @@ class ErrorKind(enum.Enum):
     DEADLINE = "deadline"  # the request's deadline passed before it was answered
     CONFLICT = "conflict"  # stale revision (optimistic concurrency)
     UNAUTHORIZED = "unauthorized"  # missing or wrong credentials
+    FORBIDDEN = "forbidden"  # credentials without the permission the call needs
     UNPROCESSABLE = "unprocessable"  # well-formed but semantically refused (e.g. weights)
     MODEL_FAILED = "model_failed"  # onnxruntime raised while running a valid request
 

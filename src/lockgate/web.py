@@ -17,6 +17,7 @@ MSGPACK = "application/msgpack"
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
     ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from lockgate.cli import main
+from lockgate.control.auth import PERMISSIONS
 from lockgate.control.registry import Registry
 from lockgate.demo import ensure_demo_models
 from tests.conftest import RunningGateway, loopback_config
@@ -254,3 +255,17 @@ def test_traffic_cli(gw: RunningGateway, capsys: pytest.CaptureFixture[str]) -> 
     assert "sum to 100" in capsys.readouterr().err
     assert main(["traffic", "show", "--admin-url", f"http://{gw.admin}"]) == 1
     assert "401" in capsys.readouterr().err
+
+
+def test_openapi_states_the_role_each_route_enforces(gw: RunningGateway) -> None:
+    """The document's `x-lockgate-role` is the least role of the permission the route checks."""
+    doc = httpx.get(f"http://{gw.admin}/openapi.json").json()
+    for route in gw.gateway.admin_app.routes:  # type: ignore[union-attr]
+        permission = getattr(route.endpoint, "permission", "absent")
+        for method in route.methods - {"HEAD"}:
+            op = doc["paths"][route.path][method.lower()]
+            if permission is None:
+                assert "x-lockgate-role" not in op and op["security"] == []
+            else:
+                assert op["x-lockgate-role"] == PERMISSIONS[permission], (route.path, method)
+                assert "403" in op["responses"]

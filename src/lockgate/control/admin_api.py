@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
-from lockgate.control.auth import TokenCheck
+from lockgate.control.auth import READ, TRAFFIC, Principal, TokenCheck
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
@@ -123,7 +123,8 @@ def build_admin_app(
     async def write(
         request: Request, build: Callable[[traffic.Catalog], Mutation], target_versions: bool
     ) -> Response:
-        actor: str = request.state.actor
+        who: Principal = request.state.principal
+        actor = who.name
         expected = _if_match(request)
         mutation = build(await catalog())
         current = await read_state()
@@ -143,11 +144,16 @@ def build_admin_app(
             reasons = "; ".join(f"{m} v{v}: {why}" for (m, v), why in sorted(failures.items()))
             raise LockgateError(ErrorKind.UNPROCESSABLE, f"nothing changed: {reasons}")
         state = await asyncio.to_thread(
-            store.apply, mutation, actor=actor, expected_revision=current.revision
+            store.apply, mutation, actor=actor, expected_revision=current.revision, role=who.role
         )
         await control.apply(state)
         log.info(
-            "admin: %s %s by %s -> revision %d", change.action, change.target, actor, state.revision
+            "admin: %s %s by %s (%s) -> revision %d",
+            change.action,
+            change.target,
+            actor,
+            who.role,
+            state.revision,
         )
         doc = {
             "revision": state.revision,
@@ -273,14 +279,19 @@ def build_admin_app(
         return await write(request, lambda c: traffic.unpin(model, version), False)
 
     def guarded(
-        handler: Callable[[Request], Awaitable[Response]], *, public: bool = False
+        handler: Callable[[Request], Awaitable[Response]],
+        *,
+        public: bool = False,
+        permission: str = READ,
     ) -> Callable[..., Any]:
-        """Authenticate (before the body is read), then map errors to statuses."""
+        """Authenticate and authorise (before the body is read), then map errors to statuses."""
 
         async def run(request: Request) -> Response:
             try:
                 if not public:
-                    request.state.actor = tokens.actor(request.headers.get("authorization"))
+                    who = tokens.principal(request.headers.get("authorization"))
+                    who.require(permission)
+                    request.state.principal, request.state.actor = who, who.name
                 return await handler(request)
             except LockgateError as exc:
                 response = error_response(exc)
@@ -291,6 +302,7 @@ def build_admin_app(
                 log.exception("unexpected error serving admin %s %s", request.method, request.url)
                 return _json({"error": "internal server error"}, 500)
 
+        run.permission = None if public else permission  # type: ignore[attr-defined]
         return run
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -310,20 +322,32 @@ def build_admin_app(
         Route("/v1/state", guarded(show_state), methods=["GET"]),
         Route("/v1/audit", guarded(audit), methods=["GET"]),
         Route(ep, guarded(show_endpoint), methods=["GET"]),
-        Route(ep, guarded(put_endpoint), methods=["PUT"]),
-        Route(ep, guarded(delete_endpoint), methods=["DELETE"]),
-        Route(ep + "/weights", guarded(set_weights), methods=["POST"]),
-        Route(ep + "/switch", guarded(switch), methods=["POST"]),
-        Route(ep + "/canary", guarded(canary), methods=["POST"]),
-        Route(ep + "/canary/promote", guarded(promote), methods=["POST"]),
-        Route(ep + "/canary/rollback", guarded(rollback), methods=["POST"]),
-        Route(ep + "/shadows", guarded(add_shadow), methods=["POST"]),
-        Route(ep + "/shadows/{variant}", guarded(remove_shadow), methods=["DELETE"]),
+        Route(ep, guarded(put_endpoint, permission=TRAFFIC), methods=["PUT"]),
+        Route(ep, guarded(delete_endpoint, permission=TRAFFIC), methods=["DELETE"]),
+        Route(ep + "/weights", guarded(set_weights, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/switch", guarded(switch, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary", guarded(canary, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary/promote", guarded(promote, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary/rollback", guarded(rollback, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/shadows", guarded(add_shadow, permission=TRAFFIC), methods=["POST"]),
+        Route(
+            ep + "/shadows/{variant}",
+            guarded(remove_shadow, permission=TRAFFIC),
+            methods=["DELETE"],
+        ),
         Route(mon + "/drift", guarded(drift), methods=["GET"]),
         Route(mon + "/sketches", guarded(sketches), methods=["GET"]),
         Route(mon + "/recent", guarded(recent), methods=["GET"]),
-        Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
-        Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
+        Route(
+            "/v1/models/{model}/versions/{version}/load",
+            guarded(load, permission=TRAFFIC),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/models/{model}/versions/{version}/unload",
+            guarded(unload, permission=TRAFFIC),
+            methods=["POST"],
+        ),
     ]
     routes += rollout_routes(RolloutStore(store.home, store.url), guarded)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockgate import __version__
+from lockgate.control.auth import ADMIN, OPERATOR, VIEWER
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _VARIANT = {
@@ -53,6 +54,25 @@ def _op(summary: str, body: dict[str, Any] | None = None, write: bool = True) ->
     if body is not None:
         op["requestBody"] = _body(body)
     return op
+
+
+def operation_role(path: str, method: str) -> str:
+    """The least role an operation needs (control/auth.py): promoting a rollout at once is an
+    admin's act; other writes are an operator's; reads a viewer's."""
+    if path == "/v1/rollouts/{id}/promote":
+        return ADMIN
+    return VIEWER if method == "get" else OPERATOR
+
+
+def _state_roles(paths: dict[str, Any]) -> None:
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters" or op.get("security") == []:
+                continue
+            role = operation_role(path, method)
+            op["x-lockgate-role"] = role
+            op["description"] = f"Needs a token with the role `{role}` or higher."
+            op["responses"]["403"] = _ERROR
 
 
 def openapi_document() -> dict[str, Any]:
@@ -175,6 +195,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [rollout],
             "post": _op(f"Ask the rollout's worker to {action} it (audited)", write=False),
         }
+    _state_roles(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "lockgate admin API", "version": __version__},

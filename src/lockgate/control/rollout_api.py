@@ -19,12 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lockgate.control.rollouts import ACTIONS, Rollout, RolloutStore
+from lockgate.control.auth import FORCE, ROLLOUT
+from lockgate.control.rollouts import ACTIONS, PROMOTE, Rollout, RolloutStore
 from lockgate.errors import invalid
 from lockgate.web import digits
 
 Handler = Callable[[Request], Awaitable[Response]]
-Guard = Callable[[Handler], Any]
+Guard = Callable[..., Any]  # the admin app's guarded(handler, *, permission=...)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -76,7 +77,11 @@ def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
         Route("/v1/rollouts/{id}", guarded(show), methods=["GET"]),
     ]
     routes += [
-        Route(f"/v1/rollouts/{{id}}/{name}", guarded(action(name)), methods=["POST"])
+        Route(
+            f"/v1/rollouts/{{id}}/{name}",
+            guarded(action(name), permission=FORCE if name == PROMOTE else ROLLOUT),
+            methods=["POST"],
+        )
         for name in ACTIONS
     ]
     return routes

@@ -73,14 +73,14 @@ class StateStore(StateDB):
 
     def audit(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` audit records, newest first."""
-        query = "SELECT id, at, actor, action, target, before, after, revision FROM audit"
+        query = "SELECT id, at, actor, role, action, target, before, after, revision FROM audit"
         args: tuple[Any, ...] = ()
         if target is not None:
             query += " WHERE target = ?"
             args = (target,)
         query += " ORDER BY id DESC LIMIT ?"
         rows = self._db.execute(query, (*args, limit)).fetchall()
-        keys = ("id", "at", "actor", "action", "target", "before", "after", "revision")
+        keys = ("id", "at", "actor", "role", "action", "target", "before", "after", "revision")
         out = []
         for row in rows:
             record = dict(zip(keys, row, strict=True))
@@ -90,12 +90,20 @@ class StateStore(StateDB):
         return out
 
     # -- writing ------------------------------------------------------------------------------
-    def apply(self, mutation: Mutation, *, actor: str, expected_revision: int | None) -> State:
+    def apply(
+        self,
+        mutation: Mutation,
+        *,
+        actor: str,
+        expected_revision: int | None,
+        role: str | None = None,
+    ) -> State:
         """Run `mutation` on the current state and commit its result with an audit record.
 
         `expected_revision` is the revision the caller read; a different current revision is a
-        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse. Endpoints
-        are stored as their `to_doc()` JSON, only those the mutation changed."""
+        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse. `role` is
+        the role of the admin token that asked (None: a local tool). Endpoints are stored as
+        their `to_doc()` JSON, only those the mutation changed."""
         with self._transaction(write=True) as db:
             current = self._read(db)
             if expected_revision is not None and expected_revision != current.revision:
@@ -121,11 +129,12 @@ class StateStore(StateDB):
             for model, version in pins - current.pins:
                 db.execute("INSERT INTO pins (model, version) VALUES (?, ?)", (model, version))
             db.execute(
-                "INSERT INTO audit (at, actor, action, target, before, after, revision) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit (at, actor, role, action, target, before, after, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     datetime.now(UTC).isoformat(timespec="milliseconds"),
                     actor,
+                    role,
                     change.action,
                     change.target,
                     None if change.before is None else orjson.dumps(change.before),

@@ -71,6 +71,13 @@ async def collect_registry_garbage(registry: Registry) -> None:
         log.info("removed %d unfinished registrations from the registry", removed)
 
 
+def log_tokens(tokens: TokenCheck) -> None:
+    """Name each admin token's role at start, so an operator sees who may do what."""
+    if tokens.enabled:
+        roles = ", ".join(f"{who.name} ({who.role})" for who in tokens.principals())
+        log.info("admin tokens: %s", roles)
+
+
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
     """Refuse an admin listener reachable from other hosts without a token."""
     if not tokens.enabled and not is_loopback(host):
@@ -124,6 +131,7 @@ class Gateway:
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
+        log_tokens(tokens)
         await collect_registry_garbage(self.registry)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)

@@ -31,6 +31,7 @@ STATUS = {
     ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.CONFLICT: grpc.StatusCode.ABORTED,
     ErrorKind.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.UNPROCESSABLE: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.MODEL_FAILED: grpc.StatusCode.INTERNAL,
 }
