@@ -34,6 +34,7 @@ from lockgate.process.http_server import (
     http_server,
 )
 from lockgate.serve.controller import Controller
+from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -106,6 +107,8 @@ class Gateway:
         )
         self.controller = Controller(self.registry, config, self.state, self.monitor)
         self.dataplane = self.controller.dataplane
+        # Triton's model repository extension on the data-plane listeners (admin tokens apply)
+        self.repository = ModelRepository(self.controller, TokenCheck(dict(config.admin_tokens)))
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
         self.http_app: Any = None
@@ -133,7 +136,11 @@ class Gateway:
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
-            self.dataplane, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
+            self.dataplane,
+            cfg.grpc_host,
+            cfg.grpc_port,
+            max_message_bytes=cfg.max_body_bytes,
+            repository=self.repository,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -162,6 +169,7 @@ class Gateway:
             self.dataplane,
             max_body_bytes=cfg.max_body_bytes,
             max_buffered_bytes=cfg.max_buffered_body_bytes,
+            repository=self.repository,
         )
         return http_server(app, cfg.grace_period, read_deadlines(cfg), linger=HTTP_LINGER)
 
@@ -175,6 +183,7 @@ class Gateway:
             reuse_port=True,
             max_connection_age=GRPC_CONNECTION_AGE,
             grace_period=cfg.grace_period,
+            repository=self.repository,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

@@ -71,10 +71,20 @@ def decode_request(msg: Any, remaining: float | None) -> InferRequest:
         version=msg.model_version or None,
         id=msg.id or new_request_id(),
         inputs=inputs,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else None,
+        outputs=[_requested(o) for o in msg.outputs] if msg.outputs else None,
         parameters=_parameters(msg.parameters),
         deadline=time.monotonic() + remaining if remaining is not None else float("inf"),
     )
+
+
+def _requested(output: Any) -> RequestedOutput:
+    if "classification" not in output.parameters:
+        return RequestedOutput(output.name)
+    param = output.parameters["classification"]
+    classes = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
+    if classes < 0:
+        raise invalid(f"output {output.name!r}: classification must be a count of classes")
+    return RequestedOutput(output.name, classification=classes)
 
 
 def _input(i: int, item: Any, raw: Any) -> Tensor:
