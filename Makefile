@@ -33,6 +33,7 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	tools/ensure-prometheus.sh
 	tools/ensure-postgres.sh
+	tools/ensure-perf-analyzer.sh $(BIN)/perf_analyzer
 	$(BIN)/pytest -q
 
 proto: $(VENV)/.installed-dev

@@ -33,6 +33,7 @@ from lockgate.process.http_server import (
     http_server,
 )
 from lockgate.serve.controller import Controller
+from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -108,6 +109,8 @@ class Gateway:
         )
         self.controller = Controller(self.registry, config, self.state, self.monitor)
         self.dataplane = self.controller.dataplane
+        # Triton's model repository extension on the data-plane listeners (admin tokens apply)
+        self.repository = ModelRepository(self.controller, TokenCheck(dict(config.admin_tokens)))
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
         self.http_app: Any = None
@@ -142,6 +145,7 @@ class Gateway:
             max_message_bytes=cfg.max_body_bytes,
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -171,6 +175,7 @@ class Gateway:
             max_body_bytes=cfg.max_body_bytes,
             max_buffered_bytes=cfg.max_buffered_body_bytes,
             max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         return http_server(app, cfg, linger=HTTP_LINGER)
 
@@ -186,6 +191,7 @@ class Gateway:
             grace_period=cfg.grace_period,
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

@@ -21,7 +21,7 @@ import collections
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,6 +88,14 @@ class BatchStats:
     failed: int = 0
     observer_errors: int = 0
     compute_ns: int = 0
+    # For Triton's statistics: summed over requests, the time each waited before its batch
+    # started and the compute time of its batch; when the last batch started; and per batch
+    # size (rows, up to max_batch_rows) the batches and their compute time.
+    queue_ns: int = 0
+    request_compute_ns: int = 0
+    last_started_ns: int = 0
+    size_batches: dict[int, int] = field(default_factory=dict)
+    size_compute_ns: dict[int, int] = field(default_factory=dict)
 
 
 class Batcher:
@@ -113,6 +121,7 @@ class Batcher:
         self._idle.set()
         self._closed = False
         self._inline = config.inline_threshold
+        self._size_limit = config.max_batch_rows  # batch sizes counted one by one up to this
         # Gather only where batch-mates can share a run.
         self._gathers = config.gather_delay > 0 and runner.spec.batchable
         self._skip_gathers = 0  # one-at-a-time requests to run at once before gathering again
@@ -185,7 +194,7 @@ class Batcher:
             raise LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}") from exc
         compute_ns = time.perf_counter_ns() - start
         self.stats.inline_batches += 1
-        self._count(1, rows, compute_ns)
+        self._count(1, rows, compute_ns, start)
         if self.observer is not None:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
@@ -336,19 +345,20 @@ class Batcher:
         self, batch: list[_Pending], feeds: Arrays, outputs: Arrays, rows: int, start: int
     ) -> None:
         compute_ns = time.perf_counter_ns() - start
-        self._count(len(batch), rows, compute_ns)
+        self._count(len(batch), rows, compute_ns, start)
         if self.observer is not None:
             metas, sizes = [p.meta for p in batch], [p.rows for p in batch]
             self._observe(feeds, outputs, metas, sizes, [p.enqueued_ns for p in batch], start)
-        offset = 0
+        offset = queued = 0
         for p in batch:
             end = offset + p.rows
+            waited = start - p.enqueued_ns
+            queued += waited
             if not p.future.done():
                 out = outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
-                p.future.set_result(
-                    (out, RunInfo(start - p.enqueued_ns, compute_ns, rows, len(batch)))
-                )
+                p.future.set_result((out, RunInfo(waited, compute_ns, rows, len(batch))))
             offset = end
+        self.stats.queue_ns += queued
 
     def _observe(
         self,
@@ -367,12 +377,21 @@ class Batcher:
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
 
-    def _count(self, requests: int, rows: int, compute_ns: int) -> None:
+    def _count(self, requests: int, rows: int, compute_ns: int, started_ns: int) -> None:
         s = self.stats
         s.compute_ns += compute_ns
         s.batches += 1
         s.requests += requests
         s.rows += rows
+        s.request_compute_ns += compute_ns * requests
+        s.last_started_ns = started_ns
+        if rows <= self._size_limit:  # a larger request ran alone: totals only
+            try:  # plain dicts: a Counter's += costs three times as much
+                s.size_batches[rows] += 1
+                s.size_compute_ns[rows] += compute_ns
+            except KeyError:  # the first batch of this size (both dicts have the same keys)
+                s.size_batches[rows] = 1
+                s.size_compute_ns[rows] = compute_ns
         if requests > 1:
             s.multi_request_batches += 1
 

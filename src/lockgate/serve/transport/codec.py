@@ -227,7 +227,10 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise invalid(f"{where}: binary_data must be true or false")
-        out.append(RequestedOutput(item["name"], binary))
+        classes = params.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise invalid(f"{where}: classification must be a count of classes")
+        out.append(RequestedOutput(item["name"], binary, classes))
     return out
 
 

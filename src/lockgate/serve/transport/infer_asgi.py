@@ -17,7 +17,7 @@ from typing import Any
 
 from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
-from lockgate.serve.transport import codec
+from lockgate.serve.transport import codec, compression, triton
 from lockgate.types import InferencePipeline, InferRequest
 from lockgate.web import (
     BodyBudget,
@@ -42,6 +42,8 @@ _WANTED = {
     b"inference-header-content-length",
     b"accept",
     b"x-lockgate-key",
+    b"content-encoding",
+    b"accept-encoding",
 }
 
 
@@ -109,12 +111,17 @@ class InferRoute:
             raise
         req.received_ns = received
         resp = await self.pipeline.infer(req)
+        if req.outputs:
+            triton.classify(self.pipeline, req, resp)
         content_type = headers.get("content-type", "")
         as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
         out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
         variant = resp.parameters.get("variant")
         if variant is not None:
             extra["x-lockgate-variant"] = str(variant)
+        accept_encoding = headers.get("accept-encoding")
+        if accept_encoding:
+            return compression.encode_response(out, extra, accept_encoding)
         return out, extra
 
     async def _request(
@@ -127,6 +134,9 @@ class InferRoute:
         spec = self.pipeline.model_spec(model, version)  # the decoders check inputs against it
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))
+        coding = headers.get("content-encoding")
+        if coding:
+            body = compression.decompress(body, coding, self.max_body_bytes)
         limit = self.max_elements
         if header_length == 0 and body:
             req = codec.decode_raw_input(body, spec, model, version, max_elements=limit)

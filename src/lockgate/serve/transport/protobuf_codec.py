@@ -15,7 +15,7 @@ import numpy as np
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import invalid
-from lockgate.serve.transport.limits import InputLimits, reason
+from lockgate.serve.transport.limits import InputLimits, reason, shown
 from lockgate.serve.transport.tensors import (
     array_from_raw,
     element_count,
@@ -82,10 +82,20 @@ def decode_request(
         version=msg.model_version or None,
         id=msg.id or new_request_id(),
         inputs=inputs,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else None,
+        outputs=[_requested(o) for o in msg.outputs] if msg.outputs else None,
         parameters=_parameters(msg.parameters),
         deadline=time.monotonic() + remaining if remaining is not None else float("inf"),
     )
+
+
+def _requested(output: Any) -> RequestedOutput:
+    if "classification" not in output.parameters:
+        return RequestedOutput(output.name)
+    param = output.parameters["classification"]
+    classes = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
+    if classes < 0:
+        raise invalid(f"output {shown(output.name)}: classification must be a count of classes")
+    return RequestedOutput(output.name, classification=classes)
 
 
 def _input(i: int, item: Any, raw: Any, limits: InputLimits) -> Tensor:
