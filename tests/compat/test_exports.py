@@ -14,6 +14,7 @@ import pytest
 from lockgate.control.registry import Registry
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.model_config import ModelConfig
+from lockgate.monitor.metrics import render_metrics
 from tests.compat import exports
 from tests.compat.conftest import infer, onnxruntime_run, serving, zipmap_to_matrix
 
@@ -146,6 +147,9 @@ async def test_cnn_with_dynamic_height_and_width(tmp_path: Path) -> None:
         assert [u.split()[0] for u in recorder.unfollowed] == ["image"]  # no fixed width
         snapshot = await ctl.snapshot()
         assert snapshot.versions[("cnn", "1")].unfollowed == 1
+    text = render_metrics(snapshot).decode()
+    assert 'lockgate_monitor_unfollowed_tensors{model="cnn",version="1"} 1.0' in text
+    assert 'lockgate_monitor_mismatched_rows_total{model="cnn",version="1"} 0.0' in text
 
 
 async def test_fp16_model(tmp_path: Path) -> None:

@@ -43,10 +43,12 @@ async def test_a_changed_config_reloads_and_a_broken_one_keeps_the_old(
     try:
         old = ctl.models.loaded[key]
         assert old.spec.batchable and old.runner.sessions == 1
-        registry.set_config("scale", "1", ModelConfig(sessions=2, batchable="false"))
+        changed = ModelConfig(sessions=2, batchable="false", max_batch_rows=8)
+        registry.set_config("scale", "1", changed)
         await ctl.models.refresh()
         new = ctl.models.loaded[key]
         assert new is not old and new.runner.sessions == 2 and not new.spec.batchable
+        assert new.batcher.config.max_batch_rows == 8 and new.executor is not None
         answer = await ctl.dataplane.infer(request)
         np.testing.assert_array_equal(answer.outputs[0].data, 2 * x)
         await wait_for(lambda: not old.runner.loaded)  # released once idle
