@@ -184,27 +184,28 @@ class ModelRunner:
         """One run at load decides batching and the monitored shapes; then fit the cost model
         (batch sizes 1 and 8, or a lone request, each the fastest of `warmup_runs`)."""
         count = self.model_config.warmup_samples
-        if count == 0:
-            self.probe = probe(self.declared, self.run, None)
-            self.warmup_source = "none (warmup_samples = 0)"
-        else:
+        sample = None
+        if count:
             sample, self.warmup_source = self._sample(count)
-            self.probe = probe(self.declared, self.run, sample)
-            if not self.probe.ran:
-                log.warning(
-                    "model %s: the warm-up on %s failed (%s); loaded without it: requests run "
-                    "alone until a warm-up succeeds (give one at registration: --warmup FILE.npz)",
-                    self.label,
-                    self.warmup_source,
-                    self.probe.error,
-                )
-            for note in self.probe.notes:
-                log.info("model %s: %s; served and monitored as returned", self.label, note)
+        else:
+            self.warmup_source = "none (warmup_samples = 0)"
+        self.probe = probe(self.declared, self.run, sample)
+        if sample is not None and not self.probe.ran:
+            log.warning(
+                "model %s: the warm-up on %s failed (%s); loaded without it: requests are not "
+                "batched (unless batchable = true) and runs are assumed costly (give a warm-up "
+                "file at registration: --warmup FILE.npz)",
+                self.label,
+                self.warmup_source,
+                self.probe.error,
+            )
+        for note in self.probe.notes:
+            log.info("model %s: %s; served and monitored as returned", self.label, note)
         self.spec = dataclasses.replace(self.declared, batching=self._batching(self.probe))
-        if not self.probe.ran:
+        if sample is None or not self.probe.ran:
             self.fixed_cost, self.row_cost = UNKNOWN_COST, 0.0
-            return
-        self._fit_costs(sample)
+        else:
+            self._fit_costs(sample)
 
     def _batching(self, result: Probe) -> bool:
         """Concatenate requests on axis 0 only when allowed: `auto` needs the graph to declare a
