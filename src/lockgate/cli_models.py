@@ -1,9 +1,10 @@
-"""`lockgate models register|list|show`: the registry from the command line."""
+"""`lockgate models register|list|show|config`: the registry from the command line."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import orjson
 
 from lockgate.cli_home import existing_home
 from lockgate.errors import invalid
+from lockgate.model_config import ModelConfig
 
 
 def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,6 +29,19 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     reg.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata"
     )
+    reg.add_argument(
+        "--warmup",
+        type=Path,
+        metavar="FILE.npz",
+        help="warm-up inputs, one array per input name (the model must run on them); "
+        "gateways warm the version on them instead of made-up data",
+    )
+    reg.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="the version's serving configuration (see `lockgate models config`)",
+    )
     reg.add_argument("--json", action="store_true", help="print JSON")
     reg.set_defaults(run=_register)
     lst = msub.add_parser("list", help="list models and versions")
@@ -39,6 +54,21 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     show.add_argument("version", nargs="?")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(run=_show)
+    cfg = msub.add_parser(
+        "config",
+        help="show or change a version's serving configuration",
+        description="Keys: " + ", ".join(f.name for f in fields(ModelConfig)) + ". Running "
+        "gateways reload the version with the new configuration within a few seconds (the "
+        "admin API's POST /v1/models/NAME/versions/VERSION/config does it at once, audited).",
+    )
+    common(cfg)
+    cfg.add_argument("name")
+    cfg.add_argument("version")
+    cfg.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="change one key"
+    )
+    cfg.add_argument("--json", action="store_true", help="print JSON")
+    cfg.set_defaults(run=_config)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -51,12 +81,19 @@ def _register(args: argparse.Namespace) -> int:
             raise invalid(f"--meta expects KEY=VALUE, got {item!r}")
         meta[key] = value
     info = Registry(Path(args.home)).register(
-        args.file, args.name, metadata=meta, reference=args.reference
+        args.file,
+        args.name,
+        metadata=meta,
+        reference=args.reference,
+        warmup=args.warmup,
+        config=args.config,
     )
     if args.json:
         print(orjson.dumps(info.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print(f"registered {info.name} version {info.version} (sha256 {info.sha256[:12]}...)")
+        for note in info.conversions:
+            print(f"  converted: {note}")
     return 0
 
 
@@ -90,7 +127,11 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  sha256   {info.sha256}")
     for kind, tensors in (("input ", info.spec.inputs), ("output", info.spec.outputs)):
         for t in tensors:
-            print(f"  {kind}   {t.name} {t.datatype} {list(t.shape)}")
+            labels = f" labels {list(t.labels)}" if t.labels else ""
+            print(f"  {kind}   {t.name} {t.datatype} {list(t.shape)}{labels}")
+    for note in info.conversions:
+        print(f"  converted {note}")
+    print(f"  warm-up  {'warmup.npz' if info.warmup_path else 'reference or synthetic data'}")
     for key, value in (info.metadata or {}).items():
         print(f"  meta     {key} = {value}")
     for key, value in (info.lineage or {}).items():
@@ -98,4 +139,25 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  lineage  {key} = {shown}")
     if info.card_path is not None:
         print(f"  card     {info.card_path}")
+    for key, value in info.config.to_json().items():
+        print(f"  config   {key} = {value}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from lockgate.control.registry import Registry
+
+    registry = Registry(Path(args.home))
+    info = registry.get(args.name, args.version)
+    config = info.config
+    for item in args.set:
+        config = config.with_setting(item)
+    if args.set and config != info.config:
+        info = registry.set_config(info.name, info.version, config)
+    if args.json:
+        doc = {"model": info.name, "version": info.version, **info.config.to_json()}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"{info.name} version {info.version} ({info.path / 'config.toml'})")
+    print(info.config.to_toml(), end="")
     return 0

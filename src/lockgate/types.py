@@ -104,11 +104,14 @@ class InferResponse:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A model input or output as the model declares it; -1 marks a dynamic dimension."""
+    """A model input or output as the model declares it; -1 marks a dynamic dimension.
+    `labels`: the class of each column of a class-probability output (from a ZipMap the
+    registry removed), in column order."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    labels: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,11 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     platform: str = "onnxruntime_onnx"
+    # None: requests can be batched when every tensor declares a dynamic leading dim; the
+    # runner sets it from the version's configuration and a run at load.
+    batching: bool | None = field(default=None, compare=False)
     # Derived once, read per request:
-    # requests can be concatenated on axis 0 when every tensor has a dynamic leading dim;
+    # requests can be concatenated on axis 0 (see `batching`);
     batchable: bool = field(init=False, repr=False, compare=False)
     # the (name, datatype) of every output, what a request that names none gets back.
     all_outputs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
@@ -129,7 +135,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         tensors = (*self.inputs, *self.outputs)
         derived = {
-            "batchable": all(t.shape and t.shape[0] == -1 for t in tensors),
+            "batchable": (
+                all(t.shape and t.shape[0] == -1 for t in tensors)
+                if self.batching is None
+                else self.batching
+            ),
             "all_outputs": tuple((o.name, o.datatype) for o in self.outputs),
             "_inputs": {t.name: t for t in self.inputs},
             "_outputs": {t.name: t for t in self.outputs},

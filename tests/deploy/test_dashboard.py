@@ -38,6 +38,8 @@ from tests.deploy.conftest import (
 # Families exported on purpose but neither charted nor alerted on, with the reason.
 NOT_CHARTED: dict[str, str] = {
     "process_virtual_memory_bytes": "address space, not memory in use: for ad-hoc queries",
+    # fixed when the version loads, named in the load warning; nothing to watch over time
+    "lockgate_monitor_unfollowed_tensors": "a property of the loaded version",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}

@@ -62,6 +62,8 @@ def full_snapshot() -> Any:
         labelled=1,
         correct=1,
         abs_error_sum=1.0,
+        unfollowed=1,
+        mismatched=1,
         drift={"input": drift, "output": dataclasses.replace(drift)},
     )
     snap = Snapshot(

@@ -25,6 +25,8 @@ from starlette.routing import Route
 from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
 from lockgate.control.auth import READ, TRAFFIC, Principal, TokenCheck
+from lockgate.control.model_api import model_routes
+from lockgate.control.registry import Registry
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
@@ -350,4 +352,5 @@ def build_admin_app(
         ),
     ]
     routes += rollout_routes(RolloutStore(store.home, store.url), guarded)
+    routes += model_routes(Registry(store.home), store, guarded, control.refresh_registry)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -178,6 +178,23 @@ def openapi_document() -> dict[str, Any]:
             "parameters": model_version,
             "get": _op(summary, write=False),
         }
+    version_path = "/v1/models/{model}/versions/{version}"
+    paths[version_path] = {
+        "parameters": model_version,
+        "get": _op(
+            "A registered version: schema (with class labels), conversions, warm-up, config",
+            write=False,
+        ),
+    }
+    paths[version_path + "/config"] = {
+        "parameters": model_version,
+        "get": _op("The version's serving configuration", write=False),
+        "post": _op(
+            "Change keys of the version's serving configuration (audited; gateways reload it)",
+            {"type": "object", "minProperties": 1},
+            write=False,
+        ),
+    }
     rollout = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     paths["/v1/rollouts"] = {
         "get": _op(

@@ -26,6 +26,7 @@ import numpy as np
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
+from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
 from lockgate.monitor.record import VersionRecorder
@@ -147,17 +148,19 @@ class Monitor:
         reference: Array | None = None,
         predict: Predict | None = None,
         profiles: VersionProfiles | None = None,
+        layout: RowLayout | None = None,
     ) -> VersionRecorder:
         """A ring for a version being loaded (the batcher's observer), and its drift monitors:
         from the `profiles` stored at registration, or else built from its `reference` data
-        (inputs directly, outputs by running the model on it). Blocking (called from the loading
-        thread)."""
+        (inputs directly, outputs by running the model on it). `layout`: how its tensors map
+        to rows, as a run at load showed (default: as declared). Blocking (called from the
+        loading thread)."""
         key = (spec.name, spec.version)
-        recorder = VersionRecorder(spec, self.config.ring_rows)
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout)
         vm = VersionMonitor(key, recorder)
         try:
             if profiles is None and reference is not None:
-                profiles = build_profiles(spec, reference, predict)
+                profiles = build_profiles(spec, reference, predict, layout)
             if profiles is not None:
                 vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
         except Exception as exc:  # a bad profile must not stop the model from serving

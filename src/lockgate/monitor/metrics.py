@@ -102,6 +102,8 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                 queue=vm.queue.copy(),
                 rows=vm.rows,
                 dropped=vm.dropped,
+                unfollowed=len(vm.recorder.unfollowed),
+                mismatched=vm.recorder.ring.mismatched,
                 labelled=vm.accuracy.labelled,
                 correct=vm.accuracy.correct,
                 abs_error_sum=vm.accuracy.abs_error_sum,
@@ -319,7 +321,20 @@ class GatewayCollector(Collector):
             "Predictions dropped because the drain fell a whole ring behind",
             labels=VERSION,
         )
+        unfollowed = GaugeMetricFamily(
+            "lockgate_monitor_unfollowed_tensors",
+            "Inputs and outputs the monitor does not follow (no fixed values per row; see the "
+            "warning at load)",
+            labels=VERSION,
+        )
+        mismatched = CounterMetricFamily(
+            "lockgate_monitor_mismatched_rows",
+            "Rows recorded as NaN because a tensor had a size the run at load did not show",
+            labels=VERSION,
+        )
         for key, vs in versions:
+            unfollowed.add_metric(list(key), vs.unfollowed)
+            mismatched.add_metric(list(key), vs.mismatched)
             for (endpoint, variant), sketch in sorted(vs.latency.items()):
                 labels = [endpoint, variant, *key]
                 if (endpoint, variant) in shadows:
@@ -332,7 +347,16 @@ class GatewayCollector(Collector):
                 _histogram(queue, list(key), vs.queue)
             written.add_metric(list(key), vs.rows)
             dropped.add_metric(list(key), vs.dropped)
-        yield from (latency, shadow_latency, quantiles, queue, written, dropped)
+        yield from (
+            latency,
+            shadow_latency,
+            quantiles,
+            queue,
+            written,
+            dropped,
+            unfollowed,
+            mismatched,
+        )
 
     @staticmethod
     def _drift(versions: list[tuple[Key, VersionSnapshot]], scores: bool) -> Iterator[Metric]:

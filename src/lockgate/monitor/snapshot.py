@@ -67,6 +67,8 @@ class VersionSnapshot:
     queue: LatencySketch = field(default_factory=LatencySketch)
     rows: int = 0
     dropped: int = 0
+    unfollowed: int = 0  # tensors the monitor leaves out (decided at load)
+    mismatched: int = 0  # rows recorded as NaN for a tensor of an unexpected size
     labelled: int = 0
     correct: int = 0
     abs_error_sum: float = 0.0
@@ -88,6 +90,8 @@ class VersionSnapshot:
         self.queue.merge(other.queue)
         self.rows += other.rows
         self.dropped += other.dropped
+        self.unfollowed = max(self.unfollowed, other.unfollowed)  # the same in every worker
+        self.mismatched += other.mismatched
         self.labelled += other.labelled
         self.correct += other.correct
         self.abs_error_sum += other.abs_error_sum
@@ -230,6 +234,8 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
         "queue": _array(v.queue.state),
         "rows": v.rows,
         "dropped": v.dropped,
+        "unfollowed": v.unfollowed,
+        "mismatched": v.mismatched,
         "labelled": v.labelled,
         "correct": v.correct,
         "abs_error_sum": v.abs_error_sum,
@@ -256,6 +262,8 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
         queue=LatencySketch.from_state(_from_array(doc["queue"])),
         rows=int(doc["rows"]),
         dropped=int(doc["dropped"]),
+        unfollowed=int(doc.get("unfollowed", 0)),
+        mismatched=int(doc.get("mismatched", 0)),
         labelled=int(doc["labelled"]),
         correct=int(doc["correct"]),
         abs_error_sum=float(doc["abs_error_sum"]),

@@ -105,6 +105,7 @@ class Batcher:
         config: BatchConfig,
         executor: Executor,
         observer: BatchObserver | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.runner = runner
         self.observer = observer
@@ -120,6 +121,9 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        # Batches run in threads at once (a version with several sessions); 1: one at a time.
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        self._running: set[asyncio.Task[None]] = set()  # batches in their slots
         self._inline = config.inline_threshold
         self._size_limit = config.max_batch_rows  # batch sizes counted one by one up to this
         # Gather only where batch-mates can share a run.
@@ -230,10 +234,22 @@ class Batcher:
                     await self._gather_more()
                 busy = True
                 batch, rows = self._take()
-                if batch:
+                if batch and self._slots is not None:
+                    await self._slots.acquire()  # a free session: run beside the others
+                    task = asyncio.get_running_loop().create_task(self._run_in_slot(batch, rows))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                elif batch:
                     await self._run(batch, rows)
         finally:
             self._task = None
+
+    async def _run_in_slot(self, batch: list[_Pending], rows: int) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(batch, rows)
+        finally:
+            self._slots.release()
 
     def _drain_inline(self) -> None:
         """`_drain` for models that always run inline, as a plain callback: a Task and its
