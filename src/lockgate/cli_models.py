@@ -1,4 +1,5 @@
-"""`lockgate models register|list|show|config`: the registry from the command line."""
+"""`lockgate models register|list|show|config|evaluate|reproduce`: the registry from the
+command line. A registration is recorded in the state database's audit log (`version.register`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from lockgate.cli_flags import state_flag
+from lockgate.cli_governance import actor, actor_flag, add_governance_parsers
 from lockgate.cli_home import existing_home
 from lockgate.errors import invalid
 from lockgate.model_config import ModelConfig
@@ -43,6 +46,8 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
         help="the version's serving configuration (see `lockgate models config`)",
     )
     reg.add_argument("--json", action="store_true", help="print JSON")
+    state_flag(reg)
+    actor_flag(reg)
     reg.set_defaults(run=_register)
     lst = msub.add_parser("list", help="list models and versions")
     common(lst)
@@ -69,10 +74,12 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     )
     cfg.add_argument("--json", action="store_true", help="print JSON")
     cfg.set_defaults(run=_config)
+    add_governance_parsers(msub, common)
 
 
 def _register(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
+    from lockgate.control.state import StateStore
 
     meta = {}
     for item in args.meta:
@@ -87,6 +94,10 @@ def _register(args: argparse.Namespace) -> int:
         reference=args.reference,
         warmup=args.warmup,
         config=args.config,
+    )
+    after = {"sha256": info.sha256, "file": str(args.file), "metadata": meta}
+    StateStore(Path(args.home), args.state).record(
+        "version.register", f"{info.name}/{info.version}", after, actor=actor(args)
     )
     if args.json:
         print(orjson.dumps(info.to_json(), option=orjson.OPT_INDENT_2).decode())
@@ -119,6 +130,8 @@ def _show(args: argparse.Namespace) -> int:
     registry = Registry(existing_home(args.home))
     info = registry.get(args.name, args.version) if args.version else registry.latest(args.name)
     doc = info.to_json()
+    gates = registry.gates(info)
+    doc["gates"] = gates
     if args.json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -137,6 +150,12 @@ def _show(args: argparse.Namespace) -> int:
     for key, value in (info.lineage or {}).items():
         shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
         print(f"  lineage  {key} = {shown}")
+    if gates is not None:
+        verdict = "passed" if gates.get("passed") else "FAILED"
+        against = f"against v{gates['against']}" if gates.get("against") else "no champion"
+        print(
+            f"  gates    {verdict} ({against}, by {gates.get('actor')}, {gates.get('evaluated')})"
+        )
     if info.card_path is not None:
         print(f"  card     {info.card_path}")
     for key, value in info.config.to_json().items():

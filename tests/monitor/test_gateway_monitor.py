@@ -86,6 +86,8 @@ def test_every_request_is_logged_once_and_labels_join(home: Path) -> None:
         # multi-row requests: accuracy counts the first row's label per request id
         assert value(samples, "lockgate_feedback_labels_total", **v2) == 60
         assert value(samples, "lockgate_online_accuracy", **v2) == pytest.approx(40 / 60)
+        assert value(samples, "lockgate_feedback_correct_total", **v2) == 40
+        assert value(samples, "lockgate_label_delay_seconds_count", **v2) == 60
         assert value(samples, "lockgate_feedback_unknown_total") == 5
         route = {"endpoint": "classifier", "variant": "stable", **v2}  # implicit: as shown
         ok = {**route, "protocol": "http", "outcome": "ok"}

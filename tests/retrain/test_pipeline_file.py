@@ -36,6 +36,8 @@ drift = false
 min_new_labels = 0
 schedule_seconds = 600
 poll_seconds = 0.5
+accuracy_drop = 0.05
+accuracy_labels = 400
 
 [data]
 window_seconds = 7200
@@ -51,6 +53,10 @@ slice_feature = 3
 slice_bins = 5
 max_slice_gap = 0.1
 p99_latency_ms = 2.5
+group_by = 2
+group_bins = 6
+max_group_gap_increase = 0.02
+min_group_rows = 50
 
 [rollout]
 steps = [0.5, 10, 100]
@@ -86,7 +92,12 @@ def test_full_file_parses_to_the_expected_spec(tmp_path: Path) -> None:
             "lockgate.retrain.train:logistic_regression", {"l2": 0.5, "max_iter": 20}, 3
         ),
         triggers=TriggersSpec(
-            drift=False, min_new_labels=0, schedule_seconds=600.0, poll_seconds=0.5
+            drift=False,
+            min_new_labels=0,
+            schedule_seconds=600.0,
+            poll_seconds=0.5,
+            accuracy_drop=0.05,
+            accuracy_labels=400,
         ),
         data=DataSpec(
             window_seconds=7200.0, max_rows=5000, holdout_fraction=0.25, seed=42, min_rows=100
@@ -98,6 +109,10 @@ def test_full_file_parses_to_the_expected_spec(tmp_path: Path) -> None:
             slice_bins=5,
             max_slice_gap=0.1,
             p99_latency_ms=2.5,
+            group_by=2,
+            group_bins=6,
+            max_group_gap_increase=0.02,
+            min_group_rows=50,
         ),
         rollout=RolloutSpec(
             plan=RolloutPlan(
@@ -140,9 +155,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert spec.model == "classifier"
     assert spec.task == "classification"
     assert spec.trainer == TrainerSpec("lockgate.retrain.train:logistic_regression", {}, 1)
-    assert spec.triggers == TriggersSpec(True, 500, None, 5.0)
+    assert spec.triggers == TriggersSpec(True, 500, None, 5.0, None, 200)
     assert spec.data == DataSpec(3600.0, 200_000, 0.2, 0, 200)
-    assert spec.gates == GatesSpec("accuracy", 0.0, None, 4, 0.05, 5.0)
+    assert spec.gates == GatesSpec("accuracy", 0.0, None, 4, 0.05, 5.0, None, 4, 0.01, 30)
     assert spec.rollout.plan == RolloutPlan()  # the rollout store's defaults, the same schema
     assert spec.rollout.plan.steps == (1.0, 5.0, 25.0, 50.0, 100.0)
     assert (spec.rollout.plan.max_extensions, spec.rollout.plan.min_labels) == (3, 30)
@@ -198,6 +213,16 @@ BAD = [
     (BASE + "[triggers]\nmin_new_labels = 1.5\n", "triggers.min_new_labels must be an integer"),
     (BASE + "[triggers]\nschedule_seconds = 0\n", "triggers.schedule_seconds must be a number > 0"),
     (BASE + "[triggers]\npoll_seconds = -1\n", "triggers.poll_seconds must be a number > 0"),
+    (BASE + "[triggers]\naccuracy_drop = 0\n", "triggers.accuracy_drop must be a number with 0 <"),
+    (BASE + "[triggers]\naccuracy_drop = 1\n", "triggers.accuracy_drop must be a number with 0 <"),
+    (BASE + "[triggers]\naccuracy_labels = 0\n", "triggers.accuracy_labels must be an integer >="),
+    (
+        BASE
+        + 'task = "regression"\n[trainer]\nfunction = "lockgate.retrain.train:linear_regression"'
+        "\n[triggers]\naccuracy_drop = 0.1\n",
+        "triggers.accuracy_drop applies to classification only",
+    ),
+    (BASE + "[triggers]\naccuracy = 0.1\n", "unknown key 'triggers.accuracy'"),
     (BASE + "[data]\nwindow_seconds = 0\n", "data.window_seconds must be a number > 0"),
     (BASE + "[data]\nmax_rows = 0\n", "data.max_rows must be an integer >= 1"),
     (BASE + "[data]\nholdout_fraction = 1.0\n", "data.holdout_fraction"),
@@ -214,6 +239,12 @@ BAD = [
     (BASE + "[gates]\nslice_bins = 1\n", "gates.slice_bins must be an integer >= 2"),
     (BASE + "[gates]\nmax_slice_gap = -1\n", "gates.max_slice_gap must be a number >= 0"),
     (BASE + "[gates]\np99_latency_ms = 0\n", "gates.p99_latency_ms must be a number > 0"),
+    (BASE + "[gates]\ngroup_by = -1\n", "gates.group_by must be an integer >= 0"),
+    (BASE + "[gates]\ngroup_by = 'sex'\n", "gates.group_by must be an integer >= 0"),
+    (BASE + "[gates]\ngroup_bins = 1\n", "gates.group_bins must be an integer >= 2"),
+    (BASE + "[gates]\nmax_group_gap_increase = -0.01\n", "gates.max_group_gap_increase must"),
+    (BASE + "[gates]\nmin_group_rows = 0\n", "gates.min_group_rows must be an integer >= 1"),
+    (BASE + "[gates]\ngroupby = 1\n", "unknown key 'gates.groupby'"),
     (BASE + "[rollout]\nstepz = [1, 100]\n", "unknown key 'rollout.stepz'"),
     (BASE + "[rollout]\nsteps = []\n", "rollout.steps must be a non-empty list"),
     (BASE + "[rollout]\nsteps = 100\n", "rollout.steps must be a non-empty list"),

@@ -57,6 +57,7 @@ PROFILE_FILE = "profile.npz"
 CARD_FILE = "card.md"
 CONFIG_FILE = "config.toml"
 WARMUP_FILE = warmup_file.WARMUP_FILE
+GATES_FILE = "gates.json"  # gate results, added once after publication (write_gates)
 _TEMP_PREFIX = ".tmp-"
 
 
@@ -322,6 +323,34 @@ class Registry:
                 temp.unlink()
         fsync_dir(info.path)
         return self._read(name, info.version)
+
+    # -- gate results: one file per version, written once -------------------------------------
+    def write_gates(self, info: VersionInfo, doc: dict[str, Any]) -> None:
+        """Record `info`'s gate results (`gates.json` in its folder). Written once: a version
+        that already has results is a CONFLICT, so what a version was judged on never changes
+        behind its back. The file is written aside, fsynced, and hard-linked into place (a link
+        never replaces an existing file), so a reader sees the whole document or none."""
+        final = info.path / GATES_FILE
+        temp = info.path / f".{GATES_FILE}.{os.getpid()}-{time.monotonic_ns()}"
+        write_synced(temp, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            raise LockgateError(
+                ErrorKind.CONFLICT,
+                f"{info.name} v{info.version} already has recorded gate results ({final})",
+            ) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_dir(info.path)
+
+    def gates(self, info: VersionInfo) -> dict[str, Any] | None:
+        """The version's recorded gate results, or None when it has none."""
+        try:
+            doc: dict[str, Any] = orjson.loads((info.path / GATES_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        return doc
 
     def _publish(self, temp: Path, folder: Path) -> str:
         """Rename `temp` to the first free version number; retry when another writer wins."""

@@ -145,3 +145,34 @@ class StateStore(StateDB):
             db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
             self._db.notify(db, revision)
             return State(revision, endpoints, pins)
+
+    def record(
+        self,
+        action: str,
+        target: str,
+        after: Any,
+        *,
+        actor: str,
+        role: str | None = None,
+        before: Any = None,
+    ) -> None:
+        """Append an audit record for an act that changes no served state (a registration, an
+        evaluation). It carries the current revision and does not bump it: gateways re-read
+        the state only when it changed. Taken under the write lock, so records stay in
+        revision order with the changes around them."""
+        with self._transaction(write=True) as db:
+            (revision,) = db.execute(_REVISION).fetchone()
+            db.execute(
+                "INSERT INTO audit (at, actor, role, action, target, before, after, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    actor,
+                    role,
+                    action,
+                    target,
+                    None if before is None else orjson.dumps(before),
+                    None if after is None else orjson.dumps(after),
+                    int(revision),
+                ),
+            )

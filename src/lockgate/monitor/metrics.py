@@ -14,6 +14,7 @@ import platform
 from collections.abc import Collection, Iterator
 from importlib import metadata
 
+import numpy as np
 from prometheus_client import ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,6 +29,7 @@ from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.exposition import encode_text
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
+    LABEL_DELAY_BOUNDS,
     DriftSnapshot,
     Snapshot,
     VersionSnapshot,
@@ -107,6 +109,8 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                 labelled=vm.accuracy.labelled,
                 correct=vm.accuracy.correct,
                 abs_error_sum=vm.accuracy.abs_error_sum,
+                label_delay=vm.accuracy.delay_counts.copy(),
+                label_delay_sum=vm.accuracy.delay_sum,
             )
             for side, drift in (("input", vm.input_drift), ("output", vm.output_drift)):
                 if drift is not None:
@@ -406,6 +410,17 @@ class GatewayCollector(Collector):
         labelled = CounterMetricFamily(
             "lockgate_feedback_labels", "Labels joined to a prediction", labels=VERSION
         )
+        correct = CounterMetricFamily(
+            "lockgate_feedback_correct",
+            "Joined labels equal to the prediction (with lockgate_feedback_labels_total: "
+            "accuracy over any window)",
+            labels=VERSION,
+        )
+        delay = HistogramMetricFamily(
+            "lockgate_label_delay_seconds",
+            "Time from a prediction to its label, for labels joined to a recent prediction",
+            labels=VERSION,
+        )
         accuracy = GaugeMetricFamily(
             "lockgate_online_accuracy", "Share of labels equal to the prediction", labels=VERSION
         )
@@ -417,6 +432,13 @@ class GatewayCollector(Collector):
         for key, vs in versions:
             labels = list(key)
             labelled.add_metric(labels, vs.labelled)
+            correct.add_metric(labels, vs.correct)
+            cumulative = np.cumsum(vs.label_delay)
+            buckets = [
+                (repr(b), int(c)) for b, c in zip(LABEL_DELAY_BOUNDS, cumulative[:-1], strict=True)
+            ]
+            buckets.append(("+Inf", int(cumulative[-1])))
+            delay.add_metric(labels, buckets, vs.label_delay_sum)
             if vs.labelled:
                 accuracy.add_metric(labels, vs.correct / vs.labelled)
                 error.add_metric(labels, vs.abs_error_sum / vs.labelled)
@@ -424,7 +446,7 @@ class GatewayCollector(Collector):
             "lockgate_feedback_unknown", "Labels whose request id matched no recent prediction"
         )
         unknown.add_metric([], snap.feedback_unknown)
-        yield from (labelled, accuracy, error, unknown)
+        yield from (labelled, correct, accuracy, error, delay, unknown)
 
 
 def render_metrics(snap: Snapshot, names: Collection[str] | None = None) -> bytes:

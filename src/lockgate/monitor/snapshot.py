@@ -26,10 +26,23 @@ from lockgate.monitor.drift import ReferenceProfile
 from lockgate.monitor.sketch import LatencySketch
 
 Key = tuple[str, str]
+_NONE = np.zeros(0)
 Route = tuple[str, str, str, str]  # endpoint, variant, model, version
 BATCH_FIELDS = ("batches", "rows", "requests", "shed", "expired", "compute_ns")
 SHADOW_FIELDS = ("requests", "shed", "failed", "rows", "disagreeing_rows")
 WIRE_FORMAT = 2
+# Label delay (prediction -> label) bucket bounds in seconds, 1 s .. 7 days; one more bucket
+# counts the labels beyond the last bound. Fixed, so histograms of any processes add up.
+LABEL_DELAY_BOUNDS: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+LABEL_DELAY_BOUNDS += (7200.0, 21600.0, 86400.0, 259200.0, 604800.0)
+_DELAY_EDGES = np.array(LABEL_DELAY_BOUNDS)
+
+
+def label_delay_counts(delays: NDArray[Any]) -> NDArray[np.int64]:
+    """Per bucket counts of `delays` (seconds), in one pass over the array: a bucket holds the
+    delays above the previous bound and at most its own (Prometheus' `le`)."""
+    index = np.searchsorted(_DELAY_EDGES, np.asarray(delays, np.float64), side="left")
+    return np.bincount(index, minlength=_DELAY_EDGES.size + 1).astype(np.int64)
 
 
 @dataclass
@@ -73,6 +86,9 @@ class VersionSnapshot:
     correct: int = 0
     abs_error_sum: float = 0.0
     drift: dict[str, DriftSnapshot] = field(default_factory=dict)  # "input" / "output"
+    # joined labels per delay bucket (LABEL_DELAY_BOUNDS, then beyond) and the delays' sum
+    label_delay: NDArray[np.int64] = field(default_factory=lambda: label_delay_counts(_NONE))
+    label_delay_sum: float = 0.0
 
     def sketches(self, key: Key) -> bytes:
         """The raw latency sketches as msgpack (`GET .../sketches`): merge by adding arrays."""
@@ -95,6 +111,8 @@ class VersionSnapshot:
         self.labelled += other.labelled
         self.correct += other.correct
         self.abs_error_sum += other.abs_error_sum
+        self.label_delay = self.label_delay + other.label_delay
+        self.label_delay_sum += other.label_delay_sum
         for side, drift in other.drift.items():
             if side in self.drift:
                 self.drift[side].merge(drift)
@@ -239,6 +257,8 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
         "labelled": v.labelled,
         "correct": v.correct,
         "abs_error_sum": v.abs_error_sum,
+        "label_delay": _array(v.label_delay),
+        "label_delay_sum": v.label_delay_sum,
         "drift": {
             side: {
                 "names": list(d.names),
@@ -267,6 +287,11 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
         labelled=int(doc["labelled"]),
         correct=int(doc["correct"]),
         abs_error_sum=float(doc["abs_error_sum"]),
+        # optional: a snapshot from a process that predates label delays has none
+        label_delay=_from_array(doc["label_delay"])
+        if "label_delay" in doc
+        else label_delay_counts(_NONE),
+        label_delay_sum=float(doc.get("label_delay_sum", 0.0)),
         drift={
             side: DriftSnapshot(
                 names=tuple(d["names"]),

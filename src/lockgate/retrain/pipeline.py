@@ -42,6 +42,10 @@ class TriggersSpec:
     min_new_labels: int = 500  # this many labels arrived since the last job; 0 disables
     schedule_seconds: float | None = None  # at most this long between jobs; None: no schedule
     poll_seconds: float = 5.0  # how often the triggers are checked
+    # the champion's online accuracy over its last `accuracy_labels` labels fell this far below
+    # its gated (holdout) accuracy; None: not checked (classification only)
+    accuracy_drop: float | None = None
+    accuracy_labels: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,12 @@ class GatesSpec:
     slice_bins: int = 4  # quantile bins of that feature
     max_slice_gap: float = 0.05  # per slice, worse than the champion by at most this
     p99_latency_ms: float = 5.0  # candidate p99 of batch-1 calls, measured by the worker
+    # fairness: the groups of this input feature (exact values when it has few distinct values,
+    # else `group_bins` quantile bins); None: no fairness gate
+    group_by: int | None = None
+    group_bins: int = 4
+    max_group_gap_increase: float = 0.01  # the between-group gaps may widen by at most this
+    min_group_rows: int = 30  # smaller groups are reported, not judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +143,7 @@ def parse_pipeline(doc: Mapping[str, Any], source: str = "pipeline") -> Pipeline
         model=model,
         task=task,
         trainer=_trainer(r, sections["trainer"]),
-        triggers=_triggers(r, sections["triggers"]),
+        triggers=_triggers(r, sections["triggers"], task),
         data=_data(r, sections["data"]),
         gates=_gates(r, sections["gates"], task),
         rollout=_rollout(r, sections["rollout"]),
@@ -153,13 +163,18 @@ def _trainer(r: _Reader, t: Mapping[str, Any]) -> TrainerSpec:
     return TrainerSpec(function, params, r.integer(t, "trainer.retries", 1, 0))
 
 
-def _triggers(r: _Reader, t: Mapping[str, Any]) -> TriggersSpec:
-    r.keys(t, "triggers.", ("drift", "min_new_labels", "schedule_seconds", "poll_seconds"))
+def _triggers(r: _Reader, t: Mapping[str, Any], task: str) -> TriggersSpec:
+    r.keys(t, "triggers.", tuple(TriggersSpec.__dataclass_fields__))
+    accuracy_drop = r.optional(t, "triggers.accuracy_drop", _OPEN_UNIT)
+    if accuracy_drop is not None and task != "classification":
+        raise r.error("triggers.accuracy_drop applies to classification only")
     return TriggersSpec(
         drift=r.boolean(t, "triggers.drift", True),
         min_new_labels=r.integer(t, "triggers.min_new_labels", 500, 0),
         schedule_seconds=r.optional(t, "triggers.schedule_seconds", _POSITIVE),
         poll_seconds=r.number(t, "triggers.poll_seconds", 5.0, _POSITIVE),
+        accuracy_drop=accuracy_drop,
+        accuracy_labels=r.integer(t, "triggers.accuracy_labels", 200, 1),
     )
 
 
@@ -178,21 +193,25 @@ def _data(r: _Reader, t: Mapping[str, Any]) -> DataSpec:
 
 
 def _gates(r: _Reader, t: Mapping[str, Any], task: str) -> GatesSpec:
-    keys = ("metric", "tolerance", "slice_feature", "slice_bins", "max_slice_gap", "p99_latency_ms")
-    r.keys(t, "gates.", keys)
+    r.keys(t, "gates.", tuple(GatesSpec.__dataclass_fields__))
     metric = t.get("metric", METRICS[task])
     if metric != METRICS[task]:
         raise r.error(f"gates.metric must be {METRICS[task]!r} for task {task!r}, got {metric!r}")
-    slice_feature = None
-    if "slice_feature" in t:
-        slice_feature = r.integer(t, "gates.slice_feature", 0, 0)
+    features = {
+        key: r.integer(t, f"gates.{key}", 0, 0) if key in t else None
+        for key in ("slice_feature", "group_by")
+    }
     return GatesSpec(
         metric=metric,
         tolerance=r.number(t, "gates.tolerance", 0.0, _NON_NEGATIVE),
-        slice_feature=slice_feature,
+        slice_feature=features["slice_feature"],
         slice_bins=r.integer(t, "gates.slice_bins", 4, 2),
         max_slice_gap=r.number(t, "gates.max_slice_gap", 0.05, _NON_NEGATIVE),
         p99_latency_ms=r.number(t, "gates.p99_latency_ms", 5.0, _POSITIVE),
+        group_by=features["group_by"],
+        group_bins=r.integer(t, "gates.group_bins", 4, 2),
+        max_group_gap_increase=r.number(t, "gates.max_group_gap_increase", 0.01, _NON_NEGATIVE),
+        min_group_rows=r.integer(t, "gates.min_group_rows", 30, 1),
     )
 
 
