@@ -25,6 +25,14 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
         "--reference", type=Path, help="reference data (.npy or .csv) for drift profiles"
     )
     reg.add_argument(
+        "--categorical",
+        type=_indices,
+        default=[],
+        metavar="I,J,...",
+        help="input feature indices (reference columns) to monitor per category; integer "
+        "columns with at most 20 values are found without it",
+    )
+    reg.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata"
     )
     reg.add_argument("--json", action="store_true", help="print JSON")
@@ -41,6 +49,14 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     show.set_defaults(run=_show)
 
 
+def _indices(raw: str) -> list[int]:
+    """``3,5`` -> [3, 5]: comma-separated non-negative integers (ASCII digits only)."""
+    parts = [p.strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected indices like 3,5, got {raw!r}")
+    return [int(p) for p in parts]
+
+
 def _register(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
 
@@ -51,7 +67,11 @@ def _register(args: argparse.Namespace) -> int:
             raise invalid(f"--meta expects KEY=VALUE, got {item!r}")
         meta[key] = value
     info = Registry(Path(args.home)).register(
-        args.file, args.name, metadata=meta, reference=args.reference
+        args.file,
+        args.name,
+        metadata=meta,
+        reference=args.reference,
+        categorical=args.categorical,
     )
     if args.json:
         print(orjson.dumps(info.to_json(), option=orjson.OPT_INDENT_2).decode())

@@ -217,7 +217,8 @@ def test_profile_round_trip_is_exact_and_read_only() -> None:
     for name in ("edges", "n_edges", "counts", "norms"):
         a, b = getattr(profile, name), getattr(back, name)
         assert a.dtype == b.dtype and np.array_equal(a, b) and not b.flags.writeable
-    assert profile.n_edges.tolist()[1] == 1 and profile.bins.tolist() == [13, 1, 4]
+    assert profile.n_edges.tolist()[1] == 2 and profile.bins.tolist() == [12, 1, 4]
+    assert profile.categorical.tolist() == [False, False, True]  # ties: 4 integer values
     assert profile.finite_rows.tolist() == [999 - 143, 999, 999]
     with pytest.raises(ValueError):
         drift.build_profile(ref, names=["a", "a", "b"])
@@ -335,31 +336,36 @@ def _numpy_rule(
     profile: drift.ReferenceProfile, cfg: drift.DriftConfig, win: Array
 ) -> dict[str, Any]:
     """The module doc's alert rule over whole arrays, from the floors' own functions."""
-    scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
+    scores = dv.drift_scores(
+        profile.counts, win, profile.edges, profile.n_edges, profile.norms, profile.categorical
+    )
     finite, ref_n = win[:, :-1].sum(axis=1), profile.counts[:, :-1].sum(axis=1)
     bins = (profile.counts[:, :-1] > 0).sum(axis=1)
     rows = int(win[0].sum())
-    psi, ks = scores[:, dv.PSI], scores[:, dv.KS]
+    psi, ks, chi2, tvd = (scores[:, i] for i in (dv.PSI, dv.KS, dv.CHI2, dv.TVD))
     scored = (finite >= cfg.min_rows) & (ref_n > 0) & np.isfinite(psi) & (rows >= cfg.min_rows)
 
-    def hits(alpha: float) -> tuple[Array, Array, Array, Array]:
+    def hits(alpha: float) -> tuple[Array, Array, Array, Array, Array]:
         pf, kf = floors.psi_floor(finite, ref_n, bins, alpha), floors.ks_floor(finite, ref_n, alpha)
-        p = scored & (psi > np.maximum(cfg.psi_alert, pf))
-        return p, scored & (ks > np.maximum(cfg.ks_alert, kf)), pf, kf
+        significant = scored & (chi2 > pf)
+        p = significant & (psi > np.maximum(cfg.psi_alert, pf))
+        c = significant & (tvd > cfg.tvd_alert)
+        return p, scored & (ks > np.maximum(cfg.ks_alert, kf)), c, pf, kf
 
-    psi_alert, ks_alert, pf, kf = hits(cfg.alpha)
-    fwer_p, fwer_k, _, _ = hits(cfg.alpha / (2 * profile.n_features))
+    psi_alert, ks_alert, chi2_alert, pf, kf = hits(cfg.alpha)
+    fwer_p, fwer_k, fwer_c, _, _ = hits(cfg.alpha / (2 * profile.n_features))
     return {
         "rows": rows,
         "finite": finite,
         "psi_floor": pf,
         "ks_floor": kf,
         "scored": scored,
-        "psi_warn": scored & (psi > np.maximum(cfg.psi_warn, pf)),
+        "psi_warn": scored & (chi2 > pf) & (psi > np.maximum(cfg.psi_warn, pf)),
         "psi_alert": psi_alert,
         "ks_alert": ks_alert,
-        "alerting": psi_alert | ks_alert,
-        "fwer_alerting": fwer_p | fwer_k,
+        "chi2_alert": chi2_alert,
+        "alerting": psi_alert | ks_alert | chi2_alert,
+        "fwer_alerting": fwer_p | fwer_k | fwer_c,
     }
 
 
@@ -368,7 +374,9 @@ def test_compiled_rule_matches_the_numpy_rule_bit_for_bit(seed: int) -> None:
     rng = np.random.default_rng(seed)
     features = int(rng.integers(1, 12))
     reference = rng.normal(size=(int(rng.integers(50, 3000)), features))
-    reference[:, 0] = 1.0  # a constant column: one edge
+    reference[:, 0] = 1.5  # a constant column: one slot
+    if features > 4:  # a categorical column, whose windows sometimes bring a new category
+        reference[:, 4] = rng.choice([0, 1, 2, 7], size=reference.shape[0], p=[0.4, 0.3, 0.2, 0.1])
     if features > 2:
         reference[rng.random(reference.shape[0]) < 0.5, 2] = np.nan  # NaN in the reference
     if features > 3:
@@ -381,6 +389,8 @@ def test_compiled_rule_matches_the_numpy_rule_bit_for_bit(seed: int) -> None:
         data[rng.random(data.shape) < rng.uniform(0, 0.3)] = np.nan  # some features go empty
         if features > 1 and rng.random() < 0.3:
             data[:, 1] = np.nan
+        if features > 4:
+            data[:, 4] = rng.choice([0, 1, 2, 7, 9], size=rows, p=rng.dirichlet(np.ones(5)))
         win = hist.new_counts(profile.edges)
         hist.histogram_update(np.ascontiguousarray(data), profile.edges, profile.n_edges, win)
         got = drift.evaluate(profile, cfg, win)

@@ -156,7 +156,9 @@ def _validate(model_bytes: bytes, name: str, version: str) -> tuple[ModelSpec, A
     return ModelSpec(name, version, inputs, outputs), session
 
 
-def _profiles(spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any) -> bytes | None:
+def _profiles(
+    spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any, categorical: list[int]
+) -> bytes | None:
     """The version's drift profiles, serialised; None (logged) when they cannot be built, in
     which case a gateway tries again from the reference data when it loads the version."""
     from lockgate.monitor.profiles import build_profiles
@@ -167,7 +169,7 @@ def _profiles(spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any) ->
         return dict(zip(names, session.run(names, feeds), strict=True))
 
     try:
-        return build_profiles(spec, reference, predict).to_npz_bytes()
+        return build_profiles(spec, reference, predict, categorical).to_npz_bytes()
     except Exception as exc:  # a model that cannot score its own reference still registers
         log.warning("no drift profile for a version of %s: %s", spec.name, _first_line(exc))
         return None
@@ -307,10 +309,17 @@ class Registry:
         reference: Path | np.ndarray[Any, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         card: str | None = None,
+        categorical: list[int] | None = None,
     ) -> VersionInfo:
         """Validate and publish `source` as the next version of `name` (with its model card,
-        `card.md`, when given)."""
+        `card.md`, when given). `categorical`: input feature indices (columns of the reference)
+        whose drift is measured per category; integer columns with few values are found alone."""
         check_name(name)
+        categorical = sorted(set(categorical or ()))
+        if categorical and reference is None:
+            raise invalid(
+                "categorical features are declared for the drift profile: give reference data"
+            )
         if isinstance(source, bytes):
             model_bytes = source
         else:
@@ -326,7 +335,13 @@ class Registry:
                 if isinstance(reference, Path)
                 else np.asarray(reference, dtype=np.float64)
             )
-            profiles = _profiles(spec, ref, session)
+            if categorical and not (
+                ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1]
+            ):
+                raise invalid(
+                    f"categorical features {categorical} are not columns of the reference data"
+                )
+            profiles = _profiles(spec, ref, session, categorical)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(), dir=folder))
@@ -339,7 +354,7 @@ class Registry:
                 "outputs": [_tensor_doc(t) for t in spec.outputs],
                 "metadata": metadata or {},
                 "lineage": lineage or {},
-            }
+            } | ({"categorical": categorical} if categorical else {})
             write_synced(temp / MODEL_FILE, model_bytes)
             write_synced(temp / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
             if card is not None:

@@ -1,12 +1,24 @@
 """Drift against a reference profile: tumbling windows, noise floors, alert rule and hysteresis.
 
-Scores come from :func:`~lockgate.monitor.kernels.divergence.drift_scores` on quantile-binned
-histograms. A fixed effect-size band alone is wrong at small windows (pure sampling noise in 100
-rows gives PSI ~ 0.1-0.3) and a significance test alone is wrong at large ones (with 10^5 rows a
-negligible shift is "significant"), so a score only counts when it beats both:
+Scores come from :func:`~lockgate.monitor.kernels.divergence.drift_scores` on the profile's
+slots. A continuous feature has quantile bins plus two open-ended slots, below the reference
+minimum and above its maximum, where the reference has no mass; a categorical feature (few
+integer values in the reference, or declared) has one slot per reference category and slots
+between and around them for everything else, so category frequencies are exact and a new
+category is counted as "unseen", never folded into a neighbour. A fixed effect-size band alone
+is wrong at small windows (pure sampling noise in 100 rows gives PSI ~ 0.1-0.3) and a
+significance test alone is wrong at large ones (with 10^5 rows a negligible shift is
+"significant"), so a score only counts when it beats both:
 
     feature alerts  <=>  window and feature have >= min_rows finite values, and
-                         (PSI > max(psi_alert, psi_floor)) or (KS > max(ks_alert, ks_floor))
+                         (PSI > max(psi_alert, psi_floor) and chi2 > psi_floor)
+                      or (KS > max(ks_alert, ks_floor))               continuous only
+                      or (TVD > tvd_alert and chi2 > psi_floor)       categorical only
+
+``chi2`` is the two-sample Pearson statistic times ``1/n + 1/N`` (PSI's scale, see the kernel):
+it is the significance test, and PSI the effect size. PSI alone beat its floor 3-4x more often
+than ``alpha`` at n ~ 100, because a nearly empty window bin costs 0.2-0.7 of PSI through the
+clipped log; the Pearson statistic has no log and its tail is close to chi-square there.
 
 Noise floors, for a feature with n finite window values, N finite reference values and B
 finite bins holding reference mass (``df = max(B - 1, 1)``):
@@ -26,12 +38,10 @@ finite bins holding reference mass (``df = max(B - 1, 1)``):
   so ``js_floor = psi_floor / (8 ln 2)`` in bits.
 
 Per feature the two tests at level ``alpha`` give a nominal false-alert rate <= ``2 alpha`` per
-window. The chi-square tail is asymptotic: at n ~ 100 (~10 expected values per bin) an empty or
-nearly empty window bin costs 0.2-0.7 of PSI through the log, so PSI beats its floor 3-4x more
-often than ``alpha``; measured false alerts of the whole rule are 0-0.6 % at n = 100 and 0 at
-n >= 1000, where the bands dominate (``benchmarks/bench_drift.py``). JS and Wasserstein are
-reported, not alerted on: JS is PSI / 8 for small effects (no added power, only added tests), and
-normed Wasserstein has no distribution-free null distribution.
+window (``benchmarks/bench_drift.py`` measures it). JS and Wasserstein are reported, not alerted
+on: JS is PSI / 8 for small effects (no added power, only added tests), and normed Wasserstein
+has no distribution-free null distribution. The unseen share (values in slots without
+reference mass) is reported per feature and alerted on by Prometheus for categorical features.
 
 Dataset level: with F features, a window's dataset flag is raised when the share of scored
 features alerting with Bonferroni floors (each test at ``alpha / (2F)``) reaches
@@ -63,9 +73,16 @@ from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import rule as rl
 from lockgate.monitor.kernels.histogram import histogram_update, new_counts
 
-SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share")
-_FORMAT = 1
-_ARRAYS = ("edges", "n_edges", "counts", "norms")
+SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share", "chi2", "tvd", "unseen_share")
+_FORMAT = 2  # 2 adds ``categorical``; format 1 (all continuous) still loads
+_ARRAYS = ("edges", "n_edges", "counts", "norms", "categorical")
+_DTYPES: dict[str, type[np.generic]] = {
+    "edges": np.float64,
+    "n_edges": np.int64,
+    "counts": np.int64,
+    "norms": np.float64,
+    "categorical": np.bool_,
+}
 
 
 def _frozen(array: ArrayLike, dtype: type[np.generic]) -> NDArray[Any]:
@@ -85,6 +102,8 @@ class ReferenceProfile:
     counts: NDArray[np.int64]  # [F, M + 2] reference histogram, NaN in the last column
     norms: NDArray[np.float64]  # [F] reference std (bins.reference_scale) for Wasserstein
     rows: int  # N, reference rows
+    # [F] True: edges give each reference category its own slot (bins.category_edges)
+    categorical: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, np.bool_))
     _chi2_factors: dict[float, NDArray[np.float64]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -93,12 +112,13 @@ class ReferenceProfile:
         f, m = np.shape(self.edges)
         if len(self.names) != f or len(set(self.names)) != f:
             raise ValueError("need one unique name per feature")
-        shapes = (np.shape(self.n_edges), np.shape(self.counts), np.shape(self.norms))
-        if shapes != ((f,), (f, m + 2), (f,)):
+        if np.size(self.categorical) == 0:
+            object.__setattr__(self, "categorical", np.zeros(f, np.bool_))
+        shapes = tuple(np.shape(getattr(self, k)) for k in _ARRAYS[1:])
+        if shapes != ((f,), (f, m + 2), (f,), (f,)):
             raise ValueError("profile arrays do not match edges[F, M]")
         for name in _ARRAYS:
-            dtype = np.int64 if name in ("n_edges", "counts") else np.float64
-            object.__setattr__(self, name, _frozen(getattr(self, name), dtype))
+            object.__setattr__(self, name, _frozen(getattr(self, name), _DTYPES[name]))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
 
     @property
@@ -138,26 +158,43 @@ class ReferenceProfile:
     def from_npz_bytes(cls, data: bytes) -> ReferenceProfile:
         """Inverse of :meth:`to_npz_bytes`, bit-exact; raises ValueError on another layout."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if int(z["format"]) != _FORMAT:
+            if int(z["format"]) not in (1, _FORMAT):
                 raise ValueError(f"unsupported profile format {int(z['format'])}")
             names = tuple(str(n) for n in z["names"])
-            return cls(names=names, rows=int(z["rows"]), **{k: z[k] for k in _ARRAYS})
+            arrays = {k: z[k] for k in _ARRAYS if k in z}
+            return cls(names=names, rows=int(z["rows"]), **arrays)
+
+
+def categorical_mask(table: NDArray[np.float64], declared: Sequence[int] = ()) -> NDArray[np.bool_]:
+    """Which columns of a reference ``[N, F]`` are categorical: the ``declared`` indices, and
+    every column :func:`~lockgate.monitor.bins.is_categorical` finds (few integer values)."""
+    mask = np.array([binning.is_categorical(table[:, f]) for f in range(table.shape[1])], bool)
+    for f in declared:
+        if not 0 <= f < table.shape[1]:
+            raise ValueError(f"categorical feature {f} is not in 0..{table.shape[1] - 1}")
+        mask[f] = True
+    return mask
 
 
 def build_profile(
-    reference: ArrayLike, names: Sequence[str] | None = None, bins: int = binning.DEFAULT_BINS
+    reference: ArrayLike,
+    names: Sequence[str] | None = None,
+    bins: int = binning.DEFAULT_BINS,
+    categorical: Sequence[int] = (),
 ) -> ReferenceProfile:
-    """Profile of a 2-D reference ``[N, F]``: quantile edges (ties and constant columns collapse
-    to fewer edges), the reference histogram over them, and per-feature std norms."""
+    """Profile of a 2-D reference ``[N, F]``: per feature either category edges (declared in
+    `categorical`, or detected) or quantile edges (ties and constant columns collapse to fewer
+    edges), the reference histogram over them, and per-feature std norms."""
     table = np.asarray(reference, dtype=np.float64)
     if table.ndim != 2 or table.shape[1] == 0:
         raise ValueError("reference must be 2-D (rows, features) with at least one feature")
-    edges, n_edges = binning.reference_edges(table, bins)
+    cat = categorical_mask(table, categorical)
+    edges, n_edges = binning.reference_edges(table, bins, cat)
     counts = new_counts(edges)
     histogram_update(np.ascontiguousarray(table), edges, n_edges, counts)
     norms = np.array([binning.reference_scale(table[:, f]) for f in range(table.shape[1])])
     labels = tuple(names) if names is not None else tuple(f"f{i}" for i in range(table.shape[1]))
-    return ReferenceProfile(labels, edges, n_edges, counts, norms, table.shape[0])
+    return ReferenceProfile(labels, edges, n_edges, counts, norms, table.shape[0], cat)
 
 
 @dataclass(frozen=True)
@@ -184,6 +221,11 @@ class DriftConfig:
     js_band: float = 0.01
     wasserstein_band: float = 0.1
     alpha: float = 0.001  # per test and feature; dataset level uses alpha / (2F) per test
+    # Categorical features: rows that changed category (total variation), alerted on when the
+    # chi-square test is also significant. 0.03: a 3 % move is material for a category mix
+    # (0.4/0.3/0.2/0.1 -> 0.35/0.30/0.20/0.15 moves 5 %) and far above TVD's own noise once
+    # the test is significant.
+    tvd_alert: float = 0.03
     # Share of scored features alerting at the Bonferroni level that makes "dataset drift"
     # (Evidently's default); one drifted feature is already reported by its own alert.
     dataset_share: float = 0.5
@@ -214,6 +256,7 @@ class WindowScores:
     alerting: NDArray[np.bool_]  # the alert rule, per feature, this window only
     psi_alert: NDArray[np.bool_]
     ks_alert: NDArray[np.bool_]
+    chi2_alert: NDArray[np.bool_]  # categorical: chi-square significant and TVD past its band
     fwer_alerting: NDArray[np.bool_]  # the same rule with Bonferroni floors (alpha / 2F)
     share: float  # alerting / scored features (NaN if none scored)
     share_fwer: float
@@ -225,7 +268,9 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
     win = np.array(counts, dtype=np.int64, copy=True)
     if win.shape != profile.counts.shape:
         raise ValueError(f"window counts must have shape {profile.counts.shape}")
-    scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
+    scores = dv.drift_scores(
+        profile.counts, win, profile.edges, profile.n_edges, profile.norms, profile.categorical
+    )
     fwer_alpha = config.alpha / (2 * profile.n_features)
     rows, finite, pf, kf, flags = rl.window_rule(
         scores,
@@ -239,6 +284,7 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
         config.psi_warn,
         config.psi_alert,
         config.ks_alert,
+        config.tvd_alert,
     )
     scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
     n_scored = int(np.count_nonzero(scored))
@@ -256,6 +302,7 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
         alerting=alerting,
         psi_alert=flags[rl.PSI_ALERT],
         ks_alert=flags[rl.KS_ALERT],
+        chi2_alert=flags[rl.CHI2_ALERT],
         fwer_alerting=fwer,
         share=share,
         share_fwer=share_fwer,
@@ -284,7 +331,7 @@ class WindowReport:
     feature_alert: NDArray[np.bool_]  # alert state per feature after this window
     dataset_alert: bool
 
-    def to_dict(self, names: Sequence[str]) -> dict[str, Any]:
+    def to_dict(self, names: Sequence[str], categorical: Sequence[bool] = ()) -> dict[str, Any]:
         """JSON-ready summary keyed by feature name."""
         w = self.window
         features: dict[str, Any] = {}
@@ -292,8 +339,14 @@ class WindowReport:
             entry: dict[str, Any] = {k: _json(w.scores[f, i]) for i, k in enumerate(SCORE_NAMES)}
             entry["finite_rows"] = int(w.finite[f])
             pf, kf = _json(w.psi_floor[f]), _json(w.ks_floor[f])
-            entry["floors"] = {"psi": pf, "ks": kf, "js": pf and pf / (8.0 * math.log(2.0))}
-            for flag in ("scored", "psi_warn", "psi_alert", "ks_alert", "alerting"):
+            entry["floors"] = {
+                "psi": pf,
+                "chi2": pf,
+                "ks": kf,
+                "js": pf and pf / (8.0 * math.log(2.0)),
+            }
+            entry["categorical"] = bool(categorical[f]) if len(categorical) else False
+            for flag in ("scored", "psi_warn", "psi_alert", "ks_alert", "chi2_alert", "alerting"):
                 entry[flag] = bool(getattr(w, flag)[f])
             entry["alert"] = bool(self.feature_alert[f])
             features[name] = entry
@@ -473,5 +526,7 @@ class DriftMonitor:
                 }
                 for f, n in enumerate(names)
             },
-            "last_window": self._last.to_dict(names) if self._last else None,
+            "last_window": (
+                self._last.to_dict(names, self.profile.categorical.tolist()) if self._last else None
+            ),
         }

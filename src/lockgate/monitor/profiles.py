@@ -11,7 +11,7 @@ at load, as before.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +54,14 @@ class VersionProfiles:
             return cls(ReferenceProfile.from_npz_bytes(z["inputs"].tobytes()), outputs)
 
 
-def build_profiles(spec: ModelSpec, reference: Array, predict: Predict | None) -> VersionProfiles:
+def build_profiles(
+    spec: ModelSpec, reference: Array, predict: Predict | None, categorical: Sequence[int] = ()
+) -> VersionProfiles:
     """Profiles of a version's monitored features (:mod:`lockgate.monitor.record`) from its
     reference rows ``[N, input features]``: outputs only when the model has one monitored input
-    tensor to feed the rows to, and `predict` is given. ValueError when the rows do not match."""
+    tensor to feed the rows to, and `predict` is given. `categorical` declares input features
+    (column indices) categorical; integer columns with few values are detected on both sides.
+    ValueError when the rows do not match."""
     reference = np.asarray(reference, dtype=np.float64)[:MAX_REFERENCE_ROWS]
     input_slots, input_names = feature_names(spec.inputs)
     if reference.ndim != 2 or reference.shape[1] != len(input_names):
@@ -65,7 +69,7 @@ def build_profiles(spec: ModelSpec, reference: Array, predict: Predict | None) -
             f"reference data has shape {reference.shape}, the monitored inputs are "
             f"{len(input_names)} features"
         )
-    inputs = build_profile(reference, input_names)
+    inputs = build_profile(reference, input_names, categorical=categorical)
     output_slots, output_names = feature_names(spec.outputs)
     if predict is None or len(input_slots) != 1 or not output_names:
         return VersionProfiles(inputs, None)

@@ -47,6 +47,7 @@ class DriftSnapshot:
     profile: ReferenceProfile | None = None
     window_rows: int = 0
     window_seconds: float = 0.0
+    categorical: NDArray[np.bool_] | None = None  # [F]; None: all continuous
 
     def merge(self, other: DriftSnapshot) -> None:
         if other.names != self.names or other.counts.shape != self.counts.shape:
@@ -244,6 +245,7 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
                 "counts": _array(d.counts),
                 "profile": None if d.profile is None else d.profile.to_npz_bytes(),
                 "window": [d.window_rows, d.window_seconds],
+                "categorical": None if d.categorical is None else _array(d.categorical),
             }
             for side, d in v.drift.items()
         },
@@ -273,6 +275,7 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
                 else ReferenceProfile.from_npz_bytes(d["profile"]),
                 window_rows=int(d["window"][0]),
                 window_seconds=float(d["window"][1]),
+                categorical=None if d.get("categorical") is None else _from_array(d["categorical"]),
             )
             for side, d in doc["drift"].items()
         },
