@@ -110,7 +110,8 @@ def reference_scale(reference_column: ArrayLike) -> float:
     reference has at most one edge and the binned distance is 0 anyway."""
     column = np.asarray(reference_column, dtype=np.float64).ravel()
     finite = column[np.isfinite(column)]
-    std = float(np.std(finite)) if finite.size else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf std, falls back
+        std = float(np.std(finite)) if finite.size else 0.0
     return std if np.isfinite(std) and std > 0.0 else 1.0
 
 

@@ -31,9 +31,11 @@ finite bins holding reference mass (``df = max(B - 1, 1)``):
   ``psi_floor = chi2.ppf(1 - alpha, B - 1) * (1/n + 1/N)``.
 - KS: the two-sample statistic scaled by ``sqrt(nN / (n + N))`` tends to the Kolmogorov
   distribution, whose tail is ``2 exp(-2 c^2)`` up to ``O(exp(-8 c^2))``; so
-  ``ks_floor = c(alpha) sqrt((n + N) / (nN))`` with ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``. The
-  binned KS is evaluated at the edges only and never exceeds the raw statistic, and ties make the
-  test conservative, so the floor errs on the quiet side.
+  ``ks_floor = c(alpha) sqrt((n + N) / (nN))`` with ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``. KS is
+  exact (:mod:`~lockgate.monitor.kernels.exact`: the window's rows against the reference's
+  sorted sample); ties make the test conservative, so the floor errs on the quiet side. A window
+  merged from other workers' histograms has no rows: its KS is binned, which never exceeds the
+  exact statistic (quieter still), and so is its Wasserstein (biased up by up to half a bin).
 - JS (information only): JS in nats is ``sum (p - q)^2 / (8 m)`` to second order, i.e. PSI / 8,
   so ``js_floor = psi_floor / (8 ln 2)`` in bits.
 
@@ -51,150 +53,34 @@ null is <= ``alpha`` whatever the dependence between features, once the floors' 
 share requirement absorbs (no dataset false alert measured at any window size).
 
 Windows of several workers merge exactly: every closed window carries its raw ``counts``; sum
-them and call :func:`evaluate`, or add a foreign open window with :meth:`DriftMonitor.merge_window`.
+them and call :func:`evaluate`, or add a foreign open window with :meth:`DriftMonitor.merge_window`
+(both score KS and Wasserstein on bins, as above). A monitor keeps its open window's rows
+(``window_rows`` x F float64) for the exact statistics.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lockgate.monitor import bins as binning
-from lockgate.monitor.floors import ks_coefficient, psi_floor_factors
+from lockgate.monitor.floors import ks_coefficient
 from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import rule as rl
+from lockgate.monitor.kernels.exact import exact_scores
 from lockgate.monitor.kernels.histogram import histogram_update, new_counts
+from lockgate.monitor.reference import ReferenceProfile as ReferenceProfile
+from lockgate.monitor.reference import build_profile as build_profile
+from lockgate.monitor.reference import categorical_mask as categorical_mask
 
 SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share", "chi2", "tvd", "unseen_share")
-_FORMAT = 2  # 2 adds ``categorical``; format 1 (all continuous) still loads
-_ARRAYS = ("edges", "n_edges", "counts", "norms", "categorical")
-_DTYPES: dict[str, type[np.generic]] = {
-    "edges": np.float64,
-    "n_edges": np.int64,
-    "counts": np.int64,
-    "norms": np.float64,
-    "categorical": np.bool_,
-}
 
-
-def _frozen(array: ArrayLike, dtype: type[np.generic]) -> NDArray[Any]:
-    out = np.array(array, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class ReferenceProfile:
-    """What a model version's training data looks like, frozen: the bins every window is counted
-    in and the reference counts they are compared with. Arrays are read-only copies."""
-
-    names: tuple[str, ...]
-    edges: NDArray[np.float64]  # [F, M] quantile edges, +inf padded (bins.padded_edges)
-    n_edges: NDArray[np.int64]  # [F]
-    counts: NDArray[np.int64]  # [F, M + 2] reference histogram, NaN in the last column
-    norms: NDArray[np.float64]  # [F] reference std (bins.reference_scale) for Wasserstein
-    rows: int  # N, reference rows
-    # [F] True: edges give each reference category its own slot (bins.category_edges)
-    categorical: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, np.bool_))
-    _chi2_factors: dict[float, NDArray[np.float64]] = field(
-        default_factory=dict, init=False, repr=False
-    )
-
-    def __post_init__(self) -> None:
-        f, m = np.shape(self.edges)
-        if len(self.names) != f or len(set(self.names)) != f:
-            raise ValueError("need one unique name per feature")
-        if np.size(self.categorical) == 0:
-            object.__setattr__(self, "categorical", np.zeros(f, np.bool_))
-        shapes = tuple(np.shape(getattr(self, k)) for k in _ARRAYS[1:])
-        if shapes != ((f,), (f, m + 2), (f,), (f,)):
-            raise ValueError("profile arrays do not match edges[F, M]")
-        for name in _ARRAYS:
-            object.__setattr__(self, name, _frozen(getattr(self, name), _DTYPES[name]))
-        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
-
-    @property
-    def n_features(self) -> int:
-        """F, the number of features (columns)."""
-        return len(self.names)
-
-    # Derived once (the arrays are frozen): every window's evaluation needs them.
-    @cached_property
-    def finite_rows(self) -> NDArray[np.int64]:
-        """Finite reference values per feature: the N of the noise floors (NaN is excluded)."""
-        return _frozen(self.counts[:, :-1].sum(axis=1), np.int64)
-
-    @cached_property
-    def bins(self) -> NDArray[np.int64]:
-        """B per feature: finite slots holding reference mass (the chi-square cells)."""
-        return _frozen((self.counts[:, :-1] > 0).sum(axis=1), np.int64)
-
-    def chi2_factors(self, alpha: float) -> NDArray[np.float64]:
-        """Per feature, the PSI floor over ``1/n + 1/N`` at level ``alpha`` (module doc);
-        remembered per level, since every window of the profile asks again."""
-        factors = self._chi2_factors.get(alpha)
-        if factors is None:
-            factors = _frozen(psi_floor_factors(self.bins, alpha), np.float64)
-            self._chi2_factors[alpha] = factors
-        return factors
-
-    def to_npz_bytes(self) -> bytes:
-        """Serialise (numpy ``.npz``, no pickle) to cache next to a model version."""
-        buf = io.BytesIO()
-        arrays = {k: getattr(self, k) for k in _ARRAYS}
-        names = np.array(self.names, dtype=np.str_)
-        np.savez(buf, format=_FORMAT, names=names, rows=self.rows, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_npz_bytes(cls, data: bytes) -> ReferenceProfile:
-        """Inverse of :meth:`to_npz_bytes`, bit-exact; raises ValueError on another layout."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if int(z["format"]) not in (1, _FORMAT):
-                raise ValueError(f"unsupported profile format {int(z['format'])}")
-            names = tuple(str(n) for n in z["names"])
-            arrays = {k: z[k] for k in _ARRAYS if k in z}
-            return cls(names=names, rows=int(z["rows"]), **arrays)
-
-
-def categorical_mask(table: NDArray[np.float64], declared: Sequence[int] = ()) -> NDArray[np.bool_]:
-    """Which columns of a reference ``[N, F]`` are categorical: the ``declared`` indices, and
-    every column :func:`~lockgate.monitor.bins.is_categorical` finds (few integer values)."""
-    mask = np.array([binning.is_categorical(table[:, f]) for f in range(table.shape[1])], bool)
-    for f in declared:
-        if not 0 <= f < table.shape[1]:
-            raise ValueError(f"categorical feature {f} is not in 0..{table.shape[1] - 1}")
-        mask[f] = True
-    return mask
-
-
-def build_profile(
-    reference: ArrayLike,
-    names: Sequence[str] | None = None,
-    bins: int = binning.DEFAULT_BINS,
-    categorical: Sequence[int] = (),
-) -> ReferenceProfile:
-    """Profile of a 2-D reference ``[N, F]``: per feature either category edges (declared in
-    `categorical`, or detected) or quantile edges (ties and constant columns collapse to fewer
-    edges), the reference histogram over them, and per-feature std norms."""
-    table = np.asarray(reference, dtype=np.float64)
-    if table.ndim != 2 or table.shape[1] == 0:
-        raise ValueError("reference must be 2-D (rows, features) with at least one feature")
-    cat = categorical_mask(table, categorical)
-    edges, n_edges = binning.reference_edges(table, bins, cat)
-    counts = new_counts(edges)
-    histogram_update(np.ascontiguousarray(table), edges, n_edges, counts)
-    norms = np.array([binning.reference_scale(table[:, f]) for f in range(table.shape[1])])
-    labels = tuple(names) if names is not None else tuple(f"f{i}" for i in range(table.shape[1]))
-    return ReferenceProfile(labels, edges, n_edges, counts, norms, table.shape[0], cat)
+SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share", "chi2", "tvd", "unseen_share")
 
 
 @dataclass(frozen=True)
@@ -263,14 +149,24 @@ class WindowScores:
     dataset_alerting: bool
 
 
-def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) -> WindowScores:
-    """Score a window histogram (possibly the sum of several workers') with the alert rule."""
+def evaluate(
+    profile: ReferenceProfile,
+    config: DriftConfig,
+    counts: ArrayLike,
+    values: NDArray[np.float64] | None = None,
+) -> WindowScores:
+    """Score a window histogram (possibly the sum of several workers') with the alert rule.
+    With the window's rows ``values[n, F]`` (float64, the rows the counts hold), KS and
+    Wasserstein of continuous features are exact against the profile's sorted sample;
+    without them (merged histograms), binned."""
     win = np.array(counts, dtype=np.int64, copy=True)
     if win.shape != profile.counts.shape:
         raise ValueError(f"window counts must have shape {profile.counts.shape}")
     scores = dv.drift_scores(
         profile.counts, win, profile.edges, profile.n_edges, profile.norms, profile.categorical
     )
+    if values is not None and profile.has_samples:
+        exact_scores(scores, profile.samples, profile.n_samples, values, profile.norms)
     fwer_alpha = config.alpha / (2 * profile.n_features)
     rows, finite, pf, kf, flags = rl.window_rule(
         scores,
@@ -411,6 +307,11 @@ class DriftMonitor:
         self._counts = new_counts(profile.edges)
         self._closed = new_counts(profile.edges)  # every scored window's rows, summed
         self._rows = 0
+        # The open window's own rows, for exact KS and Wasserstein (bounded by window_rows);
+        # a merged foreign histogram has no rows, and its window is scored on bins.
+        keep = self.config.window_rows if profile.has_samples else 0
+        self._values = np.empty((keep, profile.n_features), dtype=np.float64)
+        self._exact = profile.has_samples
         self._started = self._opened = clock()
         self._index = 0
         self._features = _Hysteresis(profile.n_features)
@@ -436,6 +337,7 @@ class DriftMonitor:
             raise ValueError(f"window counts must have shape {self._counts.shape}")
         self._counts += add
         self._rows += int(add[0].sum())
+        self._exact = False
         return self._close(self._clock(), "rows") if self._rows >= self.config.window_rows else []
 
     def update(self, values: ArrayLike) -> list[WindowReport]:
@@ -456,6 +358,8 @@ class DriftMonitor:
             take = min(table.shape[0] - start, self.config.window_rows - self._rows)
             chunk = np.ascontiguousarray(table[start : start + take])
             histogram_update(chunk, self.profile.edges, self.profile.n_edges, self._counts)
+            if self._exact:
+                self._values[self._rows : self._rows + take] = chunk
             self._rows += take
             start += take
             if self._rows >= self.config.window_rows:
@@ -475,7 +379,8 @@ class DriftMonitor:
             if self._rows == 0:
                 self._started = now
             return []
-        scores = evaluate(self.profile, self.config, self._counts)
+        values = self._values[: self._rows] if self._exact else None
+        scores = evaluate(self.profile, self.config, self._counts, values)
         self._features.step(scores.alerting, scores.scored, self.config)
         self._dataset.step(
             np.array([scores.dataset_alerting]), np.array([scores.scored.any()]), self.config
@@ -487,6 +392,7 @@ class DriftMonitor:
         self._closed += self._counts
         self._counts = new_counts(self.profile.edges)
         self._rows = 0
+        self._exact = self.profile.has_samples
         self._started = now
         return [report]
 

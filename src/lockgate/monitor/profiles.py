@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.drift import ReferenceProfile, build_profile
 from lockgate.monitor.record import feature_names
+from lockgate.monitor.reference import ReferenceProfile, build_profile
 from lockgate.types import ModelSpec, numpy_dtype
 
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds build time and memory

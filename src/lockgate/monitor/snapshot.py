@@ -243,7 +243,7 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
                 "share": d.share,
                 "dataset_alert": d.dataset_alert,
                 "counts": _array(d.counts),
-                "profile": None if d.profile is None else d.profile.to_npz_bytes(),
+                "profile": None if d.profile is None else d.profile.to_npz_bytes(samples=False),
                 "window": [d.window_rows, d.window_seconds],
                 "categorical": None if d.categorical is None else _array(d.categorical),
             }
