@@ -85,6 +85,22 @@ def test_category_slots_count_exact_frequencies_and_everything_else_is_unseen() 
     assert math.isnan(scores[dv.KS]) and math.isnan(scores[dv.WASSERSTEIN])
 
 
+def test_declared_fractional_categories_match_their_float32_inputs() -> None:
+    """Reference data is float64, FP32 model inputs arrive as float32: 0.1 must stay 0.1."""
+    rng = np.random.default_rng(6)
+    codes = np.array([0.1, 0.2, 0.7, 1e10 + 0.5])
+    profile = drift.build_profile(rng.choice(codes, size=(1000, 1)), categorical=[0])
+    window = rng.choice(codes, size=(500, 1)).astype(np.float32)
+    window[:5] = np.float32(0.15)
+    cfg = _config(min_rows=1)
+    scores = drift.evaluate(profile, cfg, _window(profile, window)).scores[0]
+    assert scores[dv.UNSEEN_SHARE] == 0.01
+    exact64 = drift.evaluate(profile, cfg, _window(profile, window.astype(np.float64)))
+    assert exact64.scores[0, dv.UNSEEN_SHARE] == 0.01
+    with pytest.raises(ValueError, match="too close"):
+        bins.category_edges(np.array([0.1, np.float32(0.1)]))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_chi2_distance_is_scipys_contingency_statistic_over_sizes(seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -57,16 +57,21 @@ def is_categorical(reference_column: ArrayLike, max_categories: int = MAX_AUTO_C
 
 def category_edges(reference_column: ArrayLike) -> NDArray[np.float64]:
     """Edges that give each distinct finite reference value (category) ``c`` its own slot
-    ``[c, nextafter(c))``; the slots between and outside categories hold the values the
-    reference never had ("unseen"). ValueError past :data:`MAX_CATEGORIES` categories."""
+    ``[c, nextafter(c))`` (widened to hold ``float32(c)`` too); the slots between and outside
+    categories hold the values the reference never had ("unseen"). ValueError past
+    :data:`MAX_CATEGORIES` categories, or for categories one float32 apart."""
     column = np.asarray(reference_column, dtype=np.float64).ravel()
     categories = np.unique(column[np.isfinite(column)] + 0.0)
     if categories.size > MAX_CATEGORIES:
         raise ValueError(f"{categories.size} categories, at most {MAX_CATEGORIES} are monitored")
+    # A category's slot also holds its float32 rounding: FP32 inputs arrive widened from float32
+    # (0.1 as 0.10000000149...), and integers up to 2**24 are the same in both.
+    with np.errstate(over="ignore"):
+        rounded = categories.astype(np.float32).astype(np.float64)
     edges = np.empty(2 * categories.size, dtype=np.float64)
-    edges[0::2] = categories
-    edges[1::2] = np.nextafter(categories, np.inf)
-    if edges.size > 1 and not np.all(np.diff(edges) > 0):  # adjacent doubles, |c| > 2**52
+    edges[0::2] = np.minimum(categories, rounded)
+    edges[1::2] = np.nextafter(np.maximum(categories, rounded), np.inf)
+    if edges.size > 1 and not np.all(np.diff(edges) > 0):  # one float32, or adjacent doubles
         raise ValueError("categories too close together to get a slot each")
     return edges
 

@@ -341,7 +341,8 @@ class GatewayCollector(Collector):
         side_labels = [*VERSION, "side"]
         score = GaugeMetricFamily(
             "lockgate_drift_score",
-            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share)",
+            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share, "
+            "chi2, tvd, unseen_share; ks and wasserstein continuous only, tvd categorical only)",
             labels=[*side_labels, "feature", "statistic"],
         )
         alert = GaugeMetricFamily(
