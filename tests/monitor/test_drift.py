@@ -366,7 +366,15 @@ def test_report_is_json_ready_for_any_width(features: int) -> None:
 
 
 def test_config_rejects_inconsistent_settings() -> None:
-    for bad in ({"min_rows": 0}, {"min_rows": 2000}, {"alpha": 1.5}, {"clear_after": 0}):
+    bads: list[dict[str, Any]] = [
+        {"min_rows": 0},
+        {"min_rows": 2000},
+        {"alpha": 1.5},
+        {"clear_after": 0},
+        {"tvd_alert": 1.0},
+        {"tvd_alert": -0.1},
+    ]
+    for bad in bads:
         with pytest.raises(ValueError):
             drift.DriftConfig(**bad)
 

@@ -131,6 +131,8 @@ class DriftConfig:
             raise ValueError("need window_seconds > 0 and 0 < alpha < 1")
         if not 0 < self.dataset_share <= 1 or self.alert_after < 1 or self.clear_after < 1:
             raise ValueError("need 0 < dataset_share <= 1, alert_after >= 1, clear_after >= 1")
+        if not 0 <= self.tvd_alert < 1:
+            raise ValueError("need 0 <= tvd_alert < 1")
 
 
 @dataclass(frozen=True, eq=False)
