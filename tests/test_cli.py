@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -107,6 +108,20 @@ def test_models_register_list_show(tmp_path: Path) -> None:
     assert "input    x FP32 [-1, 4]" in shown.stdout and "owner = ml" in shown.stdout
     doc = orjson.loads(_run("models", "show", "scale", "1", "--home", home, "--json").stdout)
     assert doc["version"] == "1" and doc["metadata"]["owner"] == "ml"
+
+
+def test_models_register_declares_categorical_features(tmp_path: Path) -> None:
+    model = onnx_models.scale_model(tmp_path / "scale.onnx")
+    reference = tmp_path / "ref.npy"
+    np.save(reference, np.random.default_rng(1).normal(size=(200, 4)))
+    home = str(tmp_path / "home")
+    args = ("models", "register", str(model), "--name", "scale", "--home", home)
+    reg = _run(*args, "--reference", str(reference), "--categorical", "3,0")
+    assert reg.returncode == 0, reg.stderr
+    (meta,) = (tmp_path / "home").rglob("meta.json")
+    assert orjson.loads(meta.read_bytes())["categorical"] == [0, 3]
+    bad = _run(*args, "--reference", str(reference), "--categorical", "1,x")
+    assert bad.returncode != 0 and "--categorical" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_register_invalid_file_fails_cleanly(tmp_path: Path) -> None:

@@ -30,6 +30,14 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
         "--reference", type=Path, help="reference data (.npy or .csv) for drift profiles"
     )
     reg.add_argument(
+        "--categorical",
+        type=_indices,
+        default=[],
+        metavar="I,J,...",
+        help="input feature indices (reference columns) to monitor per category; integer "
+        "columns with at most 20 values are found without it",
+    )
+    reg.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata"
     )
     reg.add_argument(
@@ -77,6 +85,14 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     add_governance_parsers(msub, common)
 
 
+def _indices(raw: str) -> list[int]:
+    """``3,5`` -> [3, 5]: comma-separated non-negative integers (ASCII digits only)."""
+    parts = [p.strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected indices like 3,5, got {raw!r}")
+    return [int(p) for p in parts]
+
+
 def _register(args: argparse.Namespace) -> int:
     from lockgate.control.registry import Registry
     from lockgate.control.state import StateStore
@@ -92,6 +108,7 @@ def _register(args: argparse.Namespace) -> int:
         args.name,
         metadata=meta,
         reference=args.reference,
+        categorical=args.categorical,
         warmup=args.warmup,
         config=args.config,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import orjson
 import pytest
 from onnx import TensorProto
 
@@ -164,6 +165,25 @@ def test_drift_profiles_are_built_at_registration_from_the_reference(
     assert registry.load_reference(narrow) is not None and registry.load_profiles(narrow) is None
     (narrow.path / "profile.npz").write_bytes(b"not a profile")  # unreadable: ignored
     assert registry.load_profiles(narrow) is None
+
+
+def test_declared_categorical_features_shape_the_input_profile(
+    tmp_path: Path, model_file: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    data = np.column_stack([rng.normal(size=400), rng.integers(0, 40, 400), rng.normal(size=400)])
+    registry = Registry(tmp_path / "home")
+    found = registry.load_profiles(registry.register(model_file, "scale", reference=data))
+    assert found is not None and found.inputs.categorical.tolist() == [False, False, False]
+    info = registry.register(model_file, "scale", reference=data, categorical=[1, 1])
+    profiles = registry.load_profiles(info)
+    assert profiles is not None and profiles.inputs.categorical.tolist() == [False, True, False]
+    assert orjson.loads((info.path / "meta.json").read_bytes())["categorical"] == [1]
+    with pytest.raises(LockgateError, match="not columns of the reference"):
+        registry.register(model_file, "scale", reference=data, categorical=[3])
+    with pytest.raises(LockgateError, match="give reference data"):
+        registry.register(model_file, "scale", categorical=[0])
+    assert len(registry.versions("scale")) == 2
 
 
 def test_verify_detects_a_changed_file(tmp_path: Path, model_file: Path) -> None:

@@ -27,11 +27,12 @@ def _snapshot(seed: int, revision: int, alert: bool) -> Snapshot:
     drift = DriftSnapshot(
         names=("a", "b"),
         alert=np.array([alert, False]),
-        scores=np.where(rng.random((2, 5)) < 0.2, np.nan, rng.random((2, 5))),
+        scores=np.where(rng.random((2, 8)) < 0.2, np.nan, rng.random((2, 8))),
         windows=seed,
         share=0.5 if alert else 0.0,
         dataset_alert=alert,
         counts=rng.integers(0, 50, size=(2, 7)),
+        categorical=np.array([False, True]),
     )
     return Snapshot(
         revision=revision,
@@ -58,6 +59,9 @@ def test_wire_round_trip_is_exact() -> None:
     snap = _snapshot(3, 7, True)
     back = Snapshot.from_bytes(snap.to_bytes())
     assert back.to_bytes() == snap.to_bytes()
+    categorical = back.versions[KEY].drift["input"].categorical
+    assert categorical is not None and categorical.dtype == np.bool_
+    assert categorical.tolist() == [False, True]
     assert (
         back.versions[KEY].latency[("e", "stable")] == snap.versions[KEY].latency[("e", "stable")]
     )
@@ -97,6 +101,7 @@ def test_merge_adds_counts_and_applies_the_rules_to_point_values() -> None:
     assert dt.windows == 3
     assert np.array_equal(vt.label_delay, va.label_delay + vb.label_delay)
     assert vt.label_delay_sum == va.label_delay_sum + vb.label_delay_sum == 37.5
+    assert dt.categorical is not None and dt.categorical.tolist() == [False, True]
     # merging does not change its inputs
     assert np.array_equal(a.versions[KEY].drift["input"].counts, da.counts)
 

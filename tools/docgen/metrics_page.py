@@ -36,16 +36,18 @@ def full_snapshot() -> Any:
         DriftSnapshot,
         Snapshot,
         VersionSnapshot,
+        label_delay_counts,
     )
 
     key = ("model", "1")
     sketch = LatencySketch()
     sketch.add([0.001])
-    profile = build_profile(np.linspace(0.0, 1.0, 100).reshape(-1, 1), names=["feature"])
+    reference = np.column_stack([np.linspace(0.0, 1.0, 100), np.arange(100) % 4])
+    profile = build_profile(reference, names=["feature", "category"], categorical=[1])
     drift = DriftSnapshot(
         names=profile.names,
-        alert=np.ones(1, dtype=np.bool_),
-        scores=np.zeros((1, len(SCORE_NAMES))),
+        alert=np.ones(2, dtype=np.bool_),
+        scores=np.zeros((2, len(SCORE_NAMES))),
         windows=1,
         share=1.0,
         dataset_alert=True,
@@ -53,6 +55,7 @@ def full_snapshot() -> Any:
         profile=profile,
         window_rows=1000,
         window_seconds=60.0,
+        categorical=np.array([False, True]),
     )
     version = VersionSnapshot(
         latency={("endpoint", "variant"): sketch, ("endpoint", "shadow"): sketch.copy()},
@@ -64,6 +67,8 @@ def full_snapshot() -> Any:
         abs_error_sum=1.0,
         unfollowed=1,
         mismatched=1,
+        label_delay=label_delay_counts(np.array([1.0, 60.0])),
+        label_delay_sum=61.0,
         drift={"input": drift, "output": dataclasses.replace(drift)},
     )
     snap = Snapshot(
@@ -113,6 +118,8 @@ def _check_complete(obj: Any) -> None:
 def _same(a: Any, b: Any) -> bool:
     if hasattr(a, "state") and hasattr(b, "state"):  # latency sketches
         return bool(np.array_equal(a.state, b.state))
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
     return bool(a == b)
 
 

@@ -67,6 +67,7 @@ def drift_profiles(
     reference: np.ndarray[Any, Any],
     session: Any,
     warmup: dict[str, np.ndarray[Any, Any]] | None,
+    categorical: list[int] | None = None,
 ) -> bytes | None:
     """The version's drift profiles, serialised; None (logged) when they cannot be built, in
     which case a gateway tries again from the reference data when it loads the version. The
@@ -82,7 +83,8 @@ def drift_profiles(
         sample = synthetic_feeds(spec, ModelConfig().warmup_samples)
     try:
         layout = probe(spec, predict, sample).layout
-        return build_profiles(spec, reference, predict, layout).to_npz_bytes()
+        profiles = build_profiles(spec, reference, predict, layout, categorical or ())
+        return profiles.to_npz_bytes()
     except Exception as exc:  # a model that cannot score its own reference still registers
         log.warning("no drift profile for a version of %s: %s", spec.name, first_line(exc))
         return None

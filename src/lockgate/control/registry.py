@@ -241,12 +241,20 @@ class Registry:
         card: str | None = None,
         warmup: Path | dict[str, Any] | None = None,
         config: ModelConfig | Path | None = None,
+        categorical: list[int] | None = None,
     ) -> VersionInfo:
         """Validate and publish `source` as the next version of `name`, with its model card
         (`card.md`), warm-up inputs (`warmup.npz`: an `.npz` file or arrays by input name,
         which the model must run on) and serving configuration (`config.toml`: a
-        ModelConfig or a TOML file), when given."""
+        ModelConfig or a TOML file), when given. `categorical`: input feature indices (columns
+        of the reference) whose drift is measured per category; integer columns with few
+        values are found alone."""
         check_name(name)
+        categorical = sorted(set(categorical or ()))
+        if categorical and reference is None:
+            raise invalid(
+                "categorical features are declared for the drift profile: give reference data"
+            )
         if isinstance(source, bytes):
             original = source
         else:
@@ -269,7 +277,13 @@ class Registry:
                 if isinstance(reference, Path)
                 else np.asarray(reference, dtype=np.float64)
             )
-            profiles = drift_profiles(spec, ref, session, warm)
+            if categorical and not (
+                ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1]
+            ):
+                raise invalid(
+                    f"categorical features {categorical} are not columns of the reference data"
+                )
+            profiles = drift_profiles(spec, ref, session, warm, categorical)
         for note in inspected.conversions:
             log.info("registering %s: %s", name, note)
         meta: dict[str, Any] = {
@@ -280,6 +294,8 @@ class Registry:
             "metadata": metadata or {},
             "lineage": lineage or {},
         }
+        if categorical:
+            meta["categorical"] = categorical
         if inspected.conversions:
             meta["conversions"] = list(inspected.conversions)
             meta["source_sha256"] = hashlib.sha256(original).hexdigest()

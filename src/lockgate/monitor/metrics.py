@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.exposition import encode_text
+from lockgate.monitor.kernels.divergence import UNSEEN_SHARE
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
     LABEL_DELAY_BOUNDS,
@@ -126,6 +127,7 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                         profile=drift.profile,
                         window_rows=drift.config.window_rows,
                         window_seconds=drift.config.window_seconds,
+                        categorical=drift.profile.categorical,
                     )
 
 
@@ -367,7 +369,8 @@ class GatewayCollector(Collector):
         side_labels = [*VERSION, "side"]
         score = GaugeMetricFamily(
             "lockgate_drift_score",
-            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share)",
+            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share, "
+            "chi2, tvd, unseen_share; ks and wasserstein continuous only, tvd categorical only)",
             labels=[*side_labels, "feature", "statistic"],
         )
         alert = GaugeMetricFamily(
@@ -387,6 +390,12 @@ class GatewayCollector(Collector):
         windows = CounterMetricFamily(
             "lockgate_drift_windows", "Scored drift windows", labels=side_labels
         )
+        unseen = GaugeMetricFamily(
+            "lockgate_drift_unseen_share",
+            "Share of a categorical feature's values in the last window that are no category of "
+            "the reference data (a new category, or a non-integer code)",
+            labels=[*side_labels, "feature"],
+        )
         for key, vs in versions:
             for side in ("input", "output"):
                 drift = vs.drift.get(side)
@@ -399,11 +408,15 @@ class GatewayCollector(Collector):
                         v = float(drift.scores[f, i])
                         if v == v:  # NaN: not scored (too few finite values)
                             score.add_metric([*labels, feature, statistic], v)
+                    share_f = float(drift.scores[f, UNSEEN_SHARE])
+                    categorical = drift.categorical is not None and drift.categorical[f]
+                    if categorical and share_f == share_f:
+                        unseen.add_metric([*labels, feature], share_f)
                 dataset.add_metric(labels, float(drift.dataset_alert))
                 if drift.windows:
                     share.add_metric(labels, drift.share)
                 windows.add_metric(labels, drift.windows)
-        yield from (score, alert, dataset, share, windows)
+        yield from (score, alert, dataset, share, windows, unseen)
 
     @staticmethod
     def _feedback(snap: Snapshot, versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:

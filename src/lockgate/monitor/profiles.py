@@ -11,14 +11,14 @@ at load, as before.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.drift import ReferenceProfile, build_profile
 from lockgate.monitor.layout import RowLayout, declared_layout, feature_names
+from lockgate.monitor.reference import ReferenceProfile, build_profile
 from lockgate.types import ModelSpec, numpy_dtype
 
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds build time and memory
@@ -59,11 +59,13 @@ def build_profiles(
     reference: Array,
     predict: Predict | None,
     layout: RowLayout | None = None,
+    categorical: Sequence[int] = (),
 ) -> VersionProfiles:
     """Profiles of a version's monitored features (:mod:`lockgate.monitor.layout`) from its
     reference rows ``[N, input features]``: outputs only when the model has one monitored input
-    tensor to feed the rows to, per row, and `predict` is given. ValueError when the rows do
-    not match."""
+    tensor to feed the rows to, per row, and `predict` is given. `categorical` declares input
+    features (column indices) categorical; integer columns with few values are detected on both
+    sides. ValueError when the rows do not match."""
     layout = layout if layout is not None else declared_layout(spec)
     reference = np.asarray(reference, dtype=np.float64)[:MAX_REFERENCE_ROWS]
     input_slots, input_names, _ = feature_names(spec.inputs, layout)
@@ -72,7 +74,7 @@ def build_profiles(
             f"reference data has shape {reference.shape}, the monitored inputs are "
             f"{len(input_names)} features"
         )
-    inputs = build_profile(reference, input_names)
+    inputs = build_profile(reference, input_names, categorical=categorical)
     output_slots, output_names, _ = feature_names(spec.outputs, layout)
     if predict is None or len(input_slots) != 1 or len(spec.inputs) != 1 or not output_names:
         return VersionProfiles(inputs, None)

@@ -60,6 +60,7 @@ class DriftSnapshot:
     profile: ReferenceProfile | None = None
     window_rows: int = 0
     window_seconds: float = 0.0
+    categorical: NDArray[np.bool_] | None = None  # [F]; None: all continuous
 
     def merge(self, other: DriftSnapshot) -> None:
         if other.names != self.names or other.counts.shape != self.counts.shape:
@@ -268,8 +269,9 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
                 "share": d.share,
                 "dataset_alert": d.dataset_alert,
                 "counts": _array(d.counts),
-                "profile": None if d.profile is None else d.profile.to_npz_bytes(),
+                "profile": None if d.profile is None else d.profile.to_npz_bytes(samples=False),
                 "window": [d.window_rows, d.window_seconds],
+                "categorical": None if d.categorical is None else _array(d.categorical),
             }
             for side, d in v.drift.items()
         },
@@ -306,6 +308,7 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
                 else ReferenceProfile.from_npz_bytes(d["profile"]),
                 window_rows=int(d["window"][0]),
                 window_seconds=float(d["window"][1]),
+                categorical=None if d.get("categorical") is None else _from_array(d["categorical"]),
             )
             for side, d in doc["drift"].items()
         },
