@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+# Elements (all inputs together) one infer request may declare; more is TOO_LARGE. A bound on
+# what decoding may allocate, independent of the body limit (a tiny body can declare a huge shape).
+MAX_REQUEST_ELEMENTS = 2**26
 
 
 def default_intra_op_threads() -> int:
@@ -54,6 +59,16 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The listeners' certificate and key (PEM); with `client_ca`, clients must present a
+    certificate that CA signed (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     home: Path = Path("lockgate-home")
     http_host: str = "0.0.0.0"
@@ -64,6 +79,13 @@ class ServeConfig:
     admin_port: int = 8002
     default_timeout: float = 30.0  # seconds, when the client sends no deadline
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request-body bytes this process buffers at once for bodies still arriving; beyond it new
+    # bodies are shed (503), so stalled uploads cannot take the memory.
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    header_timeout: float = 10.0  # seconds from a request's first byte to its last header
+    body_timeout: float = 30.0  # seconds between two reads of a request body
+    idle_timeout: float = 30.0  # seconds a connection may wait with no request in progress
+    max_request_elements: int = MAX_REQUEST_ELEMENTS
     # Infer requests admitted and not yet answered, per process (both transports): beyond it a
     # request is refused (503 / RESOURCE_EXHAUSTED) before its body is read.
     max_in_flight: int = 1024
@@ -71,7 +93,9 @@ class ServeConfig:
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
-    admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
+    # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
+    admin_tokens: tuple[tuple[str, Any], ...] = ()
+    tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()

@@ -163,7 +163,7 @@ def test_a_killed_worker_is_restarted_while_the_other_keeps_serving(
     thread = threading.Thread(target=_http_load, args=(gateway.http, outcomes, stop))
     thread.start()
     try:
-        time.sleep(0.5)
+        _wait(lambda: len(outcomes) >= 100, 60)  # load is flowing
         os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
         before = len(outcomes)
         _wait(lambda: len(outcomes) > before + 200, 30)  # the other worker keeps answering
@@ -211,7 +211,7 @@ def test_rolling_restart_under_load_drops_no_request(gateway: GatewayProcess) ->
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        _wait(lambda: len(http_outcomes) >= 100, 60)  # load is flowing
         gateway.proc.send_signal(signal.SIGHUP)
         _wait(
             lambda: (
@@ -221,7 +221,8 @@ def test_rolling_restart_under_load_drops_no_request(gateway: GatewayProcess) ->
             90,
         )
         _wait(lambda: "rolling restart complete" in gateway.output(), 30)
-        time.sleep(0.5)
+        after = len(http_outcomes)
+        _wait(lambda: len(http_outcomes) >= after + 100, 60)  # the new workers answer
     finally:
         stop.set()
         for t in threads:

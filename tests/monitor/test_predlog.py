@@ -284,7 +284,8 @@ def test_sigkill_while_writing_loses_nothing_flushed(tmp_path: Path) -> None:
         assert child.stdout is not None
         first = child.stdout.readline()  # started writing
         assert first, child.stderr.read() if child.stderr else ""
-        time.sleep(0.5)
+        for _ in range(50):  # several more chunks flushed, so the kill lands mid-stream
+            first += child.stdout.readline()
     finally:
         os.kill(child.pid, signal.SIGKILL)
         out, err = child.communicate(timeout=30)

@@ -14,12 +14,17 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.process import channel
 from lockgate.process.channel import Hello, WorkerChannel
+from lockgate.specs import EndpointSpec, VersionKey
 
 Key = tuple[str, str]
 STATE = State(
     7,
-    {"fraud": {"variants": [{"name": "a", "model": "m", "version": "1", "weight": 100.0}]}},
-    frozenset({("m", "2")}),
+    {
+        "fraud": EndpointSpec.from_doc(
+            {"variants": [{"name": "a", "model": "m", "version": "1", "weight": 100.0}]}
+        )
+    },
+    frozenset({VersionKey("m", "2")}),
 )
 
 

@@ -15,6 +15,7 @@ from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.monitor.metrics import render_metrics
 from lockgate.serve.controller import Controller
 from lockgate.types import InferRequest, Tensor
 from tests import onnx_models
@@ -155,3 +156,30 @@ async def test_shutdown_turns_readiness_off_then_refuses(controller: Controller)
     with pytest.raises(LockgateError) as refused:
         await plane.infer(request("scale", x))
     assert refused.value.kind is ErrorKind.UNAVAILABLE
+
+
+async def test_a_variant_that_cannot_load_has_its_share_served_by_the_others(home: Path) -> None:
+    """A restarted gateway whose canary version is damaged serves every request from the
+    stable variant, and says so (status, metrics) instead of failing the canary's share."""
+    registry = Registry(home)
+    change(home, traffic.canary("scale", None, "1", 30, catalog(registry)))
+    registry.get("scale", "1").model_path.write_bytes(b"damaged")
+    config = dataclasses.replace(loopback_config(home), monitor=MonitorConfig(enabled=False))
+    ctl = Controller(Registry(home), config, StateStore(home))
+    await ctl.start()
+    try:
+        x = np.ones((1, 4), np.float32)
+        versions = {(await ctl.dataplane.infer(request("scale", x))).version for _ in range(50)}
+        assert versions == {"2"}
+        route = ctl.dataplane.routes.resolve("scale")
+        assert [(v.version, v.weight) for v in route.variants] == [("2", 100.0)]
+        status = await ctl.serving_status()
+        assert [(f["variant"], f["version"]) for f in status["fallback"]] == [("canary", "1")]
+        snap = ctl.serving_snapshot()
+        (fallback,) = snap.fallback
+        assert fallback[0] == "scale" and fallback[2:] == ("scale", "1")
+        page = render_metrics(snap).decode()
+        labels = 'endpoint="scale",model="scale",variant="canary",version="1"'
+        assert f"lockgate_variant_fallback{{{labels}}} 1.0" in page
+    finally:
+        await ctl.drain(5.0)

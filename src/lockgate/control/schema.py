@@ -45,6 +45,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         " endpoint TEXT NOT NULL, alias TEXT NOT NULL, model TEXT NOT NULL,"
         " version TEXT NOT NULL, updated TEXT NOT NULL, PRIMARY KEY (endpoint, alias))",
     ),
+    (  # 2: the role of the token that made each change
+        "ALTER TABLE audit ADD COLUMN role TEXT",
+    ),
 )
 
 _VERSION_TABLE = (

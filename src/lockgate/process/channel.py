@@ -24,6 +24,7 @@ import msgpack
 from lockgate.control.state import State
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.snapshot import Snapshot
+from lockgate.specs import EndpointSpec, VersionKey
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
@@ -54,12 +55,14 @@ class WorkerService(Protocol):
 
 # -- the wire form of each call's arguments and answer ----------------------------------------
 def _state_out(state: State) -> list[Any]:
-    return [state.revision, state.endpoints, sorted(state.pins)]
+    endpoints = {name: spec.to_doc() for name, spec in state.endpoints.items()}
+    return [state.revision, endpoints, [list(pin) for pin in sorted(state.pins)]]
 
 
 def _state_in(doc: list[Any]) -> State:
     revision, endpoints, pins = doc
-    return State(int(revision), endpoints, frozenset((m, v) for m, v in pins))
+    specs = {name: EndpointSpec.from_doc(spec) for name, spec in endpoints.items()}
+    return State(int(revision), specs, frozenset(VersionKey(m, v) for m, v in pins))
 
 
 def _failures_out(failures: Failures) -> list[list[str]]:

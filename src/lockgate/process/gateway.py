@@ -8,17 +8,13 @@ supervisor's calls on a private unix socket (:mod:`lockgate.process.channel`).""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
@@ -30,7 +26,14 @@ from lockgate.monitor.drain import Monitor
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.process import channel
 from lockgate.process.handover import hand_over
+from lockgate.process.http_server import (
+    HTTP_LINGER,
+    Server,
+    bind_socket,
+    http_server,
+)
 from lockgate.serve.controller import Controller
+from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -51,66 +54,6 @@ def handover_seconds(grace_period: float) -> float:
     return GRPC_CONNECTION_AGE * 1.2 + grace_period
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway owns shutdown for all listeners."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-    def __init__(self, config: uvicorn.Config, linger: float = 0.0) -> None:
-        super().__init__(config)
-        self.linger = linger
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop accepting, then keep serving for `linger` seconds before closing idle
-        connections: a connection accepted just before the stop has usually not sent its
-        request yet, and closing it as idle would reset a request the client did send."""
-        for server in self.servers:
-            server.close()
-        if self.linger:
-            await asyncio.sleep(self.linger)
-        await super().shutdown(sockets)
-
-
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-HTTP_LINGER = 0.5  # seconds; see _Server.shutdown
-
-
-def _uvicorn(app: Any, grace: float, linger: float = 0.0) -> _Server:
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        proxy_headers=False,  # no X-Forwarded-* rewriting: not needed, and not free
-        log_config=None,
-        timeout_graceful_shutdown=max(1, int(grace)),
-        timeout_keep_alive=30,
-        backlog=2048,
-    )
-    return _Server(config, linger)
-
-
 @dataclass(frozen=True)
 class WorkerRole:
     """How a worker process differs from a lone gateway."""
@@ -119,6 +62,21 @@ class WorkerRole:
     http_socket: socket.socket  # listening, SO_REUSEPORT; owned by the supervisor's slot
     peer_path: str  # unix socket the supervisor calls
     final_path: str  # where the last snapshot goes at exit, so no count is lost
+
+
+async def collect_registry_garbage(registry: Registry) -> None:
+    """Remove what registrations that crashed left behind (a lone gateway or the supervisor,
+    at start)."""
+    removed = await asyncio.to_thread(registry.gc_temp)
+    if removed:
+        log.info("removed %d unfinished registrations from the registry", removed)
+
+
+def log_tokens(tokens: TokenCheck) -> None:
+    """Name each admin token's role at start, so an operator sees who may do what."""
+    if tokens.enabled:
+        roles = ", ".join(f"{who.name} ({who.role})" for who in tokens.principals())
+        log.info("admin tokens: %s", roles)
 
 
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
@@ -151,8 +109,11 @@ class Gateway:
         )
         self.controller = Controller(self.registry, config, self.state, self.monitor)
         self.dataplane = self.controller.dataplane
+        # Triton's model repository extension on the data-plane listeners (admin tokens apply)
+        self.repository = ModelRepository(self.controller, TokenCheck(dict(config.admin_tokens)))
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
+        self.http_app: Any = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self._handing_over = False
@@ -173,10 +134,18 @@ class Gateway:
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
+        log_tokens(tokens)
+        await collect_registry_garbage(self.registry)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
-            self.dataplane, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
+            self.dataplane,
+            cfg.grpc_host,
+            cfg.grpc_port,
+            max_message_bytes=cfg.max_body_bytes,
+            tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -186,7 +155,7 @@ class Gateway:
         self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
         servers = [
             (self._http_server(), http_sock),
-            (_uvicorn(self.admin_app, cfg.grace_period), admin_sock),
+            (http_server(self.admin_app, cfg), admin_sock),
         ]
         log.info(
             "listening: http %s:%d, grpc %s:%d, admin %s:%d",
@@ -199,9 +168,16 @@ class Gateway:
         )
         await self._serve(servers, grpc_server)
 
-    def _http_server(self) -> _Server:
-        app = build_http_app(self.dataplane, max_body_bytes=self.config.max_body_bytes)
-        return _uvicorn(app, self.config.grace_period, linger=HTTP_LINGER)
+    def _http_server(self) -> Server:
+        cfg = self.config
+        app = self.http_app = build_http_app(
+            self.dataplane,
+            max_body_bytes=cfg.max_body_bytes,
+            max_buffered_bytes=cfg.max_buffered_body_bytes,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
+        )
+        return http_server(app, cfg, linger=HTTP_LINGER)
 
     async def _run_worker(self, role: WorkerRole) -> None:
         cfg = self.config
@@ -213,6 +189,9 @@ class Gateway:
             reuse_port=True,
             max_connection_age=GRPC_CONNECTION_AGE,
             grace_period=cfg.grace_period,
+            tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()
@@ -226,7 +205,7 @@ class Gateway:
             Path(role.final_path + ".tmp").write_bytes(snap.to_bytes())
             os.replace(role.final_path + ".tmp", role.final_path)
 
-    async def _serve(self, servers: list[tuple[_Server, socket.socket]], grpc_server: Any) -> None:
+    async def _serve(self, servers: list[tuple[Server, socket.socket]], grpc_server: Any) -> None:
         """Serve until asked to stop. A lone gateway listens at once (its readiness endpoint
         says when models are warm); a worker loads first and only then takes connections from
         its slot's socket, so a restarted worker never answers for models it has not loaded."""
@@ -262,7 +241,7 @@ class Gateway:
             await self._shutdown([s for s, _ in servers], grpc_server, tasks)
 
     async def _shutdown(
-        self, servers: list[_Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
+        self, servers: list[Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
     ) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then exit."""
         log.info(

@@ -37,11 +37,12 @@ from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.process.gateway import (
     WorkerRole,
-    _uvicorn,
-    bind_socket,
     check_admin_binding,
+    collect_registry_garbage,
     handover_seconds,
+    log_tokens,
 )
+from lockgate.process.http_server import bind_socket, http_server
 from lockgate.process.pool import Slot, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class Supervisor:
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
+        log_tokens(tokens)
+        await collect_registry_garbage(Registry(cfg.home))
         self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
         try:
             await self._run(cfg, tokens)
@@ -152,7 +155,8 @@ class Supervisor:
                 slot.current = worker
             await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
             store = StateStore(cfg.home, cfg.state_url)
-            admin = _uvicorn(build_admin_app(store, self.pool, tokens, self.pool), cfg.grace_period)
+            admin_app = build_admin_app(store, self.pool, tokens, self.pool)
+            admin = http_server(admin_app, cfg)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
             log.info(
                 "%d workers serving: http %s:%d, grpc %s:%d, admin %s:%d",

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
@@ -69,6 +69,14 @@ class BatchStats:
     failed: int = 0
     observer_errors: int = 0
     compute_ns: int = 0
+    # For Triton's statistics: summed over requests, the time each waited before its batch
+    # started and the compute time of its batch; when the last batch started; and per batch
+    # size (rows, up to max_batch_rows) the batches and their compute time.
+    queue_ns: int = 0
+    request_compute_ns: int = 0
+    last_started_ns: int = 0
+    size_batches: dict[int, int] = field(default_factory=dict)
+    size_compute_ns: dict[int, int] = field(default_factory=dict)
 
 
 # One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute.
@@ -82,6 +90,7 @@ class Batcher:
         config: BatchConfig,
         executor: Executor,
         observer: BatchObserver | None = None,
+        concurrency: int = 1,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -100,7 +109,12 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        # Batches run in threads at once (a version with several sessions); 1: one at a time,
+        # and only then may the model thread chain queued batches itself (see `_chain`).
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        self._running: set[asyncio.Task[None]] = set()  # batches in their slots
         self._inline = config.inline_threshold
+        self._size_limit = config.max_batch_rows  # batch sizes counted one by one up to this
         self.gatherer = Gatherer(config.gather_delay, config.max_batch_rows, runner.spec.batchable)
         # Every batch this batcher can form runs inline and none waits to fill: the drain can be
         # a plain callback (see `_drain_inline`). The runner is loaded, its cost model known.
@@ -206,7 +220,7 @@ class Batcher:
             raise LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}") from exc
         compute_ns = time.perf_counter_ns() - start
         self.stats.inline_batches += 1
-        self._count(1, rows, compute_ns)
+        self._count(1, rows, compute_ns, start)
         if self.observer is not None:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
@@ -253,10 +267,22 @@ class Batcher:
                     await self._gather_more()
                 busy = True
                 batch, rows = self._take()
-                if batch:
+                if batch and self._slots is not None:
+                    await self._slots.acquire()  # a free session: run beside the others
+                    task = asyncio.get_running_loop().create_task(self._run_in_slot(batch, rows))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                elif batch:
                     await self._run(batch, rows)
         finally:
             self._task = None
+
+    async def _run_in_slot(self, batch: list[Pending], rows: int) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(batch, rows)
+        finally:
+            self._slots.release()
 
     def _drain_inline(self) -> None:
         """`_drain` for models that always run inline, as a plain callback: a Task and its
@@ -311,7 +337,7 @@ class Batcher:
         shorter one is left to the loop's drain, which lets it grow meanwhile (and honours
         `max_queue_delay`)."""
         outcomes, chained = self._compute(batch, rows), False
-        while self.queue.rows >= self.queue.limit:
+        while self._slots is None and self.queue.rows >= self.queue.limit:
             batch, rows, dropped = self.queue.take()
             if dropped:
                 loop.call_soon_threadsafe(self._drop, dropped)
@@ -358,19 +384,20 @@ class Batcher:
         start: int,
         compute_ns: int,
     ) -> None:
-        self._count(len(batch), rows, compute_ns)
+        self._count(len(batch), rows, compute_ns, start)
         if self.observer is not None:
             metas, sizes = [p.meta for p in batch], [p.rows for p in batch]
             self._observe(feeds, outputs, metas, sizes, [p.enqueued_ns for p in batch], start)
-        offset = 0
+        offset = queued = 0
         for p in batch:
             end = offset + p.rows
+            waited = start - p.enqueued_ns
+            queued += waited
             if not p.future.done():
                 out = outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
-                p.future.set_result(
-                    (out, RunInfo(start - p.enqueued_ns, compute_ns, rows, len(batch)))
-                )
+                p.future.set_result((out, RunInfo(waited, compute_ns, rows, len(batch))))
             offset = end
+        self.stats.queue_ns += queued
 
     def _observe(
         self,
@@ -389,12 +416,21 @@ class Batcher:
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
 
-    def _count(self, requests: int, rows: int, compute_ns: int) -> None:
+    def _count(self, requests: int, rows: int, compute_ns: int, started_ns: int) -> None:
         s = self.stats
         s.compute_ns += compute_ns
         s.batches += 1
         s.requests += requests
         s.rows += rows
+        s.request_compute_ns += compute_ns * requests
+        s.last_started_ns = started_ns
+        if rows <= self._size_limit:  # a larger request ran alone: totals only
+            try:  # plain dicts: a Counter's += costs three times as much
+                s.size_batches[rows] += 1
+                s.size_compute_ns[rows] += compute_ns
+            except KeyError:  # the first batch of this size (both dicts have the same keys)
+                s.size_batches[rows] = 1
+                s.size_compute_ns[rows] = compute_ns
         if requests > 1:
             s.multi_request_batches += 1
         w = self.waits  # the slowdown follows what batches take (serve/queue.py)

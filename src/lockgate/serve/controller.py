@@ -20,11 +20,11 @@ from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor
+from lockgate.monitor.metrics import capture_monitor, capture_process
 from lockgate.monitor.snapshot import BATCH_FIELDS, SHADOW_FIELDS, Snapshot
 from lockgate.serve.dataplane import DataPlane
 from lockgate.serve.models import Key, ModelSet
-from lockgate.serve.route import RouteTable, build_route_table
+from lockgate.serve.route import EndpointRoute, RouteTable, build_route_table
 from lockgate.serve.shadow import ShadowTraffic
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,8 @@ class Controller:
             table = build_route_table(state.revision, state.endpoints, self.models.latest())
             needed = table.versions() | state.pins
             failures = await self.models.ensure(needed, retry_failed=retry_failed)
-            current = self.dataplane.routes
             if failures:
-                # An endpoint that served before keeps its old route; a new one keeps the new
-                # route, so its requests get 503 naming the failure rather than 404.
-                kept = dict(table.endpoints)
-                for name, route in table.endpoints.items():
-                    old = current.endpoints.get(name)
-                    if route.versions() & failures.keys() and old is not None:
-                        kept[name] = old
-                table = RouteTable(state.revision, kept)
+                table = self._around_failures(table, failures)
             self.dataplane.routes = table
             unused = self.models.loaded.keys() - table.versions() - state.pins
             for key in unused:
@@ -91,6 +83,32 @@ class Controller:
                 self._releasing.add(task)
                 task.add_done_callback(self._releasing.discard)
             return failures
+
+    def _around_failures(self, table: RouteTable, failures: dict[Key, str]) -> RouteTable:
+        """Route around versions that failed to load. An endpoint that served before keeps its
+        old route when that one is whole; otherwise its loaded variants serve the failed ones'
+        share; with none loaded it keeps the new route, so that its requests get 503 naming the
+        failure rather than 404."""
+        current = self.dataplane.routes
+        kept = dict(table.endpoints)
+        for name, route in table.endpoints.items():
+            if not route.versions() & failures.keys():
+                continue
+            old = current.endpoints.get(name)
+            if old is not None and not old.versions() & failures.keys():
+                kept[name] = old
+            else:
+                kept[name] = route.without(failures.keys()) or route
+            for variant in kept[name].fallback:
+                log.warning(
+                    "endpoint %s: variant %s (%s v%s) failed to load; the other variants "
+                    "serve its share",
+                    name,
+                    variant.name,
+                    variant.model,
+                    variant.version,
+                )
+        return RouteTable(table.revision, kept)
 
     async def _watch(self) -> None:
         """Notice new state revisions (and newly registered models) and apply them."""
@@ -137,9 +155,13 @@ class Controller:
         """This process's metrics figures now: the serving counters (owned by the event loop,
         so read on it), then the monitor's (under its lock, so off the loop)."""
         snap = self.serving_snapshot()
-        if self.monitor is not None:
-            await asyncio.to_thread(capture_monitor, snap, self.monitor)
+        await asyncio.to_thread(self._capture_off_loop, snap)
         return snap
+
+    def _capture_off_loop(self, snap: Snapshot) -> None:
+        capture_process(snap)
+        if self.monitor is not None:
+            capture_monitor(snap, self.monitor)
 
     def serving_snapshot(self) -> Snapshot:
         """The serving side's figures: a handful of dict copies."""
@@ -154,6 +176,11 @@ class Controller:
             },
             loaded=set(self.models.loaded),
             failed=set(self.models.failed),
+            fallback={
+                (route.name, v.name, v.model, v.version)
+                for route in routes.endpoints.values()
+                for v in route.fallback
+            },
             monitored=self.monitor is not None,
         )
         for key, lv in list(self.models.loaded.items()):
@@ -174,8 +201,17 @@ class Controller:
                 {"model": m, "version": v, "reason": why}
                 for (m, v), why in sorted(self.models.failed.items())
             ],
+            "fallback": [
+                {"endpoint": route.name, "variant": v.name, "model": v.model, "version": v.version}
+                for route in sorted(self.dataplane.routes.endpoints.values(), key=_name)
+                for v in route.fallback
+            ],
             "shadows": [
                 {"endpoint": e, "variant": v, **dataclasses.asdict(stats)}
                 for (e, v), stats in sorted(self.shadows.stats.items())
             ],
         }
+
+
+def _name(route: EndpointRoute) -> str:
+    return route.name

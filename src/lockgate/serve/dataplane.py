@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from lockgate import __version__
 from lockgate.config import ServeConfig
@@ -22,11 +22,28 @@ from lockgate.serve.models import Key, LoadedVersion, ModelSet
 from lockgate.serve.route import EndpointRoute, RouteTable, Variant
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic
-from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
+from lockgate.types import (
+    IndexEntry,
+    InferRequest,
+    InferResponse,
+    ModelSpec,
+    ServedConfig,
+    Tensor,
+    VersionStats,
+)
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "msgpack_tensor_data", "model_repository_read"]
+# What server metadata advertises: Triton's extension names, plus lockgate's msgpack bodies.
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "msgpack_tensor_data",
+]
 
 
 class DataPlane:
@@ -228,6 +245,71 @@ class DataPlane:
         if deadline <= now:
             raise LockgateError(ErrorKind.DEADLINE, "deadline already passed on arrival")
         return deadline
+
+    # -- Triton's model configuration, statistics and repository index (read-only) -----------
+    def served_config(self, name: str, version: str | None) -> ServedConfig:
+        spec = self.model_spec(name, version)
+        batch = self.config.batch
+        rows = batch.max_batch_rows if spec.batchable else 0
+        return ServedConfig(spec, rows, round(batch.max_queue_delay * 1e6), 1)
+
+    def statistics(self, name: str | None, version: str | None) -> list[VersionStats]:
+        """The loaded versions' counters: all of them, a model's or endpoint's (named `name`
+        in the answer, as asked), or one version."""
+        failures: Counter[Key] = Counter()
+        for (_, _, model, number, _, outcome), n in self.requests.items():
+            if outcome != "ok" and model:
+                failures[(model, number)] += n
+        out = []
+        for key in self._loaded_keys(name, version):
+            loaded = self.models.loaded.get(key)
+            if loaded is None:
+                continue
+            s = loaded.batcher.stats
+            out.append(
+                VersionStats(
+                    name or key[0],
+                    key[1],
+                    requests=s.requests,
+                    failures=failures[key],
+                    rows=s.rows,
+                    batches=s.batches,
+                    queue_ns=s.queue_ns,
+                    compute_ns=s.request_compute_ns,
+                    last_started_ns=s.last_started_ns,
+                    size_batches=dict(s.size_batches),
+                    size_compute_ns=dict(s.size_compute_ns),
+                )
+            )
+        return out
+
+    def _loaded_keys(self, name: str | None, version: str | None) -> list[Key]:
+        if name is None:
+            if version:
+                raise invalid("statistics of a version need the model's name")
+            keys: Collection[Key] = self.models.loaded.keys()
+        elif version:
+            keys = [self._explicit_key(name, version)]
+            if keys[0] not in self.models.loaded:
+                raise not_found(f"model {name} v{version} is not loaded")
+        elif name in self.models.registered:
+            keys = [k for k in self.models.loaded if k[0] == name]
+        else:
+            keys = self.routes.resolve(name).versions()
+        return sorted(keys, key=lambda k: (k[0], int(k[1])))
+
+    def repository_index(self) -> list[IndexEntry]:
+        """Every registered version: READY when loaded, else UNAVAILABLE and why."""
+        out = []
+        for model in sorted(self.models.registered):
+            for version in sorted(self.models.registered[model], key=int):
+                key = (model, version)
+                if key in self.models.loaded:
+                    out.append(IndexEntry(model, version, "READY"))
+                else:
+                    reason = self.models.failed.get(key, "not loaded")
+                    out.append(IndexEntry(model, version, "UNAVAILABLE", reason))
+        return out
 
 
 def _routing_key(request: InferRequest) -> str | None:

@@ -15,11 +15,19 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
-from lockgate.serve.transport import codec
+from lockgate.serve.transport import codec, compression, triton
 from lockgate.serve.transport.shed import ConnectionBrake, answer_refusal
 from lockgate.types import InferencePipeline, InferRequest
-from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
+from lockgate.web import (
+    BodyBudget,
+    check_declared_length,
+    digits,
+    error_body,
+    error_headers,
+    is_msgpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,8 @@ _WANTED = {
     b"inference-header-content-length",
     b"accept",
     b"x-lockgate-key",
+    b"content-encoding",
+    b"accept-encoding",
 }
 
 
@@ -45,11 +55,15 @@ class InferRoute:
         fallback: ASGIApp,
         max_body_bytes: int,
         status: dict[ErrorKind, int],
+        budget: BodyBudget,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
     ) -> None:
         self.pipeline = pipeline
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
+        self.budget = budget
+        self.max_elements = max_request_elements
         self.brake = ConnectionBrake()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,12 +132,17 @@ class InferRoute:
             raise
         req.received_ns = received
         resp = await self.pipeline.infer(req)
+        if req.outputs:
+            triton.classify(self.pipeline, req, resp)
         content_type = headers.get("content-type", "")
         as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
         out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
         variant = resp.parameters.get("variant")
         if variant is not None:
             extra["x-lockgate-variant"] = str(variant)
+        accept_encoding = headers.get("accept-encoding")
+        if accept_encoding:
+            return compression.encode_response(out, extra, accept_encoding)
         return out, extra
 
     async def _request(
@@ -131,13 +150,20 @@ class InferRoute:
     ) -> InferRequest:
         """Read and decode: everything before the request reaches the data plane."""
         content_type = headers.get("content-type", "")
+        codec.media_type(content_type, codec.INFER_MEDIA)  # refused before the body is read
+        spec = self.pipeline.model_spec(model, version)  # the decoders check inputs against it
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))
+        coding = headers.get("content-encoding")
+        if coding:
+            body = compression.decompress(body, coding, self.max_body_bytes)
+        limit = self.max_elements
         if header_length == 0 and body:
-            spec = self.pipeline.model_spec(model, version)
-            req = codec.decode_raw_input(body, spec, model, version)
+            req = codec.decode_raw_input(body, spec, model, version, max_elements=limit)
         else:
-            req = codec.decode_request(body, content_type, header_length, model, version)
+            req = codec.decode_request(
+                body, content_type, header_length, model, version, spec=spec, max_elements=limit
+            )
         req.routing_key = headers.get("x-lockgate-key") or None
         return req
 
@@ -149,17 +175,26 @@ class InferRoute:
         body = message.get("body", b"")
         if not message.get("more_body", False):
             return bytes(body)
+        # More is coming: hold the body's bytes against the process's budget while it does.
         chunks, total = [body], len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise invalid("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        held = max(total, digits(declared, "Content-Length") if declared is not None else 0)
+        self.budget.reserve(held)
+        try:
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise invalid("client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
+                if total > held:
+                    self.budget.reserve(total - held)
+                    held = total
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self.budget.release(held)
 
 
 def _header_length(raw: str | None) -> int | None:
