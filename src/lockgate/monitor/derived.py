@@ -103,7 +103,7 @@ class Summary:
         """The derived features ``[rows, len(names)]`` (float32) of a batch whose values hold
         `rows` monitored rows of `width` values."""
         if self.kind == "text":
-            return text_columns(values.reshape(rows))
+            return text_columns(values)
         return self._wide(values.reshape(rows, self.width))
 
     def _wide(self, values: Array) -> Array:
@@ -121,8 +121,8 @@ class Summary:
 
 
 def text_columns(values: Array) -> Array:
-    """``[rows, 3]``: length in bytes, 1.0 when empty, FNV-1a bucket of the whole value (str
-    values count as their UTF-8 bytes)."""
+    """``[values, 3]``, one monitored row per value: its length in bytes, 1.0 when empty, the
+    FNV-1a bucket of the whole value (str values count as their UTF-8 bytes)."""
     items = _as_bytes(values)
     lengths = np.fromiter(map(len, items), np.int64, count=len(items))
     buckets = np.empty(len(items), np.int64)
@@ -136,6 +136,7 @@ def text_columns(values: Array) -> Array:
 
 
 def _as_bytes(values: Array) -> list[bytes]:
+    values = values.reshape(-1)
     if values.dtype.kind == "U":
         values = np.char.encode(values, "utf-8")
     items = values.tolist()
