@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -127,6 +128,7 @@ def run(bench: Bench, args: argparse.Namespace) -> list[str]:
                 f"monitor {side}: {res.rps:.0f} req/s (p50 {res.p50_us / 1e3:.2f} ms)", flush=True
             )
     on, off = (sorted(r, key=lambda x: x.rps)[len(r) // 2] for r in (runs["on"], runs["off"]))
+    load = os.getloadavg()[0]  # other work on the host: the ratio is only as good as this
     paired = sorted(a.rps / b.rps for a, b in zip(runs["on"], runs["off"], strict=True))
     cost = record_cost()
     errors = sum(r.errors for side in runs.values() for r in side)
@@ -136,7 +138,8 @@ def run(bench: Bench, args: argparse.Namespace) -> list[str]:
         "",
         f"`{' '.join(['benchmarks/wide_bench.py', *sys.argv[1:]])}`; wrk, {args.conns} "
         f"connections, binary-extension requests, {args.rounds} alternating runs of "
-        f"{args.duration:g} s per side, medians; {errors} errors.",
+        f"{args.duration:g} s per side, medians; {errors} errors; load average "
+        f"{load:.1f} on {os.cpu_count()} cores at the end.",
         "",
         "| monitor | req/s | p50 ms | p99 ms |",
         "|---|---|---|---|",
