@@ -36,6 +36,7 @@ from lockgate.control.registration import (
     check_warmup,
     drift_profiles,
     load_reference_file,
+    read_reference,
     read_schema,
     validate,
 )
@@ -167,6 +168,8 @@ class Registry:
         if path is None:
             return None
         with np.load(path, allow_pickle=False) as archive:
+            if "data" not in archive.files:
+                return None  # arrays by input name: their profiles were built at registration
             return np.asarray(archive["data"])
 
     def load_profiles(self, info: VersionInfo) -> VersionProfiles | None:
@@ -236,7 +239,7 @@ class Registry:
         name: str,
         *,
         metadata: dict[str, Any] | None = None,
-        reference: Path | np.ndarray[Any, Any] | None = None,
+        reference: Path | np.ndarray[Any, Any] | dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         card: str | None = None,
         warmup: Path | dict[str, Any] | None = None,
@@ -246,9 +249,11 @@ class Registry:
         """Validate and publish `source` as the next version of `name`, with its model card
         (`card.md`), warm-up inputs (`warmup.npz`: an `.npz` file or arrays by input name,
         which the model must run on) and serving configuration (`config.toml`: a
-        ModelConfig or a TOML file), when given. `categorical`: input feature indices (columns
-        of the reference) whose drift is measured per category; integer columns with few
-        values are found alone."""
+        ModelConfig or a TOML file), when given. `reference`: a table, or arrays by input name
+        (a dict, or an `.npz` whose arrays are named after the inputs: string inputs need it).
+        `categorical`: input feature indices (columns of the reference table; with wide or
+        string inputs, indices among the monitored features) whose drift is measured per
+        category; integer columns with few values are found alone."""
         check_name(name)
         categorical = sorted(set(categorical or ()))
         if categorical and reference is None:
@@ -272,13 +277,11 @@ class Registry:
             check_warmup(spec, session, warm)
         ref = profiles = None
         if reference is not None:
-            ref = (
-                load_reference_file(reference)
-                if isinstance(reference, Path)
-                else np.asarray(reference, dtype=np.float64)
-            )
-            if categorical and not (
-                ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1]
+            ref = read_reference(reference, spec)
+            if (
+                categorical
+                and not isinstance(ref, dict)
+                and not (ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1])
             ):
                 raise invalid(
                     f"categorical features {categorical} are not columns of the reference data"
@@ -302,7 +305,9 @@ class Registry:
         files = {MODEL_FILE: model_bytes, META_FILE: orjson.dumps(meta, option=orjson.OPT_INDENT_2)}
         if card is not None:
             files[CARD_FILE] = card.encode()
-        if ref is not None:
+        if isinstance(ref, dict):  # arrays by input name: kept as such
+            files[REFERENCE_FILE] = warmup_file.to_npz_bytes(ref)
+        elif ref is not None:
             files[REFERENCE_FILE] = warmup_file.to_npz_bytes({"data": ref})
         if profiles is not None:
             files[PROFILE_FILE] = profiles

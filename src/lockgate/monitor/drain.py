@@ -25,6 +25,7 @@ import numpy as np
 
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
+from lockgate.monitor.derived import DEFAULT_SEED
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
@@ -182,7 +183,8 @@ class Monitor:
         to rows, as a run at load showed (default: as declared). Blocking (called from the
         loading thread)."""
         key = (spec.name, spec.version)
-        recorder = VersionRecorder(spec, self.config.ring_rows, layout)
+        seed = profiles.seed if profiles is not None else DEFAULT_SEED  # wide inputs' projection
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed)
         vm = VersionMonitor(key, recorder)
         try:
             if profiles is None and reference is not None:

@@ -2,6 +2,9 @@
 
 Each finished batch is copied, on the request path, into preallocated columns: one slice
 assignment per monitored tensor, and C-level appends of the requests' ids, routes and timings.
+A summarised input (:mod:`lockgate.monitor.derived`) is derived on the batch right here, a
+few vectorised calls whatever its rows: keeping wide batches (images) alive for the drain would
+hold hundreds of megabytes between drains, for no measured gain on a busy host.
 Nothing of the request is kept (its arrays, dicts and records die with it, on the event loop
 that made them, while they are still in cache): keeping them for the drain cost several percent
 of throughput. There are two sets of columns: the request path fills one while the drain reads
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lockgate.monitor.derived import Summary
 
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
@@ -92,6 +97,7 @@ def concat_slices(*pieces: RingSlice) -> RingSlice:
 
 
 Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
+Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, its columns)
 
 
 class Columns:
@@ -119,10 +125,14 @@ class Columns:
 class PredictionRing:
     """Rows recorded since the drain last took them, at most `capacity` per set of columns."""
 
-    def __init__(self, capacity: int, inputs: Slots, outputs: Slots) -> None:
+    def __init__(
+        self, capacity: int, inputs: Slots, outputs: Slots, summaries: Summaries = ()
+    ) -> None:
         self.capacity = capacity
         self.input_slots, self.output_slots = inputs, outputs
-        self.widths = (_width(inputs), _width(outputs))  # monitored input and output features
+        self.summaries = tuple(summaries)  # inputs summarised into derived input columns
+        widths = [hi for _, _, hi in summaries]
+        self.widths = (max(_width(inputs), *widths, 0), _width(outputs))
         self.written = 0  # rows ever recorded
         self.dropped = 0  # rows ever dropped before the drain took them
         self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
@@ -173,6 +183,13 @@ class PredictionRing:
                     else:
                         matrix[start:stop, lo:hi] = np.nan
                         self.mismatched += total
+            for summary, lo, hi in self.summaries:
+                values = feeds[summary.tensor]
+                if values.size == total * summary.width:
+                    cols.inputs[start:stop, lo:hi] = summary.columns(values, total)
+                else:
+                    cols.inputs[start:stop, lo:hi] = np.nan
+                    self.mismatched += total
         except Exception:
             self._drop(total)
             raise
