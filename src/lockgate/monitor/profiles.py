@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lockgate.monitor.joint_profile import JointProfile, build_joint_profile
 from lockgate.monitor.layout import RowLayout, declared_layout, feature_names
 from lockgate.monitor.reference import ReferenceProfile, build_profile
 from lockgate.types import ModelSpec, numpy_dtype
@@ -31,10 +32,13 @@ Predict = Callable[[dict[str, Array]], dict[str, Array]]
 class VersionProfiles:
     inputs: ReferenceProfile
     outputs: ReferenceProfile | None  # None when the outputs cannot be profiled
+    joint: JointProfile | None = None  # joint drift of the continuous inputs (None: too few)
 
     def to_npz_bytes(self) -> bytes:
-        """Both profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
-        parts = {"inputs": self.inputs} | ({"outputs": self.outputs} if self.outputs else {})
+        """The profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
+        parts: dict[str, ReferenceProfile | JointProfile] = {"inputs": self.inputs}
+        parts |= {"outputs": self.outputs} if self.outputs else {}
+        parts |= {"joint": self.joint} if self.joint else {}
         arrays: dict[str, Any] = {
             k: np.frombuffer(p.to_npz_bytes(), np.uint8) for k, p in parts.items()
         }
@@ -51,7 +55,11 @@ class VersionProfiles:
             outputs = None
             if "outputs" in z:
                 outputs = ReferenceProfile.from_npz_bytes(z["outputs"].tobytes())
-            return cls(ReferenceProfile.from_npz_bytes(z["inputs"].tobytes()), outputs)
+            joint = None  # profiles stored before joint drift have none
+            if "joint" in z:
+                joint = JointProfile.from_npz_bytes(z["joint"].tobytes())
+            inputs = ReferenceProfile.from_npz_bytes(z["inputs"].tobytes())
+            return cls(inputs, outputs, joint)
 
 
 def build_profiles(
@@ -75,11 +83,12 @@ def build_profiles(
             f"{len(input_names)} features"
         )
     inputs = build_profile(reference, input_names, categorical=categorical)
+    joint = build_joint_profile(reference, input_names, ~inputs.categorical)
     output_slots, output_names, _ = feature_names(spec.outputs, layout)
     if predict is None or len(input_slots) != 1 or len(spec.inputs) != 1 or not output_names:
-        return VersionProfiles(inputs, None)
+        return VersionProfiles(inputs, None, joint)
     if not layout.per_row:
-        return VersionProfiles(inputs, None)
+        return VersionProfiles(inputs, None, joint)
     ((name, _, _),) = input_slots
     tensor = spec.input(name)
     assert tensor is not None
@@ -89,4 +98,5 @@ def build_profiles(
     predicted = predict({name: feed})
     rows = reference.shape[0]
     matrix = np.hstack([predicted[n].reshape(rows, -1) for n, _, _ in output_slots])
-    return VersionProfiles(inputs, build_profile(matrix.astype(np.float64), output_names))
+    outputs = build_profile(matrix.astype(np.float64), output_names)
+    return VersionProfiles(inputs, outputs, joint)
