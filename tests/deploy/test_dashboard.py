@@ -40,6 +40,8 @@ NOT_CHARTED: dict[str, str] = {
     "process_virtual_memory_bytes": "address space, not memory in use: for ad-hoc queries",
     # fixed when the version loads, named in the load warning; nothing to watch over time
     "lockgate_monitor_unfollowed_tensors": "a property of the loaded version",
+    # the joint drift panel charts each window's score; the count is for ad-hoc queries
+    "lockgate_joint_drift_windows": "how many windows were scored, not a signal",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}

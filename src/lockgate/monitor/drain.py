@@ -27,6 +27,7 @@ from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
 from lockgate.monitor.derived import DEFAULT_SEED
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
+from lockgate.monitor.joint import JointMonitor
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
@@ -76,6 +77,7 @@ class VersionMonitor:
     accuracy: Accuracy = field(default_factory=Accuracy)
     input_drift: DriftMonitor | None = None
     output_drift: DriftMonitor | None = None
+    joint_drift: JointMonitor | None = None  # of the continuous inputs together
     recent: RingSlice | None = None  # the newest drained rows, for the admin API
 
     @property
@@ -191,6 +193,8 @@ class Monitor:
                 profiles = build_profiles(spec, reference, predict, layout)
             if profiles is not None:
                 vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
+                if profiles.joint is not None:
+                    vm.joint_drift = JointMonitor(profiles.joint, vm.input_drift.config)
         except Exception as exc:  # a bad profile must not stop the model from serving
             log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
         with self.lock:
@@ -270,7 +274,7 @@ class Monitor:
             for vm, piece in pieces:
                 self._absorb(vm, piece)
             for vm in self.versions.values():  # close drift windows by time when traffic stops
-                for drift in (vm.input_drift, vm.output_drift):
+                for drift in (vm.input_drift, vm.output_drift, vm.joint_drift):
                     if drift is not None:
                         drift.tick()
         if self.predlog is not None:
@@ -318,6 +322,8 @@ class Monitor:
         for drift, values in ((vm.input_drift, piece.inputs), (vm.output_drift, piece.outputs)):
             if drift is not None:
                 drift.update(values)
+        if vm.joint_drift is not None:
+            vm.joint_drift.update(piece.inputs)
         column = vm.prediction_column
         if column is not None:
             # A label is for its request's first row (single-row requests are the usual case).
@@ -378,10 +384,12 @@ class Monitor:
     def _drift_report(self, model: str, version: str) -> dict[str, Any]:
         with self.lock:
             vm = self._version(model, version)
-            return {
+            report = {
                 side: drift.report() if drift is not None else None
                 for side, drift in (("inputs", vm.input_drift), ("outputs", vm.output_drift))
             }
+            report["joint"] = vm.joint_drift.report() if vm.joint_drift is not None else None
+            return report
 
     def _recent_rows(self, model: str, version: str, limit: int) -> dict[str, Any]:
         """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""

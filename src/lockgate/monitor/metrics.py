@@ -32,6 +32,7 @@ from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
     LABEL_DELAY_BOUNDS,
     DriftSnapshot,
+    JointSnapshot,
     Snapshot,
     VersionSnapshot,
 )
@@ -129,6 +130,9 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                         window_seconds=drift.config.window_seconds,
                         categorical=drift.profile.categorical,
                     )
+            if vm.joint_drift is not None:
+                js = vm.joint_drift.state
+                vs.joint = JointSnapshot(js.score, js.threshold, js.alarm, js.windows)
 
 
 class GatewayCollector(Collector):
@@ -162,6 +166,7 @@ class GatewayCollector(Collector):
             queues = self.wants("lockgate_queue_seconds")
             yield from self._latency(versions, queues, snap.shadows.keys())
             yield from self._drift(versions, self.wants("lockgate_drift_score"))
+            yield from self._joint(versions)
             yield from self._feedback(snap, versions)
 
     def wants(self, family: str) -> bool:
@@ -417,6 +422,41 @@ class GatewayCollector(Collector):
                     share.add_metric(labels, drift.share)
                 windows.add_metric(labels, drift.windows)
         yield from (score, alert, dataset, share, windows, unseen)
+
+    @staticmethod
+    def _joint(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
+        score = GaugeMetricFamily(
+            "lockgate_joint_drift_score",
+            "Last closed window's joint drift of the continuous inputs: squared distance "
+            "between the window's and the reference's random-Fourier-feature mean embeddings "
+            "(biased MMD^2 estimate)",
+            labels=VERSION,
+        )
+        threshold = GaugeMetricFamily(
+            "lockgate_joint_drift_threshold",
+            "The joint drift score that window had to exceed to alarm (it shrinks with the "
+            "window's rows: 0.2 % false alarms per window under no drift)",
+            labels=VERSION,
+        )
+        alarm = GaugeMetricFamily(
+            "lockgate_joint_drift_alarm",
+            "1 while joint drift is on (score above threshold, hysteresis applied)",
+            labels=VERSION,
+        )
+        windows = CounterMetricFamily(
+            "lockgate_joint_drift_windows", "Scored joint drift windows", labels=VERSION
+        )
+        for key, vs in versions:
+            joint = vs.joint
+            if joint is None:
+                continue
+            labels = list(key)
+            if joint.score == joint.score:  # NaN before the first window
+                score.add_metric(labels, joint.score)
+                threshold.add_metric(labels, joint.threshold)
+            alarm.add_metric(labels, float(joint.alarm))
+            windows.add_metric(labels, joint.windows)
+        yield from (score, threshold, alarm, windows)
 
     @staticmethod
     def _feedback(snap: Snapshot, versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lockgate.monitor.derived import DEFAULT_SEED, Summary
+from lockgate.monitor.joint_profile import JointProfile, build_joint_profile
 from lockgate.monitor.layout import (
     Monitored,
     RowLayout,
@@ -40,10 +41,13 @@ class VersionProfiles:
     inputs: ReferenceProfile
     outputs: ReferenceProfile | None  # None when the outputs cannot be profiled
     seed: int = DEFAULT_SEED  # of the projections of wide inputs (lockgate.monitor.derived)
+    joint: JointProfile | None = None  # joint drift of the continuous inputs (None: too few)
 
     def to_npz_bytes(self) -> bytes:
-        """Both profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
-        parts = {"inputs": self.inputs} | ({"outputs": self.outputs} if self.outputs else {})
+        """The profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
+        parts: dict[str, ReferenceProfile | JointProfile] = {"inputs": self.inputs}
+        parts |= {"outputs": self.outputs} if self.outputs else {}
+        parts |= {"joint": self.joint} if self.joint else {}
         arrays: dict[str, Any] = {
             k: np.frombuffer(p.to_npz_bytes(), np.uint8) for k, p in parts.items()
         }
@@ -61,7 +65,11 @@ class VersionProfiles:
             if "outputs" in z:
                 outputs = ReferenceProfile.from_npz_bytes(z["outputs"].tobytes())
             seed = int(z["seed"]) if "seed" in z else DEFAULT_SEED
-            return cls(ReferenceProfile.from_npz_bytes(z["inputs"].tobytes()), outputs, seed)
+            joint = None  # profiles stored before joint drift have none
+            if "joint" in z:
+                joint = JointProfile.from_npz_bytes(z["joint"].tobytes())
+            inputs = ReferenceProfile.from_npz_bytes(z["inputs"].tobytes())
+            return cls(inputs, outputs, seed, joint)
 
 
 def reference_tensors(
@@ -133,16 +141,17 @@ def build_profiles(
     m = monitored(spec.inputs, layout, seed)
     table = feature_table(m, tensors, rows)
     inputs = build_profile(table, m.names, categorical=sorted({*categorical, *m.categorical}))
+    joint = build_joint_profile(table, m.names, ~inputs.categorical)
     output_slots, output_names, _ = feature_names(spec.outputs, layout)
     if predict is None or len(spec.inputs) != 1 or not output_names or not layout.per_row:
-        return VersionProfiles(inputs, None, seed)
+        return VersionProfiles(inputs, None, seed, joint)
     tensor = spec.inputs[0]
     if tensor.name not in tensors:
-        return VersionProfiles(inputs, None, seed)
+        return VersionProfiles(inputs, None, seed, joint)
     feed = tensors[tensor.name].reshape((rows, *tensor.shape[1:]))
     if tensor.datatype != "BYTES":
         feed = feed.astype(numpy_dtype(tensor.datatype))
     predicted = predict({tensor.name: feed})
     matrix = np.hstack([predicted[n].reshape(rows, -1) for n, _, _ in output_slots])
     outputs = build_profile(matrix.astype(np.float64), output_names)
-    return VersionProfiles(inputs, outputs, seed)
+    return VersionProfiles(inputs, outputs, seed, joint)

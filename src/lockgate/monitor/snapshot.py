@@ -13,6 +13,7 @@ traffic; the cumulative histograms, summed, are exact for anyone who wants to re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,6 +75,29 @@ class DriftSnapshot:
 
 
 @dataclass
+class JointSnapshot:
+    """One version's joint-drift monitor (:mod:`lockgate.monitor.joint`). Merged, the alarm
+    is on when any process has it on, and score and threshold are the pair of the process whose
+    last window came closest to (or went furthest past) its threshold."""
+
+    score: float  # last window's MMD^2; NaN before the first
+    threshold: float  # for that window's rows; NaN before the first
+    alarm: bool
+    windows: int
+
+    @property
+    def ratio(self) -> float:
+        ratio = self.score / self.threshold
+        return ratio if ratio == ratio else -1.0  # NaN (no window yet) loses every comparison
+
+    def merge(self, other: JointSnapshot) -> None:
+        if other.ratio > self.ratio:
+            self.score, self.threshold = other.score, other.threshold
+        self.alarm = self.alarm or other.alarm
+        self.windows += other.windows
+
+
+@dataclass
 class VersionSnapshot:
     """What the monitor knows about one loaded version."""
 
@@ -90,6 +114,7 @@ class VersionSnapshot:
     # joined labels per delay bucket (LABEL_DELAY_BOUNDS, then beyond) and the delays' sum
     label_delay: NDArray[np.int64] = field(default_factory=lambda: label_delay_counts(_NONE))
     label_delay_sum: float = 0.0
+    joint: JointSnapshot | None = None  # None: the version has no joint profile
 
     def sketches(self, key: Key) -> bytes:
         """The raw latency sketches as msgpack (`GET .../sketches`): merge by adding arrays."""
@@ -119,6 +144,11 @@ class VersionSnapshot:
                 self.drift[side].merge(drift)
             else:
                 self.drift[side] = dataclasses.replace(drift)
+        if other.joint is not None:
+            if self.joint is None:
+                self.joint = dataclasses.replace(other.joint)
+            else:
+                self.joint.merge(other.joint)
 
 
 @dataclass
@@ -182,6 +212,8 @@ class Snapshot:
                     share=float("nan"),
                     dataset_alert=False,
                 )
+            if vs.joint is not None:
+                vs.joint = JointSnapshot(math.nan, math.nan, False, vs.joint.windows)
         return out
 
     # -- wire format (msgpack; arrays as raw little-endian bytes) --------------------------------
@@ -275,6 +307,9 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
             }
             for side, d in v.drift.items()
         },
+        "joint": None
+        if v.joint is None
+        else [v.joint.score, v.joint.threshold, v.joint.alarm, v.joint.windows],
     }
 
 
@@ -312,4 +347,12 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
             )
             for side, d in doc["drift"].items()
         },
+        joint=_joint_from(doc.get("joint")),  # absent from processes that predate it
     )
+
+
+def _joint_from(doc: list[Any] | None) -> JointSnapshot | None:
+    if doc is None:
+        return None
+    score, threshold, alarm, windows = doc
+    return JointSnapshot(float(score), float(threshold), bool(alarm), int(windows))
