@@ -26,6 +26,8 @@ from lockgate.config import (
     default_intra_op_threads,
 )
 from lockgate.control.auth import load_tokens
+from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
+from lockgate.serve.transport.client_keys import load_keys
 from lockgate.tls import tls_config
 
 log = logging.getLogger("lockgate")
@@ -162,6 +164,14 @@ def add_serve_parser(sub: Any) -> None:
         "name:token,...); without tokens the admin API binds only to loopback",
         type=Path,
     )
+    flag(
+        serve,
+        "--api-keys-file",
+        None,
+        "data-plane API keys, one `name:key[:scope]` per line, scope infer, feedback or all "
+        "(also: LOCKGATE_API_KEYS=name:key,...); without keys the inference listeners are open",
+        type=Path,
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -191,6 +201,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                 Path(args.admin_token_file) if args.admin_token_file else None,
                 os.environ.get("LOCKGATE_ADMIN_TOKENS"),
             ).items()
+        ),
+        client_keys=load_keys(
+            Path(args.api_keys_file) if args.api_keys_file else None,
+            os.environ.get(API_KEYS_ENV),
         ),
         batch=BatchConfig(
             max_batch_rows=int(args.max_batch_rows),

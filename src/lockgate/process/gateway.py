@@ -79,6 +79,13 @@ def log_tokens(tokens: TokenCheck) -> None:
         log.info("admin tokens: %s", roles)
 
 
+def log_client_keys(config: ServeConfig) -> None:
+    """Name each data-plane API key's scope at start (never the key)."""
+    if config.client_keys:
+        keys = ", ".join(f"{name} ({scope})" for name, _, scope in config.client_keys)
+        log.info("API keys (infer, feedback and model reads need one): %s", keys)
+
+
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
     """Refuse an admin listener reachable from other hosts without a token."""
     if not tokens.enabled and not is_loopback(host):
@@ -135,6 +142,7 @@ class Gateway:
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
         log_tokens(tokens)
+        log_client_keys(cfg)
         await collect_registry_garbage(self.registry)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
@@ -146,6 +154,7 @@ class Gateway:
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
@@ -176,6 +185,7 @@ class Gateway:
             max_buffered_bytes=cfg.max_buffered_body_bytes,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         return http_server(app, cfg, linger=HTTP_LINGER)
 
@@ -192,6 +202,7 @@ class Gateway:
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

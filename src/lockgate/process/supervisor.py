@@ -40,6 +40,7 @@ from lockgate.process.gateway import (
     check_admin_binding,
     collect_registry_garbage,
     handover_seconds,
+    log_client_keys,
     log_tokens,
 )
 from lockgate.process.http_server import bind_socket, http_server
@@ -127,6 +128,7 @@ class Supervisor:
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
         log_tokens(tokens)
+        log_client_keys(cfg)
         await collect_registry_garbage(Registry(cfg.home))
         self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
         try:

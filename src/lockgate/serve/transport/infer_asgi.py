@@ -18,6 +18,7 @@ from typing import Any
 from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec, compression, triton
+from lockgate.serve.transport.client_keys import INFER, ClientKeys
 from lockgate.types import InferencePipeline, InferRequest
 from lockgate.web import (
     BodyBudget,
@@ -44,7 +45,9 @@ _WANTED = {
     b"x-lockgate-key",
     b"content-encoding",
     b"accept-encoding",
+    b"authorization",
 }
+API_KEY_CHALLENGE = (b"www-authenticate", b'Bearer realm="lockgate"')
 
 
 class InferRoute:
@@ -56,8 +59,11 @@ class InferRoute:
         status: dict[ErrorKind, int],
         budget: BodyBudget,
         max_request_elements: int = MAX_REQUEST_ELEMENTS,
+        clients: ClientKeys | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # API keys, when any are configured: one dict probe per request (client_keys.py)
+        self.clients = clients if clients is not None and clients.enabled else None
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
@@ -93,6 +99,8 @@ class InferRoute:
             status, extra = 500, {"content-type": media}
         raw = [(k.encode(), v.encode()) for k, v in extra.items()]
         raw.append((b"content-length", str(len(body)).encode()))
+        if status == 401:
+            raw.append(API_KEY_CHALLENGE)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
@@ -127,7 +135,11 @@ class InferRoute:
     async def _request(
         self, receive: Receive, headers: dict[str, str], model: str, version: str | None
     ) -> InferRequest:
-        """Shed, read and decode: everything before the request reaches the data plane."""
+        """Authenticate, shed, read and decode: everything before the request reaches the
+        data plane."""
+        client = ""
+        if self.clients is not None:
+            client = self.clients.client(headers.get("authorization"), INFER)
         self.pipeline.admit(model, version)
         content_type = headers.get("content-type", "")
         codec.media_type(content_type, codec.INFER_MEDIA)  # refused before the body is read
@@ -145,6 +157,7 @@ class InferRoute:
                 body, content_type, header_length, model, version, spec=spec, max_elements=limit
             )
         req.routing_key = headers.get("x-lockgate-key") or None
+        req.client = client
         return req
 
     async def _body(self, receive: Receive, declared: str | None) -> bytes:
