@@ -156,5 +156,5 @@ def test_the_worker_counts_and_uses_only_the_named_sources(
     ids=["empty", "string", "blank", "space", "number"],
 )
 def test_label_sources_must_be_a_list_of_key_names(value: object) -> None:
-    with pytest.raises(LockgateError, match="data.label_sources must be a non-empty list"):
+    with pytest.raises(LockgateError, match=r"data\.label_sources must be a non-empty list"):
         pipeline(label_sources=value)
