@@ -206,6 +206,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             Path(args.api_keys_file) if args.api_keys_file else None,
             os.environ.get(API_KEYS_ENV),
         ),
+        client_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
         batch=BatchConfig(
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,
@@ -249,6 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGHUP, gateway.request_rolling_restart)
         else:
             gateway = Gateway(config, registry)
+            loop.add_signal_handler(signal.SIGHUP, gateway.request_key_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
         task = asyncio.create_task(gateway.run())

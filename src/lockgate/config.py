@@ -90,6 +90,7 @@ class ServeConfig:
     # (name, key, scope) of each data-plane API key (serve/transport/client_keys.py); none:
     # the inference listeners are open. Never in a repr: the config may be logged.
     client_keys: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
+    client_keys_file: Path | None = None  # read again on SIGHUP (key rotation)
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -71,7 +71,7 @@ def parse_keys(lines: Iterable[tuple[str, str]]) -> tuple[KeyEntry, ...]:
 def load_keys(file: Path | None, env_value: str | None) -> tuple[KeyEntry, ...]:
     """The keys of the file and of the environment variable's value, together."""
     lines: list[tuple[str, str]] = []
-    if file is not None:
+    if file is not None:  # a file that holds no key is a mistake, not an open gateway
         try:
             text = file.read_text()
         except (OSError, UnicodeDecodeError) as exc:
@@ -81,7 +81,10 @@ def load_keys(file: Path | None, env_value: str | None) -> tuple[KeyEntry, ...]:
     if env_value:
         pieces = env_value.replace("\n", ",").split(",")
         lines += [(f"{ENV} entry {i}", piece) for i, piece in enumerate(pieces, 1)]
-    return parse_keys(lines)
+    entries = parse_keys(lines)
+    if file is not None and not entries:
+        raise invalid(f"the API keys file {file} holds no key")
+    return entries
 
 
 class ClientKeys:
@@ -89,12 +92,19 @@ class ClientKeys:
     authenticated requests (read at scrape time, bounded by the keys file)."""
 
     def __init__(self, entries: Iterable[KeyEntry] = ()) -> None:
-        self._by_digest: dict[bytes, tuple[bytes, str, str]] = {}
         self.requests: Counter[str] = Counter()
+        self._by_digest: dict[bytes, tuple[bytes, str, str]] = {}
+        self.replace(entries)
+
+    def replace(self, entries: Iterable[KeyEntry]) -> None:
+        """Serve these keys from now on (one assignment: a request sees the old set or the
+        new one). Counts of names no longer configured are kept: counters never go back."""
+        by_digest = {}
         for name, key, scope in entries:
             raw = key.encode()
-            self._by_digest[hashlib.sha256(raw).digest()] = (raw, name, scope)
-            self.requests[name] = 0  # every client is in the metrics from the start
+            by_digest[hashlib.sha256(raw).digest()] = (raw, name, scope)
+            self.requests[name] += 0  # every client is in the metrics from the start
+        self._by_digest = by_digest
 
     @property
     def enabled(self) -> bool:
