@@ -128,3 +128,11 @@ def test_keys_are_found_by_digest_and_compared_whole() -> None:
     keys._by_digest[hashlib.sha256(OTHER.encode()).digest()] = keys._by_digest[digest]
     with pytest.raises(LockgateError, match="invalid API key"):
         keys.client(f"Bearer {OTHER}", INFER)
+
+
+def test_a_keys_file_without_a_key_is_refused(tmp_path: Path) -> None:
+    """Given a file, the operator means to require keys: an empty one must not open the gateway."""
+    path = tmp_path / "keys"
+    path.write_text("# nobody yet\n\n")
+    with pytest.raises(LockgateError, match="holds no key"):
+        load_keys(path, None)
