@@ -26,6 +26,8 @@ from lockgate.config import (
     default_intra_op_threads,
 )
 from lockgate.control.auth import load_tokens
+from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
+from lockgate.serve.transport.client_keys import load_keys
 from lockgate.tls import tls_config
 
 log = logging.getLogger("lockgate")
@@ -187,6 +189,14 @@ def add_serve_parser(sub: Any) -> None:
         "name:token,...); without tokens the admin API binds only to loopback",
         type=Path,
     )
+    flag(
+        serve,
+        "--api-keys-file",
+        None,
+        "data-plane API keys, one `name:key[:scope]` per line, scope infer, feedback or all "
+        "(also: LOCKGATE_API_KEYS=name:key,...); without keys the inference listeners are open",
+        type=Path,
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -218,6 +228,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                 os.environ.get("LOCKGATE_ADMIN_TOKENS"),
             ).items()
         ),
+        client_keys=load_keys(
+            Path(args.api_keys_file) if args.api_keys_file else None,
+            os.environ.get(API_KEYS_ENV),
+        ),
+        client_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
         batch=BatchConfig(
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,
@@ -262,6 +277,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGHUP, gateway.request_rolling_restart)
         else:
             gateway = Gateway(config, registry)
+            loop.add_signal_handler(signal.SIGHUP, gateway.request_key_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
         task = asyncio.create_task(gateway.run())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,11 @@ class ServeConfig:
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
     # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
-    admin_tokens: tuple[tuple[str, Any], ...] = ()
+    admin_tokens: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    # (name, key, scope) of each data-plane API key (serve/transport/client_keys.py); none:
+    # the inference listeners are open. Never in a repr: the config may be logged.
+    client_keys: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
+    client_keys_file: Path | None = None  # read again on SIGHUP (key rotation)
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -76,6 +76,7 @@ def full_snapshot() -> Any:
     snap = Snapshot(
         revision=1,
         requests=Counter({("endpoint", "variant", *key, "http", "ok"): 1}),
+        clients=Counter({"client": 1}),
         weights={("endpoint", "variant", *key): 100.0},
         loaded={key},
         failed={("model", "2")},

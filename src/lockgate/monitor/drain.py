@@ -292,6 +292,7 @@ class Monitor:
         routes = vm.recorder.ring.routes
         endpoints = np.array([e.encode() for e, _ in routes], dtype=bytes)[piece.route]
         variants = np.array([v.encode() for _, v in routes], dtype=bytes)[piece.route]
+        clients = np.array([c.encode() for c in vm.recorder.ring.clients], dtype=bytes)
         predlog.append_predictions(
             vm.key[0],
             vm.key[1],
@@ -299,6 +300,7 @@ class Monitor:
             request_id=piece.request_id,
             endpoint=endpoints,
             variant=variants,
+            client=clients[piece.client],
             inputs=piece.inputs,
             outputs=piece.outputs,
             latency_s=piece.latency,
@@ -332,20 +334,23 @@ class Monitor:
             )
 
     # -- feedback -------------------------------------------------------------------------------
-    async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
-        """Log labels and join them to recent predictions (drained first, so a label sent right
-        after its prediction still finds it). The join runs on the drain's thread, which builds
-        the id index when labels first need it."""
+    async def submit_feedback(
+        self, labels: list[tuple[str, float]], source: str = ""
+    ) -> FeedbackResult:
+        """Log labels with their `source` (the sender's API key name) and join them to recent
+        predictions (drained first, so a label sent right after its prediction still finds it).
+        The join runs on the drain's thread, which builds the id index when labels first need
+        it."""
         await self.drain()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels)
+        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels, source)
 
-    def _feedback_and_log(self, labels: list[tuple[str, float]]) -> FeedbackResult:
+    def _feedback_and_log(self, labels: list[tuple[str, float]], source: str) -> FeedbackResult:
         result = self.feedback(labels)
         if self.feedback_log is not None and labels:
             ids = np.array([id_key(request_id) for request_id, _ in labels], dtype="S32")
             values = np.array([label for _, label in labels], dtype=np.float64)
-            self.feedback_log.append_labels(time.time(), ids, values)
+            self.feedback_log.append_labels(time.time(), ids, values, source)
         return result
 
     def feedback(self, labels: list[tuple[str, float]], now: float | None = None) -> FeedbackResult:

@@ -209,6 +209,16 @@ class GatewayCollector(Collector):
         for labels, count in sorted(snap.requests.items()):
             requests.add_metric(list(labels), count)
         yield requests
+        if snap.clients:
+            clients = CounterMetricFamily(
+                "lockgate_client_requests",
+                "Data-plane calls (infer, feedback, model reads) authenticated with an API key, "
+                "by the key's name (only with --api-keys-file / LOCKGATE_API_KEYS)",
+                labels=["client"],
+            )
+            for name, count in sorted(snap.clients.items()):
+                clients.add_metric([name], count)
+            yield clients
 
     @staticmethod
     def _serving(snap: Snapshot) -> Iterator[Metric]:

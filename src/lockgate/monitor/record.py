@@ -73,8 +73,16 @@ class VersionRecorder:
     def output_tensors(self) -> list[str]:
         return [name for name, _, _ in self.ring.output_slots]
 
-    def meta(self, request_id: str, endpoint: str, variant: str, received_ns: int) -> RequestMeta:
-        return (request_id, self.ring.route_code(endpoint, variant), received_ns)
+    def meta(
+        self, request_id: str, endpoint: str, variant: str, received_ns: int, client: str = ""
+    ) -> RequestMeta:
+        ring = self.ring
+        return (
+            request_id,
+            ring.route_code(endpoint, variant),
+            received_ns,
+            ring.client_code(client),
+        )
 
     def record(
         self,

@@ -40,9 +40,10 @@ def id_key(request_id: str) -> bytes:
 
 
 # What the pipeline attaches to a queued request for the monitor: (request id, code of
-# (endpoint, variant) in the ring's route table, time.perf_counter_ns() at arrival). A plain
-# tuple: one is made per request, and the ring transposes a batch's at once.
-RequestMeta = tuple[str, int, int]
+# (endpoint, variant) in the ring's route table, time.perf_counter_ns() at arrival, code of the
+# client (its API key's name) in the ring's client table). A plain tuple: one is made per
+# request, and the ring transposes a batch's at once.
+RequestMeta = tuple[str, int, int, int]
 
 
 def id_keys(request_ids: Sequence[str]) -> Array:
@@ -69,6 +70,7 @@ class RingSlice:
     ts: Array  # float64 unix seconds
     request_id: Array  # S32
     route: Array  # int16 code of (endpoint, variant), see PredictionRing.routes
+    client: Array  # int16 code of the client, see PredictionRing.clients
     inputs: Array  # float32 [rows, input features]
     outputs: Array  # float32 [rows, output features]
     latency: Array  # float32 seconds, arrival -> answer (the request's, on each of its rows)
@@ -88,7 +90,7 @@ class RingSlice:
         return RingSlice(**columns, dropped=0)
 
 
-_COLUMNS = ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first")
+_COLUMNS = ("ts", "request_id", "route", "client", "inputs", "outputs", "latency", "queue", "first")
 
 
 def concat_slices(*pieces: RingSlice) -> RingSlice:
@@ -113,6 +115,7 @@ class Columns:
         self.rows = 0
         self.ids: list[str] = []  # per request
         self.routes = array("q")
+        self.clients = array("q")
         self.received_ns = array("q")
         self.enqueued_ns = array("q")
         self.request_rows = array("q")
@@ -138,6 +141,8 @@ class PredictionRing:
         self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
         self.routes: list[tuple[str, str]] = []
         self._route_codes: dict[tuple[str, str], int] = {}
+        self.clients: list[str] = [""]  # code 0: no API keys configured
+        self._client_codes: dict[str, int] = {"": 0}
         self._filling = Columns(capacity, self.widths)
         self._spare: Columns | None = None
         self._dropped_since_take = 0
@@ -148,6 +153,13 @@ class PredictionRing:
         if code is None:
             code = self._route_codes[key] = len(self.routes)
             self.routes.append(key)
+        return code
+
+    def client_code(self, client: str) -> int:
+        code = self._client_codes.get(client)
+        if code is None:
+            code = self._client_codes[client] = len(self.clients)
+            self.clients.append(client)
         return code
 
     def append(
@@ -171,7 +183,7 @@ class PredictionRing:
             self._drop(total)
             return
         try:
-            ids, routes, received = zip(*metas, strict=True)
+            ids, routes, received, clients = zip(*metas, strict=True)
             for matrix, slots, arrays in (
                 (cols.inputs, self.input_slots, feeds),
                 (cols.outputs, self.output_slots, outputs),
@@ -195,6 +207,7 @@ class PredictionRing:
             raise
         cols.ids += ids
         cols.routes.extend(routes)
+        cols.clients.extend(clients)
         cols.received_ns.extend(received)
         cols.enqueued_ns.extend(enqueued_ns)
         cols.request_rows.extend(rows)
@@ -240,6 +253,7 @@ class PredictionRing:
             ts=per_row(np.repeat(np.array(cols.ts, np.float64), requests)),
             request_id=per_row(id_keys(cols.ids)),
             route=per_row(np.array(cols.routes, np.int16)),
+            client=per_row(np.array(cols.clients, np.int16)),
             inputs=cols.inputs[: cols.rows],
             outputs=cols.outputs[: cols.rows],
             latency=per_row(((done - received) / 1e9).astype(np.float32)),

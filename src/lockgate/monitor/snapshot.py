@@ -157,6 +157,7 @@ class Snapshot:
 
     revision: int = 0
     requests: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    clients: Counter[str] = field(default_factory=Counter)  # authenticated calls by API key name
     weights: dict[Route, float] = field(default_factory=dict)
     loaded: set[Key] = field(default_factory=set)
     failed: set[Key] = field(default_factory=set)
@@ -180,6 +181,7 @@ class Snapshot:
         if other.processes and (not self.processes or other.revision < self.revision):
             self.revision, self.weights = other.revision, dict(other.weights)
         self.requests.update(other.requests)
+        self.clients.update(other.clients)
         self.failed |= other.failed
         self.fallback |= other.fallback
         self.loaded = (self.loaded | other.loaded) - self.failed
@@ -222,6 +224,7 @@ class Snapshot:
             "format": WIRE_FORMAT,
             "revision": self.revision,
             "requests": [[*k, n] for k, n in self.requests.items()],
+            "clients": dict(self.clients),
             "weights": [[*k, w] for k, w in self.weights.items()],
             "loaded": [list(k) for k in self.loaded],
             "failed": [list(k) for k in self.failed],
@@ -246,6 +249,7 @@ class Snapshot:
         return cls(
             revision=int(doc["revision"]),
             requests=Counter({tuple(r[:-1]): int(r[-1]) for r in doc["requests"]}),
+            clients=Counter({str(k): int(n) for k, n in doc.get("clients", {}).items()}),
             weights={(r[0], r[1], r[2], r[3]): float(r[4]) for r in doc["weights"]},
             loaded={(m, v) for m, v in doc["loaded"]},
             failed={(m, v) for m, v in doc["failed"]},

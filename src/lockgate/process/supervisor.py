@@ -40,7 +40,9 @@ from lockgate.process.gateway import (
     check_admin_binding,
     collect_registry_garbage,
     handover_seconds,
+    log_client_keys,
     log_tokens,
+    reread_client_keys,
 )
 from lockgate.process.http_server import bind_socket, http_server
 from lockgate.process.pool import Slot, Worker, WorkerPool
@@ -127,6 +129,7 @@ class Supervisor:
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
         log_tokens(tokens)
+        log_client_keys(cfg)
         await collect_registry_garbage(Registry(cfg.home))
         self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
         try:
@@ -254,6 +257,9 @@ class Supervisor:
         slot.current, slot.restart_at = None, now + delay
 
     async def _rolling_restart(self) -> None:
+        if self.pool.slots:  # started (worker_config is set): new workers get the keys as now
+            reread = await reread_client_keys(self.worker_config)
+            self.worker_config = reread or self.worker_config
         log.info("rolling restart of %d workers", len(self.pool.slots))
         for slot in self.pool.slots:
             old = slot.current

@@ -169,6 +169,7 @@ class Controller:
         snap = Snapshot(
             revision=routes.revision,
             requests=Counter(dict(self.dataplane.requests)),
+            clients=Counter(dict(self.dataplane.clients.requests)),
             weights={
                 (route.name, v.name, v.model, v.version): v.weight
                 for route in routes.endpoints.values()
