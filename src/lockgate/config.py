@@ -88,6 +88,9 @@ class ServeConfig:
     # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
     admin_tokens: tuple[tuple[str, Any], ...] = ()
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
+    # Most traffic share (percent) a version without passed gates may be given (100: no limit;
+    # control/policy.py); an admin may force past it, audited.
+    ungated_max_percent: float = 5.0
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()
