@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lockgate.cli_flags import common, flag, host_port, positive, positive_int, state_flag
+from lockgate.cli_flags import (
+    common,
+    flag,
+    host_port,
+    percent,
+    positive,
+    positive_int,
+    state_flag,
+)
 from lockgate.cli_home import serve_home
 from lockgate.config import (
     MAX_REQUEST_ELEMENTS,
@@ -26,6 +34,7 @@ from lockgate.config import (
     default_intra_op_threads,
 )
 from lockgate.control.auth import load_tokens
+from lockgate.control.policy import DEFAULT_UNGATED_MAX_PERCENT
 from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
 from lockgate.serve.transport.client_keys import load_keys
 from lockgate.tls import tls_config
@@ -151,6 +160,14 @@ def add_serve_parser(sub: Any) -> None:
         "also run the retrain worker with this pipeline file (stopped with the gateway)",
         type=Path,
     )
+    flag(
+        serve,
+        "--ungated-max-percent",
+        DEFAULT_UNGATED_MAX_PERCENT,
+        "most of an endpoint's traffic a version without passed gates may take (0: none; "
+        "100: no limit); shadows are always allowed; an admin may force past it, audited",
+        type=percent,
+    )
     flag(serve, "--no-monitor", False, "turn the online monitor off", action="store_true")
     flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
     flag(
@@ -218,6 +235,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_request_elements=int(args.max_request_elements),
         max_in_flight=int(args.max_in_flight),
         grace_period=float(args.grace),
+        ungated_max_percent=float(args.ungated_max_percent),
         demo=bool(args.demo),
         state_url=args.state or None,
         replica=str(args.replica_id),

@@ -100,6 +100,9 @@ class ServeConfig:
     client_keys: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
     client_keys_file: Path | None = None  # read again on SIGHUP (key rotation)
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
+    # Most traffic share (percent) a version without passed gates may be given (100: no limit;
+    # control/policy.py); an admin may force past it, audited.
+    ungated_max_percent: float = 5.0
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()

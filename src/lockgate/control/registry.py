@@ -22,6 +22,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,7 @@ class VersionInfo:
     config: ModelConfig = field(default_factory=ModelConfig)
     conversions: tuple[str, ...] = ()  # what registration changed in the model file
     config_error: str = ""  # config.toml is unreadable (edited by hand): the version won't load
+    gates_passed: bool | None = None  # the recorded gate verdict; None: never evaluated
 
     @property
     def model_path(self) -> Path:
@@ -230,7 +232,20 @@ class Registry:
             config=config,
             config_error=config_error,
             conversions=tuple(doc.get("conversions", ())),
+            gates_passed=self._verdict(path),
         )
+
+    @staticmethod
+    def _verdict(path: Path) -> bool | None:
+        """The gate verdict of the version in `path` (None: no results, or unreadable ones,
+        which the policy treats as ungated)."""
+        try:
+            return orjson.loads((path / GATES_FILE).read_bytes()).get("passed") is True
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.warning("unreadable gate results in %s: %s", path, exc)
+            return False
 
     # -- writing ------------------------------------------------------------------------------
     def register(
@@ -364,6 +379,17 @@ class Registry:
         finally:
             temp.unlink(missing_ok=True)
         fsync_dir(info.path)
+
+    def verdicts(self, versions: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], bool]:
+        """{(model, version): passed} of the given versions that have recorded gate results
+        (read without the rest of each version: the admin API asks at every change)."""
+        out = {}
+        for name, numbers in versions.items():
+            for version in numbers:
+                verdict = self._verdict(self.root / name / version)
+                if verdict is not None:
+                    out[(name, version)] = verdict
+        return out
 
     def gates(self, info: VersionInfo) -> dict[str, Any] | None:
         """The version's recorded gate results, or None when it has none."""

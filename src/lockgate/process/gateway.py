@@ -20,6 +20,7 @@ from typing import Any
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck, is_loopback
+from lockgate.control.policy import GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
@@ -197,7 +198,9 @@ class Gateway:
             "grpc": grpc_port,
             "admin": admin_sock.getsockname()[1],
         }
-        self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
+        self.admin_app = build_admin_app(
+            self.state, self.controller, tokens, self.monitor, GatePolicy(cfg.ungated_max_percent)
+        )
         servers = [
             (self._http_server(), http_sock),
             (http_server(self.admin_app, cfg), admin_sock),

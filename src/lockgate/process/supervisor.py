@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck
+from lockgate.control.policy import GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
@@ -158,7 +159,8 @@ class Supervisor:
                 slot.current = worker
             await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
             store = StateStore(cfg.home, cfg.state_url)
-            admin_app = build_admin_app(store, self.pool, tokens, self.pool)
+            policy = GatePolicy(cfg.ungated_max_percent)
+            admin_app = build_admin_app(store, self.pool, tokens, self.pool, policy)
             admin = http_server(admin_app, cfg)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
             log.info(
