@@ -34,6 +34,8 @@ GRAFANA = {
     "$__rate_interval": "30s",
     "$__interval": "5s",
     "$__range": "5m",
+    "$job": ".*",
+    "$instance": ".*",
     "$endpoint": ".*",
     "$model": ".*",
 }
@@ -165,7 +167,7 @@ def test_every_dashboard_query_runs(drifted: Prometheus) -> None:
     Prometheus evaluates; the panels this traffic feeds have data."""
     with_data = []
     for expr in dashboard_exprs():
-        variable = re.fullmatch(r"label_values\((\w+), (\w+)\)", expr)
+        variable = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, (\w+)\)", expr)
         if variable:  # a Grafana variable query: the metric must carry the label
             metric, label = variable.groups()
             assert any(label in r["metric"] for r in drifted.query(metric)), expr
