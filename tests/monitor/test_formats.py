@@ -97,9 +97,10 @@ def test_a_gateway_snapshot_in_openmetrics_is_prometheus_clients_and_parses() ->
         ("application/openmetrics-text;version=2.0.0, text/plain;q=0.1", TEXT),
         ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily", TEXT),
         (
-            "application/vnd.google.protobuf;encoding=delimited;proto=io.prometheus.client.MetricFamily;q=0.9, text/plain;q=0.8",
+            "application/vnd.google.protobuf;encoding=delimited;"
+            "proto=io.prometheus.client.MetricFamily;q=0.9, text/plain;q=0.8",
             PROTOBUF,
-        ),  # noqa: E501
+        ),
         ("application/openmetrics-text;q=0, text/plain;q=0.2", TEXT),
         ("application/openmetrics-text;q=nonsense, */*;q=0.1", TEXT),
         # Prometheus 3 (scrape_protocols: [PrometheusText1.0.0, ...]): UTF-8 names allowed
