@@ -33,6 +33,7 @@ from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
+from lockgate.monitor.formats import negotiate
 from lockgate.monitor.metrics import render_metrics
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.web import digits, error_response, read_body
@@ -40,7 +41,6 @@ from lockgate.web import digits, error_response, read_body
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 MAX_ADMIN_BODY = 1024 * 1024
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MonitorView(Protocol):
@@ -210,7 +210,8 @@ def build_admin_app(
     async def prometheus(request: Request) -> Response:
         snap = await control.snapshot()
         names = request.query_params.getlist("name[]") or None  # as prometheus-client's
-        return Response(render_metrics(snap, names), media_type=METRICS_CONTENT_TYPE)
+        fmt = negotiate(request.headers.get("accept"))
+        return Response(render_metrics(snap, names, fmt), media_type=fmt.content_type)
 
     async def monitor_snapshot(request: Request) -> Response:
         snap = await control.snapshot()

@@ -98,7 +98,12 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness of the admin listener", "security": []}},
         "/openapi.json": {"get": {"summary": "This document", "security": []}},
-        "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": []}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text, OpenMetrics or protobuf, by Accept)",
+                "security": [],
+            }
+        },
         "/v1/monitor/snapshot": {
             "get": _op(
                 "Every metrics figure of this host (all workers) as msgpack; replicas' snapshots "
