@@ -300,14 +300,19 @@ class Batcher:
         """The next batch from the queue's head, and its rows."""
         batch: list[_Pending] = []
         rows = 0
-        limit = self.config.max_batch_rows if self.runner.spec.batchable else 1
+        spec = self.runner.spec
+        limit = self.config.max_batch_rows if spec.batchable else 1
         while self._queue:
             head = self._queue[0]
             if head.future.done():  # expired or cancelled while queued
                 self._queue.popleft()
                 self._queued_rows -= head.rows
                 continue
-            if batch and (rows + head.rows > limit or not self.runner.spec.batchable):
+            if batch and (
+                rows + head.rows > limit
+                or not spec.batchable
+                or (spec.ragged and not _same_shapes(batch[0].inputs, head.inputs, spec.ragged))
+            ):
                 break
             self._queue.popleft()
             self._queued_rows -= head.rows
@@ -426,6 +431,11 @@ class Batcher:
         except TimeoutError:
             return False
         return True
+
+
+def _same_shapes(a: Arrays, b: Arrays, names: tuple[str, ...]) -> bool:
+    """Requests concatenate on axis 0 only when their other dimensions agree."""
+    return all(a[n].shape[1:] == b[n].shape[1:] for n in names)
 
 
 def _concat(parts: list[Arrays]) -> Arrays:
