@@ -6,8 +6,10 @@ model metadata and configuration describe what is served."""
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -21,6 +23,7 @@ from tests.compat.wire import (
     assert_same,
     build_cases,
     grpc_infer,
+    grpc_inputs,
     http_infer,
     labels_of,
 )
@@ -131,3 +134,28 @@ def test_class_labels_are_in_the_config_of_zipmap_models_only(served: Served) ->
     assert set(labels_of(config)["output_probability"]) == {"low", "mid", "high"}
     assert set(labels_of(grpc_config(served, "skl-zipmap"))["output_probability"]) == {0, 1, 2}
     assert labels_of(grpc_config(served, "skl-plain")) == {}
+
+
+def test_concurrent_images_of_different_sizes(served: Served) -> None:
+    """Requests in flight together on a model with dynamic height and width: whichever of
+    them the gateway gathers, each gets its own image's answer."""
+    case = served.cases["cnn"]
+    rng = np.random.default_rng(11)
+    sides = [(5, 4), (9, 13), (7, 7), (5, 4)] * 8
+    images = [
+        rng.normal(size=(1 + i % 2, 1, h, w)).astype(np.float32) for i, (h, w) in enumerate(sides)
+    ]
+    answers: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
+    with grpcclient.InferenceServerClient(served.gateway.grpc) as client:
+        for i, image in enumerate(images):
+            client.async_infer(
+                "cnn",
+                grpc_inputs({"image": image}),
+                callback=lambda result, error, i=i: answers.put((i, result, error)),
+                client_timeout=60,
+            )
+        got = [answers.get(timeout=90) for _ in images]
+    for i, result, error in got:
+        assert error is None, error
+        want = case.run({"image": images[i]})["features"]
+        assert_same(result.as_numpy("features"), want, f"cnn[{i}]")
