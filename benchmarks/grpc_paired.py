@@ -1,7 +1,9 @@
 """gRPC throughput of two versions of lockgate, paired: the working tree against an earlier
 revision (exported with `git archive`), both gateways up at once on the same demo models,
 measured in alternating h2load runs (64 streams: 8 connections x 8) so that whatever else the
-shared machine does falls on both sides alike. Prints each pair and the median of the ratios.
+shared machine does falls on both sides alike. Besides requests per second, each run measures
+the gateway process's CPU time per answered request, which other load on the machine disturbs
+far less. Prints each pair and the medians of the ratios.
 
     .venv/bin/python benchmarks/grpc_paired.py --base REV [--rounds 8] [--duration 5]
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -18,7 +21,8 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-from loadgen import check_grpc, h2load
+import psutil
+from loadgen import Result, check_grpc, h2load
 from serve_bench import FEATURES, Bench, free_port, grpc_payload
 
 from lockgate.config import default_intra_op_threads
@@ -70,6 +74,21 @@ def start(bench: Bench, label: str, src: Path, threads: int) -> int:
     return ports["grpc"]
 
 
+def measured(
+    bench: Bench, label: str, port: int, payload: bytes, dur: float
+) -> tuple[Result, float]:
+    """One h2load run and the server's CPU microseconds per answered request during it."""
+    proc = psutil.Process(bench.procs[label].pid)
+    before = sum(proc.cpu_times()[:2])
+    result = h2load(bench.tmp, port, payload, dur, 1.0)
+    cpu = sum(proc.cpu_times()[:2]) - before
+    return result, cpu * 1e6 / max(result.ok, 1)
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the earlier revision (git rev)")
@@ -78,6 +97,7 @@ def main() -> int:
     parser.add_argument("--intra-op-threads", type=int, default=default_intra_op_threads())
     args = parser.parse_args()
     bench = Bench(argparse.Namespace(intra_op_threads=args.intra_op_threads))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # close the servers on the way out
     try:
         base_src = export(args.base, Path(tempfile.mkdtemp(dir=bench.tmp)))
         sides = {
@@ -89,26 +109,32 @@ def main() -> int:
             for port in sides.values():
                 check_grpc(port, payload, bench.tmp, False)
                 h2load(bench.tmp, port, payload, 2.0, 1.0)  # warm
-            ratios, rps = [], {label: [] for label in sides}
+            ratios: list[float] = []
+            cpu_ratios: list[float] = []
             for i in range(args.rounds):
                 order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA...
                 got = {
-                    label: h2load(bench.tmp, port, payload, args.duration, 1.0)
+                    label: measured(
+                        bench,
+                        "head" if label == "working tree" else "base",
+                        port,
+                        payload,
+                        args.duration,
+                    )
                     for label, port in order
                 }
-                for label, result in got.items():
+                for label, (result, _) in got.items():
                     assert result.errors == 0, f"{label}: {result.errors} errors"
-                    rps[label].append(result.rps)
-                head, base = got["working tree"].rps, got[args.base].rps
-                ratios.append(head / base)
-                line = f"head {head:,.0f} base {base:,.0f} rps -> {head / base:.3f}"
+                (head, head_cpu), (base, base_cpu) = got["working tree"], got[args.base]
+                ratios.append(head.rps / base.rps)
+                cpu_ratios.append(head_cpu / base_cpu)
+                line = (
+                    f"rps head {head.rps:,.0f} base {base.rps:,.0f} ({ratios[-1]:.3f}); "
+                    f"CPU us/request head {head_cpu:.0f} base {base_cpu:.0f} ({cpu_ratios[-1]:.3f})"
+                )
                 print(f"{model} round {i + 1}: {line}", flush=True)
-            print(
-                f"{model}: median rps head {statistics.median(rps['working tree']):,.0f}, "
-                f"base {statistics.median(rps[args.base]):,.0f}; median ratio "
-                f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})",
-                flush=True,
-            )
+            print(f"{model}: median rps ratio {spread(ratios)}", flush=True)
+            print(f"{model}: median CPU-per-request ratio {spread(cpu_ratios)}", flush=True)
     finally:
         bench.close()
     return 0
