@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 from io import BytesIO
 from pathlib import Path
 
@@ -53,8 +55,8 @@ def export(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def start(bench: Bench, label: str, src: Path, threads: int, *flags: str) -> int:
-    """Register the demo models with this side's own code, then serve them; its gRPC port."""
+def start(bench: Bench, label: str, src: Path, threads: int, *flags: str) -> dict[str, int]:
+    """Register the demo models with this side's own code, then serve them; its ports."""
     env = dict(os.environ, PYTHONPATH=str(src))
     home, models = bench.tmp / f"{label}-home", bench.tmp / f"{label}-models"
     where = subprocess.run(
@@ -72,21 +74,35 @@ def start(bench: Bench, label: str, src: Path, threads: int, *flags: str) -> int
     with open(bench.tmp / f"{label}.log", "wb") as log:
         bench.procs[label] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     bench.wait_http(label, f"http://127.0.0.1:{ports['http']}/v2/health/ready")
-    return ports["grpc"]
+    return ports
 
 
 def measured(
-    bench: Bench, label: str, port: int, payload: bytes, dur: float
-) -> tuple[Result, float, float]:
-    """One h2load run, and the server's CPU microseconds per answered request during it: the
-    whole process, and its main thread (the event loop, where requests are decoded, batched and
-    answered)."""
+    bench: Bench, label: str, ports: dict[str, int], model: str, payload: bytes, dur: float
+) -> tuple[Result, float, float, float]:
+    """One h2load run; the server's CPU microseconds per answered request during it (the
+    whole process, and its main thread: the event loop, where requests are decoded, batched and
+    answered); and the requests per model run (its batcher's counters)."""
     proc = psutil.Process(bench.procs[label].pid)
     before, loop_before = sum(proc.cpu_times()[:2]), _loop_cpu(proc)
-    result = h2load(bench.tmp, port, payload, dur, 1.0)
+    counted = _batch_counters(ports["admin"], model)
+    result = h2load(bench.tmp, ports["grpc"], payload, dur, 1.0)
     cpu, loop = sum(proc.cpu_times()[:2]) - before, _loop_cpu(proc) - loop_before
+    now = _batch_counters(ports["admin"], model)
+    requests, batches = now[0] - counted[0], now[1] - counted[1]
     n = max(result.ok, 1)  # h2load's warm-up second is not counted, its CPU is: a small bias
-    return result, cpu * 1e6 / n, loop * 1e6 / n
+    return result, cpu * 1e6 / n, loop * 1e6 / n, requests / max(batches, 1)
+
+
+def _batch_counters(admin: int, model: str) -> tuple[float, float]:
+    """The model's requests run and model runs so far, from the gateway's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    found = {}
+    for name in ("batch_requests", "batches"):
+        pattern = rf'^lockgate_{name}_total{{[^}}]*model="{model}"[^}}]*}} ([0-9.e+]+)$'
+        found[name] = sum(float(v) for v in re.findall(pattern, text, re.M))
+    return found["batch_requests"], found["batches"]
 
 
 def _loop_cpu(proc: psutil.Process) -> float:
@@ -121,26 +137,28 @@ def main() -> int:
         names = {args.base: "base", "working tree": "head"}
         for model in args.models:
             payload = grpc_payload(model, FEATURES[model])
-            for port in sides.values():
-                check_grpc(port, payload, bench.tmp, False)
-                h2load(bench.tmp, port, payload, 2.0, 1.0)  # warm
-            ratios: dict[str, list[float]] = {"rps": [], "CPU": [], "loop CPU": []}
+            for ports in sides.values():
+                check_grpc(ports["grpc"], payload, bench.tmp, False)
+                h2load(bench.tmp, ports["grpc"], payload, 2.0, 1.0)  # warm
+            ratios: dict[str, list[float]] = {"rps": [], "CPU": [], "loop CPU": [], "batch": []}
             for i in range(args.rounds):
                 order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA...
                 got = {
-                    label: measured(bench, names[label], port, payload, args.duration)
-                    for label, port in order
+                    label: measured(bench, names[label], ports, model, payload, args.duration)
+                    for label, ports in order
                 }
-                for label, (result, _, _) in got.items():
+                for label, (result, *_) in got.items():
                     assert result.errors == 0, f"{label}: {result.errors} errors"
-                (head, head_cpu, head_loop) = got["working tree"]
-                (base, base_cpu, base_loop) = got[args.base]
+                (head, head_cpu, head_loop, head_batch) = got["working tree"]
+                (base, base_cpu, base_loop, base_batch) = got[args.base]
                 ratios["rps"].append(head.rps / base.rps)
                 ratios["CPU"].append(head_cpu / base_cpu)
                 ratios["loop CPU"].append(head_loop / base_loop)
+                ratios["batch"].append(head_batch / base_batch)
                 line = (
                     f"rps {head.rps:,.0f} / {base.rps:,.0f}; CPU us/request {head_cpu:.0f} / "
-                    f"{base_cpu:.0f}, of which the event loop {head_loop:.0f} / {base_loop:.0f}"
+                    f"{base_cpu:.0f}, of which the event loop {head_loop:.0f} / {base_loop:.0f}; "
+                    f"requests per run {head_batch:.1f} / {base_batch:.1f}"
                 )
                 print(f"{model} round {i + 1} (head / base): {line}", flush=True)
             for what, values in ratios.items():
