@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lockgate.config import MonitorConfig
+from lockgate.monitor.capture import capture_monitor
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor, render_metrics
+from lockgate.monitor.metrics import render_metrics
 from lockgate.monitor.snapshot import LABEL_DELAY_BOUNDS, Snapshot, label_delay_counts
 from lockgate.types import ModelSpec, TensorSpec
 

@@ -19,8 +19,8 @@ from typing import Any
 from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
+from lockgate.monitor.capture import capture_monitor, capture_process
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor, capture_process
 from lockgate.monitor.snapshot import BATCH_FIELDS, SHADOW_FIELDS, Snapshot
 from lockgate.serve.dataplane import DataPlane
 from lockgate.serve.models import Key, ModelSet
