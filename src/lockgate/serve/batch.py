@@ -4,14 +4,12 @@ Greedy: when the model is idle a request runs at once; while a batch runs, new r
 the next batch takes what is queued, up to `max_batch_rows` rows. Nothing waits for a timer at
 low load, and batches grow exactly as fast as load does.
 
-Overload: a request is refused at admission, before it is queued (and, through `admit`, before its
-body is even read), when the queue holds `max_queue_rows` rows, when its expected wait exceeds
-`max_queue_wait`, or when it could not finish before its deadline (expected wait + its own compute,
-from the runner's cost model scaled by what batches have really been taking). Queued requests are
-served by the discipline of serve/queue.py. While a full batch is queued behind a running one, the
-model thread takes and runs it itself instead of handing back to the event loop: under overload a
-busy loop took longer to turn around than the batch took to run (a 64-row batch of the demo `mlp`,
-3.5 ms of compute, took 40 ms from batch to batch at 512 hammering connections).
+Overload: a request is refused at admission (serve/admission.py), before it is queued. Queued
+requests are served by the discipline of serve/queue.py. While a full batch is queued behind a
+running one, the model thread takes and runs it itself instead of handing back to the event loop:
+under overload a busy loop took longer to turn around than the batch took to run (a 64-row batch
+of the demo `mlp`, 3.5 ms of compute, took 40 ms from batch to batch at 512 hammering
+connections).
 
 Requests handed over one at a time (gRPC) may wait for batch-mates: see serve/gather.py.
 """
@@ -23,60 +21,20 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any
 
 import numpy as np
 
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve.admission import Admission
+from lockgate.serve.batch_stats import BatchObserver, BatchStats
 from lockgate.serve.gather import Gatherer
-from lockgate.serve.queue import SLOWDOWN_WEIGHT, Dropped, Pending, RequestQueue, RunInfo, WaitModel
+from lockgate.serve.queue import Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
 
-__all__ = ["BatchObserver", "BatchStats", "Batcher", "RunInfo"]
+__all__ = ["Batcher"]
 log = logging.getLogger(__name__)
-
-
-class BatchObserver(Protocol):
-    """Sees every successful model run (the monitor's ring); must be quick and never raise."""
-
-    def record(
-        self,
-        feeds: Arrays,
-        outputs: Arrays,
-        metas: list[Any],
-        rows: list[int],
-        enqueued_ns: list[int],
-        started_ns: int,
-    ) -> None: ...
-
-
-@dataclass(slots=True)
-class BatchStats:
-    """Plain counters read by tests, metrics and benchmarks (no locks: one event loop)."""
-
-    requests: int = 0
-    batches: int = 0
-    rows: int = 0
-    multi_request_batches: int = 0
-    inline_batches: int = 0
-    chained_batches: int = 0  # taken and run by the model thread itself (see the docstring)
-    gathers: int = 0  # waits for batch-mates (one-at-a-time transports)
-    fruitless_gathers: int = 0  # ... that gathered no batch-mate
-    shed: int = 0  # OVERLOADED: refused at admission, or waited too long in the queue
-    expired: int = 0  # DEADLINE: passed, or could not be met, before the model ran it
-    failed: int = 0
-    observer_errors: int = 0
-    compute_ns: int = 0
-    # For Triton's statistics: summed over requests, the time each waited before its batch
-    # started and the compute time of its batch; when the last batch started; and per batch
-    # size (rows, up to max_batch_rows) the batches and their compute time.
-    queue_ns: int = 0
-    request_compute_ns: int = 0
-    last_started_ns: int = 0
-    size_batches: dict[int, int] = field(default_factory=dict)
-    size_compute_ns: dict[int, int] = field(default_factory=dict)
 
 
 # One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute.
@@ -124,7 +82,8 @@ class Batcher:
             runner.predicted_cost(limit) < self._inline and config.max_queue_delay <= 0
         )
         self.waits = WaitModel(runner.predicted_cost, limit)
-        self._bounds()
+        self.admission = Admission(config, self.queue, self.waits, self.stats, self._label(), clock)
+        self.admit = self.admission.admit  # see serve/admission.py
 
     @property
     def queued_rows(self) -> int:
@@ -146,11 +105,12 @@ class Batcher:
                 return self._run_now(inputs, rows, deadline, meta)
         q = self.queue
         queued = q.rows_in - q.rows_out
+        a = self.admission
         if queued and queued + rows > self.config.max_queue_rows:
-            self._shed(f"{queued} rows queued")
+            a.shed(f"{queued} rows queued")
         now = self._clock()
-        if queued > self._calm_rows or deadline - now < self._far:
-            self._check_wait(queued, rows, deadline, now)
+        if queued > a.calm_rows or deadline - now < a.far:
+            a.check_wait(queued, rows, deadline, now)
         loop = asyncio.get_running_loop()
         pending = Pending(
             inputs, rows, loop.create_future(), time.perf_counter_ns(), now, deadline, meta
@@ -175,37 +135,6 @@ class Batcher:
             if not self._in_flight:
                 self._idle.set()
 
-    def admit(self, deadline: float | None = None) -> None:
-        """Refuse before the request is even read when it would be refused once queued: a
-        rejection must cost far less than a request, or overload turns into collapse. Its rows
-        are not known yet: it is judged as one row."""
-        queued = self.queue.rows_in - self.queue.rows_out
-        if queued >= self.config.max_queue_rows:
-            self._shed(f"{queued} rows queued")
-        if deadline is None:
-            if queued > self._calm_rows:
-                self._check_wait(queued, 1, float("inf"))
-        elif queued > self._calm_rows or deadline - self._clock() < self._far:
-            self._check_wait(queued, 1, deadline)
-
-    def _check_wait(
-        self, queued: int, rows: int, deadline: float, now: float | None = None
-    ) -> None:
-        """Refuse a request expected to wait longer than `max_queue_wait` (OVERLOADED), or to
-        finish after its deadline (DEADLINE). Newest-first queues serve it next."""
-        w, q = self.waits, self.queue
-        wait = (min(queued, q.limit) if q.standing else queued) * w.per_queued_row * w.slowdown
-        if wait > q.max_wait > 0:
-            self._shed(f"expected wait {wait * 1000:.0f} ms")
-        own = (w.fixed + w.per_row * rows) * w.slowdown
-        if deadline - (self._clock() if now is None else now) < wait + own:
-            self.stats.expired += 1
-            raise LockgateError(
-                ErrorKind.DEADLINE,
-                f"deadline too close for {self._label()}: it would wait about "
-                f"{wait * 1000:.1f} ms and run {own * 1000:.1f} ms",
-            )
-
     def _run_now(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any
     ) -> tuple[Arrays, RunInfo]:
@@ -227,14 +156,6 @@ class Batcher:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
 
-    def _shed(self, why: str) -> NoReturn:
-        self.stats.shed += 1
-        raise LockgateError(
-            ErrorKind.OVERLOADED,
-            f"model {self._label()} is overloaded ({why})",
-            retry_after=self._drain_estimate(),
-        )
-
     def _expire(self, pending: Pending) -> None:
         if not pending.future.done():
             self.stats.expired += 1
@@ -255,7 +176,8 @@ class Batcher:
                 self.stats.shed += 1
                 wait = self.config.max_queue_wait * 1000
                 why = f"model {self._label()} is overloaded (queued over {wait:.0f} ms)"
-                p.future.set_exception(LockgateError(kind, why, retry_after=self._drain_estimate()))
+                retry = self.admission.drain_estimate()
+                p.future.set_exception(LockgateError(kind, why, retry_after=retry))
 
     async def _drain(self, gather: bool = False) -> None:
         busy = False  # the first batch after an idle period never waits
@@ -435,29 +357,7 @@ class Batcher:
                 s.size_compute_ns[rows] = compute_ns
         if requests > 1:
             s.multi_request_batches += 1
-        w = self.waits  # the slowdown follows what batches take (serve/queue.py)
-        predicted = w.fixed + w.per_row * rows
-        if predicted > 0:
-            ratio = compute_ns / 1e9 / predicted
-            ratio = 0.5 if ratio < 0.5 else 1000.0 if ratio > 1000.0 else ratio
-            w.slowdown += SLOWDOWN_WEIGHT * (ratio - w.slowdown)
-            if abs(w.slowdown - self._bounds_at) > 0.1 * self._bounds_at:
-                self._bounds()
-
-    def _bounds(self) -> None:
-        """Within these, admission has nothing to check (two comparisons per request): the
-        queued rows whose expected wait stays under `max_queue_wait`, and a time beyond the
-        longest any admitted request can expect to wait and run."""
-        w, most = self.waits, self.config.max_queue_rows
-        per_row = w.per_queued_row * w.slowdown
-        max_wait = self.config.max_queue_wait
-        self._bounds_at = w.slowdown
-        self._calm_rows = max_wait / per_row if max_wait > 0 and per_row > 0 else float("inf")
-        self._far = (most * (w.per_queued_row + w.per_row) + w.fixed) * w.slowdown
-
-    def _drain_estimate(self) -> float:
-        """Seconds until the queue has drained: the Retry-After of a shed request."""
-        return self.waits.queue(self.queue.rows + self.queue.limit)
+        self.admission.adapt(rows, compute_ns)
 
     def _label(self) -> str:
         return f"{self.runner.spec.name} v{self.runner.spec.version}"
@@ -470,11 +370,6 @@ class Batcher:
         except TimeoutError:
             return False
         return True
-
-
-def _same_shapes(a: Arrays, b: Arrays, names: tuple[str, ...]) -> bool:
-    """Requests concatenate on axis 0 only when their other dimensions agree."""
-    return all(a[n].shape[1:] == b[n].shape[1:] for n in names)
 
 
 def _concat(parts: list[Arrays]) -> Arrays:

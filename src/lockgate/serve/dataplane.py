@@ -17,8 +17,9 @@ from lockgate import __version__
 from lockgate.config import ServeConfig
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
-from lockgate.serve.batch import BatchStats, RunInfo
+from lockgate.serve.batch_stats import BatchStats
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
+from lockgate.serve.queue import RunInfo
 from lockgate.serve.route import EndpointRoute, RouteTable, Variant
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic

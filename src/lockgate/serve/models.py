@@ -20,7 +20,8 @@ from lockgate.control.registry import Registry, VersionInfo
 from lockgate.errors import ErrorKind, LockgateError, not_found
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.record import VersionRecorder
-from lockgate.serve.batch import Batcher, BatchStats
+from lockgate.serve.batch import Batcher
+from lockgate.serve.batch_stats import BatchStats
 from lockgate.serve.runner import ModelRunner
 from lockgate.types import ModelSpec
 

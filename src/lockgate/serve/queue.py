@@ -2,7 +2,7 @@
 is expected to impose.
 
 Oldest first, as long as the queue drains: then every request waits about as long as the queue
-is deep, which the row bound and admission (serve/batch.py) keep short. When it does not drain
+is deep, which the row bound and admission (serve/admission.py) keep short. When it does not drain
 (its oldest request has waited more than half of `max_queue_wait`), the queue is *standing* and
 is served newest first (adaptive LIFO): under a sustained overload a FIFO queue makes every
 request wait the whole queue, so that, once that wait passes the clients' patience or deadlines,
