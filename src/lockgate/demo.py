@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.control.registry import Registry, VersionInfo
+from lockgate.control.registry import Registry
+from lockgate.control.version_info import VersionInfo
 
 SEED = 20261123
 CLASSIFIER_FEATURES = 16

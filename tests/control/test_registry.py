@@ -236,8 +236,8 @@ def test_gc_spares_a_live_writer_and_removes_a_killed_one(tmp_path: Path, model_
         [
             sys.executable,
             "-c",
-            "import sys, tempfile; from lockgate.control import registry as r; "
-            f"print(tempfile.mkdtemp(prefix=r._temp_prefix(), dir={str(folder)!r}), flush=True); "
+            "import sys, tempfile; from lockgate.control import publish as r; "
+            f"print(tempfile.mkdtemp(prefix=r.temp_prefix(), dir={str(folder)!r}), flush=True); "
             "sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,

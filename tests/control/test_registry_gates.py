@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from lockgate.control.registry import GATES_FILE, Registry
+from lockgate.control.registry import Registry
+from lockgate.control.version_info import GATES_FILE
 from lockgate.errors import ErrorKind, LockgateError
 from tests import onnx_models
 

@@ -5,25 +5,19 @@ when given, `reference.npz` with the drift profiles built from it (`profile.npz`
 :mod:`lockgate.model_config`). A version's model and data are immutable once published; its
 configuration is replaced whole (write, fsync, rename) by `set_config`.
 
-Publishing writes a temporary folder next to the versions, fsyncs it, and renames it to the next
-free version number. `rename` of a folder onto an existing non-empty folder fails, so two writers
-racing for one number cannot both win: the loser takes the next number. A crash leaves either a
-whole version or a `.tmp-*` folder that `gc_temp` removes.
+Publishing writes a temporary folder and renames it to the next free version number
+(:mod:`lockgate.control.publish`); a version's files and :class:`VersionInfo` are in
+:mod:`lockgate.control.version_info`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
-import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +27,7 @@ import orjson
 
 from lockgate.control import warmup_file
 from lockgate.control.onnx_schema import first_line
+from lockgate.control.publish import TEMP_PREFIX, gc_temp, write_version
 from lockgate.control.registration import (
     check_warmup,
     drift_profiles,
@@ -40,6 +35,18 @@ from lockgate.control.registration import (
     read_reference,
     read_schema,
     validate,
+)
+from lockgate.control.version_info import (
+    CARD_FILE,
+    CONFIG_FILE,
+    GATES_FILE,
+    META_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    REFERENCE_FILE,
+    WARMUP_FILE,
+    VersionInfo,
+    tensor_doc,
 )
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.fsutil import fsync_dir, write_synced
@@ -50,75 +57,8 @@ from lockgate.types import ModelSpec, TensorSpec
 if TYPE_CHECKING:  # the profiles' kernels (numba) load only when a profile is built or read
     from lockgate.monitor.profiles import VersionProfiles
 
-__all__ = ["Registry", "VersionInfo", "check_name", "load_reference_file", "read_schema"]
+__all__ = ["Registry", "check_name", "load_reference_file", "read_schema"]
 log = logging.getLogger(__name__)
-MODEL_FILE = "model.onnx"
-META_FILE = "meta.json"
-REFERENCE_FILE = "reference.npz"
-PROFILE_FILE = "profile.npz"
-CARD_FILE = "card.md"
-CONFIG_FILE = "config.toml"
-WARMUP_FILE = warmup_file.WARMUP_FILE
-GATES_FILE = "gates.json"  # gate results, added once after publication (write_gates)
-_TEMP_PREFIX = ".tmp-"
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    name: str
-    version: str
-    path: Path  # the version's folder
-    sha256: str
-    created: str  # ISO 8601, UTC
-    spec: ModelSpec
-    metadata: dict[str, Any] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
-    config: ModelConfig = field(default_factory=ModelConfig)
-    conversions: tuple[str, ...] = ()  # what registration changed in the model file
-    config_error: str = ""  # config.toml is unreadable (edited by hand): the version won't load
-    gates_passed: bool | None = None  # the recorded gate verdict; None: never evaluated
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_FILE
-
-    @property
-    def card_path(self) -> Path | None:
-        path = self.path / CARD_FILE
-        return path if path.exists() else None
-
-    @property
-    def reference_path(self) -> Path | None:
-        path = self.path / REFERENCE_FILE
-        return path if path.exists() else None
-
-    @property
-    def profile_path(self) -> Path | None:
-        path = self.path / PROFILE_FILE
-        return path if path.exists() else None
-
-    @property
-    def warmup_path(self) -> Path | None:
-        path = self.path / WARMUP_FILE
-        return path if path.exists() else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "created": self.created,
-            "platform": self.spec.platform,
-            "inputs": [_tensor_doc(t) for t in self.spec.inputs],
-            "outputs": [_tensor_doc(t) for t in self.spec.outputs],
-            "metadata": self.metadata,
-            "lineage": self.lineage,
-            "reference": self.reference_path is not None,
-            "drift_profile": self.profile_path is not None,
-            "warmup": self.warmup_path is not None,
-            "conversions": list(self.conversions),
-            "config": self.config.to_json(),
-        }
 
 
 def check_name(name: str) -> str:
@@ -307,8 +247,8 @@ class Registry:
         meta: dict[str, Any] = {
             "sha256": hashlib.sha256(model_bytes).hexdigest(),
             "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "inputs": [_tensor_doc(t) for t in spec.inputs],
-            "outputs": [_tensor_doc(t) for t in spec.outputs],
+            "inputs": [tensor_doc(t) for t in spec.inputs],
+            "outputs": [tensor_doc(t) for t in spec.outputs],
             "metadata": metadata or {},
             "lineage": lineage or {},
         }
@@ -330,27 +270,14 @@ class Registry:
             files[WARMUP_FILE] = warmup_file.to_npz_bytes(warm)
         if config is not None:
             files[CONFIG_FILE] = config.to_toml().encode()
-        return self._read(name, self._write_version(name, files))
-
-    def _write_version(self, name: str, files: dict[str, bytes]) -> str:
-        folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(), dir=folder))
-        try:
-            for file, data in files.items():
-                write_synced(temp / file, data)
-            fsync_dir(temp)
-            return self._publish(temp, folder)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
+        return self._read(name, write_version(self.root / name, files))
 
     def set_config(self, name: str, version: str, config: ModelConfig) -> VersionInfo:
         """Replace a version's serving configuration (whole: written beside it, fsynced and
         renamed over `config.toml`). Gateways apply it when they next load the version."""
         info = self.get(name, version)
         target = info.path / CONFIG_FILE
-        temp = info.path / f"{_TEMP_PREFIX}{CONFIG_FILE}.{os.getpid()}"
+        temp = info.path / f"{TEMP_PREFIX}{CONFIG_FILE}.{os.getpid()}"
         try:
             write_synced(temp, config.to_toml().encode())
             os.replace(temp, target)
@@ -399,59 +326,9 @@ class Registry:
             return None
         return doc
 
-    def _publish(self, temp: Path, folder: Path) -> str:
-        """Rename `temp` to the first free version number; retry when another writer wins."""
-        for _ in range(1000):
-            numbers = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-            version = str(max(numbers, default=0) + 1)
-            try:
-                os.rename(temp, folder / version)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    continue
-                raise
-            fsync_dir(folder)
-            return version
-        raise LockgateError(ErrorKind.CONFLICT, f"could not publish a version in {folder}")
-
     def gc_temp(self, older_than: float = 600.0) -> int:
-        """Remove temporary folders left by crashed writers; returns how many. A folder is
-        left alone while it is younger than `older_than` seconds or its writer (named in the
-        folder: host and pid) is still running on this host."""
-        removed = 0
-        cutoff = time.time() - older_than
-        for temp in self.root.glob(f"*/{_TEMP_PREFIX}*"):
-            with contextlib.suppress(OSError):
-                if temp.stat().st_mtime < cutoff and not _writer_alive(temp.name):
-                    shutil.rmtree(temp)
-                    removed += 1
-        return removed
-
-
-def _temp_prefix() -> str:
-    return f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
-
-
-def _writer_alive(folder_name: str) -> bool:
-    """Whether the process that made a temporary folder still runs (as far as this host can
-    tell: a writer on another host counts as gone once the folder is old enough)."""
-    host, _, rest = folder_name.removeprefix(_TEMP_PREFIX).rpartition("-")[0].rpartition("-")
-    if host != socket.gethostname() or not rest.isdigit():
-        return False
-    try:
-        os.kill(int(rest), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _tensor_doc(t: TensorSpec) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-    if t.labels:
-        doc["labels"] = list(t.labels)
-    return doc
+        """Remove temporary folders left by crashed writers (see :func:`publish.gc_temp`)."""
+        return gc_temp(self.root, older_than)
 
 
 def _read_text(path: Path, what: str) -> str:

@@ -27,9 +27,10 @@ from typing import Any
 import orjson
 
 from lockgate.control.client import AdminClient
-from lockgate.control.registry import Registry, VersionInfo
+from lockgate.control.registry import Registry
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import StateStore
+from lockgate.control.version_info import VersionInfo
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.retrain import dataset as datasets

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from lockgate.config import ServeConfig
 from lockgate.control.policy import GatePolicy, gate_status
-from lockgate.control.registry import Registry, VersionInfo
+from lockgate.control.registry import Registry
+from lockgate.control.version_info import VersionInfo
 from lockgate.errors import ErrorKind, LockgateError, not_found
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.record import VersionRecorder
