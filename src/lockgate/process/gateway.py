@@ -38,7 +38,7 @@ from lockgate.serve.controller import Controller
 from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
 from lockgate.serve.transport.client_keys import load_keys
-from lockgate.serve.transport.grpc_service import build_grpc_server
+from lockgate.serve.transport.grpc_server import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
 log = logging.getLogger(__name__)

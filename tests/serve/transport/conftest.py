@@ -21,7 +21,8 @@ from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.serve.controller import Controller
-from lockgate.serve.transport.grpc_service import InferenceService, _guarded
+from lockgate.serve.transport.grpc_server import _guarded
+from lockgate.serve.transport.grpc_service import InferenceService
 from lockgate.serve.transport.http_app import build_http_app
 from tests import onnx_models
 from tests.conftest import catalog, model_executor

@@ -19,13 +19,8 @@ from grpc_health.v1 import health_pb2
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.route import sticky_bucket
-from lockgate.serve.transport.grpc_service import (
-    SERVICE,
-    STATUS,
-    InferenceService,
-    _guarded,
-    _Health,
-)
+from lockgate.serve.transport.grpc_server import _guarded, _Health
+from lockgate.serve.transport.grpc_service import SERVICE, STATUS, InferenceService
 from lockgate.types import InferRequest, InferResponse
 from lockgate.web import STATUS as HTTP_STATUS
 from tests.serve.conftest import Held, serve_config

@@ -16,7 +16,7 @@ import uvicorn
 
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
-from lockgate.serve.transport.grpc_service import build_grpc_server
+from lockgate.serve.transport.grpc_server import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 from lockgate.serve.transport.limits import reason, shown
 from tests.conftest import RunningGateway
