@@ -1,6 +1,7 @@
 """The admin API (own listener, 127.0.0.1:8002 by default): traffic splits, blue-green switches,
 canaries, shadows, pinned versions and the audit log, as JSON; its OpenAPI document is served at
-`/openapi.json`.
+`/openapi.json`. The monitor's routes (`/metrics`, drift, sketches) are in monitor_api.py, the
+rollouts' in rollout_api.py, a version's in model_api.py.
 
 Every write: authenticate (bearer token, named in the audit) -> read the state and check the
 revision the caller read (`If-Match`, else the current one) -> validate, gate policy included
@@ -27,27 +28,19 @@ from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
 from lockgate.control.auth import FORCE, READ, TRAFFIC, Principal, TokenCheck
 from lockgate.control.model_api import model_routes
+from lockgate.control.monitor_api import MonitorView, monitor_routes
 from lockgate.control.policy import Force, GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
-from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
-from lockgate.monitor.formats import negotiate
-from lockgate.monitor.metrics import render_metrics
+from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.web import digits, error_response, read_body
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 MAX_ADMIN_BODY = 1024 * 1024
-
-
-class MonitorView(Protocol):
-    """What the admin API reads from the monitor (of this process, or of all workers)."""
-
-    async def drift_report(self, model: str, version: str) -> dict[str, Any]: ...
-    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]: ...
 
 
 class ServingControl(Protocol):
@@ -207,16 +200,6 @@ def build_admin_app(
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok"})
 
-    async def prometheus(request: Request) -> Response:
-        snap = await control.snapshot()
-        names = request.query_params.getlist("name[]") or None  # as prometheus-client's
-        fmt = negotiate(request.headers.get("accept"))
-        return Response(render_metrics(snap, names, fmt), media_type=fmt.content_type)
-
-    async def monitor_snapshot(request: Request) -> Response:
-        snap = await control.snapshot()
-        return Response(snap.to_bytes(), media_type="application/msgpack")
-
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())
 
@@ -241,27 +224,6 @@ def build_admin_app(
         target = request.query_params.get("target")
         records = await asyncio.to_thread(store.audit, limit, target)
         return _json({"records": records})
-
-    def watched(request: Request) -> tuple[MonitorView, str, str]:
-        if monitor is None:
-            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
-        return monitor, request.path_params["model"], request.path_params["version"]
-
-    async def drift(request: Request) -> Response:
-        view, model, version = watched(request)
-        return _json(await view.drift_report(model, version))
-
-    async def sketches(request: Request) -> Response:
-        _, model, version = watched(request)
-        figures = (await control.snapshot()).versions.get((model, version))
-        if figures is None:
-            raise not_found(f"{model} v{version} is not loaded (nothing is monitored for it)")
-        return Response(figures.sketches((model, version)), media_type="application/msgpack")
-
-    async def recent(request: Request) -> Response:
-        view, model, version = watched(request)
-        limit = _limit(request)
-        return _json(await view.recent(model, version, limit))
 
     # -- writes -------------------------------------------------------------------------------
     async def put_endpoint(request: Request) -> Response:
@@ -360,12 +322,9 @@ def build_admin_app(
         return _json({"error": message}, status)
 
     ep = "/v1/endpoints/{name}"
-    mon = "/v1/models/{model}/versions/{version}"
     routes = [
         Route("/healthz", guarded(healthz, public=True), methods=["GET"]),
         Route("/openapi.json", guarded(openapi, public=True), methods=["GET"]),
-        Route("/metrics", guarded(prometheus, public=True), methods=["GET"]),
-        Route("/v1/monitor/snapshot", guarded(monitor_snapshot), methods=["GET"]),
         Route("/v1/state", guarded(show_state), methods=["GET"]),
         Route("/v1/audit", guarded(audit), methods=["GET"]),
         Route(ep, guarded(show_endpoint), methods=["GET"]),
@@ -382,9 +341,6 @@ def build_admin_app(
             guarded(remove_shadow, permission=TRAFFIC),
             methods=["DELETE"],
         ),
-        Route(mon + "/drift", guarded(drift), methods=["GET"]),
-        Route(mon + "/sketches", guarded(sketches), methods=["GET"]),
-        Route(mon + "/recent", guarded(recent), methods=["GET"]),
         Route(
             "/v1/models/{model}/versions/{version}/load",
             guarded(load, permission=TRAFFIC),
@@ -396,6 +352,7 @@ def build_admin_app(
             methods=["POST"],
         ),
     ]
+    routes += monitor_routes(control.snapshot, monitor, guarded)
     routes += rollout_routes(RolloutStore(store.home, store.url), guarded, registry, policy)
     routes += model_routes(registry, store, guarded, control.refresh_registry)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
