@@ -415,7 +415,8 @@ def run(bench: Bench) -> list[str]:
         pid = bench.procs["lockgate"].pid
         pairs = measure_monitor(bench, ports, dur, warm, args.rounds)
         lines = monitor_table(pairs)
-        return [*lines, "", f"lockgate RSS after the run: {rss_mb(pid):.0f} MB."]
+        rss, load = rss_mb(pid), os.getloadavg()[0]
+        return [*lines, "", f"lockgate RSS after the run: {rss:.0f} MB; machine load {load:.1f}."]
     ports = start_servers(bench)
     pid = bench.procs["lockgate"].pid
     rss_loaded, thin_rss = rss_mb(pid), rss_mb(bench.procs["thin http mlp"].pid)
@@ -454,8 +455,9 @@ def header(args: argparse.Namespace) -> list[str]:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo)
     now = datetime.now(UTC)
+    title = "Monitoring's cost to the tail" if args.only == "monitor" else "Serving benchmark"
     return [
-        f"## Serving benchmark, {now.strftime('%Y-%m-%d')}",
+        f"## {title}, {now.strftime('%Y-%m-%d')}",
         "",
         f"Command: `{shlex.join([python, *sys.argv])}`  ",
         f"Date: {now.strftime('%Y-%m-%d %H:%M UTC')}  ",
@@ -464,7 +466,8 @@ def header(args: argparse.Namespace) -> list[str]:
         f"Python {platform.python_version()}; onnxruntime intra-op threads "
         f"{args.intra_op_threads} in every server.  ",
         "Load: wrk -t1 (HTTP, one row of JSON per request), h2load (gRPC, raw_input_contents); "
-        "the generator and the servers share the same cores. Ratio = lockgate / baseline.",
+        "the generator and the servers share the same cores. Ratio = lockgate / baseline.  ",
+        f"Machine load at the start (1-minute average): {os.getloadavg()[0]:.1f}.",
         "",
     ]
 
