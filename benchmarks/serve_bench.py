@@ -6,6 +6,11 @@ stdout and, with the command and the date, to the top of the runs in benchmarks/
 earlier runs stay).
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 8] [--quick] [--only http|grpc]
+    .venv/bin/python benchmarks/serve_bench.py --only monitor [--rounds 8] [--duration 8]
+
+`--only monitor` measures what monitoring costs the tail: lockgate with the monitor on against
+lockgate with it off at 16 connections, in rounds of one run each (the order alternating), and
+reports the on/off ratios of p99 and throughput per round, their median and their spread.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ HERE = Path(__file__).resolve().parent
 FEATURES = {"classifier": 16, "mlp": 32}
 HTTP_CONCURRENCY = (1, 16, 64)
 FEATURE_ROUNDS = 5  # alternating runs per side when lockgate is compared with itself
+MONITOR_CONNS = 16  # the monitoring-cost pairs: where the p99 is set by the event loop alone
+MONITOR_P99, MONITOR_RPS = 1.10, 0.95  # targets: on/off p99 at most, on/off rps at least
 
 
 @dataclass(slots=True)
@@ -201,8 +208,9 @@ def targets(rows: list[Row], rss_end: float) -> list[str]:
     return out
 
 
-def start_servers(bench: Bench) -> dict[str, int]:
-    """lockgate with every demo model, and one thin HTTP + one thin gRPC server per model."""
+def start_servers(bench: Bench, thin: bool = True) -> dict[str, int]:
+    """lockgate with every demo model (monitor on, and a second one with it off), and unless
+    `thin` is False one thin HTTP + one thin gRPC server per model."""
     from lockgate.control.registry import Registry
     from lockgate.demo import build_demo_models
 
@@ -222,7 +230,7 @@ def start_servers(bench: Bench) -> dict[str, int]:
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home), "--no-monitor"]
     cmd += [f"--{k}=127.0.0.1:{p}" for k, p in plain.items()]
     bench.start("lockgate plain", [*cmd, "--intra-op-threads", threads, "--grace", "2"])
-    for model in FEATURES:
+    for model in FEATURES if thin else ():
         for kind in ("http", "grpc"):
             port = ports[f"{kind} {model}"] = free_port()
             script = [sys.executable, str(HERE / f"thin_{kind}.py"), "--model", str(files[model])]
@@ -230,7 +238,7 @@ def start_servers(bench: Bench) -> dict[str, int]:
             bench.start(f"thin {kind} {model}", [*script, *opts])
     bench.wait_http("lockgate", f"http://127.0.0.1:{ports['http']}/v2/health/ready")
     bench.wait_http("lockgate plain", f"http://127.0.0.1:{ports['http plain']}/v2/health/ready")
-    for model in FEATURES:
+    for model in FEATURES if thin else ():
         port = ports[f"http {model}"]
         bench.wait_http(f"thin http {model}", f"http://127.0.0.1:{port}/ceiling")
     return ports
@@ -298,6 +306,81 @@ def paired(bench: Bench, a: str, b: str, body: bytes, dur: float) -> tuple[Resul
     return first, second
 
 
+@dataclass(slots=True)
+class Pair:
+    round: int
+    on: Result
+    off: Result
+
+    @property
+    def p99(self) -> float:
+        return self.on.p99_us / self.off.p99_us
+
+    @property
+    def rps(self) -> float:
+        return self.on.rps / self.off.rps
+
+
+def measure_monitor(
+    bench: Bench, ports: dict[str, int], dur: float, warm: float, rounds: int
+) -> list[Pair]:
+    """Monitor on against off on the classifier at 16 connections: `rounds` pairs of runs,
+    on-off then off-on in turn, so that a machine getting busier or quieter during the run
+    weighs on both sides alike. Each pair's ratios are taken within seconds of each other."""
+    body = json_body(FEATURES["classifier"])
+    urls = [
+        f"http://127.0.0.1:{ports[k]}/v2/models/classifier/infer" for k in ("http", "http plain")
+    ]
+    for url in urls:
+        wrk(bench.tmp, url, body, MONITOR_CONNS, warm)
+    pairs = []
+    for i in range(rounds):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        runs = {side: wrk(bench.tmp, urls[side], body, MONITOR_CONNS, dur) for side in order}
+        pair = Pair(i + 1, runs[0], runs[1])
+        pairs.append(pair)
+        print(
+            f"round {pair.round}: p99 {ms(pair.on.p99_us)} / {ms(pair.off.p99_us)} ms "
+            f"({pair.p99:.2f}x), rps {pair.on.rps:.0f} / {pair.off.rps:.0f} ({pair.rps:.2f}x)",
+            flush=True,
+        )
+    return pairs
+
+
+def monitor_table(pairs: list[Pair]) -> list[str]:
+    """Each round's pair, then the medians and spread of the ratios, and the targets."""
+    out = [
+        f"Monitor on vs off, classifier, HTTP JSON, {MONITOR_CONNS} connections, "
+        f"{len(pairs)} rounds (order alternating):",
+        "",
+        "| round | rps on | rps off | rps on/off | p99 on (ms) | p99 off (ms) | p99 on/off "
+        "| errors on / off |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in pairs:
+        out.append(
+            f"| {p.round} | {p.on.rps:,.0f} | {p.off.rps:,.0f} | {p.rps:.3f} | {ms(p.on.p99_us)} "
+            f"| {ms(p.off.p99_us)} | {p.p99:.3f} | {p.on.errors} / {p.off.errors} |"
+        )
+    p99s, rpss = np.array([p.p99 for p in pairs]), np.array([p.rps for p in pairs])
+    q = (25, 50, 75)
+    (p99_lo, p99_med, p99_hi), (rps_lo, rps_med, rps_hi) = (
+        np.percentile(x, q) for x in (p99s, rpss)
+    )
+    errors = sum(p.on.errors + p.off.errors for p in pairs)
+    p99_ok, rps_ok = p99_med <= MONITOR_P99 and not errors, rps_med >= MONITOR_RPS and not errors
+    out += [
+        "",
+        f"- (g) p99 on/off: median {p99_med:.3f} (quartiles {p99_lo:.3f}-{p99_hi:.3f}, range "
+        f"{p99s.min():.3f}-{p99s.max():.3f}) (<= {MONITOR_P99:.2f}) -> "
+        f"**{'PASS' if p99_ok else 'FAIL'}**",
+        f"- (g) rps on/off: median {rps_med:.3f} (quartiles {rps_lo:.3f}-{rps_hi:.3f}, range "
+        f"{rpss.min():.3f}-{rpss.max():.3f}) (>= {MONITOR_RPS:.2f}) -> "
+        f"**{'PASS' if rps_ok else 'FAIL'}**",
+    ]
+    return out
+
+
 def measure_grpc(bench: Bench, ports: dict[str, int], dur: float, warm: float) -> list[Row]:
     """Check the body with a python grpc client (and nghttp2 for h2load), then load both."""
     rows: list[Row] = []
@@ -327,6 +410,13 @@ def measure_grpc(bench: Bench, ports: dict[str, int], dur: float, warm: float) -
 def run(bench: Bench) -> list[str]:
     args = bench.args
     dur, warm = (2.0, 1.0) if args.quick else (args.duration, 2.0)
+    if args.only == "monitor":
+        ports = start_servers(bench, thin=False)
+        pid = bench.procs["lockgate"].pid
+        pairs = measure_monitor(bench, ports, dur, warm, args.rounds)
+        lines = monitor_table(pairs)
+        rss, load = rss_mb(pid), os.getloadavg()[0]
+        return [*lines, "", f"lockgate RSS after the run: {rss:.0f} MB; machine load {load:.1f}."]
     ports = start_servers(bench)
     pid = bench.procs["lockgate"].pid
     rss_loaded, thin_rss = rss_mb(pid), rss_mb(bench.procs["thin http mlp"].pid)
@@ -365,8 +455,9 @@ def header(args: argparse.Namespace) -> list[str]:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo)
     now = datetime.now(UTC)
+    title = "Monitoring's cost to the tail" if args.only == "monitor" else "Serving benchmark"
     return [
-        f"## Serving benchmark, {now.strftime('%Y-%m-%d')}",
+        f"## {title}, {now.strftime('%Y-%m-%d')}",
         "",
         f"Command: `{shlex.join([python, *sys.argv])}`  ",
         f"Date: {now.strftime('%Y-%m-%d %H:%M UTC')}  ",
@@ -375,7 +466,8 @@ def header(args: argparse.Namespace) -> list[str]:
         f"Python {platform.python_version()}; onnxruntime intra-op threads "
         f"{args.intra_op_threads} in every server.  ",
         "Load: wrk -t1 (HTTP, one row of JSON per request), h2load (gRPC, raw_input_contents); "
-        "the generator and the servers share the same cores. Ratio = lockgate / baseline.",
+        "the generator and the servers share the same cores. Ratio = lockgate / baseline.  ",
+        f"Machine load at the start (1-minute average): {os.getloadavg()[0]:.1f}.",
         "",
     ]
 
@@ -398,13 +490,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     parser.add_argument("--quick", action="store_true", help="2-second runs: a smoke test")
-    parser.add_argument("--only", choices=("http", "grpc"), help="one transport only")
+    parser.add_argument(
+        "--only", choices=("http", "grpc", "monitor"), help="one transport, or the monitor's cost"
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="--only monitor: pairs of runs")
     parser.add_argument("--python-grpc", action="store_true", help="python gRPC clients")
     parser.add_argument("--intra-op-threads", type=int, default=default_intra_op_threads())
     parser.add_argument("--time-limit", type=float, default=1200, help="abort after seconds")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
-    need = {"wrk": args.only != "grpc", "h2load": args.only != "http" and not args.python_grpc}
+    need = {"wrk": args.only != "grpc", "h2load": args.only is None and not args.python_grpc}
+    need["h2load"] |= args.only == "grpc" and not args.python_grpc
     missing = [tool for tool, needed in need.items() if needed and not shutil.which(tool)]
     if missing:
         print(

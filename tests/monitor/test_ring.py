@@ -5,6 +5,7 @@ not fit before the drain comes are dropped whole and counted."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,56 @@ def test_a_tensor_of_an_unexpected_size_is_recorded_as_nan_and_counted() -> None
     assert piece.request_id.tolist() == [b"r0", b"a", b"b", b"r1"]
     assert np.isnan(piece.inputs[1:3]).all() and not np.isnan(piece.inputs[[0, 3]]).any()
     np.testing.assert_array_equal(piece.outputs[:, 0], [0, 7, 8, 2])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_timings_spread_over_rows_as_numpy_repeats_them(seed: int) -> None:
+    """assemble's compiled pass against the same columns built with numpy repeats."""
+    rng = np.random.default_rng(seed)
+    ring = PredictionRing(10_000, *SLOTS)
+    runs = []
+    for _ in range(int(rng.integers(1, 60))):
+        rows = [int(r) for r in rng.integers(1, 5, size=int(rng.integers(1, 9)))]
+        if rng.random() < 0.5:
+            rows = [1] * len(rows)
+        received = rng.integers(0, 10**12, size=len(rows))
+        enqueued = received + rng.integers(0, 10**6, size=len(rows))
+        started = int(enqueued.max()) + int(rng.integers(0, 10**7))
+        done = started + int(rng.integers(0, 10**9))
+        ts = float(rng.uniform(0, 2e9))
+        metas: list[RequestMeta] = [
+            (f"id{len(runs)}-{i}", int(rng.integers(0, 7)), int(received[i]), i % 3)
+            for i in range(len(rows))
+        ]
+        feeds = {"x": np.zeros((sum(rows), 2), np.float32)}
+        outputs = {"y": np.zeros((sum(rows), 1), np.int64)}
+        ring.append(feeds, outputs, metas, rows, [int(e) for e in enqueued], (started, done, ts))
+        runs.append((rows, metas, enqueued, started, done, ts))
+    columns, dropped = ring.swap()
+    piece = ring.assemble(columns, dropped)
+    counts = np.concatenate([np.array(rows) for rows, *_ in runs])
+    per_request = len(counts)
+    batch = np.repeat(np.arange(len(runs)), [len(rows) for rows, *_ in runs])
+    done = np.array([run[4] for run in runs])[batch]
+    started = np.array([run[3] for run in runs])[batch]
+    received = np.array([m[2] for _, metas, *_ in runs for m in metas])
+    enqueued = np.concatenate([run[2] for run in runs])
+    assert per_request == received.shape[0]
+    want_latency = np.repeat(((done - received) / 1e9).astype(np.float32), counts)
+    want_queue = np.repeat(((started - enqueued) / 1e9).astype(np.float32), counts)
+    np.testing.assert_array_equal(piece.latency, want_latency)
+    np.testing.assert_array_equal(piece.queue, want_queue)
+    np.testing.assert_array_equal(
+        piece.ts, np.repeat(np.array([r[5] for r in runs])[batch], counts)
+    )
+    routes = np.array([m[1] for _, metas, *_ in runs for m in metas], np.int16)
+    np.testing.assert_array_equal(piece.route, np.repeat(routes, counts))
+    clients = np.array([m[3] for _, metas, *_ in runs for m in metas], np.int16)
+    np.testing.assert_array_equal(piece.client, np.repeat(clients, counts))
+    first = np.zeros(int(counts.sum()), bool)
+    first[np.cumsum(counts) - counts] = True
+    np.testing.assert_array_equal(piece.first, first)
+    ids = [m[0].encode() for _, metas, *_ in runs for m in metas]
+    assert piece.request_id.tolist() == [
+        i for i, c in zip(ids, counts, strict=True) for _ in range(c)
+    ]

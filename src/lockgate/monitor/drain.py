@@ -28,6 +28,7 @@ from lockgate.errors import not_found
 from lockgate.monitor.derived import DEFAULT_SEED
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
 from lockgate.monitor.joint import JointMonitor
+from lockgate.monitor.kernels.timing import first_rows_by_route
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
@@ -317,10 +318,13 @@ class Monitor:
         else:
             vm.recent = concat_slices(vm.recent.tail(RECENT_ROWS - piece.rows), piece)
         first = piece.first  # one latency per request, not per row
-        route, latency, queue = piece.route[first], piece.latency[first], piece.queue[first]
-        for code in np.unique(route):
-            vm.latency[int(code)].add(latency[route == code].astype(np.float64))
-        vm.queue.add(queue.astype(np.float64))
+        grouped, offsets, queue = first_rows_by_route(
+            piece.route, first, piece.latency, piece.queue
+        )
+        for code in range(offsets.shape[0] - 1):
+            if offsets[code + 1] > offsets[code]:
+                vm.latency[code].add(grouped[offsets[code] : offsets[code + 1]])
+        vm.queue.add(queue)
         for drift, values in ((vm.input_drift, piece.inputs), (vm.output_drift, piece.outputs)):
             if drift is not None:
                 drift.update(values)

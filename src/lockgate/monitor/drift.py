@@ -78,8 +78,9 @@ from numpy.typing import ArrayLike, NDArray
 from lockgate.monitor.floors import ks_coefficient
 from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import rule as rl
+from lockgate.monitor.kernels import window as wn
 from lockgate.monitor.kernels.exact import exact_scores
-from lockgate.monitor.kernels.histogram import histogram_update, new_counts
+from lockgate.monitor.kernels.histogram import new_counts
 from lockgate.monitor.reference import ReferenceProfile as ReferenceProfile
 from lockgate.monitor.reference import build_profile as build_profile
 from lockgate.monitor.reference import categorical_mask as categorical_mask
@@ -332,6 +333,29 @@ class DriftMonitor:
         self._features = _Hysteresis(profile.n_features)
         self._dataset = _Hysteresis(1)
         self._last: WindowReport | None = None
+        cfg, fwer_alpha = self.config, self.config.alpha / (2 * profile.n_features)
+        self._kernel_profile = (
+            *(profile.edges, profile.n_edges, profile.counts, profile.norms, profile.categorical),
+            *(profile.samples, profile.n_samples, profile.finite_rows),
+            *(profile.chi2_factors(cfg.alpha), profile.chi2_factors(fwer_alpha)),
+        )
+        self._limits = np.zeros(7, np.float64)
+        self._limits[[wn.PSI_WARN_AT, wn.PSI_ALERT_AT, wn.KS_ALERT_AT, wn.TVD_ALERT_AT]] = (
+            cfg.psi_warn,
+            cfg.psi_alert,
+            cfg.ks_alert,
+            cfg.tvd_alert,
+        )
+        self._limits[wn.DATASET_SHARE] = cfg.dataset_share
+        self._limits[wn.KS_C] = ks_coefficient(cfg.alpha)
+        self._limits[wn.FWER_KS_C] = ks_coefficient(fwer_alpha)
+        self._sizes = np.zeros(4, np.int64)
+        self._sizes[[wn.WINDOW_ROWS, wn.MIN_ROWS, wn.ALERT_AFTER, wn.CLEAR_AFTER]] = (
+            cfg.window_rows,
+            cfg.min_rows,
+            cfg.alert_after,
+            cfg.clear_after,
+        )
 
     @property
     def window_counts(self) -> NDArray[np.int64]:
@@ -368,18 +392,84 @@ class DriftMonitor:
             table = table.astype(np.float32 if table.dtype == np.float16 else np.float64)
         now = self._clock()
         reports = self.tick(now)
-        start = 0
-        while start < table.shape[0]:
-            take = min(table.shape[0] - start, self.config.window_rows - self._rows)
-            chunk = np.ascontiguousarray(table[start : start + take])
-            histogram_update(chunk, self.profile.edges, self.profile.n_edges, self._counts)
-            if self._exact:
-                self._values[self._rows : self._rows + take] = chunk
-            self._rows += take
-            start += take
-            if self._rows >= self.config.window_rows:
-                reports += self._close(now, "rows")
+        if table.shape[0]:
+            reports += self._fold(np.ascontiguousarray(table), now)
         return reports
+
+    def _fold(self, table: NDArray[np.floating[Any]], now: float) -> list[WindowReport]:
+        """The rows in one compiled call (:mod:`~lockgate.monitor.kernels.window`: one hand-back
+        of the GIL per slice, not several per window), then a report per window it closed."""
+        k = wn.windows_closed(self._rows, table.shape[0], self.config.window_rows)
+        f, width = self.profile.n_features, self._counts.shape[1]
+        out = (
+            np.empty((k, f, width), np.int64),
+            np.empty((k, f, dv.N_SCORES), np.float64),
+            np.empty(k, np.int64),
+            np.empty((k, f), np.int64),
+            np.empty((k, f), np.float64),
+            np.empty((k, f), np.float64),
+            np.empty((k, rl.N_FLAGS, f), np.bool_),
+            np.empty((k, f), np.bool_),
+            np.empty((k, 2), np.bool_),
+        )
+        state = np.array([self._rows, self._exact], np.int64)
+        features, dataset = self._features, self._dataset
+        hysteresis = (features.on, features.hits, features.misses)
+        hysteresis_all = (*hysteresis, dataset.on, dataset.hits, dataset.misses)
+        window = (self._counts, self._closed, self._values, state)
+        wn.fold_rows(
+            table, self._kernel_profile, self._limits, self._sizes, window, hysteresis_all, out
+        )
+        self._rows, self._exact = int(state[wn.OPEN_ROWS]), bool(state[wn.EXACT])
+        return [self._report(now, *(column[i] for column in out)) for i in range(k)]
+
+    def _report(
+        self,
+        now: float,
+        counts: NDArray[np.int64],
+        scores: NDArray[np.float64],
+        rows: np.int64,
+        finite: NDArray[np.int64],
+        psi_floor: NDArray[np.float64],
+        ks_floor: NDArray[np.float64],
+        flags: NDArray[np.bool_],
+        feature_on: NDArray[np.bool_],
+        dataset: NDArray[np.bool_],
+    ) -> WindowReport:
+        """The report of a window the kernel closed (the fields `evaluate` and `_close` set)."""
+        scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
+        n_scored = int(np.count_nonzero(scored))
+        window = WindowScores(
+            counts=counts,
+            rows=int(rows),
+            finite=finite,
+            scores=scores,
+            psi_floor=psi_floor,
+            ks_floor=ks_floor,
+            scored=scored,
+            psi_warn=flags[rl.PSI_WARN],
+            alerting=alerting,
+            psi_alert=flags[rl.PSI_ALERT],
+            ks_alert=flags[rl.KS_ALERT],
+            chi2_alert=flags[rl.CHI2_ALERT],
+            fwer_alerting=fwer,
+            share=np.count_nonzero(alerting) / n_scored if n_scored else math.nan,
+            share_fwer=np.count_nonzero(fwer) / n_scored if n_scored else math.nan,
+            dataset_alerting=bool(dataset[wn.DATASET_ALERTING]),
+        )
+        report = WindowReport(
+            self._index,
+            self._started,
+            now,
+            "rows",
+            window,
+            feature_on,
+            bool(dataset[wn.DATASET_ON]),
+        )
+        self._index += 1
+        self._last = report
+        self._opened = self._started = now
+        return report
 
     def tick(self, now: float | None = None) -> list[WindowReport]:
         """Close the window by time if its boundary has passed (call it when idle)."""

@@ -177,20 +177,21 @@ class SegmentLog:
             spec.append([name, a.dtype.str, list(a.shape[1:])])
             arrays.append(a)
         header = msgpack.packb(spec)
-        crc = zlib.crc32(header)
-        views = [a.reshape(-1).view(np.uint8).data for a in arrays]
-        for v in views:
-            crc = zlib.crc32(v, crc)
-        length = len(header) + sum(v.nbytes for v in views)
+        length = len(header) + sum(a.nbytes for a in arrays)
         if length >= 2**32:
             raise invalid(f"a log chunk must stay under 4 GiB, not {length} bytes")
+        # The chunk in one buffer, one checksum, one write: the drain calls this from its thread,
+        # and each large crc32 or write lets go of the GIL and takes it back from the event loop.
+        views = (a.reshape(-1).view(np.uint8).data for a in arrays)
+        chunk = bytearray().join([bytes(FRAME.size), header, *views])
+        crc = zlib.crc32(memoryview(chunk)[FRAME.size :])
         head = FRAME.pack(MAGIC, length, len(header), rows, lo, hi, crc, 0)[:_CHECKED]
         frame = head + struct.pack("<I", zlib.crc32(head))
+        chunk[: FRAME.size] = frame
         with self._lock:
             seg = self._writable(key, lo)
             try:
-                for piece in (frame, header, *views):
-                    seg.file.write(piece)
+                seg.file.write(chunk)
             except OSError:  # a half-written chunk: later chunks go to a fresh segment
                 with contextlib.suppress(OSError):
                     self._open.pop(key).file.close()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lockgate.monitor.derived import Summary
+from lockgate.monitor.kernels.timing import request_rows
 
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
@@ -236,44 +237,40 @@ class PredictionRing:
         self._spare = taken
 
     def assemble(self, cols: Columns, dropped: int) -> RingSlice:
-        """Per-row columns of one taken set: a handful of vectorised calls, whatever its size.
-        The matrices are views of the set's memory (valid until it is released)."""
-        counts = np.array(cols.request_rows, np.int64)
-        requests = np.array(cols.batch_requests, np.int64)
-        started = np.repeat(np.array(cols.started_ns, np.int64), requests)
-        done = np.repeat(np.array(cols.done_ns, np.int64), requests)
-        received = np.array(cols.received_ns, np.int64)
-        enqueued = np.array(cols.enqueued_ns, np.int64)
-        first = np.ones(len(cols.ids), np.bool_)
-        per_row = _Repeat(counts)
-        if per_row.needed:
-            first = np.zeros(per_row.rows, np.bool_)
-            first[np.cumsum(counts) - counts] = True
+        """Per-row columns of one taken set: one compiled call and the ids, whatever its size
+        (:mod:`~lockgate.monitor.kernels.timing`). The matrices are views of the set's memory
+        (valid until it is released)."""
+        counts = _int64s(cols.request_rows)
+        ts, latency, queue, route, first = request_rows(
+            (_int64s(cols.started_ns), _int64s(cols.done_ns), _float64s(cols.ts),
+             _int64s(cols.batch_requests)),
+            (_int64s(cols.received_ns), _int64s(cols.enqueued_ns), counts, _int64s(cols.routes)),
+        )  # fmt: skip
+        ids = id_keys(cols.ids)
+        clients = np.array(cols.clients, np.int16)
+        per_row = ts.shape[0] != ids.shape[0]  # some request has several rows
         return RingSlice(
-            ts=per_row(np.repeat(np.array(cols.ts, np.float64), requests)),
-            request_id=per_row(id_keys(cols.ids)),
-            route=per_row(np.array(cols.routes, np.int16)),
-            client=per_row(np.array(cols.clients, np.int16)),
+            ts=ts,
+            request_id=np.repeat(ids, counts) if per_row else ids,
+            route=route,
+            client=np.repeat(clients, counts) if per_row else clients,
             inputs=cols.inputs[: cols.rows],
             outputs=cols.outputs[: cols.rows],
-            latency=per_row(((done - received) / 1e9).astype(np.float32)),
-            queue=per_row(((started - enqueued) / 1e9).astype(np.float32)),
+            latency=latency,
+            queue=queue,
             first=first,
             dropped=dropped,
         )
 
 
+def _int64s(values: array[int]) -> Array:
+    """A C array's values without a copy (the set is not appended to while it is read)."""
+    return np.frombuffer(values, np.int64) if len(values) else np.zeros(0, np.int64)
+
+
+def _float64s(values: array[float]) -> Array:
+    return np.frombuffer(values, np.float64) if len(values) else np.zeros(0, np.float64)
+
+
 def _width(slots: Slots) -> int:
     return slots[-1][2] if slots else 0
-
-
-class _Repeat:
-    """Spreads per-request values over their rows; a no-op when every request is one row."""
-
-    def __init__(self, counts: Array) -> None:
-        self.rows = int(counts.sum())
-        self.counts = counts
-        self.needed = self.rows != counts.shape[0]
-
-    def __call__(self, values: Array) -> Array:
-        return np.repeat(values, self.counts) if self.needed else values
