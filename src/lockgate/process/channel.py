@@ -22,6 +22,7 @@ from lockgate.errors import ErrorKind, LockgateError
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 256 * 2**20  # a snapshot of many versions with drift histograms stays far below
+_KINDS = frozenset(kind.value for kind in ErrorKind)
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -68,7 +69,8 @@ async def serve(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServ
 
 
 async def call(path: str, method: str, *args: Any, timeout: float = 10.0) -> Any:
-    """Call `method` on the worker listening at `path`; its LockgateError comes back as one."""
+    """Call `method` on the worker listening at `path`; its LockgateError comes back as one, any
+    other failure of the handler (a bug: "internal") as a RuntimeError."""
 
     async def exchange() -> Any:
         reader, writer = await asyncio.open_unix_connection(path, limit=2**20)
@@ -84,5 +86,7 @@ async def call(path: str, method: str, *args: Any, timeout: float = 10.0) -> Any
     reply = await asyncio.wait_for(exchange(), timeout)
     if "error" in reply:
         kind, message = reply["error"]
+        if kind not in _KINDS:
+            raise RuntimeError(f"worker call {method!r} failed: {message}")
         raise LockgateError(ErrorKind(kind), message)
     return reply["ok"]
