@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,13 @@ class RunningGateway:
         """Run a coroutine on the gateway's loop (to read its state without races)."""
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def model_executor(pipeline: Any) -> Executor:
+    """The executor a serving pipeline runs its model versions in (tests hold it to keep model
+    runs pending for as long as they need)."""
+    executor: Executor = pipeline.models.executor
+    return executor
 
 
 def loopback_config(home: Path, **changes: Any) -> ServeConfig:

@@ -39,7 +39,7 @@ from lockgate.serve.transport.http_app import build_http_app
 from lockgate.types import InferRequest, InferResponse
 from lockgate.web import STATUS as HTTP_STATUS
 from tests import onnx_models
-from tests.conftest import catalog
+from tests.conftest import catalog, model_executor
 from tests.serve.conftest import Held, serve_config
 from tests.waiting import until
 
@@ -114,10 +114,6 @@ def pipeline_of(home: Path, config: ServeConfig) -> Pipeline:
     return Pipeline(Registry(home), config, StateStore(home), monitor=None)
 
 
-def executor_of(pipeline: Pipeline) -> Executor:
-    return pipeline.models.executor
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     registry = Registry(tmp_path)
@@ -145,7 +141,7 @@ async def transports_for(config: ServeConfig) -> AsyncIterator[Transports]:
     app = build_http_app(counting, max_body_bytes=config.max_body_bytes)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Transports(counting, InferenceService(counting), client, executor_of(pipeline))
+        yield Transports(counting, InferenceService(counting), client, model_executor(pipeline))
     await pipeline.drain(timeout=60)
 
 
