@@ -5,7 +5,6 @@ alerted on. Plus the dashboard's structure and the Grafana provisioning files.""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tests.deploy.conftest import (
     metric_names,
     selected_names,
 )
+from tests.waiting import wait_until
 
 # Families exported on purpose but neither charted nor alerted on, with the reason.
 NOT_CHARTED: dict[str, str] = {}
@@ -69,15 +69,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, i
             r = client.post("/v2/models/classifier/feedback", json={"labels": labels})
             assert r.status_code == 200, r.text
         url = f"http://{gw.admin}/metrics"
-        samples: dict[str, tuple[str, int]] = {}
-        for _ in range(200):  # shadow copies run after the primary answered (<= 10 s)
+
+        def exported_with_shadow_rows() -> dict[str, tuple[str, int]] | None:
             gw.call(gw.gateway.monitor.drain())
             families = text_string_to_metric_families(httpx.get(url, timeout=10).text)
             samples = {f.name: (f.type, len(f.samples)) for f in families}
-            if samples["lockgate_shadow_rows"][1]:
-                break
-            time.sleep(0.05)
-    return samples
+            return samples if samples["lockgate_shadow_rows"][1] else None
+
+        # shadow copies run after the primary answered
+        return wait_until(exported_with_shadow_rows, "shadow rows in /metrics", interval=0.05)
 
 
 def _series(exported: dict[str, tuple[str, int]]) -> dict[str, str]:

@@ -4,7 +4,9 @@ once, labels join to predictions, overflow is counted, and /metrics says so."""
 from __future__ import annotations
 
 import dataclasses
-import time
+import sys
+import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.retrain.gateway_metrics import parse, scrape
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import wait_until
 
 
 def metrics(gw: RunningGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -234,17 +237,49 @@ def test_a_scrape_never_holds_the_event_loop_on_the_drains_lock(home: Path) -> N
         rows = classifier_data(np.random.default_rng(1), 1)[0]
         with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
             _infer(client, "warm", rows)
-            lock = gw.pipeline.monitor.lock
+            monitor = gw.pipeline.monitor
+            lock = WatchedLock(monitor.lock)
+            monitor.lock = lock
             urls = ["/metrics", "/v1/models/classifier/versions/2/recent"]
-            with ThreadPoolExecutor(len(urls)) as pool:
-                with lock:
-                    waiting = [
-                        pool.submit(lambda u=u: httpx.get(f"http://{gw.admin}{u}", timeout=30))
-                        for u in urls
-                    ]
-                    time.sleep(0.3)  # both requests are now waiting for the lock
-                    assert not any(w.done() for w in waiting)
-                    for i in range(5):
-                        _infer(client, f"while-locked-{i}", rows)  # 10 s timeout each
-                scrapes = [w.result().status_code for w in waiting]
+            try:
+                with ThreadPoolExecutor(len(urls)) as pool:
+                    with lock.lock:
+                        waiting = [
+                            pool.submit(lambda u=u: httpx.get(f"http://{gw.admin}{u}", timeout=60))
+                            for u in urls
+                        ]
+                        wait_until(
+                            lambda: lock.waiting_in({"capture_monitor", "_recent_rows"}),
+                            "both requests to wait for the lock",
+                        )
+                        assert not any(w.done() for w in waiting)
+                        for i in range(5):
+                            _infer(client, f"while-locked-{i}", rows)  # 10 s timeout each
+                    scrapes = [w.result().status_code for w in waiting]
+            finally:
+                monitor.lock = lock.lock
         assert scrapes == [200, 200]
+
+
+class WatchedLock:
+    """The monitor's lock, knowing which functions are waiting for it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self._waiting: Counter[str] = Counter()
+        self._books = threading.Lock()
+
+    def waiting_in(self, functions: set[str]) -> bool:
+        with self._books:
+            return all(self._waiting[f] > 0 for f in functions)
+
+    def __enter__(self) -> None:
+        caller = sys._getframe(1).f_code.co_name
+        with self._books:
+            self._waiting[caller] += 1
+        self.lock.acquire()
+        with self._books:
+            self._waiting[caller] -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
