@@ -142,8 +142,8 @@ def test_overload_sheds_at_once_and_accepted_requests_complete(
             held = Held(model_executor(held_gateway.pipeline))
             try:
                 calls = [asyncio.create_task(client.post(url, content=_body())) for _ in range(48)]
-                # one request runs (held) and four queue: the other 43 are refused, answered
-                # while no accepted request can complete
+                # The queue takes four requests, and a fifth once the first has left it to run
+                # (held): at least 43 are refused, answered while no accepted one can complete.
                 await _answered(calls, 43)
                 early = [c.result() for c in calls if c.done()]
             finally:
@@ -151,13 +151,15 @@ def test_overload_sheds_at_once_and_accepted_requests_complete(
             return early, list(await asyncio.gather(*calls))
 
     early, every = asyncio.run(run())
-    assert [r.status_code for r in early] == [503] * 43
-    assert all(
-        "overloaded" in r.json()["error"] and int(r.headers["retry-after"]) >= 1 for r in early
-    )
+    assert {r.status_code for r in early} == {503}
     ok = [r for r in every if r.status_code == 200]
-    assert len(ok) == 5 and all(r.json()["outputs"][0]["data"] == [1.0] * 4 for r in ok)
-    assert held_gateway.pipeline.batch_stats("held", "1").shed - shed_before >= 43
+    shed = [r for r in every if r.status_code == 503]
+    assert len(ok) in (4, 5) and len(ok) + len(shed) == 48
+    assert all(r.json()["outputs"][0]["data"] == [1.0] * 4 for r in ok)
+    assert all(
+        "overloaded" in r.json()["error"] and int(r.headers["retry-after"]) >= 1 for r in shed
+    )
+    assert held_gateway.pipeline.batch_stats("held", "1").shed - shed_before == len(shed)
 
 
 def test_timeout_parameter_gives_504(held_gateway: RunningGateway) -> None:
