@@ -53,6 +53,9 @@ poll_seconds = 0.5
 
 [data]
 min_rows = 300
+# the newest labelled rows only: live traffic keeps adding rows while a worker starts, and a
+# job's work must not grow with how long that took
+max_rows = 3000
 
 [gates]
 tolerance = 0.0
@@ -222,8 +225,10 @@ def test_kill_9_of_the_worker_leaves_a_consistent_state(
         rollouts = admin(gateway, "/v1/rollouts?endpoint=classifier")["rollouts"]
         if rollouts and rollouts[0]["status"] not in ("promoted", "rolled_back", "aborted"):
             (rollout,) = rollouts
-            if rollout["candidate"] in weights:  # traffic sits at a recorded step
-                assert weights[rollout["candidate"]] == pytest.approx(rollout["weight"])
+            # traffic sits at a recorded step: the current one, or the one before it when the
+            # kill fell between recording a step and moving traffic to it (write-ahead)
+            recorded = {0.0} | {h["weight"] for h in rollout["history"] if h["decision"] == "apply"}
+            assert weights.get(rollout["candidate"], 0.0) in recorded, (weights, rollout)
         else:
             assert weights == {"2": 100.0} or weights == {"3": 100.0}
         result = run_worker(tmp_path, pipeline)  # a restart finishes (or rolls back) cleanly
