@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= lockgate-home
 
-.PHONY: demo test lint typecheck pytest proto bench clean
+.PHONY: demo test lint typecheck pytest proto docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,14 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	tools/ensure-prometheus.sh
 	tools/ensure-postgres.sh
+	tools/ensure-perf-analyzer.sh $(BIN)/perf_analyzer
 	$(BIN)/pytest -q
 
 proto: $(VENV)/.installed-dev
 	$(BIN)/python tools/gen_proto.py
+
+docs: $(VENV)/.installed-dev
+	$(BIN)/python tools/gen_docs.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/serve_bench.py

@@ -10,7 +10,7 @@ import orjson
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from lockgate.serve.transport import codec
-from lockgate.types import InferResponse, Tensor
+from lockgate.types import InferResponse, ModelSpec, Tensor, TensorSpec
 
 ROW = np.random.default_rng(0).standard_normal(16).astype(np.float32)
 JSON_BODY = orjson.dumps(
@@ -39,8 +39,18 @@ OUTPUTS = [
 ]
 
 
+SPEC = ModelSpec(  # the demo classifier's metadata, which the decoder checks inputs against
+    "classifier",
+    "1",
+    (TensorSpec("input", "FP32", (-1, 16)),),
+    (TensorSpec("probability", "FP32", (-1, 1)), TensorSpec("label", "INT64", (-1, 1))),
+)
+
+
 def _round_trip(body: bytes, header_length: int | None) -> bytes:
-    req = codec.decode_request(body, "application/json", header_length, "classifier", None)
+    req = codec.decode_request(
+        body, "application/json", header_length, "classifier", None, spec=SPEC
+    )
     resp = InferResponse("classifier", "1", req.id, OUTPUTS)
     out, _ = codec.encode_response(resp, req, msgpack_body=False)
     return out

@@ -58,7 +58,12 @@ def _sketch() -> None:
 
 def _drift() -> None:
     divergence.drift_scores(
-        DATA["ref_counts"], DATA["win_counts"], DATA["edges"], DATA["n_edges"], DATA["norms"]
+        DATA["ref_counts"],
+        DATA["win_counts"],
+        DATA["edges"],
+        DATA["n_edges"],
+        DATA["norms"],
+        np.zeros(len(DATA["norms"]), np.bool_),
     )
 
 
@@ -101,7 +106,7 @@ from lockgate.monitor.kernels import ddsketch, divergence, histogram
 edges = np.array([[0.0, 1.0]]); n_edges = np.array([2]); counts = histogram.new_counts(edges)
 histogram.histogram_update(np.zeros((4, 1), np.float32), edges, n_edges, counts)
 ddsketch.sketch_add(np.ones(4), ddsketch.new_state())
-divergence.drift_scores(counts, counts, edges, n_edges, np.ones(1))
+divergence.drift_scores(counts, counts, edges, n_edges, np.ones(1), np.zeros(1, np.bool_))
 print(time.perf_counter() - start)
 """
 

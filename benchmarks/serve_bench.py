@@ -2,7 +2,8 @@
 side by side in one run, with load from compiled generators (wrk for HTTP, h2load for gRPC).
 
 Only ratios measured in the same run mean anything on a shared, noisy machine. The table goes to
-stdout and to benchmarks/results.md (with the command and the date).
+stdout and, with the command and the date, to the top of the runs in benchmarks/results.md (the
+earlier runs stay).
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 8] [--quick] [--only http|grpc]
 """
@@ -363,11 +364,12 @@ def header(args: argparse.Namespace) -> list[str]:
     python = sys.executable if python.startswith("..") else python
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    now = datetime.now(UTC)
     return [
-        "# Serving benchmark results",
+        f"## Serving benchmark, {now.strftime('%Y-%m-%d')}",
         "",
         f"Command: `{shlex.join([python, *sys.argv])}`  ",
-        f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
+        f"Date: {now.strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Code: {code_version()}  ",
         f"Machine: {os.cpu_count()} cores ({cpu.group(1) if cpu else platform.machine()}), "
         f"Python {platform.python_version()}; onnxruntime intra-op threads "
@@ -376,6 +378,20 @@ def header(args: argparse.Namespace) -> list[str]:
         "the generator and the servers share the same cores. Ratio = lockgate / baseline.",
         "",
     ]
+
+
+RUNS_MARKER = "<!-- runs, newest first: serve_bench.py adds its run below this line -->"
+
+
+def record(out: Path, lines: list[str]) -> None:
+    """Add this run to `out` below its marker, before the earlier runs (kept as they are)."""
+    run = "\n".join(lines).rstrip() + "\n"
+    text = out.read_text() if out.exists() else ""
+    head, marker, rest = text.partition(RUNS_MARKER)
+    if not marker:  # a file of another shape: this run goes first, the rest is kept below it
+        head, marker, rest = "# Benchmark results\n\n", RUNS_MARKER, text
+    earlier = rest.strip("\n")
+    out.write_text(f"{head}{marker}\n\n{run}" + (f"\n{earlier}\n" if earlier else ""))
 
 
 def main() -> int:
@@ -411,7 +427,7 @@ def main() -> int:
         signal.alarm(0)
         bench.close()
     print("\n".join(lines))
-    args.out.write_text("\n".join(lines) + "\n")
+    record(args.out, lines)
     print(f"\nwritten to {args.out}")
     return 0
 

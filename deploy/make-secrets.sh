@@ -1,6 +1,6 @@
 #!/bin/sh
 # Create the secret files that deploy/compose.yaml and deploy/k8s/kustomization.yaml read:
-#   DIR/admin-tokens   lockgate's admin token file (--admin-token-file): one `name:token` per
+#   DIR/admin-tokens   lockgate's admin token file (--admin-token-file): one `name:token:role` per
 #                      line, for the retrain worker (`retrain`) and for people (`ops`)
 #   DIR/retrain-token  the retrain worker's token alone (it reads LOCKGATE_ADMIN_TOKEN)
 #   DIR/state-url      only when POSTGRESQL_URL is given (deploy/k8s needs it)
@@ -24,7 +24,7 @@ chmod 700 "$dir"
 if [ ! -f "$dir/admin-tokens" ] || [ ! -f "$dir/retrain-token" ]; then
     retrain=$(token)
     printf '%s' "$retrain" >"$dir/retrain-token" # no newline: it becomes an env value
-    printf 'retrain:%s\nops:%s\n' "$retrain" "$(token)" >"$dir/admin-tokens"
+    printf 'retrain:%s:operator\nops:%s:admin\n' "$retrain" "$(token)" >"$dir/admin-tokens"
     chmod 644 "$dir/retrain-token" "$dir/admin-tokens"
     echo "wrote $dir/admin-tokens and $dir/retrain-token"
 fi

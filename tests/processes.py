@@ -45,12 +45,15 @@ class GatewayProcess:
                 self.proc.kill()
 
 
-def start_gateway(home: Path, *extra: str, env: dict[str, str] | None = None) -> GatewayProcess:
-    """Start `lockgate serve` on `home` and wait until it is ready (or fail with its output)."""
+def start_gateway(
+    home: Path, *extra: str, env: dict[str, str] | None = None, log_dir: Path | None = None
+) -> GatewayProcess:
+    """Start `lockgate serve` on `home` and wait until it is ready (or fail with its output).
+    Its log goes to `log_dir`, by default the home (which must then exist already)."""
     http, grpc, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
     cmd += ["--http", http, "--grpc", grpc, "--admin", admin, *extra]
-    log = home / f"gateway-{http.rsplit(':', 1)[1]}.log"
+    log = (log_dir or home) / f"gateway-{http.rsplit(':', 1)[1]}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

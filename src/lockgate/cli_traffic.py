@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-from lockgate.control.client import DEFAULT_ADMIN, AdminClient
+from lockgate.control.client import DEFAULT_ADMIN, AdminClient, EndpointView
 from lockgate.errors import invalid
+from lockgate.specs import EndpointSpec, ShadowSpec, VariantSpec
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -35,12 +36,13 @@ def _number(text: str, what: str) -> float:
 
 
 def _describe_endpoint(doc: dict[str, Any]) -> list[str]:
-    kind = " (implicit: latest version)" if doc.get("implicit") else ""
-    lines = [f"{doc['name']}{kind}"]
-    for v in doc["variants"]:
-        lines.append(f"  {v['weight']:6.2f}%  {v['name']:<14} {v['model']} v{v['version']}")
-    for s in doc.get("shadows", []):
-        lines.append(f"  shadow   {s['name']:<14} {s['model']} v{s['version']}")
+    endpoint = EndpointView.from_doc(doc)
+    kind = " (implicit: latest version)" if endpoint.implicit else ""
+    lines = [f"{endpoint.name}{kind}"]
+    for v in endpoint.spec.variants:
+        lines.append(f"  {v.weight:6.2f}%  {v.name:<14} {v.model} v{v.version}")
+    for s in endpoint.spec.shadows:
+        lines.append(f"  shadow   {s.name:<14} {s.model} v{s.version}")
     return lines
 
 
@@ -81,24 +83,18 @@ def _write(path: str, method: str = "POST") -> Callable[..., Any]:
 
 
 def _create(client: AdminClient, args: argparse.Namespace) -> Any:
+    """The endpoint is built (and checked) here; the admin API checks the versions exist."""
     variants = []
     for name, value in _pairs(args.variants, "VARIANT=MODEL:VERSION:WEIGHT").items():
         parts = value.split(":")
         if len(parts) != 3:
             raise invalid(f"expected VARIANT=MODEL:VERSION:WEIGHT, got {name}={value}")
-        variants.append(
-            {
-                "name": name,
-                "model": parts[0],
-                "version": parts[1],
-                "weight": _number(parts[2], "weight"),
-            }
-        )
+        variants.append(VariantSpec(name, parts[0], parts[1], _number(parts[2], "weight")))
     shadows = []
     for name, value in _pairs(args.shadow, "VARIANT=MODEL:VERSION").items():
         model, _, version = value.partition(":")
-        shadows.append({"name": name, "model": model, "version": version})
-    body = {"variants": variants, "shadows": shadows}
+        shadows.append(ShadowSpec(name, model, version))
+    body = EndpointSpec(tuple(variants), tuple(shadows)).to_doc()
     return _write("/v1/endpoints/{endpoint}", "PUT")(client, args, body)
 
 
@@ -115,8 +111,10 @@ def _canary(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.promote or args.rollback:
         action = "promote" if args.promote else "rollback"
         return _write(f"/v1/endpoints/{{endpoint}}/canary/{action}")(client, args)
-    if args.version is None or args.weight is None:
-        raise invalid("a canary needs --version and --weight (or --promote / --rollback)")
+    if args.weight is None:
+        raise invalid(
+            "a canary needs --weight (and --version to start one), or --promote / --rollback"
+        )
     body = {"model": args.model, "version": args.version, "weight": args.weight}
     return _write("/v1/endpoints/{endpoint}/canary")(client, args, body)
 
@@ -156,10 +154,10 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
     p = command("switch", "blue-green: all traffic to one variant", _switch)
     p.add_argument("endpoint")
     p.add_argument("variant")
-    p = command("canary", "start, adjust, promote or roll back the canary", _canary)
+    p = command("canary", "start, ramp, promote or roll back the canary", _canary)
     p.add_argument("endpoint")
     p.add_argument("--model", help="default: the endpoint's model")
-    p.add_argument("--version")
+    p.add_argument("--version", help="the canary's version; omit it to ramp the current canary")
     p.add_argument("--weight", type=float, help="percent of traffic for the canary")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--promote", action="store_true")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+# Elements (all inputs together) one infer request may declare; more is TOO_LARGE. A bound on
+# what decoding may allocate, independent of the body limit (a tiny body can declare a huge shape).
+MAX_REQUEST_ELEMENTS = 2**26
 
 
 def default_intra_op_threads() -> int:
@@ -17,9 +22,14 @@ class BatchConfig:
     max_batch_rows: int = 64  # rows (not requests) per model run
     max_queue_delay: float = 0.0  # seconds a busy-period batch may wait to fill; 0 = purely greedy
     max_queue_rows: int = 2048  # queued rows per version beyond which requests are shed
+    # The longest a request may wait for the model, in seconds (0 = no bound): admission refuses
+    # one expected to wait longer, a queued one that did is shed without running, and while the
+    # oldest has waited over half of it the queue is served newest first (see serve/queue.py).
+    # Not below a second: a refused client is told to retry after at least one (Retry-After).
+    max_queue_wait: float = 1.0
     inline_threshold: float = 150e-6  # run on the event loop when the predicted compute is below
     # The longest a request from a transport that hands requests over one at a time (gRPC)
-    # waits for batch-mates when its model is idle; 0 = never (see serve/batch.py).
+    # waits for batch-mates when its model is idle; 0 = never (see serve/gather.py).
     gather_delay: float = 0.001
 
 
@@ -49,6 +59,16 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The listeners' certificate and key (PEM); with `client_ca`, clients must present a
+    certificate that CA signed (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     home: Path = Path("lockgate-home")
     http_host: str = "0.0.0.0"
@@ -59,11 +79,23 @@ class ServeConfig:
     admin_port: int = 8002
     default_timeout: float = 30.0  # seconds, when the client sends no deadline
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request-body bytes this process buffers at once for bodies still arriving; beyond it new
+    # bodies are shed (503), so stalled uploads cannot take the memory.
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    header_timeout: float = 10.0  # seconds from a request's first byte to its last header
+    body_timeout: float = 30.0  # seconds between two reads of a request body
+    idle_timeout: float = 30.0  # seconds a connection may wait with no request in progress
+    max_request_elements: int = MAX_REQUEST_ELEMENTS
+    # Infer requests admitted and not yet answered, per process (both transports): beyond it a
+    # request is refused (503 / RESOURCE_EXHAUSTED) before its body is read.
+    max_in_flight: int = 1024
     grace_period: float = 20.0  # seconds to finish in-flight work on SIGTERM
     demo: bool = False
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
-    admin_tokens: tuple[tuple[str, str], ...] = ()  # (token, name) pairs for the admin API
+    # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
+    admin_tokens: tuple[tuple[str, Any], ...] = ()
+    tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()

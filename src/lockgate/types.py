@@ -75,6 +75,7 @@ class Tensor:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # HTTP binary extension: None means "use the request default"
+    classification: int = 0  # Triton's classification extension: the top k classes, 0 = off
 
 
 @dataclass(slots=True)
@@ -103,11 +104,14 @@ class InferResponse:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A model input or output as the model declares it; -1 marks a dynamic dimension."""
+    """A model input or output as the model declares it; -1 marks a dynamic dimension.
+    `labels`: the class of each column of a class-probability output (from a ZipMap the
+    registry removed), in column order."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    labels: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,11 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     platform: str = "onnxruntime_onnx"
+    # None: requests can be batched when every tensor declares a dynamic leading dim; the
+    # runner sets it from the version's configuration and a run at load.
+    batching: bool | None = field(default=None, compare=False)
     # Derived once, read per request:
-    # requests can be concatenated on axis 0 when every tensor has a dynamic leading dim;
+    # requests can be concatenated on axis 0 (see `batching`);
     batchable: bool = field(init=False, repr=False, compare=False)
     # the (name, datatype) of every output, what a request that names none gets back.
     all_outputs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
@@ -128,7 +135,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         tensors = (*self.inputs, *self.outputs)
         derived = {
-            "batchable": all(t.shape and t.shape[0] == -1 for t in tensors),
+            "batchable": (
+                all(t.shape and t.shape[0] == -1 for t in tensors)
+                if self.batching is None
+                else self.batching
+            ),
             "all_outputs": tuple((o.name, o.datatype) for o in self.outputs),
             "_inputs": {t.name: t for t in self.inputs},
             "_outputs": {t.name: t for t in self.outputs},
@@ -143,6 +154,53 @@ class ModelSpec:
         return self._outputs.get(name)
 
 
+@dataclass(frozen=True, slots=True)
+class ServedConfig:
+    """How a version is served, for Triton's model configuration."""
+
+    spec: ModelSpec
+    max_batch_rows: int  # 0: requests are not batched (the model has no dynamic batch dim)
+    max_queue_delay_us: int
+    instances: int  # sessions running the version at once
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStats:
+    """Cumulative figures of one loaded version since it was loaded, for Triton's statistics.
+    Times are nanoseconds summed over requests, except `size_compute_ns` (over batches)."""
+
+    name: str
+    version: str
+    requests: int  # answered successfully by the model
+    failures: int  # refused or failed after they were routed to this version
+    rows: int
+    batches: int
+    queue_ns: int
+    compute_ns: int
+    last_started_ns: int  # time.perf_counter_ns() of the last batch; 0 = none yet
+    size_batches: dict[int, int]  # rows -> batches
+    size_compute_ns: dict[int, int]  # rows -> compute time of those batches
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """A registered version and whether it serves (Triton's repository index)."""
+
+    name: str
+    version: str
+    state: str  # READY or UNAVAILABLE
+    reason: str = ""
+
+
+class RepositoryControl(Protocol):
+    """Loading and unloading (pinning) versions from a data-plane listener: Triton's model
+    repository extension. `actor` authenticates the caller and names it for the audit log."""
+
+    def actor(self, authorization: str | None, client_host: str | None) -> str: ...
+    async def load(self, model: str, version: str | None, actor: str) -> None: ...
+    async def unload(self, model: str, version: str | None, actor: str) -> None: ...
+
+
 class InferencePipeline(Protocol):
     """What a transport needs from the pipeline (lets transports be tested on their own)."""
 
@@ -150,7 +208,8 @@ class InferencePipeline(Protocol):
     server_version: str
     extensions: list[str]
 
-    def admit(self, name: str, version: str | None) -> None: ...
+    def admit(self, name: str, version: str | None, deadline: float | None = None) -> None: ...
+    def release(self) -> None: ...
     async def infer(self, request: InferRequest) -> InferResponse: ...
     def model_spec(self, name: str, version: str | None) -> ModelSpec: ...
     def model_versions(self, name: str) -> list[str]: ...
@@ -158,3 +217,6 @@ class InferencePipeline(Protocol):
     def ready(self) -> bool: ...
     def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None: ...
     async def feedback(self, endpoint: str, labels: list[tuple[str, float]]) -> dict[str, int]: ...
+    def served_config(self, name: str, version: str | None) -> ServedConfig: ...
+    def statistics(self, name: str | None, version: str | None) -> list[VersionStats]: ...
+    def repository_index(self) -> list[IndexEntry]: ...

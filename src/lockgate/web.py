@@ -17,9 +17,11 @@ MSGPACK = "application/msgpack"
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
     ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNSUPPORTED_MEDIA: 415,
     ErrorKind.UNPROCESSABLE: 422,
     ErrorKind.MODEL_FAILED: 500,
     ErrorKind.UNAVAILABLE: 503,
@@ -53,6 +55,31 @@ def error_response(exc: LockgateError, *, msgpack_body: bool = False) -> Respons
     )
 
 
+class BodyBudget:
+    """Request-body bytes this process holds for bodies still arriving. A body that arrives in
+    the first read never touches it; one that must wait for more reserves its declared length
+    (or what has arrived, when none is declared) and is shed with 503 when the budget is spent,
+    so stalled uploads cannot take the memory. One event loop: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.shed = 0
+
+    def reserve(self, nbytes: int) -> None:
+        if self.held + nbytes > self.limit:
+            self.shed += 1
+            raise LockgateError(
+                ErrorKind.OVERLOADED,
+                f"too many request bodies in transit ({self.held} bytes buffered): retry later",
+                retry_after=1.0,
+            )
+        self.held += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+
+
 def digits(raw: str, what: str) -> int:
     """A non-negative integer written in ASCII digits only (`str.isdigit` also accepts '²')."""
     text = raw.strip()
@@ -72,16 +99,21 @@ def check_declared_length(declared: str | None, limit: int) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes before reading them when the length is known."""
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """The body, refusing more than `limit` bytes before reading them when the length is known,
+    and holding its bytes against `budget` while it arrives."""
     declared = request.headers.get("content-length")
     check_declared_length(declared, limit)
-    if declared is not None:
-        return await request.body()
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
+            if budget is not None:
+                budget.reserve(len(chunk))
+            chunks.append(chunk)
+    finally:
+        if budget is not None:
+            budget.release(sum(map(len, chunks)))
     return b"".join(chunks)

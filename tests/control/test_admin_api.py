@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from lockgate.cli import main
+from lockgate.control.auth import PERMISSIONS
 from lockgate.control.registry import Registry
 from lockgate.demo import ensure_demo_models
 from tests.conftest import RunningGateway, loopback_config
@@ -128,6 +129,21 @@ def test_malformed_admin_body_is_400(gw: RunningGateway) -> None:
     assert Admin(gw).http.get("/v1/nope").status_code == 404
 
 
+def test_an_implicit_endpoint_variant_has_one_name_everywhere(gw: RunningGateway) -> None:
+    """The name `traffic show` gives the variant of an implicit endpoint is the one in the
+    answer, its header and the metrics (and the one a stored endpoint keeps)."""
+    shown = Admin(gw).http.get("/v1/endpoints/classifier").json()
+    assert shown["implicit"] and [v["name"] for v in shown["variants"]] == ["stable"]
+    answer = infer(gw, "classifier")
+    assert answer.json()["parameters"]["variant"] == "stable"
+    assert answer.headers["x-lockgate-variant"] == "stable"
+    metrics = httpx.get(f"http://{gw.admin}/metrics").text
+    served = [line for line in metrics.splitlines() if line.startswith("lockgate_requests_total")]
+    ours = [line for line in served if 'endpoint="classifier"' in line and 'outcome="ok"' in line]
+    assert ours and all('variant="stable"' in line for line in ours), ours
+    assert 'variant="default"' not in metrics
+
+
 def test_failed_load_during_a_switch_keeps_the_old_split(gw: RunningGateway) -> None:
     admin = Admin(gw)
     body = {"variants": [{"name": "blue", "model": "fraud", "version": "1", "weight": 100}]}
@@ -215,7 +231,17 @@ def test_traffic_cli(gw: RunningGateway, capsys: pytest.CaptureFixture[str]) -> 
     run("switch", "cli", "green")
     doc = orjson.loads(run("show", "cli", "--json"))
     assert [(v["name"], v["weight"]) for v in doc["variants"]] == [("blue", 0.0), ("green", 100.0)]
+    # without a canary, --weight alone is a clear refusal; with one, it ramps that canary
+    assert main(["traffic", "canary", *base, "cli", "--weight", "25"]) == 1
+    assert "endpoint 'cli' has no canary to adjust" in capsys.readouterr().err
     run("canary", "cli", "--version", "1", "--weight", "10")
+    run("canary", "cli", "--weight", "25")  # as the README says: "then --weight 25"
+    doc = orjson.loads(run("show", "cli", "--json"))
+    assert [(v["name"], v["version"], v["weight"]) for v in doc["variants"]] == [
+        ("blue", "1", 0.0),
+        ("green", "2", 75.0),
+        ("canary", "1", 25.0),
+    ]
     run("canary", "cli", "--rollback")
     run("shadow", "cli", "add", "mirror", "--version", "1")
     assert "shadow   mirror" in run("show", "cli")
@@ -229,3 +255,17 @@ def test_traffic_cli(gw: RunningGateway, capsys: pytest.CaptureFixture[str]) -> 
     assert "sum to 100" in capsys.readouterr().err
     assert main(["traffic", "show", "--admin-url", f"http://{gw.admin}"]) == 1
     assert "401" in capsys.readouterr().err
+
+
+def test_openapi_states_the_role_each_route_enforces(gw: RunningGateway) -> None:
+    """The document's `x-lockgate-role` is the least role of the permission the route checks."""
+    doc = httpx.get(f"http://{gw.admin}/openapi.json").json()
+    for route in gw.gateway.admin_app.routes:  # type: ignore[union-attr]
+        permission = getattr(route.endpoint, "permission", "absent")
+        for method in route.methods - {"HEAD"}:
+            op = doc["paths"][route.path][method.lower()]
+            if permission is None:
+                assert "x-lockgate-role" not in op and op["security"] == []
+            else:
+                assert op["x-lockgate-role"] == PERMISSIONS[permission], (route.path, method)
+                assert "403" in op["responses"]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
+import orjson
 import pytest
 from onnx import TensorProto
 
@@ -164,6 +167,25 @@ def test_drift_profiles_are_built_at_registration_from_the_reference(
     assert registry.load_profiles(narrow) is None
 
 
+def test_declared_categorical_features_shape_the_input_profile(
+    tmp_path: Path, model_file: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    data = np.column_stack([rng.normal(size=400), rng.integers(0, 40, 400), rng.normal(size=400)])
+    registry = Registry(tmp_path / "home")
+    found = registry.load_profiles(registry.register(model_file, "scale", reference=data))
+    assert found is not None and found.inputs.categorical.tolist() == [False, False, False]
+    info = registry.register(model_file, "scale", reference=data, categorical=[1, 1])
+    profiles = registry.load_profiles(info)
+    assert profiles is not None and profiles.inputs.categorical.tolist() == [False, True, False]
+    assert orjson.loads((info.path / "meta.json").read_bytes())["categorical"] == [1]
+    with pytest.raises(LockgateError, match="not columns of the reference"):
+        registry.register(model_file, "scale", reference=data, categorical=[3])
+    with pytest.raises(LockgateError, match="give reference data"):
+        registry.register(model_file, "scale", categorical=[0])
+    assert len(registry.versions("scale")) == 2
+
+
 def test_verify_detects_a_changed_file(tmp_path: Path, model_file: Path) -> None:
     registry = Registry(tmp_path)
     info = registry.register(model_file, "scale")
@@ -202,3 +224,33 @@ def test_concurrent_processes_get_distinct_versions(tmp_path: Path, model_file: 
     assert sorted(map(int, versions)) == list(range(1, 13))
     for info in Registry(tmp_path).versions("scale"):
         Registry(tmp_path).verify(info)
+
+
+def test_gc_spares_a_live_writer_and_removes_a_killed_one(tmp_path: Path, model_file: Path) -> None:
+    """A writer's temporary folder survives gc while the writer runs, however old, and goes
+    once the writer was killed (kill -9 in the middle of a registration)."""
+    registry = Registry(tmp_path)
+    registry.register(model_file, "scale")
+    folder = tmp_path / "models" / "scale"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tempfile; from lockgate.control import registry as r; "
+            f"print(tempfile.mkdtemp(prefix=r._temp_prefix(), dir={str(folder)!r}), flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        temp = Path(writer.stdout.readline().strip())
+        os.utime(temp, (0, 0))
+        assert registry.gc_temp() == 0 and temp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert registry.gc_temp() == 1 and not temp.exists()
+    assert [v.version for v in registry.versions("scale")] == ["1"]

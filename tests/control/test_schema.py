@@ -12,11 +12,12 @@ import orjson
 import psycopg
 import pytest
 
+from lockgate.control.dbapi import Backend
 from lockgate.control.rollouts import ACTIVE, RolloutStore
 from lockgate.control.schema import MIGRATIONS, migrate
-from lockgate.control.state import Change, State, StateStore
-from lockgate.control.statedb import Backend
+from lockgate.control.state import Change, State, StateStore, Transition
 from lockgate.errors import LockgateError
+from lockgate.specs import RolloutPlan, VersionKey
 
 TABLES = ("meta", "endpoints", "pins", "audit", "rollouts", "aliases")
 
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS aliases (
     updated TEXT NOT NULL, PRIMARY KEY (endpoint, alias)
 );
 """
-PLAN = {"steps": [10.0, 100.0], "analysis_seconds": 1.0}
+PLAN = RolloutPlan.from_doc({"steps": [10.0, 100.0], "analysis_seconds": 1.0})
 
 
 def versions(backend: Backend) -> list[int]:
@@ -167,15 +168,17 @@ def test_a_state_db_from_before_versioning_is_adopted_without_loss(tmp_path: Pat
     rollouts = RolloutStore(old)
     rid = rollouts.start("fraud", "fraud", "4", "3", PLAN, actor="carol")
     store = StateStore(old)
-    assert versions(store._db) == [1]
+    assert versions(store._db) == list(range(1, len(MIGRATIONS) + 1))
     state = store.read()
     assert state.revision == 2 and state.pins == frozenset({("fraud", "1")})
-    assert state.endpoints["fraud"]["variants"][0]["version"] == "3"
+    assert state.endpoints["fraud"].variants[0].key == VersionKey("fraud", "3")
     assert [(a["id"], a["actor"]) for a in store.audit()][-2:] == [(2, "bob"), (1, "alice")]
     assert rollouts.get(rid).status == "pending"
 
-    def bump(s: State) -> tuple[dict[str, dict[str, object]], frozenset[tuple[str, str]], Change]:
-        return s.endpoints, s.pins - {("fraud", "1")}, Change("pin.remove", "fraud", "1", None)
+    def bump(s: State) -> Transition:
+        return Transition(
+            s.endpoints, s.pins - {("fraud", "1")}, Change("pin.remove", "fraud", "1", None)
+        )
 
     assert store.apply(bump, actor="dave", expected_revision=2).revision == 3
     assert store.audit(limit=1)[0]["revision"] == 3

@@ -16,22 +16,33 @@ import psycopg
 import pytest
 
 from lockgate.control.rollouts import RolloutStore
-from lockgate.control.state import Change, Mutation, State, StateStore
+from lockgate.control.state import Change, Mutation, State, StateStore, Transition
 from lockgate.control.statedb_pg import PostgresBackend
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.specs import EndpointSpec
 from tests.postgres import PostgresServer
+
+
+def endpoint(count: int) -> EndpointSpec:
+    """An endpoint that stands for a counter: its version is the count."""
+    return EndpointSpec.implicit("m", str(count))
+
+
+def count(state: State, name: str) -> int:
+    spec = state.endpoints.get(name)
+    return 0 if spec is None else int(spec.variants[0].version)
 
 
 def bump(name: str, delay: float = 0.0) -> Mutation:
     """Count one more on endpoint `name` (a lost update would show as a missing count)."""
 
-    def mutation(state: State) -> tuple[dict[str, Any], frozenset[tuple[str, str]], Change]:
+    def mutation(state: State) -> Transition:
         # Hold the transaction open, so that a rival most likely overlaps it. Not a wait for
         # anything: exactly one writer wins whether or not they overlap.
         time.sleep(delay)
-        before = state.endpoints.get(name, {"count": 0})
-        after = {"count": before["count"] + 1}
-        return {**state.endpoints, name: after}, state.pins, Change("bump", name, before, after)
+        n = count(state, name)
+        change = Change("bump", name, {"count": n}, {"count": n + 1})
+        return Transition({**state.endpoints, name: endpoint(n + 1)}, state.pins, change)
 
     return mutation
 
@@ -64,7 +75,7 @@ def test_two_writers_on_one_revision_exactly_one_wins(
     assert sorted(outcomes.values()) == ["CONFLICT", "committed"]
     (winner,) = (a for a, o in outcomes.items() if o == "committed")
     state = stores["bob"].read()
-    assert state.revision == base + 1 and state.endpoints == {"e": {"count": 1}}
+    assert state.revision == base + 1 and state.endpoints == {"e": endpoint(1)}
     assert [(a["actor"], a["revision"]) for a in stores["alice"].audit()] == [(winner, base + 1)]
 
 
@@ -78,7 +89,7 @@ def test_concurrent_writers_serialise_without_lost_updates(
 
     run_threads(*[writer] * 4)
     store = StateStore(tmp_path, state_url)
-    assert store.read().revision == 40 and store.read().endpoints["e"] == {"count": 40}
+    assert store.read().revision == 40 and count(store.read(), "e") == 40
     records = list(reversed(store.audit(limit=100)))  # oldest first, by id
     assert [a["revision"] for a in records] == list(range(1, 41))
     assert [a["before"]["count"] for a in records] == list(range(40))
@@ -93,8 +104,8 @@ def test_an_audit_row_exists_iff_its_change_committed(
     def refuse(state: State) -> Any:
         raise LockgateError(ErrorKind.INVALID, "refused")
 
-    def half_written(state: State) -> Any:  # drops `a`, then cannot encode `b`: after the DELETE
-        return {"b": {"bad": {1, 2}}}, state.pins, Change("put", "b", None, None)
+    def half_written(state: State) -> Any:  # drops `a`, writes `b`, then cannot encode the audit
+        return Transition({"b": endpoint(1)}, state.pins, Change("put", "b", None, {"bad": {1, 2}}))
 
     with pytest.raises(LockgateError, match="refused"):
         store.apply(refuse, actor="ops", expected_revision=1)
@@ -105,7 +116,7 @@ def test_an_audit_row_exists_iff_its_change_committed(
         store.apply(half_written, actor="ops", expected_revision=1)
     other = StateStore(tmp_path, state_url)  # another connection sees the same
     for s in (store, other):
-        assert s.read() == State(1, {"a": {"count": 1}}, frozenset())
+        assert s.read() == State(1, {"a": endpoint(1)}, frozenset())
         assert [(a["revision"], a["action"]) for a in s.audit()] == [(1, "bump")]
 
 
@@ -167,7 +178,7 @@ def test_a_lost_postgresql_connection_is_replaced_on_the_next_call(
     _kill_connections(postgres_server, postgres_url)
     assert store.apply(bump("a"), actor="ops", expected_revision=1).revision == 2
     _kill_connections(postgres_server, postgres_url)
-    assert store.read().endpoints["a"] == {"count": 2}
+    assert count(store.read(), "a") == 2
 
     def cut_off(state: State) -> Any:
         _kill_connections(postgres_server, postgres_url)

@@ -22,7 +22,7 @@ def store(tmp_path: Path, state_url: str | None) -> StateStore:
 
 def _variants(store: StateStore, name: str = "fraud") -> list[tuple[str, str, float]]:
     spec = traffic.current_endpoint(store.read(), CATALOG, name)
-    return [(v["name"], v["version"], v["weight"]) for v in spec["variants"]]
+    return [(v.name, v.version, v.weight) for v in spec.variants]
 
 
 def test_implicit_endpoint_materialises_on_first_change(store: StateStore) -> None:
@@ -32,7 +32,7 @@ def test_implicit_endpoint_materialises_on_first_change(store: StateStore) -> No
     # a newly registered version does not move a stored endpoint
     newer = traffic.Catalog({"fraud": frozenset({"1", "2", "3", "4"})})
     spec = traffic.current_endpoint(store.read(), newer, "fraud")
-    assert [v["version"] for v in spec["variants"]] == ["3", "2"]
+    assert [v.version for v in spec.variants] == ["3", "2"]
 
 
 def test_canary_ramp_promote_and_rollback(store: StateStore) -> None:
@@ -137,3 +137,30 @@ def test_audit_records_who_what_before_and_after(store: StateStore) -> None:
     )
     assert newest["before"] == oldest["after"] and newest["revision"] == 2
     assert store.audit(target="other") == []
+
+
+def test_a_canary_is_ramped_without_naming_its_version_again(store: StateStore) -> None:
+    def apply(mutation: Any) -> None:
+        store.apply(mutation, actor="ops", expected_revision=None)
+
+    with pytest.raises(LockgateError) as info:  # nothing to ramp yet
+        apply(traffic.canary("fraud", None, None, 25, CATALOG))
+    assert info.value.kind is ErrorKind.UNPROCESSABLE
+    assert "endpoint 'fraud' has no canary to adjust: starting one needs a version" in str(
+        info.value
+    )
+    assert store.read().revision == 0
+    apply(traffic.canary("fraud", None, "2", 5, CATALOG))
+    apply(traffic.canary("fraud", None, None, 25, CATALOG))
+    assert _variants(store) == [("stable", "3", 75.0), ("canary", "2", 25.0)]
+    apply(traffic.canary("fraud", "fraud", None, 50, CATALOG))  # the canary's own model is fine
+    assert _variants(store) == [("stable", "3", 50.0), ("canary", "2", 50.0)]
+    with pytest.raises(LockgateError, match="serves model 'fraud': name the version"):
+        apply(traffic.canary("fraud", "other", None, 60, CATALOG))
+    newest = store.audit(limit=1)[0]
+    assert newest["action"] == "canary.set" and newest["after"]["variants"][1] == {
+        "name": "canary",
+        "model": "fraud",
+        "version": "2",
+        "weight": 50.0,
+    }

@@ -5,6 +5,7 @@ alerted on. Plus the dashboard's structure and the Grafana provisioning files.""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lockgate.control import traffic
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
 from lockgate.demo import classifier_data, ensure_demo_models
-from tests.conftest import RunningGateway, loopback_config
+from tests import onnx_models
+from tests.conftest import RunningGateway, catalog, loopback_config
 from tests.deploy.conftest import (
     GRAFANA_DIR,
     PROMETHEUS_DIR,
@@ -27,11 +31,16 @@ from tests.deploy.conftest import (
     infer,
     metric_names,
     selected_names,
+    tool,
 )
 from tests.waiting import wait_until
 
 # Families exported on purpose but neither charted nor alerted on, with the reason.
-NOT_CHARTED: dict[str, str] = {}
+NOT_CHARTED: dict[str, str] = {
+    "process_virtual_memory_bytes": "address space, not memory in use: for ad-hoc queries",
+    # fixed when the version loads, named in the load warning; nothing to watch over time
+    "lockgate_monitor_unfollowed_tensors": "a property of the loaded version",
+}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}
 
@@ -43,11 +52,19 @@ def _panels(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, int]]:
-    """family name -> (type, number of samples) from a live gateway whose traffic fills every
+def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a live gateway whose traffic fills every
     family: ok and failed requests, a shadow variant, a closed drift window and labels."""
     home = tmp_path_factory.mktemp("deploy-metrics")
     ensure_demo_models(Registry(home))
+    # an endpoint whose canary cannot load (damaged on disk): the stable variant serves its share
+    registry = Registry(home)
+    canary = registry.register(onnx_models.scale_model(home / "scale.onnx"), "scale")
+    registry.register(home / "scale.onnx", "scale")
+    store = StateStore(home)
+    to_canary = traffic.canary("scale", None, canary.version, 10, catalog(registry))
+    store.apply(to_canary, actor="tests", expected_revision=None)
+    canary.model_path.write_bytes(b"damaged")
     rng = np.random.default_rng(3)
     with RunningGateway(loopback_config(home), Registry(home)) as gw:
         body = {
@@ -70,14 +87,30 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, i
             assert r.status_code == 200, r.text
         url = f"http://{gw.admin}/metrics"
 
-        def exported_with_shadow_rows() -> dict[str, tuple[str, int]] | None:
+        def with_shadow_rows() -> str | None:
             gw.call(gw.gateway.monitor.drain())
-            families = text_string_to_metric_families(httpx.get(url, timeout=10).text)
-            samples = {f.name: (f.type, len(f.samples)) for f in families}
-            return samples if samples["lockgate_shadow_rows"][1] else None
+            text = httpx.get(url, timeout=10).text
+            return text if _families(text)["lockgate_shadow_rows"][1] else None
 
         # shadow copies run after the primary answered
-        return wait_until(exported_with_shadow_rows, "shadow rows in /metrics", interval=0.05)
+        return wait_until(with_shadow_rows, "shadow rows in /metrics", interval=0.05)
+
+
+def _families(text: str) -> dict[str, tuple[str, int]]:
+    return {f.name: (f.type, len(f.samples)) for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture(scope="module")
+def exported(page: str) -> dict[str, tuple[str, int]]:
+    """family name -> (type, number of samples)."""
+    return _families(page)
+
+
+def test_the_exposition_passes_promtool(page: str) -> None:
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=page, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and not result.stdout + result.stderr, result.stderr
 
 
 def _series(exported: dict[str, tuple[str, int]]) -> dict[str, str]:
@@ -91,7 +124,8 @@ def _series(exported: dict[str, tuple[str, int]]) -> dict[str, str]:
 
 def test_the_traffic_fills_every_family(exported: dict[str, tuple[str, int]]) -> None:
     assert len(exported) >= 30
-    assert all(name.startswith("lockgate_") for name in exported)
+    # lockgate's own families, and the standard process ones (summed over worker processes)
+    assert all(name.startswith(("lockgate_", "process_")) for name in exported)
     assert [name for name, (_, n) in exported.items() if n == 0] == []
 
 
@@ -119,7 +153,8 @@ def test_every_family_is_charted_or_alerted(exported: dict[str, tuple[str, int]]
     series = _series(exported)
     used: set[str] = set()
     for expr in [*alert_rules().values(), *dashboard_exprs()]:
-        used |= {series[name] for name in metric_names(expr) if name in series}
+        names = metric_names(expr) | selected_names(expr)
+        used |= {series[name] for name in names if name in series}
     unused = sorted(exported.keys() - used - NOT_CHARTED.keys())
     assert unused == [], f"exported but neither charted nor alerted on: {unused}"
     assert NOT_CHARTED.keys() <= exported.keys(), "NOT_CHARTED names a family that is gone"

@@ -438,9 +438,9 @@ def test_make_secrets_writes_tokens_lockgate_accepts_and_keeps_them(tmp_path: Pa
     url = "postgresql://lockgate:pw@db.example:5432/lockgate"
     subprocess.run([str(MAKE_SECRETS), str(out), url], check=True, capture_output=True)
     tokens = load_tokens(out / "admin-tokens", None)  # lockgate's own reader
-    assert sorted(tokens.values()) == ["ops", "retrain"]
+    assert sorted(tokens.values()) == [("ops", "admin"), ("retrain", "operator")]
     retrain = (out / "retrain-token").read_text()
-    assert tokens[retrain] == "retrain" and "\n" not in retrain
+    assert tokens[retrain] == ("retrain", "operator") and "\n" not in retrain
     assert (out / "state-url").read_text() == url
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     before = {p.name: p.read_text() for p in out.iterdir()}
@@ -851,7 +851,7 @@ def test_kustomize_renders_what_the_python_rendering_says(tmp_path: Path) -> Non
     ]
     data = {k: base64.b64decode(v).decode() for k, v in admin_secret["data"].items()}
     tokens = parse_tokens(data["admin-tokens"].splitlines())
-    assert tokens[data["retrain-token"]] == "retrain"
+    assert tokens[data["retrain-token"]].name == "retrain"
     (state,) = [
         d
         for d in docs

@@ -20,6 +20,7 @@ import pytest
 
 from lockgate.cli import main
 from lockgate.control.registry import Registry
+from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models, send_traffic
 from lockgate.monitor.predlog import FeedbackLog
 from lockgate.retrain.train import LinearModel, TrainedModel, fit_logistic, logistic_onnx
@@ -159,6 +160,16 @@ def test_drift_leads_to_a_new_champion(
     }
     after = send_traffic(gateway.http, 500, drifted=True, seed=99)
     assert after["served_accuracy"] > drifted["served_accuracy"] + 0.2
+    # governance: the gate results live with the version, the registration is audited, and the
+    # version is rebuilt byte for byte from its data snapshot, trainer, seed and code
+    gates = Registry(tmp_path).gates(info)
+    assert gates is not None and gates["passed"] and gates["against"] == "2"
+    assert gates["data"]["hash"] == lineage["snapshot"]["holdout"]
+    audit = StateStore(tmp_path).audit(target="classifier/3")
+    registered = [r for r in audit if r["action"] == "version.register"]
+    assert [(r["actor"], r["after"]["sha256"]) for r in registered] == [("retrain", info.sha256)]
+    assert main(["models", "reproduce", "classifier", "3", "--home", str(tmp_path)]) == 0
+    assert "classifier v3 reproduced" in capsys.readouterr().out
 
 
 def test_a_worse_candidate_is_stopped_by_the_gates(gateway: GatewayProcess, tmp_path: Path) -> None:

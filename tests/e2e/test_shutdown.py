@@ -41,9 +41,12 @@ def _metric(admin: str, name: str, **labels: str) -> float:
 
 
 def test_sigterm_finishes_accepted_requests(slow_home: Path) -> None:
+    # No bound on the queue's wait: every request of the burst is accepted, however slow the
+    # machine runs the model.
     gateway = start_gateway(
         slow_home,
-        *("--max-batch-rows", str(ROWS), "--max-queue-rows", "100000", "--grace", "60"),
+        *("--max-batch-rows", str(ROWS), "--max-queue-rows", "100000"),
+        *("--max-queue-wait-ms", "0", "--grace", "60"),
     )
     proc, base = gateway.proc, gateway.base
     data = np.full((ROWS, 1024), 0.1, np.float32)

@@ -367,7 +367,7 @@ def test_a_version_is_released_only_after_its_in_flight_requests(
     async def run() -> list[tuple[int, dict[str, str], bytes]]:
         conns = [await RawHTTP.connect(gw.http) for _ in range(24)]
         async with httpx.AsyncClient(base_url=f"http://{gw.admin}", timeout=30) as admin:
-            held = Held(model_executor(gw.pipeline))
+            held = Held(model_executor(gw.dataplane))
             try:
                 calls = [
                     asyncio.create_task(c.post("/v2/models/draining/infer", body)) for c in conns

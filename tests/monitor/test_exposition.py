@@ -76,7 +76,7 @@ def _gateway_snapshot() -> Snapshot:
     drift = DriftSnapshot(
         names=("input[0]", "input[1]"),
         alert=np.array([True, False]),
-        scores=np.where(rng.random((2, 5)) < 0.2, np.nan, rng.random((2, 5))),
+        scores=np.where(rng.random((2, 8)) < 0.2, np.nan, rng.random((2, 8))),
         windows=4,
         share=0.5,
         dataset_alert=True,

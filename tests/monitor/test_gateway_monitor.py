@@ -89,8 +89,10 @@ def test_every_request_is_logged_once_and_labels_join(home: Path) -> None:
         # multi-row requests: accuracy counts the first row's label per request id
         assert value(samples, "lockgate_feedback_labels_total", **v2) == 60
         assert value(samples, "lockgate_online_accuracy", **v2) == pytest.approx(40 / 60)
+        assert value(samples, "lockgate_feedback_correct_total", **v2) == 40
+        assert value(samples, "lockgate_label_delay_seconds_count", **v2) == 60
         assert value(samples, "lockgate_feedback_unknown_total") == 5
-        route = {"endpoint": "classifier", "variant": "default", **v2}
+        route = {"endpoint": "classifier", "variant": "stable", **v2}  # implicit: as shown
         ok = {**route, "protocol": "http", "outcome": "ok"}
         assert value(samples, "lockgate_requests_total", **ok) == 60
         assert value(samples, "lockgate_request_latency_seconds_count", **route) == 60
@@ -176,7 +178,7 @@ def test_shifted_traffic_flips_the_drift_alert(home: Path) -> None:
         assert [r["id"] for r in recent["rows"]] == ["shifted"] * 3
         assert recent["input_features"][0] == "input[0]"
         sketches = msgpack.unpackb(httpx.get(f"{admin}/sketches").content)
-        merged = LatencySketch.from_bytes(sketches["latency"]["classifier/default"])
+        merged = LatencySketch.from_bytes(sketches["latency"]["classifier/stable"])
         assert merged.count == 3  # three requests
         client.close()
 
@@ -237,7 +239,7 @@ def test_a_scrape_never_holds_the_event_loop_on_the_drains_lock(home: Path) -> N
         rows = classifier_data(np.random.default_rng(1), 1)[0]
         with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
             _infer(client, "warm", rows)
-            monitor = gw.pipeline.monitor
+            monitor = gw.dataplane.monitor
             lock = WatchedLock(monitor.lock)
             monitor.lock = lock
             urls = ["/metrics", "/v1/models/classifier/versions/2/recent"]

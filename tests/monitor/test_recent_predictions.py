@@ -1,6 +1,6 @@
-"""The id -> prediction window that labels are joined against: every id of the newest half
-window is found with its own prediction, ids older than two half windows are forgotten, and
-the index is built only from what was added (against a plain dict)."""
+"""The id -> (prediction, time) window that labels are joined against: every id of the newest
+half window is found with its own prediction and time, ids older than two half windows are
+forgotten, and the index is built only from what was added (against a plain dict)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,19 @@ from lockgate.monitor.drain import RecentPredictions
 def test_window_against_a_dict(capacity: int, chunks: list[int], lookups_between: bool) -> None:
     recent = RecentPredictions(capacity)
     half = max(1, capacity // 2)
-    young: dict[bytes, tuple[tuple[str, str], float]] = {}  # the rule, as plain dicts
-    old: dict[bytes, tuple[tuple[str, str], float]] = {}
+    young: dict[bytes, tuple[tuple[str, str], float, float]] = {}  # the rule, as plain dicts
+    old: dict[bytes, tuple[tuple[str, str], float, float]] = {}
     young_rows = next_id = 0
     every_id: list[bytes] = []
     for i, size in enumerate(chunks):
         key = ("m", str(i % 2))
         ids = [f"id{next_id + j}".encode() for j in range(size)]
         predictions = np.arange(next_id, next_id + size, dtype=np.float32) / 2
-        recent.add(key, np.array(ids, dtype="S32"), predictions)
-        young.update({r: (key, float(p)) for r, p in zip(ids, predictions, strict=True)})
+        ts = 1.7e9 + np.arange(next_id, next_id + size, dtype=np.float64) / 3
+        recent.add(key, np.array(ids, dtype="S32"), predictions, ts)
+        young.update(
+            {r: (key, float(p), float(t)) for r, p, t in zip(ids, predictions, ts, strict=True)}
+        )
         young_rows += size
         if young_rows >= half:
             old, young, young_rows = young, {}, 0

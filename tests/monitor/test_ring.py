@@ -5,7 +5,6 @@ not fit before the drain comes are dropped whole and counted."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -140,20 +139,23 @@ def test_the_drain_reads_one_set_while_requests_fill_the_other() -> None:
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], np.zeros(0))
 
 
-def test_a_run_that_does_not_match_the_schema_is_counted_as_dropped() -> None:
+def test_a_tensor_of_an_unexpected_size_is_recorded_as_nan_and_counted() -> None:
+    """Never an error per batch: the run's rows are kept, the tensor that does not fill its
+    columns is NaN for them, the other tensors are recorded, and the rows are counted."""
     ring = PredictionRing(8, *SLOTS)
     _record(ring, 0, [1])
-    with pytest.raises(ValueError):  # three values a row where the schema monitors two
-        ring.append(
-            feeds={"x": np.zeros((2, 3), np.float32)},
-            outputs={"y": np.zeros((2, 1), np.float32)},
-            metas=[("a", 0, 0), ("b", 0, 0)],
-            rows=[1, 1],
-            enqueued_ns=[0, 0],
-            times=(0, 0, 0.0),
-        )
+    ring.append(  # three values a row where the schema monitors two
+        feeds={"x": np.zeros((2, 3), np.float32)},
+        outputs={"y": np.array([[7], [8]], np.float32)},
+        metas=[("a", 0, 0), ("b", 0, 0)],
+        rows=[1, 1],
+        enqueued_ns=[0, 0],
+        times=(0, 0, 0.0),
+    )
     _record(ring, 1, [1])
     columns, dropped = ring.swap()
     piece = ring.assemble(columns, dropped)
-    assert dropped == 2 and ring.written == 4
-    assert piece.rows == 2 and piece.request_id.tolist() == [b"r0", b"r1"]
+    assert dropped == 0 and ring.written == 4 and ring.mismatched == 2
+    assert piece.request_id.tolist() == [b"r0", b"a", b"b", b"r1"]
+    assert np.isnan(piece.inputs[1:3]).all() and not np.isnan(piece.inputs[[0, 3]]).any()
+    np.testing.assert_array_equal(piece.outputs[:, 0], [0, 7, 8, 2])

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgpack
 import numpy as np
 
 from lockgate.monitor.sketch import LatencySketch
-from lockgate.monitor.snapshot import DriftSnapshot, Snapshot, VersionSnapshot, merged
+from lockgate.monitor.snapshot import (
+    LABEL_DELAY_BOUNDS,
+    DriftSnapshot,
+    Snapshot,
+    VersionSnapshot,
+    label_delay_counts,
+    merged,
+)
 
 KEY = ("m", "1")
 
@@ -19,11 +27,12 @@ def _snapshot(seed: int, revision: int, alert: bool) -> Snapshot:
     drift = DriftSnapshot(
         names=("a", "b"),
         alert=np.array([alert, False]),
-        scores=np.where(rng.random((2, 5)) < 0.2, np.nan, rng.random((2, 5))),
+        scores=np.where(rng.random((2, 8)) < 0.2, np.nan, rng.random((2, 8))),
         windows=seed,
         share=0.5 if alert else 0.0,
         dataset_alert=alert,
         counts=rng.integers(0, 50, size=(2, 7)),
+        categorical=np.array([False, True]),
     )
     return Snapshot(
         revision=revision,
@@ -35,7 +44,11 @@ def _snapshot(seed: int, revision: int, alert: bool) -> Snapshot:
         monitored=True,
         versions={
             KEY: VersionSnapshot(
-                latency={("e", "stable"): latency}, rows=seed, drift={"input": drift}
+                latency={("e", "stable"): latency},
+                rows=seed,
+                drift={"input": drift},
+                label_delay=label_delay_counts(rng.exponential(900.0, size=40 * seed)),
+                label_delay_sum=12.5 * seed,
             )
         },
         feedback_unknown=seed,
@@ -46,9 +59,28 @@ def test_wire_round_trip_is_exact() -> None:
     snap = _snapshot(3, 7, True)
     back = Snapshot.from_bytes(snap.to_bytes())
     assert back.to_bytes() == snap.to_bytes()
+    categorical = back.versions[KEY].drift["input"].categorical
+    assert categorical is not None and categorical.dtype == np.bool_
+    assert categorical.tolist() == [False, True]
     assert (
         back.versions[KEY].latency[("e", "stable")] == snap.versions[KEY].latency[("e", "stable")]
     )
+    delay = back.versions[KEY].label_delay
+    assert delay.tolist() == snap.versions[KEY].label_delay.tolist() and delay.sum() == 120
+    assert back.versions[KEY].label_delay_sum == 37.5
+
+
+def test_a_snapshot_without_label_delays_reads_as_none_seen() -> None:
+    """From a process that predates the label delay histogram (same wire format)."""
+    doc = msgpack.unpackb(_snapshot(3, 7, True).to_bytes(), raw=False, strict_map_key=False)
+    for *_, version in doc["versions"]:
+        del version["label_delay"], version["label_delay_sum"]
+    back = Snapshot.from_bytes(msgpack.packb(doc, use_bin_type=True))
+    delay = back.versions[KEY].label_delay
+    assert delay.tolist() == [0] * (len(LABEL_DELAY_BOUNDS) + 1)
+    assert back.versions[KEY].label_delay_sum == 0.0
+    total = merged([back, _snapshot(1, 2, False)])
+    assert total.versions[KEY].label_delay.sum() == 40
 
 
 def test_merge_adds_counts_and_applies_the_rules_to_point_values() -> None:
@@ -67,6 +99,9 @@ def test_merge_adds_counts_and_applies_the_rules_to_point_values() -> None:
     assert dt.alert.tolist() == [True, False] and dt.dataset_alert
     assert np.array_equal(dt.scores, np.fmax(da.scores, db.scores), equal_nan=True)
     assert dt.windows == 3
+    assert np.array_equal(vt.label_delay, va.label_delay + vb.label_delay)
+    assert vt.label_delay_sum == va.label_delay_sum + vb.label_delay_sum == 37.5
+    assert dt.categorical is not None and dt.categorical.tolist() == [False, True]
     # merging does not change its inputs
     assert np.array_equal(a.versions[KEY].drift["input"].counts, da.counts)
 

@@ -7,6 +7,7 @@ arithmetic and the analysis rules are checked on synthetic scrapes first."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import threading
 import time
@@ -24,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lockgate.cli import _flag
+from lockgate.cli_flags import flag as _flag
 from lockgate.cli_rollout import add_rollout_parser
 from lockgate.control.auth import TokenCheck
 from lockgate.control.client import AdminClient
@@ -36,7 +37,6 @@ from lockgate.control.rollouts import (
     PROMOTED,
     ROLLED_BACK,
     RUNNING,
-    Plan,
     Rollout,
     RolloutStore,
 )
@@ -45,6 +45,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.retrain.fleet import Gateways
 from lockgate.retrain.gateway_metrics import Snapshot, parse, quantile, window
 from lockgate.retrain.rollout import RolloutController, analyse
+from lockgate.specs import RolloutPlan
 from lockgate.web import error_response
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config
@@ -52,7 +53,7 @@ from tests.waiting import wait_until
 
 TOKEN = "worker-token-0123456789abcdef"  # the retrain worker's
 OPS = "alice-token-0123456789abcdef"  # an operator's
-PLAN = Plan(
+PLAN = RolloutPlan(
     steps=(10, 50, 100),
     analysis_seconds=0.5,
     min_requests=5,
@@ -135,7 +136,7 @@ def test_quantile_of_cumulative_buckets() -> None:
 
 def rollout(**plan: Any) -> Rollout:
     return Rollout(
-        "r-1", "e", "m", "2", "1", Plan(**{**PLAN.to_json(), **plan}), RUNNING, 0, 10.0,
+        "r-1", "e", "m", "2", "1", dataclasses.replace(PLAN, **plan), RUNNING, 0, 10.0,
         None, None, None, None, (), "", "",
     )  # fmt: skip
 
@@ -220,7 +221,7 @@ def test_a_step_without_enough_requests_is_rolled_back_as_inconclusive(
         clock=lambda: now[0],
         sleep=sleep,
     )
-    rid = controller.start("e", "m", "2", "1", Plan(**{**PLAN.to_json(), "max_extensions": 2}))
+    rid = controller.start("e", "m", "2", "1", dataclasses.replace(PLAN, max_extensions=2))
     assert controller.run(rid) == ROLLED_BACK
     r = store.get(rid)
     assert [h["decision"] for h in r.history] == ["apply", "extend", "extend", "rolled_back"]
@@ -438,7 +439,9 @@ class Traffic:
         self.thread.join(10)
 
 
-def test_healthy_candidate_is_promoted_through_every_step(gw: RunningGateway) -> None:
+def test_healthy_candidate_is_promoted_through_every_step(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
     create_endpoint(gw, "scoring")
     store = RolloutStore(gw.config.home)
     with Traffic(gw, "scoring") as traffic:
@@ -474,9 +477,14 @@ def test_healthy_candidate_is_promoted_through_every_step(gw: RunningGateway) ->
     assert store.alias("scoring", "challenger") is None
     judged = sum(a["canary"]["requests"] for a in passes)
     assert set(traffic.statuses) == {200} and traffic.statuses[200] >= judged
+    # `rollout status` names the champion as it is now, not the one the rollout started against
+    capsys.readouterr()
+    assert cli("status", "scoring", "--admin-url", f"http://{gw.admin}") == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert f"{rid}  scoring  classifier v2 (champion v2, was v1)  promoted" in head, head
 
 
-def rolled_back(gw: RunningGateway, name: str, candidate: str, plan: Plan) -> Rollout:
+def rolled_back(gw: RunningGateway, name: str, candidate: str, plan: RolloutPlan) -> Rollout:
     """Roll `candidate` out on a new endpoint under traffic; check it ended rolled back, with
     the reason audited and the champion serving everything again."""
     create_endpoint(gw, name)
@@ -517,7 +525,7 @@ def test_failing_candidate_is_rolled_back_within_one_interval(gw: RunningGateway
 
 
 def test_slow_candidate_is_rolled_back_on_p99(gw: RunningGateway) -> None:
-    plan = Plan(**{**PLAN.to_json(), "p99_floor_seconds": 0.005})
+    plan = dataclasses.replace(PLAN, p99_floor_seconds=0.005)
     r = rolled_back(gw, "scoring-slow", "4", plan)
     assert r.reason is not None and "p99" in r.reason and "above 3 x the stable" in r.reason
     assert "promoted" not in [h["decision"] for h in r.history]
@@ -533,7 +541,7 @@ def test_shadow_phase_gates_the_first_step(
     plan = {"steps": (100,), "shadow_seconds": 0.4, "max_disagreement": limit}
     with Traffic(gw, name) as traffic:
         ctl = controller(gw, store, traffic)
-        rid = ctl.start(name, "classifier", "2", "1", Plan(**{**PLAN.to_json(), **plan}))
+        rid = ctl.start(name, "classifier", "2", "1", dataclasses.replace(PLAN, **plan))
         assert ctl.run(rid) == status, explain(store, rid)
     r = store.get(rid)
     decisions = [h["decision"] for h in r.history]

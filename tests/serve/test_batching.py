@@ -68,7 +68,7 @@ def test_64_concurrent_callers_get_exactly_their_rows(
 
 
 def test_batches_of_several_requests_form_under_load(gateway: RunningGateway) -> None:
-    stats = gateway.pipeline.batch_stats("mlp", "1")
+    stats = gateway.dataplane.batch_stats("mlp", "1")
     before = stats.multi_request_batches
     rng = np.random.default_rng(7)
     payloads = [
@@ -134,12 +134,14 @@ def test_overload_sheds_at_once_and_accepted_requests_complete(
     held_gateway: RunningGateway,
 ) -> None:
     url = f"http://{held_gateway.http}/v2/models/held/infer"
-    shed_before = held_gateway.pipeline.batch_stats("held", "1").shed
+    shed_before = held_gateway.dataplane.batch_stats("held", "1").shed
 
     async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
-        limits = httpx.Limits(max_connections=48)
+        # One connection per request: a connection refused for overload and at once refused
+        # again is read again only after a pause (serve/transport/shed.py).
+        limits = httpx.Limits(max_connections=48, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            held = Held(model_executor(held_gateway.pipeline))
+            held = Held(model_executor(held_gateway.dataplane))
             try:
                 calls = [asyncio.create_task(client.post(url, content=_body())) for _ in range(48)]
                 # The queue takes four requests, and a fifth once the first has left it to run
@@ -159,7 +161,7 @@ def test_overload_sheds_at_once_and_accepted_requests_complete(
     assert all(
         "overloaded" in r.json()["error"] and int(r.headers["retry-after"]) >= 1 for r in shed
     )
-    assert held_gateway.pipeline.batch_stats("held", "1").shed - shed_before == len(shed)
+    assert held_gateway.dataplane.batch_stats("held", "1").shed - shed_before == len(shed)
 
 
 def test_timeout_parameter_gives_504(held_gateway: RunningGateway) -> None:
@@ -167,7 +169,7 @@ def test_timeout_parameter_gives_504(held_gateway: RunningGateway) -> None:
 
     async def run() -> tuple[httpx.Response, list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=60) as client:
-            held = Held(model_executor(held_gateway.pipeline))
+            held = Held(model_executor(held_gateway.dataplane))
             try:
                 busy = [asyncio.create_task(client.post(url, content=_body())) for _ in range(3)]
                 late = await client.post(url, content=_body(timeout_us=1000))  # cannot run
@@ -196,7 +198,7 @@ def test_grpc_deadline_exceeded(held_gateway: RunningGateway) -> None:
     async def run() -> grpc.StatusCode:
         async with grpc.aio.insecure_channel(held_gateway.grpc) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            held = Held(model_executor(held_gateway.pipeline))
+            held = Held(model_executor(held_gateway.dataplane))
             try:
                 busy = [stub.ModelInfer(req(), timeout=30) for _ in range(3)]
                 try:

@@ -101,7 +101,7 @@ async def test_a_version_whose_file_changed_fails_with_its_reason(
 async def test_a_missing_file_is_reported_not_raised(models: ModelSet, registry: Registry) -> None:
     registry.get(*LOOKUP).model_path.unlink()
     failures = await models.ensure({LOOKUP})
-    assert failures == {LOOKUP: "cannot read the model file: No such file or directory"}
+    assert failures == {LOOKUP: "cannot read the model's files: No such file or directory"}
     assert models.failed == failures
 
 

@@ -24,15 +24,16 @@ from lockgate.serve.route import (
     endpoint_from_spec,
     sticky_bucket,
 )
+from lockgate.specs import STABLE, EndpointSpec, ShadowSpec, VariantSpec
 
 
 def _canary_route(canary_weight: float) -> EndpointRoute:
-    spec = {
-        "variants": [
-            {"name": "stable", "model": "m", "version": "1", "weight": 100 - canary_weight},
-            {"name": "canary", "model": "m", "version": "2", "weight": canary_weight},
-        ]
-    }
+    spec = EndpointSpec(
+        (
+            VariantSpec("stable", "m", "1", 100 - canary_weight),
+            VariantSpec("canary", "m", "2", canary_weight),
+        )
+    )
     return endpoint_from_spec("m", spec)
 
 
@@ -72,11 +73,13 @@ def test_zero_weight_variants_never_get_traffic() -> None:
 
 
 def test_implicit_endpoints_serve_the_latest_version() -> None:
-    spec = {"variants": [{"name": "a", "model": "m", "version": "1", "weight": 100}]}
+    spec = EndpointSpec((VariantSpec("a", "m", "1", 100),), (ShadowSpec("s", "m", "2"),))
     table = build_route_table(7, {"m": spec}, {"m": "3", "other": "2"})
     assert table.resolve("m").variants == (Variant("a", "m", "1", 100.0),)  # stored wins
-    assert table.resolve("other").variants[0].key == ("other", "2")
-    assert table.versions() == {("m", "1"), ("other", "2")}
+    assert table.resolve("m").shadows == (Variant("s", "m", "2"),)
+    # the implicit endpoint's variant has the name the admin API shows and a stored one keeps
+    assert table.resolve("other").variants == (Variant(STABLE, "other", "2", 100.0),)
+    assert table.versions() == {("m", "1"), ("m", "2"), ("other", "2")}
     with pytest.raises(LockgateError, match="unknown model 'nope'"):
         table.resolve("nope")
 
@@ -90,7 +93,7 @@ def _three_way() -> EndpointRoute:
         ],
         "shadows": [{"name": "s", "model": "m", "version": "3"}],
     }
-    return endpoint_from_spec("e", spec)
+    return endpoint_from_spec("e", EndpointSpec.from_doc(spec))
 
 
 def test_a_keyed_request_goes_to_the_variant_owning_its_bucket() -> None:
@@ -140,7 +143,7 @@ def test_unkeyed_requests_follow_the_weights() -> None:
 def test_a_single_variant_takes_everything_and_is_primary() -> None:
     table = build_route_table(3, {}, {"m": "4"})
     route = table.resolve("m")
-    assert route.variants == (Variant("default", "m", "4", 100.0),) and route.bounds == (BUCKETS,)
+    assert route.variants == (Variant(STABLE, "m", "4", 100.0),) and route.bounds == (BUCKETS,)
     assert {route.pick(None) for _ in range(100)} == {route.primary}
     assert route.pick("any-key") is route.primary
     assert table.revision == 3
@@ -161,4 +164,34 @@ def test_primary_variant_and_versions_include_shadows() -> None:
 
 def test_an_endpoint_spec_with_an_integer_version_routes_to_its_string_key() -> None:
     spec = {"variants": [{"name": "v", "model": "m", "version": 2, "weight": 100}]}
-    assert endpoint_from_spec("m", spec).pick(None).key == ("m", "2")
+    assert endpoint_from_spec("m", EndpointSpec.from_doc(spec)).pick(None).key == ("m", "2")
+
+
+def _route(*weights: float, shadows: int = 0) -> EndpointRoute:
+    variants = tuple(Variant(f"v{i}", "m", str(i), w) for i, w in enumerate(weights, 1))
+    extra = tuple(Variant(f"s{i}", "s", str(i)) for i in range(1, shadows + 1))
+    return EndpointRoute("e", variants, bucket_bounds(weights), extra)
+
+
+def test_without_scales_the_loaded_variants_up_to_the_whole_share() -> None:
+    route = _route(60, 30, 10, shadows=2).without({("m", "2"), ("s", "1")})
+    assert route is not None
+    assert [(v.name, round(v.weight, 6)) for v in route.variants] == [
+        ("v1", 85.714286),
+        ("v3", 14.285714),
+    ]
+    assert route.bounds[-1] == BUCKETS
+    assert [v.name for v in route.fallback] == ["v2"] and [s.name for s in route.shadows] == ["s2"]
+    picked = {route.pick(f"user-{i}").name for i in range(2000)}
+    assert picked == {"v1", "v3"}  # no key lands on the variant that cannot serve
+
+
+def test_without_gives_a_standby_everything_and_none_when_nothing_is_left() -> None:
+    standby = _route(100, 0).without({("m", "1")})
+    assert standby is not None
+    assert [(v.name, v.weight) for v in standby.variants] == [("v2", 100.0)]
+    assert standby.bounds == (BUCKETS,)
+    assert _route(100, 0).without({("m", "1"), ("m", "2")}) is None
+    even = _route(0, 0, 100).without({("m", "3")})
+    assert even is not None and [v.weight for v in even.variants] == [50.0, 50.0]
+    assert even.bounds == (5000, BUCKETS)

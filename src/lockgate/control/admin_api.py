@@ -24,7 +24,9 @@ from starlette.routing import Route
 
 from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
-from lockgate.control.auth import TokenCheck
+from lockgate.control.auth import READ, TRAFFIC, Principal, TokenCheck
+from lockgate.control.model_api import model_routes
+from lockgate.control.registry import Registry
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
@@ -104,7 +106,7 @@ def _field(doc: Any, name: str, kind: type | tuple[type, ...], required: bool = 
 
 def _endpoint_view(name: str, state: State, catalog: traffic.Catalog) -> dict[str, Any]:
     spec = traffic.current_endpoint(state, catalog, name)
-    return {"name": name, "implicit": name not in state.endpoints, **spec}
+    return {"name": name, "implicit": name not in state.endpoints, **spec.to_doc()}
 
 
 def build_admin_app(
@@ -123,7 +125,8 @@ def build_admin_app(
     async def write(
         request: Request, build: Callable[[traffic.Catalog], Mutation], target_versions: bool
     ) -> Response:
-        actor: str = request.state.actor
+        who: Principal = request.state.principal
+        actor = who.name
         expected = _if_match(request)
         mutation = build(await catalog())
         current = await read_state()
@@ -132,20 +135,27 @@ def build_admin_app(
                 ErrorKind.CONFLICT,
                 f"stale revision: you read {expected}, the state is at {current.revision}",
             )
-        _, pins, change = mutation(current)  # dry run: validates, names the versions
-        needed = set(pins - current.pins)
-        if target_versions and change.after is not None:
-            needed |= traffic.endpoint_versions(change.after)
+        step = mutation(current)  # dry run: validates, names the versions
+        change = step.change
+        needed: set[Key] = set(step.pins - current.pins)
+        target = step.endpoints.get(change.target)
+        if target_versions and target is not None:
+            needed |= target.versions()
         failures = await control.ensure_loaded(needed)
         if failures:
             reasons = "; ".join(f"{m} v{v}: {why}" for (m, v), why in sorted(failures.items()))
             raise LockgateError(ErrorKind.UNPROCESSABLE, f"nothing changed: {reasons}")
         state = await asyncio.to_thread(
-            store.apply, mutation, actor=actor, expected_revision=current.revision
+            store.apply, mutation, actor=actor, expected_revision=current.revision, role=who.role
         )
         await control.apply(state)
         log.info(
-            "admin: %s %s by %s -> revision %d", change.action, change.target, actor, state.revision
+            "admin: %s %s by %s (%s) -> revision %d",
+            change.action,
+            change.target,
+            actor,
+            who.role,
+            state.revision,
         )
         doc = {
             "revision": state.revision,
@@ -237,7 +247,7 @@ def build_admin_app(
     async def canary(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
         model = _field(doc, "model", str, required=False)
-        version = _field(doc, "version", str)
+        version = _field(doc, "version", str, required=False)  # none: ramp the current canary
         weight = _field(doc, "weight", (int, float))
         return await write(request, lambda c: traffic.canary(name, model, version, weight, c), True)
 
@@ -271,14 +281,19 @@ def build_admin_app(
         return await write(request, lambda c: traffic.unpin(model, version), False)
 
     def guarded(
-        handler: Callable[[Request], Awaitable[Response]], *, public: bool = False
+        handler: Callable[[Request], Awaitable[Response]],
+        *,
+        public: bool = False,
+        permission: str = READ,
     ) -> Callable[..., Any]:
-        """Authenticate (before the body is read), then map errors to statuses."""
+        """Authenticate and authorise (before the body is read), then map errors to statuses."""
 
         async def run(request: Request) -> Response:
             try:
                 if not public:
-                    request.state.actor = tokens.actor(request.headers.get("authorization"))
+                    who = tokens.principal(request.headers.get("authorization"))
+                    who.require(permission)
+                    request.state.principal, request.state.actor = who, who.name
                 return await handler(request)
             except LockgateError as exc:
                 response = error_response(exc)
@@ -289,6 +304,7 @@ def build_admin_app(
                 log.exception("unexpected error serving admin %s %s", request.method, request.url)
                 return _json({"error": "internal server error"}, 500)
 
+        run.permission = None if public else permission  # type: ignore[attr-defined]
         return run
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -308,20 +324,33 @@ def build_admin_app(
         Route("/v1/state", guarded(show_state), methods=["GET"]),
         Route("/v1/audit", guarded(audit), methods=["GET"]),
         Route(ep, guarded(show_endpoint), methods=["GET"]),
-        Route(ep, guarded(put_endpoint), methods=["PUT"]),
-        Route(ep, guarded(delete_endpoint), methods=["DELETE"]),
-        Route(ep + "/weights", guarded(set_weights), methods=["POST"]),
-        Route(ep + "/switch", guarded(switch), methods=["POST"]),
-        Route(ep + "/canary", guarded(canary), methods=["POST"]),
-        Route(ep + "/canary/promote", guarded(promote), methods=["POST"]),
-        Route(ep + "/canary/rollback", guarded(rollback), methods=["POST"]),
-        Route(ep + "/shadows", guarded(add_shadow), methods=["POST"]),
-        Route(ep + "/shadows/{variant}", guarded(remove_shadow), methods=["DELETE"]),
+        Route(ep, guarded(put_endpoint, permission=TRAFFIC), methods=["PUT"]),
+        Route(ep, guarded(delete_endpoint, permission=TRAFFIC), methods=["DELETE"]),
+        Route(ep + "/weights", guarded(set_weights, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/switch", guarded(switch, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary", guarded(canary, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary/promote", guarded(promote, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/canary/rollback", guarded(rollback, permission=TRAFFIC), methods=["POST"]),
+        Route(ep + "/shadows", guarded(add_shadow, permission=TRAFFIC), methods=["POST"]),
+        Route(
+            ep + "/shadows/{variant}",
+            guarded(remove_shadow, permission=TRAFFIC),
+            methods=["DELETE"],
+        ),
         Route(mon + "/drift", guarded(drift), methods=["GET"]),
         Route(mon + "/sketches", guarded(sketches), methods=["GET"]),
         Route(mon + "/recent", guarded(recent), methods=["GET"]),
-        Route("/v1/models/{model}/versions/{version}/load", guarded(load), methods=["POST"]),
-        Route("/v1/models/{model}/versions/{version}/unload", guarded(unload), methods=["POST"]),
+        Route(
+            "/v1/models/{model}/versions/{version}/load",
+            guarded(load, permission=TRAFFIC),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/models/{model}/versions/{version}/unload",
+            guarded(unload, permission=TRAFFIC),
+            methods=["POST"],
+        ),
     ]
     routes += rollout_routes(RolloutStore(store.home, store.url), guarded)
+    routes += model_routes(Registry(store.home), store, guarded, control.refresh_registry)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

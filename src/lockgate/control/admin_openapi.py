@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lockgate import __version__
+from lockgate.control.auth import ADMIN, OPERATOR, VIEWER
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _VARIANT = {
@@ -53,6 +54,25 @@ def _op(summary: str, body: dict[str, Any] | None = None, write: bool = True) ->
     if body is not None:
         op["requestBody"] = _body(body)
     return op
+
+
+def operation_role(path: str, method: str) -> str:
+    """The least role an operation needs (control/auth.py): promoting a rollout at once is an
+    admin's act; other writes are an operator's; reads a viewer's."""
+    if path == "/v1/rollouts/{id}/promote":
+        return ADMIN
+    return VIEWER if method == "get" else OPERATOR
+
+
+def _state_roles(paths: dict[str, Any]) -> None:
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters" or op.get("security") == []:
+                continue
+            role = operation_role(path, method)
+            op["x-lockgate-role"] = role
+            op["description"] = f"Needs a token with the role `{role}` or higher."
+            op["responses"]["403"] = _ERROR
 
 
 def openapi_document() -> dict[str, Any]:
@@ -108,9 +128,10 @@ def openapi_document() -> dict[str, Any]:
         ep + "/canary": {
             "parameters": [name],
             "post": _op(
-                "Start or adjust the canary variant",
+                "Start the canary variant (model, version, weight), or ramp the current one "
+                "(weight alone)",
                 _obj(
-                    ["version", "weight"],
+                    ["weight"],
                     model={"type": "string"},
                     version=version_ref,
                     weight={"type": "number"},
@@ -157,9 +178,30 @@ def openapi_document() -> dict[str, Any]:
             "parameters": model_version,
             "get": _op(summary, write=False),
         }
+    version_path = "/v1/models/{model}/versions/{version}"
+    paths[version_path] = {
+        "parameters": model_version,
+        "get": _op(
+            "A registered version: schema (with class labels), conversions, warm-up, config",
+            write=False,
+        ),
+    }
+    paths[version_path + "/config"] = {
+        "parameters": model_version,
+        "get": _op("The version's serving configuration", write=False),
+        "post": _op(
+            "Change keys of the version's serving configuration (audited; gateways reload it)",
+            {"type": "object", "minProperties": 1},
+            write=False,
+        ),
+    }
     rollout = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     paths["/v1/rollouts"] = {
-        "get": _op("Rollouts, newest first (?endpoint=, ?limit=)", write=False)
+        "get": _op(
+            "Rollouts, newest first, each with its endpoint's current aliases (?endpoint=, "
+            "?limit=)",
+            write=False,
+        )
     }
     paths["/v1/rollouts/{id}"] = {
         "parameters": [rollout],
@@ -170,6 +212,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [rollout],
             "post": _op(f"Ask the rollout's worker to {action} it (audited)", write=False),
         }
+    _state_roles(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "lockgate admin API", "version": __version__},

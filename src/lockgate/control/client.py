@@ -1,17 +1,35 @@
 """The admin API's client, for the CLI and the retrain worker: JSON over HTTP, the bearer token,
-and the state revision each write is based on (`If-Match`)."""
+and the state revision each write is based on (`If-Match`). Answers used as structures are parsed
+into the typed model here (`endpoint`), once."""
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.specs import EndpointSpec
 
 DEFAULT_ADMIN = "http://127.0.0.1:8002"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """An endpoint as the admin API shows it: stored, or implicit (its model's latest version)."""
+
+    name: str
+    implicit: bool
+    spec: EndpointSpec
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EndpointView:
+        """From `GET /v1/endpoints/{name}` or one of `GET /v1/state`'s endpoints."""
+        spec = EndpointSpec.from_doc({k: doc[k] for k in ("variants", "shadows") if k in doc})
+        return cls(str(doc.get("name")), bool(doc.get("implicit")), spec)
 
 
 class AdminClient:
@@ -51,3 +69,6 @@ class AdminClient:
 
     def revision(self) -> int:
         return int(self.call("GET", "/v1/state")["revision"])
+
+    def endpoint(self, name: str) -> EndpointView:
+        return EndpointView.from_doc(self.call("GET", f"/v1/endpoints/{name}"))

@@ -1,6 +1,9 @@
 """Model versions on disk: `models/<name>/<version>/` holding `model.onnx`, `meta.json` and,
 when given, `reference.npz` with the drift profiles built from it (`profile.npz`, see
-:mod:`lockgate.monitor.profiles`). A version is immutable once published.
+:mod:`lockgate.monitor.profiles`), the warm-up inputs (`warmup.npz`, see
+:mod:`lockgate.control.warmup_file`) and the serving configuration (`config.toml`, see
+:mod:`lockgate.model_config`). A version's model and data are immutable once published; its
+configuration is replaced whole (write, fsync, rename) by `set_config`.
 
 Publishing writes a temporary folder next to the versions, fsyncs it, and renames it to the next
 free version number. `rename` of a folder onto an existing non-empty folder fails, so two writers
@@ -13,51 +16,49 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import logging
 import os
-import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
+from lockgate.control import warmup_file
+from lockgate.control.onnx_schema import first_line
+from lockgate.control.registration import (
+    check_warmup,
+    drift_profiles,
+    load_reference_file,
+    read_schema,
+    validate,
+)
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.fsutil import fsync_dir, write_synced
-from lockgate.monitor.profiles import VersionProfiles, build_profiles
+from lockgate.model_config import ModelConfig
+from lockgate.specs import NAME_PATTERN as NAME_PATTERN  # model names: the same rule
 from lockgate.types import ModelSpec, TensorSpec
 
+if TYPE_CHECKING:  # the profiles' kernels (numba) load only when a profile is built or read
+    from lockgate.monitor.profiles import VersionProfiles
+
+__all__ = ["Registry", "VersionInfo", "check_name", "load_reference_file", "read_schema"]
 log = logging.getLogger(__name__)
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 REFERENCE_FILE = "reference.npz"
 PROFILE_FILE = "profile.npz"
 CARD_FILE = "card.md"
+CONFIG_FILE = "config.toml"
+WARMUP_FILE = warmup_file.WARMUP_FILE
+GATES_FILE = "gates.json"  # gate results, added once after publication (write_gates)
 _TEMP_PREFIX = ".tmp-"
-
-# onnx TensorProto element types -> Open Inference Protocol datatypes
-_ONNX_DATATYPES = {
-    1: "FP32",
-    2: "UINT8",
-    3: "INT8",
-    4: "UINT16",
-    5: "INT16",
-    6: "INT32",
-    7: "INT64",
-    8: "BYTES",
-    9: "BOOL",
-    10: "FP16",
-    11: "FP64",
-    12: "UINT32",
-    13: "UINT64",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ class VersionInfo:
     spec: ModelSpec
     metadata: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig = field(default_factory=ModelConfig)
+    conversions: tuple[str, ...] = ()  # what registration changed in the model file
+    config_error: str = ""  # config.toml is unreadable (edited by hand): the version won't load
 
     @property
     def model_path(self) -> Path:
@@ -90,6 +94,11 @@ class VersionInfo:
         path = self.path / PROFILE_FILE
         return path if path.exists() else None
 
+    @property
+    def warmup_path(self) -> Path | None:
+        path = self.path / WARMUP_FILE
+        return path if path.exists() else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -103,6 +112,9 @@ class VersionInfo:
             "lineage": self.lineage,
             "reference": self.reference_path is not None,
             "drift_profile": self.profile_path is not None,
+            "warmup": self.warmup_path is not None,
+            "conversions": list(self.conversions),
+            "config": self.config.to_json(),
         }
 
 
@@ -113,100 +125,6 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def read_schema(model_bytes: bytes, name: str, version: str) -> ModelSpec:
-    """Validate an ONNX model (checker + an onnxruntime session) and read its input/output
-    schema. Raises INVALID with the reason when the file is not a usable model."""
-    return _validate(model_bytes, name, version)[0]
-
-
-def _validate(model_bytes: bytes, name: str, version: str) -> tuple[ModelSpec, Any]:
-    """`read_schema`, and the onnxruntime session it made."""
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        model = onnx.load_model_from_string(model_bytes)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
-        raise invalid(f"not a valid ONNX model: {_first_line(exc)}") from None
-    try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise invalid(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
-    initializers = {i.name for i in model.graph.initializer}
-
-    def spec_of(value_info: Any) -> TensorSpec:
-        tensor_type = value_info.type.tensor_type
-        datatype = _ONNX_DATATYPES.get(tensor_type.elem_type)
-        if datatype is None:
-            raise invalid(f"tensor {value_info.name!r} has an unsupported element type")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
-        return TensorSpec(value_info.name, datatype, shape)
-
-    inputs = tuple(spec_of(i) for i in model.graph.input if i.name not in initializers)
-    outputs = tuple(spec_of(o) for o in model.graph.output)
-    if not inputs or not outputs:
-        raise invalid("the model has no inputs or no outputs")
-    return ModelSpec(name, version, inputs, outputs), session
-
-
-def _profiles(spec: ModelSpec, reference: np.ndarray[Any, Any], session: Any) -> bytes | None:
-    """The version's drift profiles, serialised; None (logged) when they cannot be built, in
-    which case a gateway tries again from the reference data when it loads the version."""
-    names = [o.name for o in spec.outputs]
-
-    def predict(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
-        return dict(zip(names, session.run(names, feeds), strict=True))
-
-    try:
-        return build_profiles(spec, reference, predict).to_npz_bytes()
-    except Exception as exc:  # a model that cannot score its own reference still registers
-        log.warning("no drift profile for a version of %s: %s", spec.name, _first_line(exc))
-        return None
-
-
-def load_reference_file(path: Path) -> np.ndarray[Any, Any]:
-    """Reference data as a 2-D float array: `.npy`, `.npz` (first array) or `.csv` (header row
-    allowed)."""
-    try:
-        if path.suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                data = archive[archive.files[0]]
-        elif path.suffix == ".csv":
-            text = path.read_text()
-            first = text.split("\n", 1)[0]
-            skip = 0 if _is_numeric_row(first) else 1
-            data = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=skip, ndmin=2)
-        else:
-            raise invalid(f"reference data must be .npy, .npz or .csv, got {path.name}")
-    except LockgateError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise invalid(f"cannot read reference data {path}: {exc}") from None
-    if data.ndim == 1:
-        data = data[:, None]
-    if data.ndim != 2 or data.shape[0] == 0 or data.dtype.kind not in "biuf":
-        raise invalid(f"reference data must be a non-empty 2-D numeric table, got {data.shape}")
-    return np.asarray(data, dtype=np.float64)
-
-
-def _is_numeric_row(line: str) -> bool:
-    try:
-        [float(cell) for cell in line.split(",")]
-    except ValueError:
-        return False
-    return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 class Registry:
@@ -254,13 +172,15 @@ class Registry:
     def load_profiles(self, info: VersionInfo) -> VersionProfiles | None:
         """The drift profiles stored at registration; None when the version has none (or they
         cannot be read: the caller builds them from the reference data instead)."""
+        from lockgate.monitor.profiles import VersionProfiles
+
         path = info.profile_path
         if path is None:
             return None
         try:
             return VersionProfiles.from_npz_bytes(path.read_bytes())
         except (OSError, ValueError, KeyError) as exc:
-            log.warning("unreadable drift profile %s: %s", path, _first_line(exc))
+            log.warning("unreadable drift profile %s: %s", path, first_line(exc))
             return None
 
     def verify(self, info: VersionInfo) -> None:
@@ -272,14 +192,29 @@ class Registry:
                 f"{info.name} v{info.version}: model.onnx checksum mismatch (file changed on disk)",
             )
 
+    def load_warmup(self, info: VersionInfo) -> dict[str, np.ndarray[Any, Any]] | None:
+        """The version's warm-up inputs by input name (strings as unicode arrays), if any."""
+        path = info.warmup_path
+        return warmup_file.load_npz(path) if path is not None else None
+
     def _read(self, name: str, version: str) -> VersionInfo:
         path = self.root / name / version
         doc = orjson.loads((path / META_FILE).read_bytes())
 
         def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items)
+            return tuple(
+                TensorSpec(t["name"], t["datatype"], tuple(t["shape"]), tuple(t.get("labels", ())))
+                for t in items
+            )
 
         spec = ModelSpec(name, version, specs(doc["inputs"]), specs(doc["outputs"]))
+        config_path = path / CONFIG_FILE
+        config, config_error = ModelConfig(), ""
+        if config_path.exists():
+            try:
+                config = ModelConfig.from_toml(config_path.read_text(), str(config_path))
+            except (LockgateError, OSError, UnicodeDecodeError) as exc:
+                config_error = f"{config_path}: {getattr(exc, 'message', exc)}"
         return VersionInfo(
             name=name,
             version=version,
@@ -289,6 +224,9 @@ class Registry:
             spec=spec,
             metadata=doc.get("metadata", {}),
             lineage=doc.get("lineage", {}),
+            config=config,
+            config_error=config_error,
+            conversions=tuple(doc.get("conversions", ())),
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -301,18 +239,37 @@ class Registry:
         reference: Path | np.ndarray[Any, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         card: str | None = None,
+        warmup: Path | dict[str, Any] | None = None,
+        config: ModelConfig | Path | None = None,
+        categorical: list[int] | None = None,
     ) -> VersionInfo:
-        """Validate and publish `source` as the next version of `name` (with its model card,
-        `card.md`, when given)."""
+        """Validate and publish `source` as the next version of `name`, with its model card
+        (`card.md`), warm-up inputs (`warmup.npz`: an `.npz` file or arrays by input name,
+        which the model must run on) and serving configuration (`config.toml`: a
+        ModelConfig or a TOML file), when given. `categorical`: input feature indices (columns
+        of the reference) whose drift is measured per category; integer columns with few
+        values are found alone."""
         check_name(name)
+        categorical = sorted(set(categorical or ()))
+        if categorical and reference is None:
+            raise invalid(
+                "categorical features are declared for the drift profile: give reference data"
+            )
         if isinstance(source, bytes):
-            model_bytes = source
+            original = source
         else:
             try:
-                model_bytes = Path(source).read_bytes()
+                original = Path(source).read_bytes()
             except OSError as exc:
                 raise invalid(f"cannot read model file {source}: {exc.strerror}") from None
-        spec, session = _validate(model_bytes, name, "0")
+        spec, session, inspected = validate(original, name, "0")
+        model_bytes = inspected.model_bytes
+        if isinstance(config, Path):
+            config = ModelConfig.from_toml(_read_text(config, "model config"), str(config))
+        warm = None
+        if warmup is not None:
+            warm = warmup_file.read_warmup(warmup, spec)
+            check_warmup(spec, session, warm)
         ref = profiles = None
         if reference is not None:
             ref = (
@@ -320,36 +277,96 @@ class Registry:
                 if isinstance(reference, Path)
                 else np.asarray(reference, dtype=np.float64)
             )
-            profiles = _profiles(spec, ref, session)
+            if categorical and not (
+                ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1]
+            ):
+                raise invalid(
+                    f"categorical features {categorical} are not columns of the reference data"
+                )
+            profiles = drift_profiles(spec, ref, session, warm, categorical)
+        for note in inspected.conversions:
+            log.info("registering %s: %s", name, note)
+        meta: dict[str, Any] = {
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "inputs": [_tensor_doc(t) for t in spec.inputs],
+            "outputs": [_tensor_doc(t) for t in spec.outputs],
+            "metadata": metadata or {},
+            "lineage": lineage or {},
+        }
+        if categorical:
+            meta["categorical"] = categorical
+        if inspected.conversions:
+            meta["conversions"] = list(inspected.conversions)
+            meta["source_sha256"] = hashlib.sha256(original).hexdigest()
+        files = {MODEL_FILE: model_bytes, META_FILE: orjson.dumps(meta, option=orjson.OPT_INDENT_2)}
+        if card is not None:
+            files[CARD_FILE] = card.encode()
+        if ref is not None:
+            files[REFERENCE_FILE] = warmup_file.to_npz_bytes({"data": ref})
+        if profiles is not None:
+            files[PROFILE_FILE] = profiles
+        if warm is not None:
+            files[WARMUP_FILE] = warmup_file.to_npz_bytes(warm)
+        if config is not None:
+            files[CONFIG_FILE] = config.to_toml().encode()
+        return self._read(name, self._write_version(name, files))
+
+    def _write_version(self, name: str, files: dict[str, bytes]) -> str:
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=folder))
+        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(), dir=folder))
         try:
-            created = datetime.now(UTC).isoformat(timespec="milliseconds")
-            meta = {
-                "sha256": hashlib.sha256(model_bytes).hexdigest(),
-                "created": created,
-                "inputs": [_tensor_doc(t) for t in spec.inputs],
-                "outputs": [_tensor_doc(t) for t in spec.outputs],
-                "metadata": metadata or {},
-                "lineage": lineage or {},
-            }
-            write_synced(temp / MODEL_FILE, model_bytes)
-            write_synced(temp / META_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-            if card is not None:
-                write_synced(temp / CARD_FILE, card.encode())
-            if ref is not None:
-                buf = io.BytesIO()
-                np.savez(buf, data=ref)
-                write_synced(temp / REFERENCE_FILE, buf.getvalue())
-            if profiles is not None:
-                write_synced(temp / PROFILE_FILE, profiles)
+            for file, data in files.items():
+                write_synced(temp / file, data)
             fsync_dir(temp)
-            version = self._publish(temp, folder)
+            return self._publish(temp, folder)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        return self._read(name, version)
+
+    def set_config(self, name: str, version: str, config: ModelConfig) -> VersionInfo:
+        """Replace a version's serving configuration (whole: written beside it, fsynced and
+        renamed over `config.toml`). Gateways apply it when they next load the version."""
+        info = self.get(name, version)
+        target = info.path / CONFIG_FILE
+        temp = info.path / f"{_TEMP_PREFIX}{CONFIG_FILE}.{os.getpid()}"
+        try:
+            write_synced(temp, config.to_toml().encode())
+            os.replace(temp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        fsync_dir(info.path)
+        return self._read(name, info.version)
+
+    # -- gate results: one file per version, written once -------------------------------------
+    def write_gates(self, info: VersionInfo, doc: dict[str, Any]) -> None:
+        """Record `info`'s gate results (`gates.json` in its folder). Written once: a version
+        that already has results is a CONFLICT, so what a version was judged on never changes
+        behind its back. The file is written aside, fsynced, and hard-linked into place (a link
+        never replaces an existing file), so a reader sees the whole document or none."""
+        final = info.path / GATES_FILE
+        temp = info.path / f".{GATES_FILE}.{os.getpid()}-{time.monotonic_ns()}"
+        write_synced(temp, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            raise LockgateError(
+                ErrorKind.CONFLICT,
+                f"{info.name} v{info.version} already has recorded gate results ({final})",
+            ) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_dir(info.path)
+
+    def gates(self, info: VersionInfo) -> dict[str, Any] | None:
+        """The version's recorded gate results, or None when it has none."""
+        try:
+            doc: dict[str, Any] = orjson.loads((info.path / GATES_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        return doc
 
     def _publish(self, temp: Path, folder: Path) -> str:
         """Rename `temp` to the first free version number; retry when another writer wins."""
@@ -366,17 +383,48 @@ class Registry:
             return version
         raise LockgateError(ErrorKind.CONFLICT, f"could not publish a version in {folder}")
 
-    def gc_temp(self, older_than: float = 3600.0) -> int:
-        """Remove temporary folders left by crashed writers; returns how many."""
+    def gc_temp(self, older_than: float = 600.0) -> int:
+        """Remove temporary folders left by crashed writers; returns how many. A folder is
+        left alone while it is younger than `older_than` seconds or its writer (named in the
+        folder: host and pid) is still running on this host."""
         removed = 0
         cutoff = time.time() - older_than
         for temp in self.root.glob(f"*/{_TEMP_PREFIX}*"):
             with contextlib.suppress(OSError):
-                if temp.stat().st_mtime < cutoff:
+                if temp.stat().st_mtime < cutoff and not _writer_alive(temp.name):
                     shutil.rmtree(temp)
                     removed += 1
         return removed
 
 
+def _temp_prefix() -> str:
+    return f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _writer_alive(folder_name: str) -> bool:
+    """Whether the process that made a temporary folder still runs (as far as this host can
+    tell: a writer on another host counts as gone once the folder is old enough)."""
+    host, _, rest = folder_name.removeprefix(_TEMP_PREFIX).rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _tensor_doc(t: TensorSpec) -> dict[str, Any]:
-    return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+    doc: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+    if t.labels:
+        doc["labels"] = list(t.labels)
+    return doc
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise invalid(f"cannot read the {what} {path}: {exc}") from None

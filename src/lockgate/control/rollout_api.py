@@ -19,11 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lockgate.control.rollouts import ACTIONS, Rollout, RolloutStore
+from lockgate.control.auth import FORCE, ROLLOUT
+from lockgate.control.rollouts import ACTIONS, PROMOTE, Rollout, RolloutStore
 from lockgate.errors import invalid
+from lockgate.web import digits
 
 Handler = Callable[[Request], Awaitable[Response]]
-Guard = Callable[[Handler], Any]
+Guard = Callable[..., Any]  # the admin app's guarded(handler, *, permission=...)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -32,10 +34,10 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 
 def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+    limit = digits(request.query_params.get("limit", "100"), "limit")  # '²'.isdigit() is true
+    if not 0 < limit <= 10_000:
         raise invalid("limit must be an integer from 1 to 10000")
-    return int(raw)
+    return limit
 
 
 def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:
@@ -45,10 +47,17 @@ def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:
 def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
     """The `/v1/rollouts` routes, each wrapped in the admin app's `guarded`."""
 
+    def listing(endpoint: str | None, limit: int) -> list[dict[str, Any]]:
+        """Rollouts with their endpoint's aliases as they are now (the current champion, even
+        for a rollout that ended long ago)."""
+        rollouts = store.rollouts(endpoint, limit)
+        aliases = {e: store.aliases(e) for e in {r.endpoint for r in rollouts}}
+        return [{**r.to_json(), "aliases": aliases[r.endpoint]} for r in rollouts]
+
     async def list_rollouts(request: Request) -> Response:
         endpoint = request.query_params.get("endpoint") or None
-        rollouts = await asyncio.to_thread(store.rollouts, endpoint, _limit(request))
-        return _json({"rollouts": [r.to_json() for r in rollouts]})
+        rollouts = await asyncio.to_thread(listing, endpoint, _limit(request))
+        return _json({"rollouts": rollouts})
 
     async def show(request: Request) -> Response:
         rid = request.path_params["id"]
@@ -68,7 +77,11 @@ def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
         Route("/v1/rollouts/{id}", guarded(show), methods=["GET"]),
     ]
     routes += [
-        Route(f"/v1/rollouts/{{id}}/{name}", guarded(action(name)), methods=["POST"])
+        Route(
+            f"/v1/rollouts/{{id}}/{name}",
+            guarded(action(name), permission=FORCE if name == PROMOTE else ROLLOUT),
+            methods=["POST"],
+        )
         for name in ACTIONS
     ]
     return routes

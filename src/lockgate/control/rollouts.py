@@ -12,10 +12,9 @@ what the gateways serve, so it must not make them rebuild their route tables.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import orjson
 from lockgate.control.state import StateDB
 from lockgate.control.statedb import Tx
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
+from lockgate.specs import RolloutPlan
 
 PENDING, SHADOW, RUNNING, PAUSED = "pending", "shadow", "running", "paused"
 PROMOTED, ROLLED_BACK, ABORTED = "promoted", "rolled_back", "aborted"
@@ -53,60 +53,6 @@ def _dumps(doc: Any) -> bytes | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """How a candidate is ramped and judged (field names match the pipeline file's [rollout])."""
-
-    steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)  # canary percents, ending at 100
-    analysis_seconds: float = 30.0  # observation per step
-    min_requests: int = 50  # canary requests needed before a step is judged
-    max_extensions: int = 3  # extra intervals to wait for min_requests, then inconclusive
-    max_error_rate: float = 0.01  # canary error share above this: roll back
-    max_p99_ratio: float = 1.5  # canary p99 / stable p99 above this: roll back ...
-    p99_floor_seconds: float = 0.005  # ... unless the canary p99 is below this (noise)
-    abort_on_drift: bool = False  # a drift alert on the candidate version rolls back
-    max_disagreement: float | None = None  # shadow rows disagreeing, share above this
-    min_accuracy_delta: float | None = None  # canary - stable online accuracy below this
-    min_labels: int = 30  # labels per side before accuracy is compared
-    shadow_seconds: float = 0.0  # > 0: a shadow phase before the first step
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", tuple(float(s) for s in self.steps))
-        if not self.steps:
-            raise invalid("plan.steps must not be empty")
-        for i, step in enumerate(self.steps):
-            if not math.isfinite(step) or not 0 < step <= 100:
-                raise invalid(f"plan.steps[{i}] must be in (0, 100], got {step:g}")
-            if abs(step * 100 - round(step * 100)) > 1e-6:
-                raise invalid(f"plan.steps[{i}] is finer than the 0.01% weight grid")
-            if i and step <= self.steps[i - 1]:
-                raise invalid("plan.steps must be strictly increasing")
-        if self.steps[-1] != 100:
-            raise invalid("plan.steps must end at 100 (the last step precedes promotion)")
-        if not self.analysis_seconds > 0 or self.shadow_seconds < 0:
-            raise invalid("plan.analysis_seconds must be > 0 and plan.shadow_seconds >= 0")
-        if self.min_requests < 0 or self.max_extensions < 0 or self.min_labels < 1:
-            raise invalid("plan.min_requests, max_extensions >= 0 and plan.min_labels >= 1")
-        if not 0 <= self.max_error_rate <= 1 or not self.max_p99_ratio > 0:
-            raise invalid("plan.max_error_rate must be in [0, 1] and max_p99_ratio > 0")
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["steps"] = list(self.steps)
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Plan:
-        known = {f.name for f in fields(cls)}
-        unknown = doc.keys() - known
-        if unknown:
-            raise invalid(f"unknown plan field(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**doc)
-        except TypeError as exc:
-            raise invalid(f"malformed plan: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
 class Rollout:
     """One rollout record; `step` is -1 until the first traffic step is written."""
 
@@ -115,7 +61,7 @@ class Rollout:
     model: str
     candidate: str
     champion: str | None
-    plan: Plan
+    plan: RolloutPlan
     status: str
     step: int
     weight: float
@@ -137,9 +83,17 @@ class Rollout:
 
     def to_json(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}
-        doc["plan"] = self.plan.to_json()
+        doc["plan"] = self.plan.to_doc()
         doc["history"] = list(self.history)
         return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Rollout:
+        """The record from its `to_json()` (the admin API's answers may carry more keys)."""
+        values = {name: doc[name] for name in _NAMES}
+        values["plan"] = RolloutPlan.from_doc(doc["plan"])
+        values["history"] = tuple(doc["history"])
+        return cls(**values)
 
     def summary(self) -> dict[str, Any]:
         """What the audit log records before and after a change."""
@@ -190,9 +144,8 @@ class RolloutStore(StateDB):
     @staticmethod
     def _row(row: tuple[Any, ...]) -> Rollout:
         doc = dict(zip(_NAMES, row, strict=True))
-        doc["plan"] = Plan.from_json(orjson.loads(doc["plan"]))
-        doc["history"] = tuple(orjson.loads(doc["history"]))
-        return Rollout(**doc)
+        doc["plan"], doc["history"] = orjson.loads(doc["plan"]), orjson.loads(doc["history"])
+        return Rollout.from_json(doc)
 
     def _get(self, db: Tx, rollout_id: str) -> Rollout:
         row = db.execute(f"SELECT {_COLUMNS} FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
@@ -223,6 +176,7 @@ class RolloutStore(StateDB):
         return None if row is None else (str(row[0]), str(row[1]))
 
     def aliases(self, endpoint: str) -> dict[str, dict[str, str]]:
+        """{alias: {model, version, updated}} of one endpoint, as they are now."""
         rows = self._db.execute(
             "SELECT alias, model, version, updated FROM aliases WHERE endpoint = ?", (endpoint,)
         )
@@ -268,13 +222,12 @@ class RolloutStore(StateDB):
         model: str,
         candidate: str,
         champion: str | None,
-        plan: Plan | Mapping[str, Any],
+        plan: RolloutPlan,
         *,
         actor: str = "retrain",
     ) -> str:
         """Record a pending rollout and the challenger alias; CONFLICT if the endpoint already
         has an active rollout. Returns the rollout id."""
-        plan = plan if isinstance(plan, Plan) else Plan.from_json(plan)
         rid = "r-" + uuid.uuid4().hex[:10]
         now = _now()
         with self._transaction() as db:
@@ -289,13 +242,13 @@ class RolloutStore(StateDB):
                 rid, endpoint, model, str(candidate), champion, plan, PENDING, -1, 0.0,
                 None, None, None, None, (), now, now,
             )  # fmt: skip
-            doc = {**r.to_json(), "plan": orjson.dumps(plan.to_json()), "history": b"[]"}
+            doc = {**r.to_json(), "plan": orjson.dumps(plan.to_doc()), "history": b"[]"}
             db.execute(
                 f"INSERT INTO rollouts ({_COLUMNS}) VALUES ({', '.join('?' * len(_NAMES))})",
                 [doc[n] for n in _NAMES],
             )
             after = {**r.summary(), "model": model, "candidate": r.candidate}
-            after.update(champion=champion, plan=plan.to_json())
+            after.update(champion=champion, plan=plan.to_doc())
             self._audit(db, actor, "rollout.start", r.target, None, after)
             for alias, version in ((CHALLENGER, r.candidate), (CHAMPION, champion)):
                 if version is None or (alias == CHAMPION and self._alias_in(db, endpoint, alias)):

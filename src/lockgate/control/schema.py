@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from lockgate.control.statedb import Backend, Tx
+from lockgate.control.dbapi import Backend, Tx
 from lockgate.errors import ErrorKind, LockgateError
 
 # DDL templates: {int8}, {float8}, {serial} and {rowid} are the backend's type names.
@@ -44,6 +44,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE IF NOT EXISTS aliases ("
         " endpoint TEXT NOT NULL, alias TEXT NOT NULL, model TEXT NOT NULL,"
         " version TEXT NOT NULL, updated TEXT NOT NULL, PRIMARY KEY (endpoint, alias))",
+    ),
+    (  # 2: the role of the token that made each change
+        "ALTER TABLE audit ADD COLUMN role TEXT",
     ),
 )
 

@@ -10,9 +10,7 @@ given (see statedb.py): the same SQL and the same guarantees on both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,31 +20,12 @@ import orjson
 from lockgate.control.schema import migrate
 from lockgate.control.statedb import STATE_FILE, Tx, open_backend
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.specs import Change, EndpointSpec, Mutation, State, Transition, VersionKey
 
-__all__ = ["STATE_FILE", "Change", "Mutation", "State", "StateDB", "StateStore"]
+# State, Change, Mutation and Transition are defined with the rest of the typed model in
+# lockgate.specs; they are re-exported here, where the store that reads and commits them is.
+__all__ = ["STATE_FILE", "Change", "Mutation", "State", "StateDB", "StateStore", "Transition"]
 _REVISION = "SELECT value FROM meta WHERE key = 'revision'"
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    """One consistent snapshot: endpoint specs (plain JSON documents) and pinned versions."""
-
-    revision: int
-    endpoints: dict[str, dict[str, Any]]
-    pins: frozenset[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a write did, for the audit log and for the caller's answer."""
-
-    action: str
-    target: str
-    before: Any
-    after: Any
-
-
-Mutation = Callable[[State], tuple[dict[str, dict[str, Any]], frozenset[tuple[str, str]], Change]]
 
 
 class StateDB:
@@ -70,7 +49,8 @@ class StateDB:
 
 
 class StateStore(StateDB):
-    """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection."""
+    """Endpoints, pins and the audit log. Thread-safe: each thread gets its own connection.
+    Rows are parsed into the typed model as they are read: `read()` returns EndpointSpecs."""
 
     # -- reading ------------------------------------------------------------------------------
     def revision(self) -> int:
@@ -85,22 +65,22 @@ class StateStore(StateDB):
     def _read(db: Tx) -> State:
         revision = db.execute(_REVISION).fetchone()[0]
         endpoints = {
-            name: orjson.loads(spec)
+            name: EndpointSpec.from_doc(orjson.loads(spec))
             for name, spec in db.execute("SELECT name, spec FROM endpoints ORDER BY name")
         }
-        pins = frozenset((m, v) for m, v in db.execute("SELECT model, version FROM pins"))
+        pins = frozenset(VersionKey(m, v) for m, v in db.execute("SELECT model, version FROM pins"))
         return State(int(revision), endpoints, pins)
 
     def audit(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` audit records, newest first."""
-        query = "SELECT id, at, actor, action, target, before, after, revision FROM audit"
+        query = "SELECT id, at, actor, role, action, target, before, after, revision FROM audit"
         args: tuple[Any, ...] = ()
         if target is not None:
             query += " WHERE target = ?"
             args = (target,)
         query += " ORDER BY id DESC LIMIT ?"
         rows = self._db.execute(query, (*args, limit)).fetchall()
-        keys = ("id", "at", "actor", "action", "target", "before", "after", "revision")
+        keys = ("id", "at", "actor", "role", "action", "target", "before", "after", "revision")
         out = []
         for row in rows:
             record = dict(zip(keys, row, strict=True))
@@ -110,11 +90,20 @@ class StateStore(StateDB):
         return out
 
     # -- writing ------------------------------------------------------------------------------
-    def apply(self, mutation: Mutation, *, actor: str, expected_revision: int | None) -> State:
+    def apply(
+        self,
+        mutation: Mutation,
+        *,
+        actor: str,
+        expected_revision: int | None,
+        role: str | None = None,
+    ) -> State:
         """Run `mutation` on the current state and commit its result with an audit record.
 
         `expected_revision` is the revision the caller read; a different current revision is a
-        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse."""
+        CONFLICT and nothing changes. The mutation may raise LockgateError to refuse. `role` is
+        the role of the admin token that asked (None: a local tool). Endpoints are stored as
+        their `to_doc()` JSON, only those the mutation changed."""
         with self._transaction(write=True) as db:
             current = self._read(db)
             if expected_revision is not None and expected_revision != current.revision:
@@ -123,7 +112,8 @@ class StateStore(StateDB):
                     f"state changed: revision is {current.revision}, "
                     f"the change was based on {expected_revision}; re-read and retry",
                 )
-            endpoints, pins, change = mutation(current)
+            step = mutation(current)
+            endpoints, pins, change = step.endpoints, step.pins, step.change
             revision = current.revision + 1
             for name in current.endpoints.keys() - endpoints.keys():
                 db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
@@ -132,18 +122,19 @@ class StateStore(StateDB):
                     db.execute(
                         "INSERT INTO endpoints (name, spec) VALUES (?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
-                        (name, orjson.dumps(spec)),
+                        (name, orjson.dumps(spec.to_doc())),
                     )
             for model, version in current.pins - pins:
                 db.execute("DELETE FROM pins WHERE model = ? AND version = ?", (model, version))
             for model, version in pins - current.pins:
                 db.execute("INSERT INTO pins (model, version) VALUES (?, ?)", (model, version))
             db.execute(
-                "INSERT INTO audit (at, actor, action, target, before, after, revision) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit (at, actor, role, action, target, before, after, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     datetime.now(UTC).isoformat(timespec="milliseconds"),
                     actor,
+                    role,
                     change.action,
                     change.target,
                     None if change.before is None else orjson.dumps(change.before),
@@ -154,3 +145,34 @@ class StateStore(StateDB):
             db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
             self._db.notify(db, revision)
             return State(revision, endpoints, pins)
+
+    def record(
+        self,
+        action: str,
+        target: str,
+        after: Any,
+        *,
+        actor: str,
+        role: str | None = None,
+        before: Any = None,
+    ) -> None:
+        """Append an audit record for an act that changes no served state (a registration, an
+        evaluation). It carries the current revision and does not bump it: gateways re-read
+        the state only when it changed. Taken under the write lock, so records stay in
+        revision order with the changes around them."""
+        with self._transaction(write=True) as db:
+            (revision,) = db.execute(_REVISION).fetchone()
+            db.execute(
+                "INSERT INTO audit (at, actor, role, action, target, before, after, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    actor,
+                    role,
+                    action,
+                    target,
+                    None if before is None else orjson.dumps(before),
+                    None if after is None else orjson.dumps(after),
+                    int(revision),
+                ),
+            )

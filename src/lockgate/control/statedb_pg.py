@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from lockgate.control.statedb import Backend, Rows, Tx
+from lockgate.control.dbapi import Backend, Rows, Tx
 from lockgate.errors import ErrorKind, LockgateError, invalid
 
 CHANNEL = "lockgate_state"

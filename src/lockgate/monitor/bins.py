@@ -12,6 +12,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 DEFAULT_BINS = 10
+MAX_AUTO_CATEGORIES = 20
+"""At most this many distinct integer values make a feature categorical without being declared."""
+MAX_CATEGORIES = 64
+"""Categories a declared categorical feature may have (two count slots each)."""
 
 
 def quantile_edges(reference_column: ArrayLike, bins: int = DEFAULT_BINS) -> NDArray[np.float64]:
@@ -19,11 +23,12 @@ def quantile_edges(reference_column: ArrayLike, bins: int = DEFAULT_BINS) -> NDA
 
     NaN and +-inf are ignored. Quantiles are actual data values (``method="inverted_cdf"``), so
     integer-valued features get edges on their values instead of between them, and tied
-    quantiles collapse into one edge: heavy ties give fewer edges, a constant column gives one
-    edge, and a column with no finite value gives none (everything finite lands in slot 0).
-    With the first edge at the minimum and the last at the maximum, the reference puts nothing
-    in the underflow slot and only its maximum in the overflow slot, so those two slots count
-    values outside the training range.
+    quantiles collapse into one edge: heavy ties give fewer edges, a constant column gives two
+    (the constant and the next double), and a column with no finite value gives none
+    (everything finite lands in slot 0). The first edge is the minimum and the last the double
+    just above the maximum, so the reference puts nothing in the underflow and overflow slots:
+    they count exactly the values outside the training range (a new extreme value or category
+    is visible on its own instead of joining the top bin).
     """
     if bins < 1:
         raise ValueError("bins must be >= 1")
@@ -33,6 +38,41 @@ def quantile_edges(reference_column: ArrayLike, bins: int = DEFAULT_BINS) -> NDA
         return np.empty(0, dtype=np.float64)
     qs = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1), method="inverted_cdf")
     edges: NDArray[np.float64] = np.unique(qs + 0.0)  # + 0.0 folds -0.0 into 0.0
+    if edges[-1] == edges[0]:
+        edges = np.append(edges, edges[-1])
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    return edges
+
+
+def is_categorical(reference_column: ArrayLike, max_categories: int = MAX_AUTO_CATEGORIES) -> bool:
+    """A column is taken as categorical when its finite reference values are integers with at
+    most ``max_categories`` distinct values (codes, flags, small counts): binning those as
+    continuous hides a new category in the top bin and dilutes frequency changes."""
+    column = np.asarray(reference_column, dtype=np.float64).ravel()
+    finite = column[np.isfinite(column)]
+    if finite.size == 0 or not np.all(finite == np.floor(finite)):
+        return False
+    return int(np.unique(finite).size) <= max_categories
+
+
+def category_edges(reference_column: ArrayLike) -> NDArray[np.float64]:
+    """Edges that give each distinct finite reference value (category) ``c`` its own slot
+    ``[c, nextafter(c))`` (widened to hold ``float32(c)`` too); the slots between and outside
+    categories hold the values the reference never had ("unseen"). ValueError past
+    :data:`MAX_CATEGORIES` categories, or for categories one float32 apart."""
+    column = np.asarray(reference_column, dtype=np.float64).ravel()
+    categories = np.unique(column[np.isfinite(column)] + 0.0)
+    if categories.size > MAX_CATEGORIES:
+        raise ValueError(f"{categories.size} categories, at most {MAX_CATEGORIES} are monitored")
+    # A category's slot also holds its float32 rounding: FP32 inputs arrive widened from float32
+    # (0.1 as 0.10000000149...), and integers up to 2**24 are the same in both.
+    with np.errstate(over="ignore"):
+        rounded = categories.astype(np.float32).astype(np.float64)
+    edges = np.empty(2 * categories.size, dtype=np.float64)
+    edges[0::2] = np.minimum(categories, rounded)
+    edges[1::2] = np.nextafter(np.maximum(categories, rounded), np.inf)
+    if edges.size > 1 and not np.all(np.diff(edges) > 0):  # one float32, or adjacent doubles
+        raise ValueError("categories too close together to get a slot each")
     return edges
 
 
@@ -53,13 +93,20 @@ def padded_edges(
 
 
 def reference_edges(
-    reference: ArrayLike, bins: int = DEFAULT_BINS
+    reference: ArrayLike, bins: int = DEFAULT_BINS, categorical: ArrayLike | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Quantile edges of every column of a 2-D reference ``[rows, features]``, padded."""
+    """Edges of every column of a 2-D reference ``[rows, features]``, padded: category edges
+    where ``categorical[f]`` (bool per feature), quantile edges elsewhere."""
     table = np.asarray(reference, dtype=np.float64)
     if table.ndim != 2:
         raise ValueError("reference must be 2-D (rows, features)")
-    return padded_edges([quantile_edges(table[:, f], bins) for f in range(table.shape[1])])
+    cat = np.zeros(table.shape[1], np.bool_) if categorical is None else np.asarray(categorical)
+    return padded_edges(
+        [
+            category_edges(table[:, f]) if cat[f] else quantile_edges(table[:, f], bins)
+            for f in range(table.shape[1])
+        ]
+    )
 
 
 def reference_scale(reference_column: ArrayLike) -> float:
@@ -68,7 +115,8 @@ def reference_scale(reference_column: ArrayLike) -> float:
     reference has at most one edge and the binned distance is 0 anyway."""
     column = np.asarray(reference_column, dtype=np.float64).ravel()
     finite = column[np.isfinite(column)]
-    std = float(np.std(finite)) if finite.size else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf std, falls back
+        std = float(np.std(finite)) if finite.size else 0.0
     return std if np.isfinite(std) and std > 0.0 else 1.0
 
 

@@ -26,11 +26,13 @@ import numpy as np
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
+from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import Columns, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
+from lockgate.monitor.snapshot import label_delay_counts
 from lockgate.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,23 @@ RECENT_ROWS = 1000
 
 @dataclass
 class Accuracy:
-    """Online quality from labels joined to predictions by request id."""
+    """Online quality from labels joined to predictions by request id, and how long labels
+    take to arrive (prediction -> label, fixed buckets: see snapshot.LABEL_DELAY_BOUNDS)."""
 
     labelled: int = 0
     correct: int = 0  # exact matches (meaningful for class labels)
     abs_error_sum: float = 0.0
+    delay_counts: Array = field(default_factory=lambda: label_delay_counts(np.zeros(0)))
+    delay_sum: float = 0.0
+
+    def add(self, predictions: Array, labels: Array, delays: Array) -> None:
+        """Count a batch of joined labels (whole arrays: no per-label work here)."""
+        self.labelled += int(labels.shape[0])
+        self.correct += int(np.count_nonzero(predictions == labels))
+        self.abs_error_sum += float(np.abs(predictions - labels).sum())
+        delays = np.maximum(delays, 0.0)  # clocks of two hosts: never a negative delay
+        self.delay_counts = self.delay_counts + label_delay_counts(delays)
+        self.delay_sum += float(delays.sum())
 
 
 @dataclass
@@ -73,13 +87,14 @@ class VersionMonitor:
 
 
 class RecentPredictions:
-    """Request id -> prediction for the newest ~`capacity` requests, per version.
+    """Request id -> (prediction, time of the prediction) for the newest ~`capacity` requests,
+    per version.
 
-    The drain adds whole arrays (no per-id work); the `bytes -> float` dicts that labels are
-    looked up in are built from them only when labels arrive, so serving without feedback pays
-    nothing for the join. Two generations: when the young one is full it becomes the old one and
-    the old one is dropped. Dicts of bytes and floats are not tracked by the garbage collector,
-    so a large window costs no GC pauses."""
+    The drain adds whole arrays (no per-id work); the `bytes -> int` dicts that labels are
+    looked up in (the int locates the row in the arrays added) are built from them only when
+    labels arrive, so serving without feedback pays nothing for the join. Two generations: when
+    the young one is full it becomes the old one and the old one is dropped. Dicts of bytes and
+    ints are not tracked by the garbage collector, so a large window costs no GC pauses."""
 
     def __init__(self, capacity: int) -> None:
         self.half = max(1, capacity // 2)
@@ -87,31 +102,43 @@ class RecentPredictions:
         self.old: dict[Key, _Predictions] = {}
         self.size = 0
 
-    def add(self, key: Key, ids: Array, predictions: Array) -> None:
-        self.young.setdefault(key, _Predictions()).pending.append((ids, predictions))
+    def add(self, key: Key, ids: Array, predictions: Array, ts: Array) -> None:
+        self.young.setdefault(key, _Predictions()).pending.append((ids, predictions, ts))
         self.size += len(ids)
         if self.size >= self.half:
             self.old, self.young, self.size = self.young, {}, 0
 
-    def get(self, request_id: bytes) -> tuple[Key, float] | None:
+    def get(self, request_id: bytes) -> tuple[Key, float, float] | None:
+        """(version, prediction, unix time of the prediction) of a recent request, or None."""
         for generation in (self.young, self.old):
             for key, predictions in generation.items():
-                prediction = predictions.index().get(request_id)
-                if prediction is not None:
-                    return key, prediction
+                found = predictions.find(request_id)
+                if found is not None:
+                    return key, *found
         return None
+
+
+_ROW_BITS = 32  # a table value is chunk << 32 | row
 
 
 @dataclass
 class _Predictions:
-    pending: list[tuple[Array, Array]] = field(default_factory=list)  # (S32 ids, predictions)
-    table: dict[bytes, float] = field(default_factory=dict)
+    pending: list[tuple[Array, Array, Array]] = field(default_factory=list)  # (ids, pred, ts)
+    chunks: list[tuple[Array, Array]] = field(default_factory=list)  # (predictions, ts) indexed
+    table: dict[bytes, int] = field(default_factory=dict)
 
-    def index(self) -> dict[bytes, float]:
-        for ids, predictions in self.pending:
-            self.table.update(zip(ids.tolist(), predictions.tolist(), strict=True))
+    def find(self, request_id: bytes) -> tuple[float, float] | None:
+        for ids, predictions, ts in self.pending:
+            base = len(self.chunks) << _ROW_BITS
+            self.chunks.append((predictions, ts))
+            self.table.update(zip(ids.tolist(), range(base, base + len(ids)), strict=True))
         self.pending.clear()
-        return self.table
+        where = self.table.get(request_id)
+        if where is None:
+            return None
+        predictions, ts = self.chunks[where >> _ROW_BITS]
+        row = where & ((1 << _ROW_BITS) - 1)
+        return float(predictions[row]), float(ts[row])
 
 
 @dataclass
@@ -147,17 +174,19 @@ class Monitor:
         reference: Array | None = None,
         predict: Predict | None = None,
         profiles: VersionProfiles | None = None,
+        layout: RowLayout | None = None,
     ) -> VersionRecorder:
         """A ring for a version being loaded (the batcher's observer), and its drift monitors:
         from the `profiles` stored at registration, or else built from its `reference` data
-        (inputs directly, outputs by running the model on it). Blocking (called from the loading
-        thread)."""
+        (inputs directly, outputs by running the model on it). `layout`: how its tensors map
+        to rows, as a run at load showed (default: as declared). Blocking (called from the
+        loading thread)."""
         key = (spec.name, spec.version)
-        recorder = VersionRecorder(spec, self.config.ring_rows)
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout)
         vm = VersionMonitor(key, recorder)
         try:
             if profiles is None and reference is not None:
-                profiles = build_profiles(spec, reference, predict)
+                profiles = build_profiles(spec, reference, predict, layout)
             if profiles is not None:
                 vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
         except Exception as exc:  # a bad profile must not stop the model from serving
@@ -290,7 +319,9 @@ class Monitor:
         column = vm.prediction_column
         if column is not None:
             # A label is for its request's first row (single-row requests are the usual case).
-            self._recent.add(vm.key, piece.request_id[first], piece.outputs[first, column])
+            self._recent.add(
+                vm.key, piece.request_id[first], piece.outputs[first, column], piece.ts[first]
+            )
 
     # -- feedback -------------------------------------------------------------------------------
     async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
@@ -309,20 +340,23 @@ class Monitor:
             self.feedback_log.append_labels(time.time(), ids, values)
         return result
 
-    def feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
-        """Join labels to recent predictions by request id (unknown ids are counted)."""
+    def feedback(self, labels: list[tuple[str, float]], now: float | None = None) -> FeedbackResult:
+        """Join labels to recent predictions by request id (unknown ids are counted). The
+        lookups are one dict probe per label; the counting (accuracy, label delay from the
+        prediction's time to `now`, the labels' arrival) is done on whole arrays per version."""
+        arrived = time.time() if now is None else now
         matched = 0
+        joined: defaultdict[Key, list[tuple[float, float, float]]] = defaultdict(list)
         with self.lock:
             for request_id, label in labels:
                 found = self._recent.get(id_key(request_id))
-                vm = self.versions.get(found[0]) if found is not None else None
-                if found is None or vm is None:
+                if found is None or found[0] not in self.versions:
                     continue
-                matched += 1
-                prediction = found[1]
-                vm.accuracy.labelled += 1
-                vm.accuracy.correct += prediction == label
-                vm.accuracy.abs_error_sum += abs(prediction - label)
+                joined[found[0]].append((found[1], label, found[2]))
+            for key, rows in joined.items():
+                table = np.array(rows, dtype=np.float64)  # [labels, (prediction, label, ts)]
+                self.versions[key].accuracy.add(table[:, 0], table[:, 1], arrived - table[:, 2])
+                matched += len(rows)
             self.feedback_unknown += len(labels) - matched
         return FeedbackResult(matched, len(labels) - matched)
 

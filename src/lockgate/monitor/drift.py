@@ -1,12 +1,24 @@
 """Drift against a reference profile: tumbling windows, noise floors, alert rule and hysteresis.
 
-Scores come from :func:`~lockgate.monitor.kernels.divergence.drift_scores` on quantile-binned
-histograms. A fixed effect-size band alone is wrong at small windows (pure sampling noise in 100
-rows gives PSI ~ 0.1-0.3) and a significance test alone is wrong at large ones (with 10^5 rows a
-negligible shift is "significant"), so a score only counts when it beats both:
+Scores come from :func:`~lockgate.monitor.kernels.divergence.drift_scores` on the profile's
+slots. A continuous feature has quantile bins plus two open-ended slots, below the reference
+minimum and above its maximum, where the reference has no mass; a categorical feature (few
+integer values in the reference, or declared) has one slot per reference category and slots
+between and around them for everything else, so category frequencies are exact and a new
+category is counted as "unseen", never folded into a neighbour. A fixed effect-size band alone
+is wrong at small windows (pure sampling noise in 100 rows gives PSI ~ 0.1-0.3) and a
+significance test alone is wrong at large ones (with 10^5 rows a negligible shift is
+"significant"), so a score only counts when it beats both:
 
     feature alerts  <=>  window and feature have >= min_rows finite values, and
-                         (PSI > max(psi_alert, psi_floor)) or (KS > max(ks_alert, ks_floor))
+                         (PSI > max(psi_alert, psi_floor) and chi2 > psi_floor)
+                      or (KS > max(ks_alert, ks_floor))               continuous only
+                      or (TVD > tvd_alert and chi2 > psi_floor)       categorical only
+
+``chi2`` is the two-sample Pearson statistic times ``1/n + 1/N`` (PSI's scale, see the kernel):
+it is the significance test, and PSI the effect size. PSI alone beat its floor 3-4x more often
+than ``alpha`` at n ~ 100, because a nearly empty window bin costs 0.2-0.7 of PSI through the
+clipped log; the Pearson statistic has no log and its tail is close to chi-square there.
 
 Noise floors, for a feature with n finite window values, N finite reference values and B
 finite bins holding reference mass (``df = max(B - 1, 1)``):
@@ -19,145 +31,62 @@ finite bins holding reference mass (``df = max(B - 1, 1)``):
   ``psi_floor = chi2.ppf(1 - alpha, B - 1) * (1/n + 1/N)``.
 - KS: the two-sample statistic scaled by ``sqrt(nN / (n + N))`` tends to the Kolmogorov
   distribution, whose tail is ``2 exp(-2 c^2)`` up to ``O(exp(-8 c^2))``; so
-  ``ks_floor = c(alpha) sqrt((n + N) / (nN))`` with ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``. The
-  binned KS is evaluated at the edges only and never exceeds the raw statistic, and ties make the
-  test conservative, so the floor errs on the quiet side.
+  ``ks_floor = c(alpha) sqrt((n + N) / (nN))`` with ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``. KS is
+  exact (:mod:`~lockgate.monitor.kernels.exact`: the window's rows against the reference's
+  sorted sample); ties make the test conservative, so the floor errs on the quiet side. A window
+  merged from other workers' histograms has no rows: its KS is binned, which never exceeds the
+  exact statistic (quieter still), and so is its Wasserstein (biased up by up to half a bin).
 - JS (information only): JS in nats is ``sum (p - q)^2 / (8 m)`` to second order, i.e. PSI / 8,
   so ``js_floor = psi_floor / (8 ln 2)`` in bits.
 
 Per feature the two tests at level ``alpha`` give a nominal false-alert rate <= ``2 alpha`` per
-window. The chi-square tail is asymptotic: at n ~ 100 (~10 expected values per bin) an empty or
-nearly empty window bin costs 0.2-0.7 of PSI through the log, so PSI beats its floor 3-4x more
-often than ``alpha``; measured false alerts of the whole rule are 0-0.6 % at n = 100 and 0 at
-n >= 1000, where the bands dominate (``benchmarks/bench_drift.py``). JS and Wasserstein are
-reported, not alerted on: JS is PSI / 8 for small effects (no added power, only added tests), and
-normed Wasserstein has no distribution-free null distribution.
+window (``benchmarks/bench_drift.py`` measures it). JS and Wasserstein are reported, not alerted
+on: JS is PSI / 8 for small effects (no added power, only added tests), and normed Wasserstein
+has no distribution-free null distribution. The unseen share (values in slots without
+reference mass) is reported per feature and alerted on by Prometheus for categorical features.
 
-Dataset level: with F features, a window's dataset flag is raised when the share of scored
-features alerting with Bonferroni floors (each test at ``alpha / (2F)``) reaches
-``dataset_share``. By the union bound the chance that any feature alerts at that level under the
-null is <= ``alpha`` whatever the dependence between features, once the floors' asymptotics hold
-(n >~ 200); at n = 100 the PSI tail above makes it 0.4-1.3 % for 16 features, which the
-share requirement absorbs (no dataset false alert measured at any window size).
+Dataset level: with F features of which S are scored, let k be the number alerting with
+Bonferroni floors (each test at ``alpha / (2F)``). The window's dataset flag is raised when
+
+    k >= max(min(2, S), ceil(dataset_share * S))
+
+i.e. at least ``dataset_share`` of the scored features and never fewer than two (one, when only
+one is scored). Under the null, by the union bound, the chance that *any* feature alerts at the
+Bonferroni level is <= ``alpha`` whatever the dependence between features, once each test holds
+its level; requiring two of them makes the flag rarer still (~``alpha^2`` for independent
+features), so a single feature's noise can never be a dataset alert — with 2 features and a
+share of 0.5 it used to be. With one feature the flag is that feature's Bonferroni alert.
+``benchmarks/drift_power.py`` measures false alerts and power at 2 and 16 features.
 
 Windows of several workers merge exactly: every closed window carries its raw ``counts``; sum
-them and call :func:`evaluate`, or add a foreign open window with :meth:`DriftMonitor.merge_window`.
+them and call :func:`evaluate`, or add a foreign open window with :meth:`DriftMonitor.merge_window`
+(both score KS and Wasserstein on bins, as above). A monitor keeps its open window's rows
+(``window_rows`` x F float64) for the exact statistics.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lockgate.monitor import bins as binning
-from lockgate.monitor.floors import ks_coefficient, psi_floor_factors
+from lockgate.monitor.floors import ks_coefficient
 from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import rule as rl
+from lockgate.monitor.kernels.exact import exact_scores
 from lockgate.monitor.kernels.histogram import histogram_update, new_counts
+from lockgate.monitor.reference import ReferenceProfile as ReferenceProfile
+from lockgate.monitor.reference import build_profile as build_profile
+from lockgate.monitor.reference import categorical_mask as categorical_mask
 
-SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share")
-_FORMAT = 1
-_ARRAYS = ("edges", "n_edges", "counts", "norms")
+SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share", "chi2", "tvd", "unseen_share")
 
-
-def _frozen(array: ArrayLike, dtype: type[np.generic]) -> NDArray[Any]:
-    out = np.array(array, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class ReferenceProfile:
-    """What a model version's training data looks like, frozen: the bins every window is counted
-    in and the reference counts they are compared with. Arrays are read-only copies."""
-
-    names: tuple[str, ...]
-    edges: NDArray[np.float64]  # [F, M] quantile edges, +inf padded (bins.padded_edges)
-    n_edges: NDArray[np.int64]  # [F]
-    counts: NDArray[np.int64]  # [F, M + 2] reference histogram, NaN in the last column
-    norms: NDArray[np.float64]  # [F] reference std (bins.reference_scale) for Wasserstein
-    rows: int  # N, reference rows
-    _chi2_factors: dict[float, NDArray[np.float64]] = field(
-        default_factory=dict, init=False, repr=False
-    )
-
-    def __post_init__(self) -> None:
-        f, m = np.shape(self.edges)
-        if len(self.names) != f or len(set(self.names)) != f:
-            raise ValueError("need one unique name per feature")
-        shapes = (np.shape(self.n_edges), np.shape(self.counts), np.shape(self.norms))
-        if shapes != ((f,), (f, m + 2), (f,)):
-            raise ValueError("profile arrays do not match edges[F, M]")
-        for name in _ARRAYS:
-            dtype = np.int64 if name in ("n_edges", "counts") else np.float64
-            object.__setattr__(self, name, _frozen(getattr(self, name), dtype))
-        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
-
-    @property
-    def n_features(self) -> int:
-        """F, the number of features (columns)."""
-        return len(self.names)
-
-    # Derived once (the arrays are frozen): every window's evaluation needs them.
-    @cached_property
-    def finite_rows(self) -> NDArray[np.int64]:
-        """Finite reference values per feature: the N of the noise floors (NaN is excluded)."""
-        return _frozen(self.counts[:, :-1].sum(axis=1), np.int64)
-
-    @cached_property
-    def bins(self) -> NDArray[np.int64]:
-        """B per feature: finite slots holding reference mass (the chi-square cells)."""
-        return _frozen((self.counts[:, :-1] > 0).sum(axis=1), np.int64)
-
-    def chi2_factors(self, alpha: float) -> NDArray[np.float64]:
-        """Per feature, the PSI floor over ``1/n + 1/N`` at level ``alpha`` (module doc);
-        remembered per level, since every window of the profile asks again."""
-        factors = self._chi2_factors.get(alpha)
-        if factors is None:
-            factors = _frozen(psi_floor_factors(self.bins, alpha), np.float64)
-            self._chi2_factors[alpha] = factors
-        return factors
-
-    def to_npz_bytes(self) -> bytes:
-        """Serialise (numpy ``.npz``, no pickle) to cache next to a model version."""
-        buf = io.BytesIO()
-        arrays = {k: getattr(self, k) for k in _ARRAYS}
-        names = np.array(self.names, dtype=np.str_)
-        np.savez(buf, format=_FORMAT, names=names, rows=self.rows, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_npz_bytes(cls, data: bytes) -> ReferenceProfile:
-        """Inverse of :meth:`to_npz_bytes`, bit-exact; raises ValueError on another layout."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if int(z["format"]) != _FORMAT:
-                raise ValueError(f"unsupported profile format {int(z['format'])}")
-            names = tuple(str(n) for n in z["names"])
-            return cls(names=names, rows=int(z["rows"]), **{k: z[k] for k in _ARRAYS})
-
-
-def build_profile(
-    reference: ArrayLike, names: Sequence[str] | None = None, bins: int = binning.DEFAULT_BINS
-) -> ReferenceProfile:
-    """Profile of a 2-D reference ``[N, F]``: quantile edges (ties and constant columns collapse
-    to fewer edges), the reference histogram over them, and per-feature std norms."""
-    table = np.asarray(reference, dtype=np.float64)
-    if table.ndim != 2 or table.shape[1] == 0:
-        raise ValueError("reference must be 2-D (rows, features) with at least one feature")
-    edges, n_edges = binning.reference_edges(table, bins)
-    counts = new_counts(edges)
-    histogram_update(np.ascontiguousarray(table), edges, n_edges, counts)
-    norms = np.array([binning.reference_scale(table[:, f]) for f in range(table.shape[1])])
-    labels = tuple(names) if names is not None else tuple(f"f{i}" for i in range(table.shape[1]))
-    return ReferenceProfile(labels, edges, n_edges, counts, norms, table.shape[0])
+SCORE_NAMES = ("psi", "js", "ks", "wasserstein", "nan_share", "chi2", "tvd", "unseen_share")
 
 
 @dataclass(frozen=True)
@@ -184,6 +113,11 @@ class DriftConfig:
     js_band: float = 0.01
     wasserstein_band: float = 0.1
     alpha: float = 0.001  # per test and feature; dataset level uses alpha / (2F) per test
+    # Categorical features: rows that changed category (total variation), alerted on when the
+    # chi-square test is also significant. 0.03: a 3 % move is material for a category mix
+    # (0.4/0.3/0.2/0.1 -> 0.35/0.30/0.20/0.15 moves 5 %) and far above TVD's own noise once
+    # the test is significant.
+    tvd_alert: float = 0.03
     # Share of scored features alerting at the Bonferroni level that makes "dataset drift"
     # (Evidently's default); one drifted feature is already reported by its own alert.
     dataset_share: float = 0.5
@@ -197,6 +131,8 @@ class DriftConfig:
             raise ValueError("need window_seconds > 0 and 0 < alpha < 1")
         if not 0 < self.dataset_share <= 1 or self.alert_after < 1 or self.clear_after < 1:
             raise ValueError("need 0 < dataset_share <= 1, alert_after >= 1, clear_after >= 1")
+        if not 0 <= self.tvd_alert < 1:
+            raise ValueError("need 0 <= tvd_alert < 1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,18 +150,31 @@ class WindowScores:
     alerting: NDArray[np.bool_]  # the alert rule, per feature, this window only
     psi_alert: NDArray[np.bool_]
     ks_alert: NDArray[np.bool_]
+    chi2_alert: NDArray[np.bool_]  # categorical: chi-square significant and TVD past its band
     fwer_alerting: NDArray[np.bool_]  # the same rule with Bonferroni floors (alpha / 2F)
     share: float  # alerting / scored features (NaN if none scored)
     share_fwer: float
     dataset_alerting: bool
 
 
-def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) -> WindowScores:
-    """Score a window histogram (possibly the sum of several workers') with the alert rule."""
+def evaluate(
+    profile: ReferenceProfile,
+    config: DriftConfig,
+    counts: ArrayLike,
+    values: NDArray[np.float64] | None = None,
+) -> WindowScores:
+    """Score a window histogram (possibly the sum of several workers') with the alert rule.
+    With the window's rows ``values[n, F]`` (float64, the rows the counts hold), KS and
+    Wasserstein of continuous features are exact against the profile's sorted sample;
+    without them (merged histograms), binned."""
     win = np.array(counts, dtype=np.int64, copy=True)
     if win.shape != profile.counts.shape:
         raise ValueError(f"window counts must have shape {profile.counts.shape}")
-    scores = dv.drift_scores(profile.counts, win, profile.edges, profile.n_edges, profile.norms)
+    scores = dv.drift_scores(
+        profile.counts, win, profile.edges, profile.n_edges, profile.norms, profile.categorical
+    )
+    if values is not None and profile.has_samples:
+        exact_scores(scores, profile.samples, profile.n_samples, values, profile.norms)
     fwer_alpha = config.alpha / (2 * profile.n_features)
     rows, finite, pf, kf, flags = rl.window_rule(
         scores,
@@ -239,6 +188,7 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
         config.psi_warn,
         config.psi_alert,
         config.ks_alert,
+        config.tvd_alert,
     )
     scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
     n_scored = int(np.count_nonzero(scored))
@@ -256,11 +206,19 @@ def evaluate(profile: ReferenceProfile, config: DriftConfig, counts: ArrayLike) 
         alerting=alerting,
         psi_alert=flags[rl.PSI_ALERT],
         ks_alert=flags[rl.KS_ALERT],
+        chi2_alert=flags[rl.CHI2_ALERT],
         fwer_alerting=fwer,
         share=share,
         share_fwer=share_fwer,
-        dataset_alerting=bool(n_scored and share_fwer >= config.dataset_share),
+        dataset_alerting=dataset_rule(int(np.count_nonzero(fwer)), n_scored, config.dataset_share),
     )
+
+
+def dataset_rule(hits: int, scored: int, share: float) -> bool:
+    """The dataset flag (module doc): ``hits`` Bonferroni-level feature alerts among ``scored``
+    features reach ``max(min(2, scored), ceil(share * scored))``."""
+    needed = max(min(2, scored), math.ceil(share * scored - 1e-9))
+    return scored > 0 and hits >= needed
 
 
 def _json(x: Any) -> Any:
@@ -284,7 +242,7 @@ class WindowReport:
     feature_alert: NDArray[np.bool_]  # alert state per feature after this window
     dataset_alert: bool
 
-    def to_dict(self, names: Sequence[str]) -> dict[str, Any]:
+    def to_dict(self, names: Sequence[str], categorical: Sequence[bool] = ()) -> dict[str, Any]:
         """JSON-ready summary keyed by feature name."""
         w = self.window
         features: dict[str, Any] = {}
@@ -292,8 +250,14 @@ class WindowReport:
             entry: dict[str, Any] = {k: _json(w.scores[f, i]) for i, k in enumerate(SCORE_NAMES)}
             entry["finite_rows"] = int(w.finite[f])
             pf, kf = _json(w.psi_floor[f]), _json(w.ks_floor[f])
-            entry["floors"] = {"psi": pf, "ks": kf, "js": pf and pf / (8.0 * math.log(2.0))}
-            for flag in ("scored", "psi_warn", "psi_alert", "ks_alert", "alerting"):
+            entry["floors"] = {
+                "psi": pf,
+                "chi2": pf,
+                "ks": kf,
+                "js": pf and pf / (8.0 * math.log(2.0)),
+            }
+            entry["categorical"] = bool(categorical[f]) if len(categorical) else False
+            for flag in ("scored", "psi_warn", "psi_alert", "ks_alert", "chi2_alert", "alerting"):
                 entry[flag] = bool(getattr(w, flag)[f])
             entry["alert"] = bool(self.feature_alert[f])
             features[name] = entry
@@ -358,6 +322,11 @@ class DriftMonitor:
         self._counts = new_counts(profile.edges)
         self._closed = new_counts(profile.edges)  # every scored window's rows, summed
         self._rows = 0
+        # The open window's own rows, for exact KS and Wasserstein (bounded by window_rows);
+        # a merged foreign histogram has no rows, and its window is scored on bins.
+        keep = self.config.window_rows if profile.has_samples else 0
+        self._values = np.empty((keep, profile.n_features), dtype=np.float64)
+        self._exact = profile.has_samples
         self._started = self._opened = clock()
         self._index = 0
         self._features = _Hysteresis(profile.n_features)
@@ -383,6 +352,7 @@ class DriftMonitor:
             raise ValueError(f"window counts must have shape {self._counts.shape}")
         self._counts += add
         self._rows += int(add[0].sum())
+        self._exact = False
         return self._close(self._clock(), "rows") if self._rows >= self.config.window_rows else []
 
     def update(self, values: ArrayLike) -> list[WindowReport]:
@@ -403,6 +373,8 @@ class DriftMonitor:
             take = min(table.shape[0] - start, self.config.window_rows - self._rows)
             chunk = np.ascontiguousarray(table[start : start + take])
             histogram_update(chunk, self.profile.edges, self.profile.n_edges, self._counts)
+            if self._exact:
+                self._values[self._rows : self._rows + take] = chunk
             self._rows += take
             start += take
             if self._rows >= self.config.window_rows:
@@ -422,7 +394,8 @@ class DriftMonitor:
             if self._rows == 0:
                 self._started = now
             return []
-        scores = evaluate(self.profile, self.config, self._counts)
+        values = self._values[: self._rows] if self._exact else None
+        scores = evaluate(self.profile, self.config, self._counts, values)
         self._features.step(scores.alerting, scores.scored, self.config)
         self._dataset.step(
             np.array([scores.dataset_alerting]), np.array([scores.scored.any()]), self.config
@@ -434,6 +407,7 @@ class DriftMonitor:
         self._closed += self._counts
         self._counts = new_counts(self.profile.edges)
         self._rows = 0
+        self._exact = self.profile.has_samples
         self._started = now
         return [report]
 
@@ -473,5 +447,7 @@ class DriftMonitor:
                 }
                 for f, n in enumerate(names)
             },
-            "last_window": self._last.to_dict(names) if self._last else None,
+            "last_window": (
+                self._last.to_dict(names, self.profile.categorical.tolist()) if self._last else None
+            ),
         }

@@ -9,10 +9,13 @@ sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
 
 from __future__ import annotations
 
-from collections import Counter
+import functools
+import platform
 from collections.abc import Collection, Iterator
-from typing import Any
+from importlib import metadata
 
+import numpy as np
+from prometheus_client import ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,10 +27,10 @@ from prometheus_client.registry import Collector
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
 from lockgate.monitor.exposition import encode_text
+from lockgate.monitor.kernels.divergence import UNSEEN_SHARE
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
-    BATCH_FIELDS,
-    SHADOW_FIELDS,
+    LABEL_DELAY_BOUNDS,
     DriftSnapshot,
     Snapshot,
     VersionSnapshot,
@@ -35,6 +38,13 @@ from lockgate.monitor.snapshot import (
 
 LATENCY_BOUNDS = [2.0**k for k in range(-14, 6)]  # 61 us .. 32 s (past the 30 s default deadline)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+PROCESS_FIGURES = {
+    "process_cpu_seconds_total": "cpu_seconds",
+    "process_resident_memory_bytes": "resident_memory_bytes",
+    "process_virtual_memory_bytes": "virtual_memory_bytes",
+    "process_open_fds": "open_fds",
+}
+BUILD_PACKAGES = ("onnxruntime", "numpy", "numba")
 Key = tuple[str, str]
 ROUTE = ["endpoint", "variant", "model", "version"]
 VERSION = ["model", "version"]
@@ -47,28 +57,40 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: Latency
     family.add_metric(labels, buckets, sketch.sum)
 
 
-def capture_serving(pipeline: Any) -> Snapshot:
-    """This process's serving figures now: counters the event loop owns, so read on it (a
-    handful of dict copies)."""
-    snap = Snapshot(
-        revision=pipeline.routes.revision,
-        requests=Counter(dict(pipeline.requests)),
-        weights={
-            (route.name, v.name, v.model, v.version): v.weight
-            for route in pipeline.routes.endpoints.values()
-            for v in route.variants
-        },
-        loaded=set(pipeline.models.loaded),
-        failed=set(pipeline.models.failed),
-        monitored=pipeline.monitor is not None,
-    )
-    for key, lv in list(pipeline.models.loaded.items()):
-        stats = lv.batcher.stats
-        snap.batch[key] = Counter({f: getattr(stats, f) for f in BATCH_FIELDS})
-        snap.queued_rows[key] = lv.batcher.queued_rows
-    for key, shadow in list(pipeline.shadows.stats.items()):
-        snap.shadows[key] = Counter({f: getattr(shadow, f) for f in SHADOW_FIELDS})
-    return snap
+def _summary(family: Metric, labels: dict[str, str], sketch: LatencySketch) -> None:
+    name = family.name
+    for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
+        family.add_sample(name, {**labels, "quantile": str(q)}, float(value))
+    family.add_sample(name + "_sum", labels, sketch.sum)
+    family.add_sample(name + "_count", labels, sketch.count)
+
+
+def capture_process(snap: Snapshot) -> None:
+    """This process's OS figures (read from /proc: call it off the event loop)."""
+    for family in ProcessCollector(registry=None).collect():
+        for sample in family.samples:
+            name = PROCESS_FIGURES.get(sample.name)
+            if name is not None:
+                snap.process[name] = sample.value
+
+
+@functools.cache
+def build_labels() -> list[str]:
+    """lockgate's version and the versions it runs on, for `lockgate_build_info`."""
+    versions = [lockgate_version()]
+    for package in BUILD_PACKAGES:
+        try:
+            versions.append(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            versions.append("")
+    return [*versions, platform.python_version()]
+
+
+def lockgate_version() -> str:
+    try:
+        return metadata.version("lockgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
@@ -83,9 +105,13 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                 queue=vm.queue.copy(),
                 rows=vm.rows,
                 dropped=vm.dropped,
+                unfollowed=len(vm.recorder.unfollowed),
+                mismatched=vm.recorder.ring.mismatched,
                 labelled=vm.accuracy.labelled,
                 correct=vm.accuracy.correct,
                 abs_error_sum=vm.accuracy.abs_error_sum,
+                label_delay=vm.accuracy.delay_counts.copy(),
+                label_delay_sum=vm.accuracy.delay_sum,
             )
             for side, drift in (("input", vm.input_drift), ("output", vm.output_drift)):
                 if drift is not None:
@@ -101,6 +127,7 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                         profile=drift.profile,
                         window_rows=drift.config.window_rows,
                         window_seconds=drift.config.window_seconds,
+                        categorical=drift.profile.categorical,
                     )
 
 
@@ -126,12 +153,14 @@ class GatewayCollector(Collector):
 
     def _families(self) -> Iterator[Metric]:
         snap = self.snap
+        yield from self._build_and_process(snap)
         yield from self._requests(snap)
         yield from self._serving(snap)
         yield from self._shadows(snap)
         if snap.monitored:
             versions = sorted(snap.versions.items())
-            yield from self._latency(versions, self.wants("lockgate_queue_seconds"))
+            queues = self.wants("lockgate_queue_seconds")
+            yield from self._latency(versions, queues, snap.shadows.keys())
             yield from self._drift(versions, self.wants("lockgate_drift_score"))
             yield from self._feedback(snap, versions)
 
@@ -139,6 +168,31 @@ class GatewayCollector(Collector):
         """Whether any sample of `family` is asked for."""
         suffixes = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum")
         return self.names is None or any(family + s in self.names for s in suffixes)
+
+    @staticmethod
+    def _build_and_process(snap: Snapshot) -> Iterator[Metric]:
+        build = GaugeMetricFamily(
+            "lockgate_build_info",
+            "Always 1: the lockgate version and the versions it runs on",
+            labels=["version", *BUILD_PACKAGES, "python"],
+        )
+        build.add_metric(build_labels(), 1)
+        yield build
+        if not snap.process:
+            return
+        cpu = CounterMetricFamily(
+            "process_cpu_seconds", "CPU seconds of the gateway processes (exited ones included)"
+        )
+        cpu.add_metric([], snap.process.get("cpu_seconds", 0.0))
+        yield cpu
+        for name, doc in (
+            ("resident_memory_bytes", "Resident memory of the running gateway processes"),
+            ("virtual_memory_bytes", "Virtual memory of the running gateway processes"),
+            ("open_fds", "Open file descriptors of the running gateway processes"),
+        ):
+            family = GaugeMetricFamily(f"process_{name}", doc)
+            family.add_metric([], snap.process.get(name, 0.0))
+            yield family
 
     @staticmethod
     def _requests(snap: Snapshot) -> Iterator[Metric]:
@@ -174,6 +228,15 @@ class GatewayCollector(Collector):
         for route, share in sorted(snap.weights.items()):
             weight.add_metric(list(route), share)
         yield weight
+        fallback = GaugeMetricFamily(
+            "lockgate_variant_fallback",
+            "1 while a variant's version cannot load and the endpoint's other variants serve its "
+            "share",
+            labels=ROUTE,
+        )
+        for route in sorted(snap.fallback):
+            fallback.add_metric(list(route), 1)
+        yield fallback
         loaded = GaugeMetricFamily(
             "lockgate_model_loaded", "1 when loaded, 0 when it failed", labels=VERSION
         )
@@ -228,16 +291,30 @@ class GatewayCollector(Collector):
         yield from families.values()
 
     @staticmethod
-    def _latency(versions: list[tuple[Key, VersionSnapshot]], queues: bool) -> Iterator[Metric]:
+    def _latency(
+        versions: list[tuple[Key, VersionSnapshot]],
+        queues: bool,
+        shadows: Collection[tuple[str, str]],
+    ) -> Iterator[Metric]:
+        """Served traffic's latency, and shadow copies' in their own family: no panel, alert or
+        rollout step can mix them."""
         latency = HistogramMetricFamily(
             "lockgate_request_latency_seconds",
-            "Server time from decoded request to answer",
+            "Server time of answered requests, from the transport's first look at the request "
+            "to the end of its model run",
             labels=ROUTE,
         )
-        quantiles = GaugeMetricFamily(
+        shadow_latency = HistogramMetricFamily(
+            "lockgate_shadow_latency_seconds",
+            "Server time of shadow copies, from the primary request's arrival to the end of "
+            "the shadow's model run",
+            labels=ROUTE,
+        )
+        quantiles = Metric(
             "lockgate_request_latency_quantile_seconds",
-            "Latency quantiles from the mergeable sketch (0.54% relative accuracy)",
-            labels=[*ROUTE, "quantile"],
+            "Latency quantiles of answered requests from the mergeable sketch "
+            "(0.54% relative accuracy)",
+            "summary",
         )
         queue = HistogramMetricFamily(
             "lockgate_queue_seconds", "Time waiting for the model", labels=VERSION
@@ -250,25 +327,50 @@ class GatewayCollector(Collector):
             "Predictions dropped because the drain fell a whole ring behind",
             labels=VERSION,
         )
+        unfollowed = GaugeMetricFamily(
+            "lockgate_monitor_unfollowed_tensors",
+            "Inputs and outputs the monitor does not follow (no fixed values per row; see the "
+            "warning at load)",
+            labels=VERSION,
+        )
+        mismatched = CounterMetricFamily(
+            "lockgate_monitor_mismatched_rows",
+            "Rows recorded as NaN because a tensor had a size the run at load did not show",
+            labels=VERSION,
+        )
         for key, vs in versions:
+            unfollowed.add_metric(list(key), vs.unfollowed)
+            mismatched.add_metric(list(key), vs.mismatched)
             for (endpoint, variant), sketch in sorted(vs.latency.items()):
                 labels = [endpoint, variant, *key]
+                if (endpoint, variant) in shadows:
+                    _histogram(shadow_latency, labels, sketch)
+                    continue
                 _histogram(latency, labels, sketch)
                 if sketch.count:
-                    for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
-                        quantiles.add_metric([*labels, str(q)], float(value))
+                    _summary(quantiles, dict(zip(ROUTE, labels, strict=True)), sketch)
             if queues:
                 _histogram(queue, list(key), vs.queue)
             written.add_metric(list(key), vs.rows)
             dropped.add_metric(list(key), vs.dropped)
-        yield from (latency, quantiles, queue, written, dropped)
+        yield from (
+            latency,
+            shadow_latency,
+            quantiles,
+            queue,
+            written,
+            dropped,
+            unfollowed,
+            mismatched,
+        )
 
     @staticmethod
     def _drift(versions: list[tuple[Key, VersionSnapshot]], scores: bool) -> Iterator[Metric]:
         side_labels = [*VERSION, "side"]
         score = GaugeMetricFamily(
             "lockgate_drift_score",
-            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share)",
+            "Last closed window's drift score per feature (psi, js, ks, wasserstein, nan_share, "
+            "chi2, tvd, unseen_share; ks and wasserstein continuous only, tvd categorical only)",
             labels=[*side_labels, "feature", "statistic"],
         )
         alert = GaugeMetricFamily(
@@ -288,6 +390,12 @@ class GatewayCollector(Collector):
         windows = CounterMetricFamily(
             "lockgate_drift_windows", "Scored drift windows", labels=side_labels
         )
+        unseen = GaugeMetricFamily(
+            "lockgate_drift_unseen_share",
+            "Share of a categorical feature's values in the last window that are no category of "
+            "the reference data (a new category, or a non-integer code)",
+            labels=[*side_labels, "feature"],
+        )
         for key, vs in versions:
             for side in ("input", "output"):
                 drift = vs.drift.get(side)
@@ -300,16 +408,31 @@ class GatewayCollector(Collector):
                         v = float(drift.scores[f, i])
                         if v == v:  # NaN: not scored (too few finite values)
                             score.add_metric([*labels, feature, statistic], v)
+                    share_f = float(drift.scores[f, UNSEEN_SHARE])
+                    categorical = drift.categorical is not None and drift.categorical[f]
+                    if categorical and share_f == share_f:
+                        unseen.add_metric([*labels, feature], share_f)
                 dataset.add_metric(labels, float(drift.dataset_alert))
                 if drift.windows:
                     share.add_metric(labels, drift.share)
                 windows.add_metric(labels, drift.windows)
-        yield from (score, alert, dataset, share, windows)
+        yield from (score, alert, dataset, share, windows, unseen)
 
     @staticmethod
     def _feedback(snap: Snapshot, versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
         labelled = CounterMetricFamily(
             "lockgate_feedback_labels", "Labels joined to a prediction", labels=VERSION
+        )
+        correct = CounterMetricFamily(
+            "lockgate_feedback_correct",
+            "Joined labels equal to the prediction (with lockgate_feedback_labels_total: "
+            "accuracy over any window)",
+            labels=VERSION,
+        )
+        delay = HistogramMetricFamily(
+            "lockgate_label_delay_seconds",
+            "Time from a prediction to its label, for labels joined to a recent prediction",
+            labels=VERSION,
         )
         accuracy = GaugeMetricFamily(
             "lockgate_online_accuracy", "Share of labels equal to the prediction", labels=VERSION
@@ -322,6 +445,13 @@ class GatewayCollector(Collector):
         for key, vs in versions:
             labels = list(key)
             labelled.add_metric(labels, vs.labelled)
+            correct.add_metric(labels, vs.correct)
+            cumulative = np.cumsum(vs.label_delay)
+            buckets = [
+                (repr(b), int(c)) for b, c in zip(LABEL_DELAY_BOUNDS, cumulative[:-1], strict=True)
+            ]
+            buckets.append(("+Inf", int(cumulative[-1])))
+            delay.add_metric(labels, buckets, vs.label_delay_sum)
             if vs.labelled:
                 accuracy.add_metric(labels, vs.correct / vs.labelled)
                 error.add_metric(labels, vs.abs_error_sum / vs.labelled)
@@ -329,7 +459,7 @@ class GatewayCollector(Collector):
             "lockgate_feedback_unknown", "Labels whose request id matched no recent prediction"
         )
         unknown.add_metric([], snap.feedback_unknown)
-        yield from (labelled, accuracy, error, unknown)
+        yield from (labelled, correct, accuracy, error, delay, unknown)
 
 
 def render_metrics(snap: Snapshot, names: Collection[str] | None = None) -> bytes:

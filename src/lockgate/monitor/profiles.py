@@ -11,14 +11,14 @@ at load, as before.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.drift import ReferenceProfile, build_profile
-from lockgate.monitor.record import feature_names
+from lockgate.monitor.layout import RowLayout, declared_layout, feature_names
+from lockgate.monitor.reference import ReferenceProfile, build_profile
 from lockgate.types import ModelSpec, numpy_dtype
 
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds build time and memory
@@ -54,20 +54,31 @@ class VersionProfiles:
             return cls(ReferenceProfile.from_npz_bytes(z["inputs"].tobytes()), outputs)
 
 
-def build_profiles(spec: ModelSpec, reference: Array, predict: Predict | None) -> VersionProfiles:
-    """Profiles of a version's monitored features (:mod:`lockgate.monitor.record`) from its
+def build_profiles(
+    spec: ModelSpec,
+    reference: Array,
+    predict: Predict | None,
+    layout: RowLayout | None = None,
+    categorical: Sequence[int] = (),
+) -> VersionProfiles:
+    """Profiles of a version's monitored features (:mod:`lockgate.monitor.layout`) from its
     reference rows ``[N, input features]``: outputs only when the model has one monitored input
-    tensor to feed the rows to, and `predict` is given. ValueError when the rows do not match."""
+    tensor to feed the rows to, per row, and `predict` is given. `categorical` declares input
+    features (column indices) categorical; integer columns with few values are detected on both
+    sides. ValueError when the rows do not match."""
+    layout = layout if layout is not None else declared_layout(spec)
     reference = np.asarray(reference, dtype=np.float64)[:MAX_REFERENCE_ROWS]
-    input_slots, input_names = feature_names(spec.inputs)
+    input_slots, input_names, _ = feature_names(spec.inputs, layout)
     if reference.ndim != 2 or reference.shape[1] != len(input_names):
         raise ValueError(
             f"reference data has shape {reference.shape}, the monitored inputs are "
             f"{len(input_names)} features"
         )
-    inputs = build_profile(reference, input_names)
-    output_slots, output_names = feature_names(spec.outputs)
-    if predict is None or len(input_slots) != 1 or not output_names:
+    inputs = build_profile(reference, input_names, categorical=categorical)
+    output_slots, output_names, _ = feature_names(spec.outputs, layout)
+    if predict is None or len(input_slots) != 1 or len(spec.inputs) != 1 or not output_names:
+        return VersionProfiles(inputs, None)
+    if not layout.per_row:
         return VersionProfiles(inputs, None)
     ((name, _, _),) = input_slots
     tensor = spec.input(name)

@@ -1,57 +1,51 @@
 """The request path's only contact with the monitor: after each model run, the batch (inputs,
 outputs, ids, routes, timings) is copied into the version's ring for the drain.
 
-Which columns are monitored is decided once per version from its schema: every numeric input or
-output whose rows flatten to at most `MAX_FEATURES` values becomes features named `input[3]`,
-`probability`, ... (BYTES tensors and very wide tensors, such as images, are not profiled).
+Which columns are monitored is decided once per version, at load, from its schema and what the
+model returned in a run at load (:mod:`lockgate.monitor.layout`): every numeric input or output
+with a fixed number of values per monitored row, at most `MAX_FEATURES` in all, becomes
+features named `input[3]`, `probability`, ... Tensors that cannot be followed are named in one
+warning and counted (`lockgate_monitor_unfollowed_tensors`), never an error per batch.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.ring import PredictionRing, RequestMeta, Slots
-from lockgate.types import ModelSpec, TensorSpec
+from lockgate.monitor.layout import MAX_FEATURES, RowLayout, declared_layout, feature_names
+from lockgate.monitor.ring import PredictionRing, RequestMeta
+from lockgate.types import ModelSpec
 
-MAX_FEATURES = 256
+__all__ = ["MAX_FEATURES", "VersionRecorder", "feature_names"]
+
+log = logging.getLogger(__name__)
 Array = np.ndarray[Any, Any]
-
-
-def _width(spec: TensorSpec) -> int | None:
-    """Values per row of a batch-major tensor, or None when it cannot be profiled."""
-    if spec.datatype == "BYTES" or not spec.shape or any(d < 0 for d in spec.shape[1:]):
-        return None
-    width = 1
-    for d in spec.shape[1:]:
-        width *= d
-    return width
-
-
-def feature_names(tensors: tuple[TensorSpec, ...]) -> tuple[Slots, list[str]]:
-    """(monitored tensors with their feature columns, feature names) for the inputs or outputs
-    of a schema."""
-    chosen: Slots = []
-    names: list[str] = []
-    for t in tensors:
-        width = _width(t)
-        if width is None or len(names) + width > MAX_FEATURES:
-            continue
-        chosen.append((t.name, len(names), len(names) + width))
-        names += [t.name] if width == 1 else [f"{t.name}[{i}]" for i in range(width)]
-    return chosen, names
 
 
 class VersionRecorder:
     """Owns one version's ring; `record` is called by its batcher on the event loop."""
 
-    def __init__(self, spec: ModelSpec, capacity: int) -> None:
+    def __init__(self, spec: ModelSpec, capacity: int, layout: RowLayout | None = None) -> None:
         self.spec = spec
-        inputs, self.input_features = feature_names(spec.inputs)
-        outputs, self.output_features = feature_names(spec.outputs)
+        self.layout = layout if layout is not None else declared_layout(spec)
+        inputs, self.input_features, skipped_in = feature_names(spec.inputs, self.layout)
+        outputs, self.output_features, skipped_out = feature_names(spec.outputs, self.layout)
+        self.unfollowed = [*skipped_in, *skipped_out]  # tensors the monitor leaves out, and why
+        if self.unfollowed:
+            log.warning(
+                "%s v%s: the monitor does not follow %s",
+                spec.name,
+                spec.version,
+                "; ".join(self.unfollowed),
+            )
         self.ring = PredictionRing(capacity, inputs, outputs)
+        # Per row, a run's rows are the leading dim of this input: a version that runs each
+        # request alone is told one row per request by the batcher.
+        self._rows_from = self.layout.rows_from if self.layout.per_row else None
 
     @property
     def input_tensors(self) -> list[str]:
@@ -75,4 +69,10 @@ class VersionRecorder:
         started_ns: int,
     ) -> None:
         times = (started_ns, time.perf_counter_ns(), time.time())
+        if self._rows_from is not None and len(metas) == 1:
+            rows = [int(feeds[self._rows_from].shape[0])]
+        elif self._rows_from is None:
+            rows = [1] * len(metas)  # one monitored row per request
+        if sum(rows) == 0:
+            return  # an empty request: nothing to monitor
         self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times)

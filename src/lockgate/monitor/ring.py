@@ -125,6 +125,7 @@ class PredictionRing:
         self.widths = (_width(inputs), _width(outputs))  # monitored input and output features
         self.written = 0  # rows ever recorded
         self.dropped = 0  # rows ever dropped before the drain took them
+        self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
         self.routes: list[tuple[str, str]] = []
         self._route_codes: dict[tuple[str, str], int] = {}
         self._filling = Columns(capacity, self.widths)
@@ -149,8 +150,9 @@ class PredictionRing:
         times: tuple[int, int, float],
     ) -> None:
         """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
-        unix seconds). A run that does not fit, or whose arrays do not match the monitored
-        schema, is dropped whole and counted (the latter also raises, for the caller to log)."""
+        unix seconds). A run that does not fit is dropped whole and counted. A monitored tensor
+        whose values do not fill its columns for this run's rows (a shape the load-time run did
+        not show) is recorded as NaN and counted in `mismatched`; a malformed call raises."""
         total = sum(rows)
         self.written += total
         cols = self._filling
@@ -165,7 +167,12 @@ class PredictionRing:
                 (cols.outputs, self.output_slots, outputs),
             ):
                 for name, lo, hi in slots:
-                    matrix[start:stop, lo:hi] = arrays[name].reshape(total, hi - lo)
+                    values = arrays[name]
+                    if values.size == total * (hi - lo):
+                        matrix[start:stop, lo:hi] = values.reshape(total, hi - lo)
+                    else:
+                        matrix[start:stop, lo:hi] = np.nan
+                        self.mismatched += total
         except Exception:
             self._drop(total)
             raise

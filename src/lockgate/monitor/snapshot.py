@@ -26,10 +26,23 @@ from lockgate.monitor.drift import ReferenceProfile
 from lockgate.monitor.sketch import LatencySketch
 
 Key = tuple[str, str]
+_NONE = np.zeros(0)
 Route = tuple[str, str, str, str]  # endpoint, variant, model, version
 BATCH_FIELDS = ("batches", "rows", "requests", "shed", "expired", "compute_ns")
 SHADOW_FIELDS = ("requests", "shed", "failed", "rows", "disagreeing_rows")
-WIRE_FORMAT = 1
+WIRE_FORMAT = 2
+# Label delay (prediction -> label) bucket bounds in seconds, 1 s .. 7 days; one more bucket
+# counts the labels beyond the last bound. Fixed, so histograms of any processes add up.
+LABEL_DELAY_BOUNDS: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+LABEL_DELAY_BOUNDS += (7200.0, 21600.0, 86400.0, 259200.0, 604800.0)
+_DELAY_EDGES = np.array(LABEL_DELAY_BOUNDS)
+
+
+def label_delay_counts(delays: NDArray[Any]) -> NDArray[np.int64]:
+    """Per bucket counts of `delays` (seconds), in one pass over the array: a bucket holds the
+    delays above the previous bound and at most its own (Prometheus' `le`)."""
+    index = np.searchsorted(_DELAY_EDGES, np.asarray(delays, np.float64), side="left")
+    return np.bincount(index, minlength=_DELAY_EDGES.size + 1).astype(np.int64)
 
 
 @dataclass
@@ -47,6 +60,7 @@ class DriftSnapshot:
     profile: ReferenceProfile | None = None
     window_rows: int = 0
     window_seconds: float = 0.0
+    categorical: NDArray[np.bool_] | None = None  # [F]; None: all continuous
 
     def merge(self, other: DriftSnapshot) -> None:
         if other.names != self.names or other.counts.shape != self.counts.shape:
@@ -67,10 +81,15 @@ class VersionSnapshot:
     queue: LatencySketch = field(default_factory=LatencySketch)
     rows: int = 0
     dropped: int = 0
+    unfollowed: int = 0  # tensors the monitor leaves out (decided at load)
+    mismatched: int = 0  # rows recorded as NaN for a tensor of an unexpected size
     labelled: int = 0
     correct: int = 0
     abs_error_sum: float = 0.0
     drift: dict[str, DriftSnapshot] = field(default_factory=dict)  # "input" / "output"
+    # joined labels per delay bucket (LABEL_DELAY_BOUNDS, then beyond) and the delays' sum
+    label_delay: NDArray[np.int64] = field(default_factory=lambda: label_delay_counts(_NONE))
+    label_delay_sum: float = 0.0
 
     def sketches(self, key: Key) -> bytes:
         """The raw latency sketches as msgpack (`GET .../sketches`): merge by adding arrays."""
@@ -88,9 +107,13 @@ class VersionSnapshot:
         self.queue.merge(other.queue)
         self.rows += other.rows
         self.dropped += other.dropped
+        self.unfollowed = max(self.unfollowed, other.unfollowed)  # the same in every worker
+        self.mismatched += other.mismatched
         self.labelled += other.labelled
         self.correct += other.correct
         self.abs_error_sum += other.abs_error_sum
+        self.label_delay = self.label_delay + other.label_delay
+        self.label_delay_sum += other.label_delay_sum
         for side, drift in other.drift.items():
             if side in self.drift:
                 self.drift[side].merge(drift)
@@ -107,12 +130,17 @@ class Snapshot:
     weights: dict[Route, float] = field(default_factory=dict)
     loaded: set[Key] = field(default_factory=set)
     failed: set[Key] = field(default_factory=set)
+    # (endpoint, variant, model, version) whose version failed to load: others serve its share
+    fallback: set[Route] = field(default_factory=set)
     batch: dict[Key, Counter[str]] = field(default_factory=dict)
     queued_rows: Counter[Key] = field(default_factory=Counter)
     shadows: dict[Key, Counter[str]] = field(default_factory=dict)  # by (endpoint, shadow)
     monitored: bool = False
     versions: dict[Key, VersionSnapshot] = field(default_factory=dict)
     feedback_unknown: int = 0
+    # OS figures summed over the processes: cpu_seconds (kept for exited ones), resident and
+    # virtual memory bytes, open file descriptors
+    process: dict[str, float] = field(default_factory=dict)
     processes: int = 1  # running processes whose figures these are (0: counts of exited ones)
     restarts: int = 0  # worker processes restarted after a crash
 
@@ -123,6 +151,7 @@ class Snapshot:
             self.revision, self.weights = other.revision, dict(other.weights)
         self.requests.update(other.requests)
         self.failed |= other.failed
+        self.fallback |= other.fallback
         self.loaded = (self.loaded | other.loaded) - self.failed
         for table, more in ((self.batch, other.batch), (self.shadows, other.shadows)):
             for key, counts in more.items():
@@ -132,6 +161,8 @@ class Snapshot:
         for key, vs in other.versions.items():
             self.versions.setdefault(key, VersionSnapshot()).merge(vs)
         self.feedback_unknown += other.feedback_unknown
+        for name, value in other.process.items():
+            self.process[name] = self.process.get(name, 0.0) + value
         self.processes += other.processes
         self.restarts += other.restarts
 
@@ -140,7 +171,8 @@ class Snapshot:
         totals (its requests, sketches, drift histograms), without its point-in-time values."""
         out = merged([self])
         out.revision, out.weights, out.processes, out.restarts = 0, {}, 0, 0
-        out.loaded, out.failed, out.queued_rows = set(), set(), Counter()
+        out.loaded, out.failed, out.fallback, out.queued_rows = set(), set(), set(), Counter()
+        out.process = {k: v for k, v in self.process.items() if k == "cpu_seconds"}
         for vs in out.versions.values():
             for side, d in vs.drift.items():
                 vs.drift[side] = dataclasses.replace(
@@ -161,12 +193,14 @@ class Snapshot:
             "weights": [[*k, w] for k, w in self.weights.items()],
             "loaded": [list(k) for k in self.loaded],
             "failed": [list(k) for k in self.failed],
+            "fallback": [list(k) for k in self.fallback],
             "batch": [[*k, dict(c)] for k, c in self.batch.items()],
             "queued_rows": [[*k, n] for k, n in self.queued_rows.items()],
             "shadows": [[*k, dict(c)] for k, c in self.shadows.items()],
             "monitored": self.monitored,
             "versions": [[*k, _version_doc(v)] for k, v in self.versions.items()],
             "feedback_unknown": self.feedback_unknown,
+            "process": dict(self.process),
             "processes": self.processes,
             "restarts": self.restarts,
         }
@@ -183,12 +217,14 @@ class Snapshot:
             weights={(r[0], r[1], r[2], r[3]): float(r[4]) for r in doc["weights"]},
             loaded={(m, v) for m, v in doc["loaded"]},
             failed={(m, v) for m, v in doc["failed"]},
+            fallback={(e, n, m, v) for e, n, m, v in doc["fallback"]},
             batch={(m, v): Counter(c) for m, v, c in doc["batch"]},
             queued_rows=Counter({(m, v): int(n) for m, v, n in doc["queued_rows"]}),
             shadows={(e, s): Counter(c) for e, s, c in doc["shadows"]},
             monitored=bool(doc["monitored"]),
             versions={(m, v): _version_from(d) for m, v, d in doc["versions"]},
             feedback_unknown=int(doc["feedback_unknown"]),
+            process={k: float(v) for k, v in doc["process"].items()},
             processes=int(doc["processes"]),
             restarts=int(doc["restarts"]),
         )
@@ -217,9 +253,13 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
         "queue": _array(v.queue.state),
         "rows": v.rows,
         "dropped": v.dropped,
+        "unfollowed": v.unfollowed,
+        "mismatched": v.mismatched,
         "labelled": v.labelled,
         "correct": v.correct,
         "abs_error_sum": v.abs_error_sum,
+        "label_delay": _array(v.label_delay),
+        "label_delay_sum": v.label_delay_sum,
         "drift": {
             side: {
                 "names": list(d.names),
@@ -229,8 +269,9 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
                 "share": d.share,
                 "dataset_alert": d.dataset_alert,
                 "counts": _array(d.counts),
-                "profile": None if d.profile is None else d.profile.to_npz_bytes(),
+                "profile": None if d.profile is None else d.profile.to_npz_bytes(samples=False),
                 "window": [d.window_rows, d.window_seconds],
+                "categorical": None if d.categorical is None else _array(d.categorical),
             }
             for side, d in v.drift.items()
         },
@@ -243,9 +284,16 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
         queue=LatencySketch.from_state(_from_array(doc["queue"])),
         rows=int(doc["rows"]),
         dropped=int(doc["dropped"]),
+        unfollowed=int(doc.get("unfollowed", 0)),
+        mismatched=int(doc.get("mismatched", 0)),
         labelled=int(doc["labelled"]),
         correct=int(doc["correct"]),
         abs_error_sum=float(doc["abs_error_sum"]),
+        # optional: a snapshot from a process that predates label delays has none
+        label_delay=_from_array(doc["label_delay"])
+        if "label_delay" in doc
+        else label_delay_counts(_NONE),
+        label_delay_sum=float(doc.get("label_delay_sum", 0.0)),
         drift={
             side: DriftSnapshot(
                 names=tuple(d["names"]),
@@ -260,6 +308,7 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
                 else ReferenceProfile.from_npz_bytes(d["profile"]),
                 window_rows=int(d["window"][0]),
                 window_seconds=float(d["window"][1]),
+                categorical=None if d.get("categorical") is None else _from_array(d["categorical"]),
             )
             for side, d in doc["drift"].items()
         },

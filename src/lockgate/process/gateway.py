@@ -1,5 +1,5 @@
-"""The gateway process: one Pipeline, served over HTTP (uvicorn), gRPC (grpc.aio) and the admin
-listener, all on one event loop; graceful shutdown on request.
+"""The gateway process: one data plane and its controller, served over HTTP (uvicorn), gRPC
+(grpc.aio) and the admin listener, all on one event loop; graceful shutdown on request.
 
 As one of `--workers N` processes (a :class:`WorkerRole`), it serves HTTP on the listening socket
 its supervisor hands it and gRPC on a shared port, and instead of the admin listener answers its
@@ -8,28 +8,32 @@ supervisor's calls on a private unix socket (:mod:`lockgate.process.channel`).""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck, is_loopback
 from lockgate.control.registry import Registry
-from lockgate.control.state import StateStore
+from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
-from lockgate.process import channel as peer
+from lockgate.monitor.snapshot import Snapshot
+from lockgate.process import channel
 from lockgate.process.handover import hand_over
-from lockgate.serve.dataplane import Pipeline
+from lockgate.process.http_server import (
+    HTTP_LINGER,
+    Server,
+    bind_socket,
+    http_server,
+)
+from lockgate.serve.controller import Controller
+from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -50,66 +54,6 @@ def handover_seconds(grace_period: float) -> float:
     return GRPC_CONNECTION_AGE * 1.2 + grace_period
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway owns shutdown for all listeners."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-    def __init__(self, config: uvicorn.Config, linger: float = 0.0) -> None:
-        super().__init__(config)
-        self.linger = linger
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop accepting, then keep serving for `linger` seconds before closing idle
-        connections: a connection accepted just before the stop has usually not sent its
-        request yet, and closing it as idle would reset a request the client did send."""
-        for server in self.servers:
-            server.close()
-        if self.linger:
-            await asyncio.sleep(self.linger)
-        await super().shutdown(sockets)
-
-
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-HTTP_LINGER = 0.5  # seconds; see _Server.shutdown
-
-
-def _uvicorn(app: Any, grace: float, linger: float = 0.0) -> _Server:
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        proxy_headers=False,  # no X-Forwarded-* rewriting: not needed, and not free
-        log_config=None,
-        timeout_graceful_shutdown=max(1, int(grace)),
-        timeout_keep_alive=30,
-        backlog=2048,
-    )
-    return _Server(config, linger)
-
-
 @dataclass(frozen=True)
 class WorkerRole:
     """How a worker process differs from a lone gateway."""
@@ -118,6 +62,21 @@ class WorkerRole:
     http_socket: socket.socket  # listening, SO_REUSEPORT; owned by the supervisor's slot
     peer_path: str  # unix socket the supervisor calls
     final_path: str  # where the last snapshot goes at exit, so no count is lost
+
+
+async def collect_registry_garbage(registry: Registry) -> None:
+    """Remove what registrations that crashed left behind (a lone gateway or the supervisor,
+    at start)."""
+    removed = await asyncio.to_thread(registry.gc_temp)
+    if removed:
+        log.info("removed %d unfinished registrations from the registry", removed)
+
+
+def log_tokens(tokens: TokenCheck) -> None:
+    """Name each admin token's role at start, so an operator sees who may do what."""
+    if tokens.enabled:
+        roles = ", ".join(f"{who.name} ({who.role})" for who in tokens.principals())
+        log.info("admin tokens: %s", roles)
 
 
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
@@ -131,7 +90,8 @@ def check_admin_binding(tokens: TokenCheck, host: str) -> None:
 
 
 class Gateway:
-    """Owns the listeners and the pipeline. `ports` is filled once the sockets are bound."""
+    """Owns the listeners, the data plane and its controller. `ports` is filled once the
+    sockets are bound."""
 
     def __init__(
         self,
@@ -147,9 +107,13 @@ class Gateway:
         self.monitor = (
             Monitor(config.monitor, config.home, writer) if config.monitor.enabled else None
         )
-        self.pipeline = Pipeline(self.registry, config, self.state, self.monitor)
+        self.controller = Controller(self.registry, config, self.state, self.monitor)
+        self.dataplane = self.controller.dataplane
+        # Triton's model repository extension on the data-plane listeners (admin tokens apply)
+        self.repository = ModelRepository(self.controller, TokenCheck(dict(config.admin_tokens)))
         self.ports: dict[str, int] = {}
         self.admin_app: Any = None
+        self.http_app: Any = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self._handing_over = False
@@ -170,20 +134,28 @@ class Gateway:
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
+        log_tokens(tokens)
+        await collect_registry_garbage(self.registry)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
         grpc_server, grpc_port = build_grpc_server(
-            self.pipeline, cfg.grpc_host, cfg.grpc_port, max_message_bytes=cfg.max_body_bytes
+            self.dataplane,
+            cfg.grpc_host,
+            cfg.grpc_port,
+            max_message_bytes=cfg.max_body_bytes,
+            tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
             "grpc": grpc_port,
             "admin": admin_sock.getsockname()[1],
         }
-        self.admin_app = build_admin_app(self.state, self.pipeline, tokens, self.monitor)
+        self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
         servers = [
             (self._http_server(), http_sock),
-            (_uvicorn(self.admin_app, cfg.grace_period), admin_sock),
+            (http_server(self.admin_app, cfg), admin_sock),
         ]
         log.info(
             "listening: http %s:%d, grpc %s:%d, admin %s:%d",
@@ -196,34 +168,44 @@ class Gateway:
         )
         await self._serve(servers, grpc_server)
 
-    def _http_server(self) -> _Server:
-        app = build_http_app(self.pipeline, max_body_bytes=self.config.max_body_bytes)
-        return _uvicorn(app, self.config.grace_period, linger=HTTP_LINGER)
+    def _http_server(self) -> Server:
+        cfg = self.config
+        app = self.http_app = build_http_app(
+            self.dataplane,
+            max_body_bytes=cfg.max_body_bytes,
+            max_buffered_bytes=cfg.max_buffered_body_bytes,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
+        )
+        return http_server(app, cfg, linger=HTTP_LINGER)
 
     async def _run_worker(self, role: WorkerRole) -> None:
         cfg = self.config
         grpc_server, grpc_port = build_grpc_server(
-            self.pipeline,
+            self.dataplane,
             cfg.grpc_host,
             cfg.grpc_port,
             max_message_bytes=cfg.max_body_bytes,
             reuse_port=True,
             max_connection_age=GRPC_CONNECTION_AGE,
             grace_period=cfg.grace_period,
+            tls=cfg.tls,
+            max_request_elements=cfg.max_request_elements,
+            repository=self.repository,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()
-        peer_server = await peer.serve(role.peer_path, self._peer_handlers(role))
+        peer_server = await channel.serve(role.peer_path, _WorkerAnswers(self, role))
         log.info("worker %d (pid %d) serving", role.index, os.getpid())
         try:
             await self._serve([(http, role.http_socket)], grpc_server)
         finally:
             peer_server.close()
-            snap = await self.pipeline.snapshot()
+            snap = await self.controller.snapshot()
             Path(role.final_path + ".tmp").write_bytes(snap.to_bytes())
             os.replace(role.final_path + ".tmp", role.final_path)
 
-    async def _serve(self, servers: list[tuple[_Server, socket.socket]], grpc_server: Any) -> None:
+    async def _serve(self, servers: list[tuple[Server, socket.socket]], grpc_server: Any) -> None:
         """Serve until asked to stop. A lone gateway listens at once (its readiness endpoint
         says when models are warm); a worker loads first and only then takes connections from
         its slot's socket, so a restarted worker never answers for models it has not loaded."""
@@ -239,7 +221,7 @@ class Gateway:
         try:
             if self.worker is None:
                 await listen()
-            await self.pipeline.start()
+            await self.controller.start()
             if self.worker is not None:
                 await listen()
             if self.monitor is not None:
@@ -258,50 +240,14 @@ class Gateway:
         finally:
             await self._shutdown([s for s, _ in servers], grpc_server, tasks)
 
-    def _peer_handlers(self, role: WorkerRole) -> dict[str, peer.Handler]:
-        """What the supervisor may ask of this worker (for the admin API and /metrics)."""
-        pipeline, monitor = self.pipeline, self.monitor
-
-        async def hello() -> dict[str, Any]:
-            return {"index": role.index, "pid": os.getpid(), "ready": self.started.is_set()}
-
-        async def snapshot() -> bytes:
-            return (await pipeline.snapshot()).to_bytes()
-
-        async def status() -> dict[str, Any]:
-            answered = sum(pipeline.requests.values())
-            status = await pipeline.serving_status()
-            return {"index": role.index, "pid": os.getpid(), "requests": answered, **status}
-
-        async def registered() -> dict[str, list[str]]:
-            await pipeline.refresh_registry()
-            return {m: sorted(v) for m, v in pipeline.registered_versions().items()}
-
-        async def ensure_loaded(keys: list[list[str]]) -> list[list[str]]:
-            failures = await pipeline.ensure_loaded({(m, v) for m, v in keys})
-            return [[m, v, why] for (m, v), why in failures.items()]
-
-        async def apply() -> list[list[str]]:
-            failures = await pipeline.apply(await asyncio.to_thread(self.state.read))
-            return [[m, v, why] for (m, v), why in failures.items()]
-
-        async def monitoring_off(*_: Any) -> None:
-            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
-
-        calls = (hello, snapshot, status, registered, ensure_loaded, apply)
-        handlers: dict[str, peer.Handler] = {f.__name__: f for f in calls}
-        for view in ("drift_report", "recent"):
-            handlers[view] = getattr(monitor, view) if monitor is not None else monitoring_off
-        return handlers
-
     async def _shutdown(
-        self, servers: list[_Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
+        self, servers: list[Server], grpc_server: Any, tasks: list[asyncio.Task[None]]
     ) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then exit."""
         log.info(
             "shutting down: finishing in-flight requests (grace %.0fs)", self.config.grace_period
         )
-        self.pipeline.begin_shutdown()
+        self.controller.begin_shutdown()
         for server in servers:
             server.should_exit = True
         if self._handing_over:
@@ -309,9 +255,50 @@ class Gateway:
         await asyncio.gather(
             grpc_server.stop(self.config.grace_period), *tasks, return_exceptions=True
         )
-        finished = await self.pipeline.drain(self.config.grace_period)
+        finished = await self.controller.drain(self.config.grace_period)
         if self.monitor is not None:
             await self.monitor.close()
         log.info(
             "shutdown complete%s", "" if finished else " (some requests did not finish in time)"
         )
+
+
+class _WorkerAnswers:
+    """A worker's answers to its supervisor (channel.WorkerService): for the admin API and
+    /metrics, which the supervisor serves for all workers."""
+
+    def __init__(self, gateway: Gateway, role: WorkerRole) -> None:
+        self.gateway = gateway
+        self.controller = gateway.controller
+        self.role = role
+
+    async def hello(self) -> channel.Hello:
+        return channel.Hello(self.role.index, os.getpid(), self.gateway.started.is_set())
+
+    async def snapshot(self) -> Snapshot:
+        return await self.controller.snapshot()
+
+    async def status(self) -> dict[str, Any]:
+        status = await self.controller.serving_status()
+        return {"index": self.role.index, "pid": os.getpid(), **status}
+
+    async def registered(self) -> dict[str, frozenset[str]]:
+        await self.controller.refresh_registry()
+        return self.controller.registered_versions()
+
+    async def ensure_loaded(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        return await self.controller.ensure_loaded(keys)
+
+    async def apply(self, state: State) -> dict[tuple[str, str], str]:
+        return await self.controller.apply(state)
+
+    async def drift_report(self, model: str, version: str) -> dict[str, Any]:
+        return await self._monitor().drift_report(model, version)
+
+    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
+        return await self._monitor().recent(model, version, limit)
+
+    def _monitor(self) -> Monitor:
+        if self.gateway.monitor is None:
+            raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
+        return self.gateway.monitor

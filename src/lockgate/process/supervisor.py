@@ -10,10 +10,8 @@ port (grpc's own SO_REUSEPORT); a worker replaced by a rolling restart hands its
 over to the others before it stops (:mod:`lockgate.process.handover`). Workers are started with
 the `spawn` context.
 
-The admin API talks to the workers through :class:`WorkerPool`, which implements the same
-interfaces as one in-process pipeline and monitor: a change is loaded and applied on every
-worker before the admin call answers, and `/metrics` is the exact sum of every worker's figures
-(:mod:`lockgate.monitor.snapshot`), including the final figures of workers that have exited.
+The admin API talks to the workers through :class:`~lockgate.process.pool.WorkerPool`, which
+implements the same interfaces as one in-process controller and monitor.
 """
 
 from __future__ import annotations
@@ -29,26 +27,23 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck
 from lockgate.control.registry import Registry
-from lockgate.control.state import State, StateStore
+from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.monitor.snapshot import Snapshot, merged
-from lockgate.process import channel as peer
 from lockgate.process.gateway import (
     WorkerRole,
-    _uvicorn,
-    bind_socket,
     check_admin_binding,
+    collect_registry_garbage,
     handover_seconds,
+    log_tokens,
 )
+from lockgate.process.http_server import bind_socket, http_server
+from lockgate.process.pool import Slot, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -93,148 +88,6 @@ def worker_main(spec: WorkerSpec) -> None:
         asyncio.run(run())
 
 
-@dataclass
-class Worker:
-    """One worker process and what the supervisor knows of it."""
-
-    process: BaseProcess
-    role: WorkerRole
-    started_at: float
-    last: Snapshot | None = None  # the newest snapshot it answered
-
-
-@dataclass
-class Slot:
-    """One worker position: its listening socket outlives the processes that serve it."""
-
-    index: int
-    sock: socket.socket
-    current: Worker | None = None
-    retiring: list[Worker] = field(default_factory=list)  # draining after a handover
-    incarnation: int = 0
-    restarts: int = 0
-    quick_failures: int = 0  # consecutive deaths soon after start: back off
-    restart_at: float = 0.0
-    handover: bool = False  # a rolling restart is replacing this slot's worker
-
-    def workers(self) -> list[Worker]:
-        """Every process of this slot that may still be running."""
-        return ([self.current] if self.current else []) + self.retiring
-
-
-class WorkerPool:
-    """The admin API's view of all workers: ServingControl and MonitorView over peer calls."""
-
-    def __init__(self, slots: list[Slot]) -> None:
-        self.slots = slots
-        self.retired = Snapshot(processes=0)  # counts of exited workers
-        self._registered: dict[str, frozenset[str]] = {}
-
-    def live(self) -> list[tuple[Slot, Worker]]:
-        return [(s, s.current) for s in self.slots if s.current is not None]
-
-    async def _each(self, method: str, *args: Any) -> list[tuple[Slot, Any]]:
-        """Call every current worker; one that fails to answer is skipped and logged."""
-        live = self.live()
-        results = await asyncio.gather(
-            *(peer.call(w.role.peer_path, method, *args) for _, w in live),
-            return_exceptions=True,
-        )
-        answered = []
-        for (slot, _), result in zip(live, results, strict=True):
-            if isinstance(result, LockgateError):
-                raise result
-            if isinstance(result, BaseException):
-                log.warning("worker %d did not answer %s: %s", slot.index, method, result)
-                continue
-            answered.append((slot, result))
-        return answered
-
-    async def _one(self, method: str, *args: Any) -> Any:
-        for slot, worker in self.live():
-            try:
-                return await peer.call(worker.role.peer_path, method, *args)
-            except (OSError, TimeoutError) as exc:
-                log.warning("worker %d did not answer %s: %s", slot.index, method, exc)
-        raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
-
-    def retire(self, worker: Worker) -> None:
-        """Keep an exited worker's counts: its final snapshot, else the last one it answered
-        (a crashed worker's counts since then are lost with it)."""
-        last = _read_final(worker.role) or worker.last
-        if last is not None:
-            self.retired.merge(last.counters())
-        for path in (worker.role.peer_path, worker.role.final_path):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    def reap(self) -> None:
-        """Retire draining workers that have exited."""
-        for slot in self.slots:
-            for worker in [w for w in slot.retiring if not w.process.is_alive()]:
-                slot.retiring.remove(worker)
-                self.retire(worker)
-
-    # -- ServingControl ---------------------------------------------------------------------------
-    async def refresh_registry(self) -> None:
-        found = await self._one("registered")
-        self._registered = {m: frozenset(v) for m, v in found.items()}
-
-    def registered_versions(self) -> dict[str, frozenset[str]]:
-        return self._registered
-
-    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
-        return _failures(await self._each("ensure_loaded", [list(k) for k in sorted(keys)]))
-
-    async def apply(self, state: State) -> dict[Key, str]:
-        return _failures(await self._each("apply"))
-
-    async def serving_status(self) -> dict[str, Any]:
-        statuses = [
-            {**status, "restarts": slot.restarts} for slot, status in await self._each("status")
-        ]
-        return {
-            "revision": min((s["revision"] for s in statuses), default=0),
-            "workers": sorted(statuses, key=lambda s: s["index"]),
-        }
-
-    async def snapshot(self) -> Snapshot:
-        """Every worker's figures, draining ones included; a worker that cannot answer right
-        now (dying, restarting) counts with the last figures it gave."""
-        self.reap()
-        workers = [w for s in self.slots for w in s.workers()]
-        answers = await asyncio.gather(
-            *(peer.call(w.role.peer_path, "snapshot") for w in workers), return_exceptions=True
-        )
-        for worker, answer in zip(workers, answers, strict=True):
-            if isinstance(answer, bytes):
-                worker.last = Snapshot.from_bytes(answer)
-        total = merged([self.retired, *(w.last for w in workers if w.last is not None)])
-        total.restarts = sum(s.restarts for s in self.slots)
-        return total
-
-    # -- MonitorView ------------------------------------------------------------------------------
-    async def drift_report(self, model: str, version: str) -> dict[str, Any]:
-        """Each worker scores windows of its own share of the traffic: one report per worker."""
-        answers = await self._each("drift_report", model, version)
-        return {"workers": [{"worker": slot.index, **report} for slot, report in answers]}
-
-    async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
-        answers = await self._each("recent", model, version, limit)
-        if not answers:
-            raise LockgateError(ErrorKind.UNAVAILABLE, "no worker process is running")
-        rows = sorted((r for _, doc in answers for r in doc["rows"]), key=lambda r: r["ts"])
-        return {**answers[0][1], "rows": rows[-limit:]}
-
-
-def _failures(answers: list[tuple[Slot, Any]]) -> dict[Key, str]:
-    failures: dict[Key, str] = {}
-    for slot, found in answers:
-        for model, version, why in found:
-            failures[(model, version)] = f"worker {slot.index}: {why}"
-    return failures
-
-
 class Supervisor:
     """Runs the workers and the admin listener until asked to stop."""
 
@@ -273,6 +126,8 @@ class Supervisor:
         cfg = self.config
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
+        log_tokens(tokens)
+        await collect_registry_garbage(Registry(cfg.home))
         self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
         try:
             await self._run(cfg, tokens)
@@ -300,7 +155,8 @@ class Supervisor:
                 slot.current = worker
             await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
             store = StateStore(cfg.home, cfg.state_url)
-            admin = _uvicorn(build_admin_app(store, self.pool, tokens, self.pool), cfg.grace_period)
+            admin_app = build_admin_app(store, self.pool, tokens, self.pool)
+            admin = http_server(admin_app, cfg)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
             log.info(
                 "%d workers serving: http %s:%d, grpc %s:%d, admin %s:%d",
@@ -358,8 +214,8 @@ class Supervisor:
                     "while starting",
                 )
             with contextlib.suppress(OSError, TimeoutError, LockgateError):
-                hello = await peer.call(worker.role.peer_path, "hello", timeout=2.0)
-                if hello["ready"]:
+                hello = await worker.channel.hello(timeout=2.0)
+                if hello.ready:
                     return
             await asyncio.sleep(0.1)
         raise LockgateError(ErrorKind.UNAVAILABLE, f"worker {slot.index} did not start in time")
@@ -441,10 +297,3 @@ class Supervisor:
                 log.error("worker pid %s did not stop in time; killing it", process.pid)
                 process.kill()
         log.info("all workers stopped")
-
-
-def _read_final(role: WorkerRole) -> Snapshot | None:
-    try:
-        return Snapshot.from_bytes(Path(role.final_path).read_bytes())
-    except (OSError, ValueError):
-        return None

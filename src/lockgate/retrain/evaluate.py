@@ -4,8 +4,10 @@ detail), so a refused candidate says why.
 
 Gates: `schema` (inputs and outputs identical in name, datatype and shape: a candidate must be a
 drop-in replacement), `metric` (accuracy or MAE within the tolerance of the champion's),
-`slices` (per quantile bin of one feature, no worse than the champion by more than
-`max_slice_gap`) and `latency` (p99 of batch-1 calls on one thread, measured here).
+`slices` (per group of one feature, no worse than the champion by more than `max_slice_gap`),
+`fairness` (the gaps between the groups of `group_by` in the metric and the positive rate widen
+by at most `max_group_gap_increase`, see groups.py) and `latency` (p99 of batch-1 calls on one
+thread, measured here).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lockgate.errors import invalid
+from lockgate.retrain import groups as grouping
 from lockgate.retrain.pipeline import METRICS, GatesSpec
 
 Array = np.ndarray[Any, Any]
@@ -44,6 +47,7 @@ class EvaluationReport:
     champion: dict[str, float | None] | None  # None: there was no champion to compare with
     slices: list[dict[str, Any]]  # per bin: bin, lo, hi, rows, candidate, champion, gap
     gates: list[GateResult] = field(default_factory=list)
+    fairness: dict[str, Any] | None = None  # groups of `group_by` (groups.Fairness as a dict)
 
     @property
     def passed(self) -> bool:
@@ -122,19 +126,21 @@ def _predict(session: Any, x: Array) -> dict[str, Array]:
     return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outputs, strict=True)}
 
 
-def _row_scores(outputs: dict[str, Array], y: Array, task: str) -> Array:
-    """Per row: 1/0 correct (classification) or absolute error (regression)."""
+Scores = tuple[Array, Array | None]  # per row: score, and 1/0 predicted positive (or None)
+
+
+def _row_scores(outputs: dict[str, Array], y: Array, task: str) -> Scores:
+    """Per row: 1/0 correct (classification) or absolute error (regression); and for
+    classification whether the prediction is the positive class (1)."""
     rows = y.shape[0]
     first = next(iter(outputs.values())).reshape(rows, -1)[:, 0].astype(np.float64)
     if task == "regression":
-        errors: Array = np.abs(first - y)
-        return errors
+        return np.abs(first - y), None
     if "label" in outputs:
         predicted = outputs["label"].reshape(rows, -1)[:, 0].astype(np.float64)
     else:
         predicted = (first > 0.5).astype(np.float64)
-    correct: Array = (predicted == y).astype(np.float64)
-    return correct
+    return (predicted == y).astype(np.float64), (predicted == 1).astype(np.float64)
 
 
 Clock = Callable[[], int]  # nanoseconds, monotonic
@@ -157,15 +163,6 @@ def p99_latency_ms(
         session.run(None, feed)
         times[i] = clock() - t0
     return float(np.quantile(times, 0.99) / 1e6)
-
-
-def _slice_bins(column: Array, bins: int) -> tuple[Array, Array]:
-    """(bin index per row, edges): quantile bins, tied edges collapsed."""
-    edges = np.unique(np.quantile(column, np.linspace(0.0, 1.0, bins + 1)))
-    if edges.size < 2:
-        return np.zeros(column.shape[0], np.int64), np.array([edges[0], edges[0]])
-    index = np.searchsorted(edges[1:-1], column, side="right")
-    return index, edges
 
 
 def _worse_by(candidate: float, champion: float, metric: str) -> float:
@@ -191,24 +188,25 @@ def evaluate(
     y = np.asarray(holdout_y, np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or y.shape != (x.shape[0],):
         raise invalid(f"holdout must be x [rows, features] and y [rows], got {x.shape}, {y.shape}")
-    if gates.slice_feature is not None and gates.slice_feature >= x.shape[1]:
-        raise invalid(
-            f"gates.slice_feature {gates.slice_feature} is out of range for {x.shape[1]} features"
-        )
+    for key, feature in (("slice_feature", gates.slice_feature), ("group_by", gates.group_by)):
+        if feature is not None and feature >= x.shape[1]:
+            raise invalid(f"gates.{key} {feature} is out of range for {x.shape[1]} features")
     if task not in METRICS:
         raise invalid(f"task must be one of {', '.join(METRICS)}, got {task!r}")
     metric = METRICS[task]
     results = [_schema_gate(candidate, champion)]
-    cand_session, cand_rows, cand_error = _scores(candidate, x, y, task)
-    champ_session, champ_rows, champ_error = None, None, ""
+    cand_session, cand_scores, cand_error = _scores(candidate, x, y, task)
+    champ_session, champ_scores, champ_error = None, None, ""
     if champion is not None:
-        champ_session, champ_rows, champ_error = _scores(champion, x, y, task)
-    if cand_rows is None or (champion is not None and champ_rows is None):
-        who, why = ("candidate", cand_error) if cand_rows is None else ("champion", champ_error)
+        champ_session, champ_scores, champ_error = _scores(champion, x, y, task)
+    if cand_scores is None or (champion is not None and champ_scores is None):
+        who, why = ("candidate", cand_error) if cand_scores is None else ("champion", champ_error)
         results.append(
             GateResult("metric", False, None, None, f"{who} failed on the holdout: {why}")
         )
         return EvaluationReport(task, metric, int(x.shape[0]), {metric: None}, None, [], results)
+    cand_rows = cand_scores[0]
+    champ_rows = champ_scores[0] if champ_scores is not None else None
 
     cand_metric = float(cand_rows.mean())
     champ_metric = float(champ_rows.mean()) if champ_rows is not None else None
@@ -218,6 +216,18 @@ def evaluate(
     if gates.slice_feature is not None:
         slices = _slices(x[:, gates.slice_feature], cand_rows, champ_rows, gates, metric)
         results.append(_slice_gate(slices, gates, metric))
+    fairness = None
+    if gates.group_by is not None:
+        found = grouping.compare(
+            x[:, gates.group_by],
+            gates.group_bins,
+            gates.min_group_rows,
+            gates.group_by,
+            cand_scores,
+            champ_scores,
+        )
+        results.append(_fairness_gate(found, gates, metric))
+        fairness = _fairness_doc(found)
 
     p99 = p99_latency_ms(cand_session, x, latency_calls, warmup_calls, clock)
     p99_champ = None  # for the report and the card: the rollout compares live p99s
@@ -237,10 +247,11 @@ def evaluate(
         champion=champion_metrics,
         slices=slices,
         gates=results,
+        fairness=fairness,
     )
 
 
-def _scores(model: bytes, x: Array, y: Array, task: str) -> tuple[Any, Array | None, str]:
+def _scores(model: bytes, x: Array, y: Array, task: str) -> tuple[Any, Scores | None, str]:
     """(session, per-row scores, "") or (None, None, why) when the model cannot run on x."""
     try:
         session = _session(model)
@@ -266,24 +277,23 @@ def _metric_gate(cand: float, champ: float | None, metric: str, tolerance: float
 def _slices(
     column: Array, cand_rows: Array, champ_rows: Array | None, gates: GatesSpec, metric: str
 ) -> list[dict[str, Any]]:
-    index, edges = _slice_bins(column, gates.slice_bins)
-    counts = np.bincount(index, minlength=edges.size - 1)
-    cand = np.bincount(index, cand_rows, minlength=edges.size - 1)
-    champ = (
-        np.bincount(index, champ_rows, minlength=edges.size - 1) if champ_rows is not None else None
-    )
+    groups = grouping.make_groups(column, gates.slice_bins)
+    counts, cand, _ = grouping.group_figures(groups, cand_rows, None)
+    champ = None
+    if champ_rows is not None:
+        champ = grouping.group_figures(groups, champ_rows, None)[1]
     out = []
-    for b in range(edges.size - 1):
+    for b in range(groups.count):
         if counts[b] == 0:
             continue
-        c = float(cand[b] / counts[b])
-        h = float(champ[b] / counts[b]) if champ is not None else None
+        c = float(cand[b])
+        h = float(champ[b]) if champ is not None else None
         out.append(
             {
                 "bin": b,
                 "feature": gates.slice_feature,
-                "lo": float(edges[b]),
-                "hi": float(edges[b + 1]),
+                "lo": float(groups.lo[b]),
+                "hi": float(groups.hi[b]),
                 "rows": int(counts[b]),
                 "candidate": c,
                 "champion": h,
@@ -299,9 +309,50 @@ def _slice_gate(slices: list[dict[str, Any]], gates: GatesSpec, metric: str) -> 
         return GateResult("slices", True, None, gates.max_slice_gap, "no champion to compare")
     s = max(slices, key=lambda s: s["gap"] if s["gap"] is not None else -math.inf)
     gap = float(s["gap"])
+    where = f"= {s['lo']:g}" if s["lo"] == s["hi"] else f"in [{s['lo']:.4g}, {s['hi']:.4g}]"
     detail = (
-        f"worst slice input[{gates.slice_feature}] in [{s['lo']:.4g}, {s['hi']:.4g}] "
+        f"worst slice input[{gates.slice_feature}] {where} "
         f"({s['rows']} rows): {metric} {s['candidate']:.4f} vs champion {s['champion']:.4f}, "
         f"worse by {gap:+.4f} (at most {gates.max_slice_gap:g})"
     )
     return GateResult("slices", gap <= gates.max_slice_gap, gap, gates.max_slice_gap, detail)
+
+
+def _fairness_gate(found: grouping.Fairness, gates: GatesSpec, metric: str) -> GateResult:
+    limit = gates.max_group_gap_increase
+    mine = found.candidate
+    gaps = f"{metric} gap {_num(mine.metric)}, positive-rate gap {_num(mine.positive_rate)}"
+    where = f"groups of input[{found.feature}] ({found.kind})"
+    notes = "".join(f"; {n}" for n in found.notes)
+    if found.champion is None:
+        detail = f"{where}: {gaps}; no champion to compare{notes}"
+        return GateResult("fairness", True, None, limit, detail)
+    if found.increase is None:
+        detail = f"{where}: fewer than two groups with >= {found.min_rows} rows to compare{notes}"
+        return GateResult("fairness", True, None, limit, detail)
+    theirs = found.champion
+    widened = metric if found.widened == "metric" else "positive-rate"
+    detail = (
+        f"{where}: candidate {gaps}; champion {metric} gap {_num(theirs.metric)}, "
+        f"positive-rate gap {_num(theirs.positive_rate)}; the {widened} gap widens by "
+        f"{found.increase:+.4f} (at most {limit:g}){notes}"
+    )
+    return GateResult("fairness", found.increase <= limit, found.increase, limit, detail)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _fairness_doc(found: grouping.Fairness) -> dict[str, Any]:
+    return {
+        "feature": found.feature,
+        "kind": found.kind,
+        "min_group_rows": found.min_rows,
+        "groups": found.table,
+        "candidate_gaps": asdict(found.candidate),
+        "champion_gaps": None if found.champion is None else asdict(found.champion),
+        "increase": found.increase,
+        "widened": found.widened,
+        "notes": list(found.notes),
+    }

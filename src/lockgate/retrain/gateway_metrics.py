@@ -8,7 +8,8 @@ only when a variant has no histogram.
 
 The gateway counts a failed request per endpoint only (variant label empty), because most
 failures happen before or without a variant. Those are reported as `unattributed_errors` and the
-controller decides whom to charge them to.
+controller decides whom to charge them to. Only server-side failures (5xx, timeouts, shedding)
+count as a variant's errors; a client's malformed request (4xx) is not held against it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lockgate.errors import ErrorKind, LockgateError
+from lockgate.errors import SERVER_SIDE_OUTCOMES, ErrorKind, LockgateError
 from lockgate.monitor.snapshot import SHADOW_FIELDS
 
 Route = tuple[str, str, str, str]  # endpoint, variant, model, version
@@ -230,8 +231,9 @@ def window(before: Snapshot, after: Snapshot, endpoint: str) -> EndpointWindow:
                 unattributed[outcome] += delta
         elif outcome == "ok":
             ok[variant] += delta
-        else:
+        elif outcome in SERVER_SIDE_OUTCOMES:
             errors[variant] += delta
+        # a client's mistake (4xx) says nothing of the variant: neither a request nor an error
     latency: dict[str, list[VariantWindow]] = defaultdict(list)
     for route, buckets in after.latency.items():
         if route[0] != endpoint:

@@ -6,9 +6,16 @@ as JSON and re-read without this package's classes.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 import math
+import os
+import platform
 import subprocess
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,8 @@ import numpy as np
 
 from lockgate.retrain.evaluate import EvaluationReport
 
-LINEAGE_SCHEMA = 1
+LINEAGE_SCHEMA = 2  # 2: seed, code, environment and data snapshots (reproducible)
+GATES_SCHEMA = 1
 
 
 def jsonable(value: Any) -> Any:
@@ -37,22 +45,84 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def code_version() -> str:
-    """lockgate's package version, plus the git commit when running from a checkout."""
-    from lockgate import __version__
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PACKAGES = ("numpy", "onnx", "onnxruntime", "lockgate")
 
+
+def _version(distribution: str) -> str | None:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def trainer_distribution(trainer: str) -> str | None:
+    """The installed distribution that provides the trainer's top-level package (None: a
+    module that no installed distribution owns, e.g. a file on the path)."""
+    top = trainer.partition(":")[0].split(".")[0]
+    owners = metadata.packages_distributions().get(top, [])
+    return owners[0] if owners else None
+
+
+def environment(trainer: str) -> dict[str, Any]:
+    """What a model's bytes may depend on besides data, code and seed: the interpreter, the
+    platform, the exact versions of the packages in the path from data to ONNX, and the sizes
+    of the BLAS/OpenMP thread pools (a sum's order can depend on them)."""
+    packages = {name: _version(name) for name in PACKAGES}
+    owner = trainer_distribution(trainer)
+    if owner is not None:
+        packages[owner] = _version(owner)
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": packages,
+        "trainer_distribution": owner,
+        "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+    }
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=True,
-        ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{commit}" if commit else __version__
+        return None
+    return done.stdout
+
+
+def code_identity(trainer: str) -> dict[str, Any]:
+    """Which code trained the model: the trainer module's file and its sha256, and when that
+    file is in a git work tree, the commit checked out and whether the tree had changes."""
+    module_name = trainer.partition(":")[0]
+    module = importlib.import_module(module_name)
+    source = Path(inspect.getfile(module)).resolve()
+    identity: dict[str, Any] = {
+        "module": module_name,
+        "file": str(source),
+        "file_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "git": None,
+    }
+    commit = _git(source.parent, "rev-parse", "HEAD")
+    if commit is not None and commit.strip():
+        status = _git(source.parent, "status", "--porcelain", "--untracked-files=no")
+        identity["git"] = {"commit": commit.strip(), "dirty": bool(status and status.strip())}
+    return identity
+
+
+def code_version(identity: Mapping[str, Any]) -> str:
+    """One string for the code: `git:<commit>` (`+dirty` with uncommitted changes), else
+    `sha256:<hash of the trainer's file>`."""
+    git = identity.get("git")
+    if git:
+        return f"git:{git['commit']}" + ("+dirty" if git.get("dirty") else "")
+    return f"sha256:{identity['file_sha256']}"
 
 
 def lineage_record(
@@ -62,20 +132,55 @@ def lineage_record(
     params: Mapping[str, Any],
     metrics: Mapping[str, Any],
     gates: Mapping[str, Any],
-    code_version: str,
+    *,
+    seed: int,
+    code: Mapping[str, Any],
+    environment: Mapping[str, Any],
+    snapshot: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The registry's `lineage` for a retrained version (JSON-ready)."""
+    """The registry's `lineage` for a retrained version (JSON-ready): enough to rebuild it
+    (`lockgate models reproduce`): the data snapshots' hashes (`snapshot`: train, holdout),
+    the trainer, its parameters and seed, the code and the environment."""
     record: dict[str, Any] = jsonable(
         {
             "schema": LINEAGE_SCHEMA,
             "data_hash": dataset_manifest.get("hash"),
             "data": dict(dataset_manifest),
+            "snapshot": dict(snapshot),
             "parent": parent,
             "trainer": trainer,
             "params": dict(params),
+            "seed": seed,
             "metrics": dict(metrics),
             "gates": dict(gates),
-            "code_version": code_version,
+            "code_version": code_version(code),
+            "code": dict(code),
+            "environment": dict(environment),
+        }
+    )
+    return record
+
+
+def gates_record(
+    report: EvaluationReport | Mapping[str, Any],
+    *,
+    against: str | None,
+    data: Mapping[str, Any],
+    actor: str,
+) -> dict[str, Any]:
+    """What the registry keeps as a version's gate results (`gates.json`): the verdict, whom
+    and what it was judged against (champion version, data hash and rows), by whom, and the
+    whole report."""
+    doc = report.to_dict() if isinstance(report, EvaluationReport) else jsonable(report)
+    record: dict[str, Any] = jsonable(
+        {
+            "schema": GATES_SCHEMA,
+            "passed": bool(doc.get("passed")),
+            "evaluated": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "against": against,
+            "data": dict(data),
+            "report": doc,
         }
     )
     return record
@@ -107,9 +212,11 @@ def model_card(
     limitations: list[str],
     *,
     parent: str | None = None,
+    lineage: Mapping[str, Any] | None = None,
 ) -> str:
     """A markdown model card: intended use, data, metrics against the champion (`parent`, the
-    champion version it was compared with), slices, gates and limitations."""
+    champion version it was compared with), slices, fairness, gates, how to rebuild it (from
+    `lineage`, when given) and limitations."""
     doc = report.to_dict() if isinstance(report, EvaluationReport) else jsonable(report)
     metric = doc.get("metric", "metric")
     candidate = doc.get("candidate") or {}
@@ -136,7 +243,7 @@ def model_card(
     lines += _table(["metric", f"v{version}", champion_column], rows)
     slices = doc.get("slices") or []
     if slices:
-        lines += ["", f"## Slices (quantile bins of input[{slices[0].get('feature')}])", ""]
+        lines += ["", f"## Slices (groups of input[{slices[0].get('feature')}])", ""]
         header = ["bin", "range", "rows", "candidate", "champion", "worse by"]
         body = [
             [
@@ -160,6 +267,62 @@ def model_card(
     lines += [""] + [f"- {g.get('name')}: {g.get('detail')}" for g in gates]
     verdict = "passed" if doc.get("passed", all(g.get("passed") for g in gates)) else "failed"
     lines += ["", f"All gates {verdict}."]
+    lines += _fairness_lines(doc.get("fairness"), metric)
+    if lineage is not None:
+        lines += _reproduce_lines(name, version, lineage)
     lines += ["", "## Limitations", ""]
     lines += [f"- {item}" for item in limitations] or ["- none stated"]
     return "\n".join(lines) + "\n"
+
+
+def _fairness_lines(fairness: Mapping[str, Any] | None, metric: str) -> list[str]:
+    """The fairness gate's groups: per group the metric and the positive rate of both models."""
+    if not fairness:
+        return []
+    kind = "exact values" if fairness.get("kind") == "values" else "quantile bins"
+    lines = ["", f"## Fairness (groups of input[{fairness.get('feature')}], {kind})", ""]
+    header = ["group", "rows", "judged", f"{metric} v.", f"{metric} champion"]
+    header += ["positive rate", "positive rate champion"]
+    body = [
+        [
+            g.get("group"),
+            g.get("rows"),
+            g.get("judged"),
+            g.get("candidate"),
+            g.get("champion"),
+            g.get("candidate_positive_rate"),
+            g.get("champion_positive_rate"),
+        ]
+        for g in fairness.get("groups") or []
+    ]
+    lines += _table(header, body)
+    mine = fairness.get("candidate_gaps") or {}
+    theirs = fairness.get("champion_gaps") or {}
+    lines += [
+        "",
+        f"- between-group gap of {metric}: {_fmt(mine.get('metric'))} "
+        f"(champion {_fmt(theirs.get('metric'))})",
+        f"- between-group gap of the positive rate: {_fmt(mine.get('positive_rate'))} "
+        f"(champion {_fmt(theirs.get('positive_rate'))})",
+        f"- groups with fewer than {fairness.get('min_group_rows')} holdout rows are reported, "
+        "not judged",
+    ]
+    return lines
+
+
+def _reproduce_lines(name: str, version: str, lineage: Mapping[str, Any]) -> list[str]:
+    env = lineage.get("environment") or {}
+    packages = env.get("packages") or {}
+    snapshot = lineage.get("snapshot") or {}
+    lines = ["", "## Reproducibility", ""]
+    lines += [
+        f"- trainer: `{lineage.get('trainer')}`, seed {lineage.get('seed')}, "
+        f"params `{lineage.get('params')}`",
+        f"- code: `{lineage.get('code_version')}`",
+        f"- Python {env.get('python')} on {env.get('platform')}; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(packages.items())),
+        f"- training data snapshot: `{snapshot.get('train')}`; holdout: "
+        f"`{snapshot.get('holdout')}`",
+        f"- rebuild and compare: `lockgate models reproduce {name} {version}`",
+    ]
+    return lines

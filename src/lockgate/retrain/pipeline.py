@@ -10,14 +10,14 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lockgate.control.registry import NAME_PATTERN
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.retrain.fleet import DNS_SCHEME
+from lockgate.specs import NAME_PATTERN, RolloutPlan
 
 DEFAULT_TRAINER = "lockgate.retrain.train:logistic_regression"
 TASKS = ("classification", "regression")
@@ -42,6 +42,10 @@ class TriggersSpec:
     min_new_labels: int = 500  # this many labels arrived since the last job; 0 disables
     schedule_seconds: float | None = None  # at most this long between jobs; None: no schedule
     poll_seconds: float = 5.0  # how often the triggers are checked
+    # the champion's online accuracy over its last `accuracy_labels` labels fell this far below
+    # its gated (holdout) accuracy; None: not checked (classification only)
+    accuracy_drop: float | None = None
+    accuracy_labels: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +69,21 @@ class GatesSpec:
     slice_bins: int = 4  # quantile bins of that feature
     max_slice_gap: float = 0.05  # per slice, worse than the champion by at most this
     p99_latency_ms: float = 5.0  # candidate p99 of batch-1 calls, measured by the worker
+    # fairness: the groups of this input feature (exact values when it has few distinct values,
+    # else `group_bins` quantile bins); None: no fairness gate
+    group_by: int | None = None
+    group_bins: int = 4
+    max_group_gap_increase: float = 0.01  # the between-group gaps may widen by at most this
+    min_group_rows: int = 30  # smaller groups are reported, not judged
 
 
 @dataclass(frozen=True, slots=True)
 class RolloutSpec:
-    """`[rollout]`: the progressive rollout of a candidate that passed the gates."""
+    """`[rollout]`: the progressive rollout of a candidate that passed the gates. Its keys are
+    the plan's (lockgate.specs.RolloutPlan, stored with each rollout) plus how the worker
+    reaches the gateways."""
 
-    steps: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)  # canary percents; ends at 100
-    analysis_seconds: float = 30.0  # observation time per step
-    min_requests: int = 50  # canary requests needed per step before it is judged
-    max_error_rate: float = 0.01  # canary error share above this: roll back
-    max_p99_ratio: float = 1.5  # canary p99 / champion p99 above this: roll back
-    abort_on_drift: bool = False  # a drift alert on the canary rolls back
-    max_disagreement: float | None = None  # shadow disagreement share above this: roll back
-    min_accuracy_delta: float | None = None  # canary online accuracy - champion's below: roll back
-    shadow_seconds: float = 0.0  # > 0: a shadow phase of this length before the first step
+    plan: RolloutPlan = field(default_factory=RolloutPlan)
     token_env: str = "LOCKGATE_ADMIN_TOKEN"  # env var holding the worker's admin token
     admin_url: str = "http://127.0.0.1:8002"
     # the gateways whose traffic is judged (replicas; dns+http://name:port for every address
@@ -90,14 +94,8 @@ class RolloutSpec:
     def gateways(self) -> tuple[str, ...]:
         return self.metrics_urls or (self.admin_url,)
 
-    def plan(self) -> dict[str, Any]:
-        """How the candidate is ramped and judged, as a JSON-ready dict (everything but the
-        connection settings `token_env`, `admin_url`, `metrics_urls`): stored with a rollout,
-        so a resumed rollout follows the plan it started with, whatever the file says by then."""
-        doc = asdict(self)
-        doc["steps"] = list(self.steps)
-        del doc["token_env"], doc["admin_url"], doc["metrics_urls"]
-        return doc
+
+_CONNECTION_KEYS = ("token_env", "admin_url", "metrics_urls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,7 @@ def parse_pipeline(doc: Mapping[str, Any], source: str = "pipeline") -> Pipeline
         model=model,
         task=task,
         trainer=_trainer(r, sections["trainer"]),
-        triggers=_triggers(r, sections["triggers"]),
+        triggers=_triggers(r, sections["triggers"], task),
         data=_data(r, sections["data"]),
         gates=_gates(r, sections["gates"], task),
         rollout=_rollout(r, sections["rollout"]),
@@ -165,13 +163,18 @@ def _trainer(r: _Reader, t: Mapping[str, Any]) -> TrainerSpec:
     return TrainerSpec(function, params, r.integer(t, "trainer.retries", 1, 0))
 
 
-def _triggers(r: _Reader, t: Mapping[str, Any]) -> TriggersSpec:
-    r.keys(t, "triggers.", ("drift", "min_new_labels", "schedule_seconds", "poll_seconds"))
+def _triggers(r: _Reader, t: Mapping[str, Any], task: str) -> TriggersSpec:
+    r.keys(t, "triggers.", tuple(TriggersSpec.__dataclass_fields__))
+    accuracy_drop = r.optional(t, "triggers.accuracy_drop", _OPEN_UNIT)
+    if accuracy_drop is not None and task != "classification":
+        raise r.error("triggers.accuracy_drop applies to classification only")
     return TriggersSpec(
         drift=r.boolean(t, "triggers.drift", True),
         min_new_labels=r.integer(t, "triggers.min_new_labels", 500, 0),
         schedule_seconds=r.optional(t, "triggers.schedule_seconds", _POSITIVE),
         poll_seconds=r.number(t, "triggers.poll_seconds", 5.0, _POSITIVE),
+        accuracy_drop=accuracy_drop,
+        accuracy_labels=r.integer(t, "triggers.accuracy_labels", 200, 1),
     )
 
 
@@ -190,26 +193,36 @@ def _data(r: _Reader, t: Mapping[str, Any]) -> DataSpec:
 
 
 def _gates(r: _Reader, t: Mapping[str, Any], task: str) -> GatesSpec:
-    keys = ("metric", "tolerance", "slice_feature", "slice_bins", "max_slice_gap", "p99_latency_ms")
-    r.keys(t, "gates.", keys)
+    r.keys(t, "gates.", tuple(GatesSpec.__dataclass_fields__))
     metric = t.get("metric", METRICS[task])
     if metric != METRICS[task]:
         raise r.error(f"gates.metric must be {METRICS[task]!r} for task {task!r}, got {metric!r}")
-    slice_feature = None
-    if "slice_feature" in t:
-        slice_feature = r.integer(t, "gates.slice_feature", 0, 0)
+    features = {
+        key: r.integer(t, f"gates.{key}", 0, 0) if key in t else None
+        for key in ("slice_feature", "group_by")
+    }
     return GatesSpec(
         metric=metric,
         tolerance=r.number(t, "gates.tolerance", 0.0, _NON_NEGATIVE),
-        slice_feature=slice_feature,
+        slice_feature=features["slice_feature"],
         slice_bins=r.integer(t, "gates.slice_bins", 4, 2),
         max_slice_gap=r.number(t, "gates.max_slice_gap", 0.05, _NON_NEGATIVE),
         p99_latency_ms=r.number(t, "gates.p99_latency_ms", 5.0, _POSITIVE),
+        group_by=features["group_by"],
+        group_bins=r.integer(t, "gates.group_bins", 4, 2),
+        max_group_gap_increase=r.number(t, "gates.max_group_gap_increase", 0.01, _NON_NEGATIVE),
+        min_group_rows=r.integer(t, "gates.min_group_rows", 30, 1),
     )
 
 
 def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
-    r.keys(t, "rollout.", tuple(RolloutSpec.__dataclass_fields__))
+    r.keys(t, "rollout.", (*RolloutPlan.keys(), *_CONNECTION_KEYS))
+    try:
+        plan = RolloutPlan.from_doc(
+            {k: v for k, v in t.items() if k not in _CONNECTION_KEYS}, "rollout"
+        )
+    except LockgateError as exc:
+        raise r.error(exc.message) from None
     token_env = r.string(t, "rollout.token_env", "LOCKGATE_ADMIN_TOKEN")
     if not _ENV_NAME.fullmatch(token_env):
         raise r.error(f"rollout.token_env must be an environment variable name, got {token_env!r}")
@@ -221,15 +234,7 @@ def _rollout(r: _Reader, t: Mapping[str, Any]) -> RolloutSpec:
     for url in metrics_urls:
         check_url(url, "rollout.metrics_urls", r.error, dns=True)
     return RolloutSpec(
-        steps=_steps(r, t),
-        analysis_seconds=r.number(t, "rollout.analysis_seconds", 30.0, _POSITIVE),
-        min_requests=r.integer(t, "rollout.min_requests", 50, 0),
-        max_error_rate=r.number(t, "rollout.max_error_rate", 0.01, _UNIT),
-        max_p99_ratio=r.number(t, "rollout.max_p99_ratio", 1.5, _POSITIVE),
-        abort_on_drift=r.boolean(t, "rollout.abort_on_drift", False),
-        max_disagreement=r.optional(t, "rollout.max_disagreement", _UNIT),
-        min_accuracy_delta=r.optional(t, "rollout.min_accuracy_delta", _ANY),
-        shadow_seconds=r.number(t, "rollout.shadow_seconds", 0.0, _NON_NEGATIVE),
+        plan=plan,
         token_env=token_env,
         admin_url=admin_url.rstrip("/"),
         metrics_urls=tuple(u.rstrip("/") for u in metrics_urls),
@@ -247,34 +252,11 @@ def check_url(
         raise error(f"{where} must be an {form} URL, got {url!r}")
 
 
-def _steps(r: _Reader, t: Mapping[str, Any]) -> tuple[float, ...]:
-    """Canary percents: strictly increasing in (0, 100], in the admin API's 0.01% grid, ending
-    at 100 (the last step is the promotion)."""
-    raw = t.get("steps", [1, 5, 25, 50, 100])
-    if not isinstance(raw, list) or not raw:
-        raise r.error(f"rollout.steps must be a non-empty list of percents, got {raw!r}")
-    steps: list[float] = []
-    for i, value in enumerate(raw):
-        path = f"rollout.steps[{i}]"
-        if not _is_number(value) or not 0 < value <= 100:
-            raise r.error(f"{path} must be a number in (0, 100], got {value!r}")
-        if abs(value * 100 - round(value * 100)) > 1e-6:
-            raise r.error(f"{path} must be a multiple of 0.01 (the weight grid), got {value!r}")
-        if steps and value <= steps[-1]:
-            raise r.error(f"rollout.steps must be strictly increasing ({path} = {value!r})")
-        steps.append(float(value))
-    if steps[-1] != 100:
-        raise r.error(f"rollout.steps must end at 100, got {steps[-1]:g}")
-    return tuple(steps)
-
-
 # -- typed getters ----------------------------------------------------------------------------
 # A rule is (predicate, text for the message), e.g. (lambda v: v >= 0, ">= 0").
 Rule = tuple[Callable[[float], bool], str]
-_ANY: Rule = (lambda v: True, "")
 _POSITIVE: Rule = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
-_UNIT: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
 _OPEN_UNIT: Rule = (lambda v: 0 < v < 1, "with 0 < value < 1")
 _SECTIONS = ("trainer", "triggers", "data", "gates", "rollout")
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,6 @@ from lockgate.control.rollouts import (
     ROLLED_BACK,
     RUNNING,
     SHADOW,
-    Plan,
     Rollout,
     RolloutStore,
 )
@@ -60,9 +59,9 @@ from lockgate.retrain.gateway_metrics import (
     shadow_window,
     window,
 )
+from lockgate.specs import CANARY, EndpointSpec, RolloutPlan, VersionKey
 
 log = logging.getLogger(__name__)
-CANARY = "canary"  # the admin API's canary variant name
 SHADOW_VARIANT = "challenger"
 CHARGED_OUTCOMES = frozenset({"model_failed", "internal", "unavailable", "deadline"})
 
@@ -181,7 +180,7 @@ class RolloutController:
         model: str,
         candidate: str,
         champion: str | None,
-        plan: Plan | Mapping[str, Any],
+        plan: RolloutPlan,
     ) -> str:
         """Record a pending rollout (and the challenger alias); `run` carries it out."""
         return self.store.start(endpoint, model, candidate, champion, plan, actor=self.actor)
@@ -358,32 +357,27 @@ class RolloutController:
         spec = self._endpoint(r)
         if self._shadow_of(r, spec):
             self.admin.call("DELETE", f"/v1/endpoints/{r.endpoint}/shadows/{SHADOW_VARIANT}")
-        canary = next((v for v in spec["variants"] if v["name"] == CANARY), None)
-        ours = canary is not None and (canary["model"], canary["version"]) == (
-            r.model,
-            r.candidate,
-        )
+        candidate = VersionKey(r.model, r.candidate)
+        canary = spec.variant(CANARY)
+        ours = canary is not None and canary.key == candidate
         if r.ending != PROMOTED:
             if ours:
                 self.admin.call("POST", f"/v1/endpoints/{r.endpoint}/canary/rollback")
             return
-        sole = [(v["model"], v["version"]) for v in spec["variants"] if v["weight"] > 0]
-        if not ours and sole == [(r.model, r.candidate)] and len(spec["variants"]) == 1:
+        if not ours and [v.key for v in spec.variants] == [candidate]:
             return  # already promoted
         if not ours:
             self._set_canary(r, 100.0)
         self.admin.call("POST", f"/v1/endpoints/{r.endpoint}/canary/promote")
 
     # -- gateway calls ------------------------------------------------------------------------
-    def _endpoint(self, r: Rollout) -> dict[str, Any]:
-        return self.admin.call("GET", f"/v1/endpoints/{r.endpoint}")
+    def _endpoint(self, r: Rollout) -> EndpointSpec:
+        return self.admin.endpoint(r.endpoint).spec
 
     @staticmethod
-    def _shadow_of(r: Rollout, spec: dict[str, Any]) -> bool:
-        return any(
-            (s["name"], s["model"], s["version"]) == (SHADOW_VARIANT, r.model, r.candidate)
-            for s in spec.get("shadows", [])
-        )
+    def _shadow_of(r: Rollout, spec: EndpointSpec) -> bool:
+        shadow = spec.shadow(SHADOW_VARIANT)
+        return shadow is not None and shadow.key == (r.model, r.candidate)
 
     def _set_canary(self, r: Rollout, weight: float | None = None) -> None:
         """The admin API loads and warms the version before it takes any traffic."""

@@ -1,10 +1,11 @@
 """The retrain-and-promote worker: a plain synchronous loop, one job at a time.
 
-    triggers (drift alert, new labels, schedule, --now or SIGUSR1)
+    triggers (drift alert, new labels, schedule, online accuracy drop, --now or SIGUSR1)
       -> dataset (prediction log joined with labels; content-hashed manifest)
       -> train (the pipeline's trainer, retried per policy)
       -> evaluate (candidate vs champion on the same holdout; declarative gates)
-      -> register (lineage + model card + reference profile data)
+      -> register (data snapshots + lineage + model card + reference profile data, then the
+         gate results and an audit record)
       -> progressive rollout through the admin API (resumed after a restart)
 
 A job that fails a gate stops with a report and registers nothing. SIGTERM stops the worker
@@ -25,21 +26,31 @@ from typing import Any
 
 import orjson
 
-from lockgate import __version__
 from lockgate.control.client import AdminClient
 from lockgate.control.registry import Registry, VersionInfo
 from lockgate.control.rollouts import RolloutStore
+from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.retrain import dataset as datasets
+from lockgate.retrain.datastore import DataStore
 from lockgate.retrain.evaluate import evaluate
 from lockgate.retrain.fleet import Gateways
-from lockgate.retrain.lineage import lineage_record, model_card
+from lockgate.retrain.gateway_metrics import Snapshot
+from lockgate.retrain.lineage import (
+    code_identity,
+    environment,
+    gates_record,
+    lineage_record,
+    model_card,
+)
 from lockgate.retrain.pipeline import PipelineSpec
 from lockgate.retrain.rollout import RolloutController
 from lockgate.retrain.train import TrainedModel, run_trainer
+from lockgate.retrain.triggers import AccuracyWatch, gated_accuracy
 
 log = logging.getLogger(__name__)
+ACTOR = "retrain"  # who the worker's registrations and rollouts are by, in the audit log
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +69,14 @@ class RetrainWorker:
         self.admin = admin
         self.registry = Registry(home)
         self.rollouts = RolloutStore(home, state_url)
+        self.state = StateStore(home, state_url)
         self.gateways = Gateways(spec.rollout.gateways, token=admin.token)
         self.stop = threading.Event()
         self._wake = threading.Event()  # stop or SIGUSR1: end the wait between trigger polls
         self._asked = False  # SIGUSR1 arrived: run a job now
         self._marks = home / "retrain" / f"{spec.endpoint}.json"
+        t = spec.triggers
+        self.accuracy = AccuracyWatch(t.accuracy_labels, t.accuracy_drop or 0.0)
 
     # -- the loop -------------------------------------------------------------------------------
     def run_forever(self, *, now: bool = False, once: bool = False) -> None:
@@ -105,10 +119,9 @@ class RetrainWorker:
         """Store the endpoint if it is still implicit: an implicit endpoint follows the latest
         registered version, and the candidates this worker registers must not take traffic
         before their rollout says so."""
-        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
-        if endpoint.get("implicit"):
-            body = {"variants": endpoint["variants"], "shadows": endpoint.get("shadows", [])}
-            self.admin.call("PUT", f"/v1/endpoints/{self.spec.endpoint}", body)
+        endpoint = self.admin.endpoint(self.spec.endpoint)
+        if endpoint.implicit:
+            self.admin.call("PUT", f"/v1/endpoints/{self.spec.endpoint}", endpoint.spec.to_doc())
             log.info("stored endpoint %s at its current split", self.spec.endpoint)
 
     def resume_rollouts(self) -> None:
@@ -127,16 +140,36 @@ class RetrainWorker:
             labels = FeedbackLog(self.home / "feedback").read_labels(start=marks.get("last_job"))
             if len(labels.get("label", ())) >= t.min_new_labels:
                 return "labels"
-        if t.drift:
+        if t.drift or t.accuracy_drop is not None:
             try:
                 snapshot = self.gateways.scrape()
             except LockgateError as exc:
                 log.warning("cannot read gateway metrics: %s", exc.message)
                 return None
             champion = self._champion()
-            if champion is not None and snapshot.drift_alert(self.spec.model, champion):
+            if champion is None:
+                return None
+            if t.drift and snapshot.drift_alert(self.spec.model, champion):
                 return "drift"
+            if t.accuracy_drop is not None and self._accuracy_dropped(snapshot, champion):
+                return "accuracy"
         return None
+
+    def _accuracy_dropped(self, snapshot: Snapshot, champion: str) -> bool:
+        """Whether the champion's online accuracy over its last labels fell too far below its
+        gated accuracy (a champion without recorded gate results is not watched)."""
+        try:
+            info = self.registry.get(self.spec.model, champion)
+        except LockgateError:
+            return False
+        gated = gated_accuracy(self.registry.gates(info), info.lineage)
+        if gated is None:
+            return False
+        reading = self.accuracy.observe(snapshot, self.spec.model, champion, gated)
+        if reading is None or not self.accuracy.dropped(reading):
+            return False
+        log.warning("%s v%s: %s", self.spec.model, champion, reading.describe())
+        return True
 
     # -- one job --------------------------------------------------------------------------------
     def run_job(self, reason: str) -> JobResult:
@@ -147,6 +180,7 @@ class RetrainWorker:
         if champion is None:
             return JobResult("no_champion", None, {"reason": "the endpoint serves no version"})
         champion_info = self.registry.get(spec.model, champion)
+        self.accuracy.reset()  # the next accuracy verdict rests on labels after this job
         log.info("step 1/5: building the dataset (window %.0f s)", spec.data.window_seconds)
         data = datasets.build_dataset(
             PredictionLog(self.home / "predlog"),
@@ -180,10 +214,10 @@ class RetrainWorker:
             log.warning("gates failed; nothing registered: %s", orjson.dumps(report.to_dict()))
             return JobResult("gates_failed", None, report.to_dict())
         log.info("step 4/5: registering the candidate")
-        info = self._register(model, train.x, data.manifest, champion, report.to_dict())
+        info = self._register(model, (train, holdout), data.manifest, champion, report.to_dict())
         log.info("step 5/5: rolling out %s v%s", info.name, info.version)
         rollout_id = self.rollouts.start(
-            spec.endpoint, spec.model, info.version, champion, spec.rollout.plan()
+            spec.endpoint, spec.model, info.version, champion, spec.rollout.plan
         )
         status = self._controller().run(rollout_id)
         return JobResult(status, info.version, {"rollout": rollout_id, "gates": report.to_dict()})
@@ -211,12 +245,20 @@ class RetrainWorker:
     def _register(
         self,
         model: TrainedModel,
-        train_x: Any,
+        parts: tuple[datasets.Dataset, datasets.Dataset],
         manifest: dict[str, Any],
         champion: str,
         report: dict[str, Any],
     ) -> VersionInfo:
+        """Snapshot the data, publish the version with its lineage and card, then record its
+        gate results and audit the registration."""
         spec = self.spec
+        train, holdout = parts
+        store = DataStore(self.home)
+        snapshot = {
+            "train": store.put(train.x, train.y),
+            "holdout": store.put(holdout.x, holdout.y),
+        }
         lineage = lineage_record(
             manifest,
             champion,
@@ -224,7 +266,10 @@ class RetrainWorker:
             model.params,
             report["metrics"],
             report,
-            __version__,
+            seed=spec.data.seed,
+            code=code_identity(spec.trainer.function),
+            environment=environment(spec.trainer.function),
+            snapshot=snapshot,
         )
         next_version = str(len(self.registry.versions(spec.model)) + 1)
         card = model_card(
@@ -236,15 +281,27 @@ class RetrainWorker:
             intended_use=f"Serves endpoint {spec.endpoint!r}; retrained by lockgate.",
             limitations=["Trained only on traffic the gateway logged with labels."],
             parent=champion,
+            lineage=lineage,
         )
-        return self.registry.register(
+        info = self.registry.register(
             model.onnx,
             spec.model,
             metadata={"trigger": "retrain", "endpoint": spec.endpoint},
-            reference=train_x,
+            reference=train.x,
             lineage=lineage,
             card=card,
         )
+        data = {"hash": holdout.manifest["hash"], "rows": holdout.rows, "snapshot": "holdout"}
+        self.registry.write_gates(
+            info, gates_record(report, against=champion, data=data, actor=ACTOR)
+        )
+        self.state.record(
+            "version.register",
+            f"{info.name}/{info.version}",
+            {"sha256": info.sha256, "endpoint": spec.endpoint, "gates_passed": report["passed"]},
+            actor=ACTOR,
+        )
+        return info
 
     # -- helpers --------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:
@@ -255,11 +312,11 @@ class RetrainWorker:
         alias = self.rollouts.alias(self.spec.endpoint, "champion")
         if alias is not None:
             return alias[1]
-        endpoint = self.admin.call("GET", f"/v1/endpoints/{self.spec.endpoint}")
-        variants = [v for v in endpoint["variants"] if v["model"] == self.spec.model]
+        spec = self.admin.endpoint(self.spec.endpoint).spec
+        variants = [v for v in spec.variants if v.model == self.spec.model]
         if not variants:
             return None
-        return str(max(variants, key=lambda v: v["weight"])["version"])
+        return max(variants, key=lambda v: v.weight).version
 
     def _read_marks(self) -> dict[str, float]:
         try:

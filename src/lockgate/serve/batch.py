@@ -1,61 +1,41 @@
 """Per-model-version adaptive batcher.
 
 Greedy: when the model is idle a request runs at once; while a batch runs, new requests queue and
-the next batch takes everything queued, up to `max_batch_rows` rows. Nothing waits for a timer at
-low load, and batches grow exactly as fast as load does. The queue is bounded in rows: a full queue
-sheds the request (OVERLOADED) instead of letting latency grow without bound. Every request has a
-deadline; an expired request is answered DEADLINE and never reaches the model.
+the next batch takes what is queued, up to `max_batch_rows` rows. Nothing waits for a timer at
+low load, and batches grow exactly as fast as load does.
 
-One exception: a transport that hands requests over one at a time (grpc.aio accepts one call per
-completion-queue round trip) never lets batch-mates arrive while a tiny model runs, so under load
-every request would pay a whole model call. Its requests, arriving at an idle model, wait for
-batch-mates while the event loop is busy bringing in more (at most `gather_delay`), as long as such
-waits pay; a wait that gathers too few backs the gathering off exponentially, so a lone client
-almost never waits and a small convoy is not formed.
+Overload: a request is refused at admission, before it is queued (and, through `admit`, before its
+body is even read), when the queue holds `max_queue_rows` rows, when its expected wait exceeds
+`max_queue_wait`, or when it could not finish before its deadline (expected wait + its own compute,
+from the runner's cost model scaled by what batches have really been taking). Queued requests are
+served by the discipline of serve/queue.py. While a full batch is queued behind a running one, the
+model thread takes and runs it itself instead of handing back to the event loop: under overload a
+busy loop took longer to turn around than the batch took to run (a 64-row batch of the demo `mlp`,
+3.5 ms of compute, took 40 ms from batch to batch at 512 hammering connections).
+
+Requests handed over one at a time (gRPC) may wait for batch-mates: see serve/gather.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
+from lockgate.serve.gather import Gatherer
+from lockgate.serve.queue import SLOWDOWN_WEIGHT, Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
 
+__all__ = ["BatchObserver", "BatchStats", "Batcher", "RunInfo"]
 log = logging.getLogger(__name__)
-
-# Gathering one-at-a-time requests (see the module docstring). Measured with grpc.aio on 2 cores:
-BUSY_TURN = 20e-6  # a loop turn longer than this ran other callbacks: requests are moving
-IDLE_LOOP = 50e-6  # this long without a busy turn or an arrival: nobody else is coming
-GATHER_PAYS = 3  # two batch-mates: below that, gathering a convoy costs more than it saves
-MAX_GATHER_BACKOFF = 256  # after fruitless gathers, a lone client waits on one request in 257
-
-
-@dataclass(slots=True)
-class RunInfo:
-    """How a request was served: what the monitor and the response headers may report."""
-
-    queue_ns: int
-    compute_ns: int
-    batch_rows: int
-    batch_requests: int
-
-
-@dataclass(slots=True)
-class _Pending:
-    inputs: Arrays
-    rows: int
-    future: asyncio.Future[tuple[Arrays, RunInfo]]
-    enqueued_ns: int
-    meta: Any = None  # opaque to the batcher; handed to the observer
 
 
 class BatchObserver(Protocol):
@@ -81,13 +61,26 @@ class BatchStats:
     rows: int = 0
     multi_request_batches: int = 0
     inline_batches: int = 0
+    chained_batches: int = 0  # taken and run by the model thread itself (see the docstring)
     gathers: int = 0  # waits for batch-mates (one-at-a-time transports)
     fruitless_gathers: int = 0  # ... that gathered no batch-mate
-    shed: int = 0
-    expired: int = 0
+    shed: int = 0  # OVERLOADED: refused at admission, or waited too long in the queue
+    expired: int = 0  # DEADLINE: passed, or could not be met, before the model ran it
     failed: int = 0
     observer_errors: int = 0
     compute_ns: int = 0
+    # For Triton's statistics: summed over requests, the time each waited before its batch
+    # started and the compute time of its batch; when the last batch started; and per batch
+    # size (rows, up to max_batch_rows) the batches and their compute time.
+    queue_ns: int = 0
+    request_compute_ns: int = 0
+    last_started_ns: int = 0
+    size_batches: dict[int, int] = field(default_factory=dict)
+    size_compute_ns: dict[int, int] = field(default_factory=dict)
+
+
+# One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute.
+_Outcome = tuple[list[Pending], Arrays, "Arrays | LockgateError", int, int, int]
 
 
 class Batcher:
@@ -97,14 +90,18 @@ class Batcher:
         config: BatchConfig,
         executor: Executor,
         observer: BatchObserver | None = None,
+        concurrency: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.observer = observer
         self.config = config
         self.stats = BatchStats()
         self._executor = executor
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._queued_rows = 0
+        self._clock = clock  # deadlines and queue waits; time.monotonic, as in the data plane
+        limit = config.max_batch_rows if runner.spec.batchable else 1
+        self.queue = RequestQueue(limit, config.max_queue_wait, clock, runner.predicted_cost)
         # The scheduled or running drain: a Task, or a plain callback where every batch runs
         # inline (see `_drain_inline`).
         self._task: asyncio.Task[None] | asyncio.Handle | None = None
@@ -112,45 +109,52 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        # Batches run in threads at once (a version with several sessions); 1: one at a time,
+        # and only then may the model thread chain queued batches itself (see `_chain`).
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        self._running: set[asyncio.Task[None]] = set()  # batches in their slots
         self._inline = config.inline_threshold
-        # Gather only where batch-mates can share a run.
-        self._gathers = config.gather_delay > 0 and runner.spec.batchable
-        self._skip_gathers = 0  # one-at-a-time requests to run at once before gathering again
-        self._backoff = 0
+        self._size_limit = config.max_batch_rows  # batch sizes counted one by one up to this
+        self.gatherer = Gatherer(config.gather_delay, config.max_batch_rows, runner.spec.batchable)
         # Every batch this batcher can form runs inline and none waits to fill: the drain can be
         # a plain callback (see `_drain_inline`). The runner is loaded, its cost model known.
-        full = config.max_batch_rows if runner.spec.batchable else 1
         self._callback_drain = (
-            runner.predicted_cost(full) < self._inline and config.max_queue_delay <= 0
+            runner.predicted_cost(limit) < self._inline and config.max_queue_delay <= 0
         )
+        self.waits = WaitModel(runner.predicted_cost, limit)
+        self._bounds()
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self.queue.rows
 
     async def submit(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any = None, *, alone: bool = False
     ) -> tuple[Arrays, RunInfo]:
         """Queue one request's rows; return exactly its own output rows. `meta` goes to the
         observer with the request's rows. `alone`: the transport hands requests over one at a
-        time (see the module docstring)."""
+        time (see serve/gather.py)."""
         if self._closed:
             raise LockgateError(ErrorKind.UNAVAILABLE, f"model {self._label()} is shutting down")
         gather = False
         if alone and self._task is None:
-            if self._gathers and not self._skip_gathers:
-                gather = True
-            else:
-                self._skip_gathers = max(0, self._skip_gathers - 1)
-                if self.runner.predicted_cost(rows) < self._inline:
-                    # No future, no task, no loop turn: the cheapest way through.
-                    return self._run_now(inputs, rows, deadline, meta)
-        if self._queued_rows and self._queued_rows + rows > self.config.max_queue_rows:
-            self._shed()
+            gather = self.gatherer.wanted()
+            if not gather and self.runner.predicted_cost(rows) < self._inline:
+                # No future, no task, no loop turn: the cheapest way through.
+                return self._run_now(inputs, rows, deadline, meta)
+        q = self.queue
+        queued = q.rows_in - q.rows_out
+        if queued and queued + rows > self.config.max_queue_rows:
+            self._shed(f"{queued} rows queued")
+        now = self._clock()
+        if queued > self._calm_rows or deadline - now < self._far:
+            self._check_wait(queued, rows, deadline, now)
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns(), meta)
-        self._queue.append(pending)
-        self._queued_rows += rows
+        pending = Pending(
+            inputs, rows, loop.create_future(), time.perf_counter_ns(), now, deadline, meta
+        )
+        q.items.append(pending)  # q.push, inline: the hot path
+        q.rows_in += rows
         self._in_flight += 1
         self._idle.clear()
         if self._task is None:
@@ -169,11 +173,42 @@ class Batcher:
             if not self._in_flight:
                 self._idle.set()
 
+    def admit(self, deadline: float | None = None) -> None:
+        """Refuse before the request is even read when it would be refused once queued: a
+        rejection must cost far less than a request, or overload turns into collapse. Its rows
+        are not known yet: it is judged as one row."""
+        queued = self.queue.rows_in - self.queue.rows_out
+        if queued >= self.config.max_queue_rows:
+            self._shed(f"{queued} rows queued")
+        if deadline is None:
+            if queued > self._calm_rows:
+                self._check_wait(queued, 1, float("inf"))
+        elif queued > self._calm_rows or deadline - self._clock() < self._far:
+            self._check_wait(queued, 1, deadline)
+
+    def _check_wait(
+        self, queued: int, rows: int, deadline: float, now: float | None = None
+    ) -> None:
+        """Refuse a request expected to wait longer than `max_queue_wait` (OVERLOADED), or to
+        finish after its deadline (DEADLINE). Newest-first queues serve it next."""
+        w, q = self.waits, self.queue
+        wait = (min(queued, q.limit) if q.standing else queued) * w.per_queued_row * w.slowdown
+        if wait > q.max_wait > 0:
+            self._shed(f"expected wait {wait * 1000:.0f} ms")
+        own = (w.fixed + w.per_row * rows) * w.slowdown
+        if deadline - (self._clock() if now is None else now) < wait + own:
+            self.stats.expired += 1
+            raise LockgateError(
+                ErrorKind.DEADLINE,
+                f"deadline too close for {self._label()}: it would wait about "
+                f"{wait * 1000:.1f} ms and run {own * 1000:.1f} ms",
+            )
+
     def _run_now(
         self, inputs: Arrays, rows: int, deadline: float, meta: Any
     ) -> tuple[Arrays, RunInfo]:
         start = time.perf_counter_ns()
-        if deadline <= time.monotonic():
+        if deadline <= self._clock():
             self.stats.expired += 1
             raise LockgateError(ErrorKind.DEADLINE, f"deadline exceeded before {self._label()}")
         try:
@@ -185,170 +220,184 @@ class Batcher:
             raise LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}") from exc
         compute_ns = time.perf_counter_ns() - start
         self.stats.inline_batches += 1
-        self._count(1, rows, compute_ns)
+        self._count(1, rows, compute_ns, start)
         if self.observer is not None:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
 
-    def admit(self) -> None:
-        """Refuse before the request is even read when the queue is already full: a rejection
-        must cost far less than a request, or overload turns into collapse."""
-        if self._queued_rows >= self.config.max_queue_rows:
-            self._shed()
-
-    def _shed(self) -> None:
+    def _shed(self, why: str) -> NoReturn:
         self.stats.shed += 1
         raise LockgateError(
             ErrorKind.OVERLOADED,
-            f"model {self._label()} is overloaded ({self._queued_rows} rows queued)",
+            f"model {self._label()} is overloaded ({why})",
             retry_after=self._drain_estimate(),
         )
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: Pending) -> None:
         if not pending.future.done():
             self.stats.expired += 1
             pending.future.set_exception(
                 LockgateError(ErrorKind.DEADLINE, f"deadline exceeded waiting for {self._label()}")
             )
 
+    def _drop(self, dropped: Dropped) -> None:
+        """Answer the requests the queue dropped without running them."""
+        for p, kind in dropped:
+            if p.future.done():
+                continue
+            if kind is ErrorKind.DEADLINE:
+                self.stats.expired += 1
+                why = f"deadline too close to run {self._label()}"
+                p.future.set_exception(LockgateError(kind, why))
+            else:
+                self.stats.shed += 1
+                wait = self.config.max_queue_wait * 1000
+                why = f"model {self._label()} is overloaded (queued over {wait:.0f} ms)"
+                p.future.set_exception(LockgateError(kind, why, retry_after=self._drain_estimate()))
+
     async def _drain(self, gather: bool = False) -> None:
         busy = False  # the first batch after an idle period never waits
         try:
             if gather:
-                await self._gather()
-            while self._queue:
+                await self.gatherer.gather(self.queue)
+                self.stats.gathers = self.gatherer.gathers
+                self.stats.fruitless_gathers = self.gatherer.fruitless
+            while self.queue.items:
                 if busy and self.config.max_queue_delay > 0:
                     await self._gather_more()
                 busy = True
                 batch, rows = self._take()
-                if batch:
+                if batch and self._slots is not None:
+                    await self._slots.acquire()  # a free session: run beside the others
+                    task = asyncio.get_running_loop().create_task(self._run_in_slot(batch, rows))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                elif batch:
                     await self._run(batch, rows)
         finally:
             self._task = None
+
+    async def _run_in_slot(self, batch: list[Pending], rows: int) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(batch, rows)
+        finally:
+            self._slots.release()
 
     def _drain_inline(self) -> None:
         """`_drain` for models that always run inline, as a plain callback: a Task and its
         coroutines cost more than a tiny model's batch (about 5 us per batch, which a traffic
         split pays twice as often, its batches being half the size)."""
+        queue = self.queue
         try:
-            while self._queue:
-                batch, rows = self._take()
+            while queue.items:
+                batch, rows, dropped = queue.take()
+                if dropped:
+                    self._drop(dropped)
                 if batch:
-                    self._run_inline(batch, rows)
+                    self._done(self._compute(batch, rows), inline=True)
         finally:
             self._task = None
 
-    async def _gather(self) -> None:
-        """Let one-at-a-time requests join the first while the event loop is busy (a loop turn
-        that runs other callbacks is how the next request arrives), for at most `gather_delay`
-        or until a batch is full; stop as soon as the loop has sat idle, since nobody else is
-        coming then. Judge the wait by how many it gathered."""
-        start = busy = previous = time.perf_counter()
-        seen = len(self._queue)
-        while self._queued_rows < self.config.max_batch_rows:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            if now - previous > BUSY_TURN or len(self._queue) != seen:
-                busy, seen = now, len(self._queue)
-            elif now - busy > IDLE_LOOP or now - start > self.config.gather_delay:
-                break
-            previous = now
-        self.stats.gathers += 1
-        if len(self._queue) >= GATHER_PAYS:
-            self._backoff = 0
-        else:
-            self.stats.fruitless_gathers += 1
-            self._backoff = min(max(1, 2 * self._backoff), MAX_GATHER_BACKOFF)
-            self._skip_gathers = self._backoff
-
     async def _gather_more(self) -> None:
         """Busy-period option: give a short batch up to `max_queue_delay` to fill."""
-        oldest = self._queue[0].enqueued_ns
-        limit = oldest + int(self.config.max_queue_delay * 1e9)
-        while self._queued_rows < self.config.max_batch_rows:
+        head = self.queue.head()
+        if head is None:
+            return
+        limit = head.enqueued_ns + int(self.config.max_queue_delay * 1e9)
+        while self.queue.rows < self.config.max_batch_rows:
             remaining = (limit - time.perf_counter_ns()) / 1e9
             if remaining <= 0:
                 return
             await asyncio.sleep(min(remaining, 0.0005))
 
-    def _take(self) -> tuple[list[_Pending], int]:
-        """The next batch from the queue's head, and its rows."""
-        batch: list[_Pending] = []
-        rows = 0
-        limit = self.config.max_batch_rows if self.runner.spec.batchable else 1
-        while self._queue:
-            head = self._queue[0]
-            if head.future.done():  # expired or cancelled while queued
-                self._queue.popleft()
-                self._queued_rows -= head.rows
-                continue
-            if batch and (rows + head.rows > limit or not self.runner.spec.batchable):
-                break
-            self._queue.popleft()
-            self._queued_rows -= head.rows
-            batch.append(head)
-            rows += head.rows
+    def _take(self) -> tuple[list[Pending], int]:
+        """The next batch, on the event loop; the requests dropped on the way are answered."""
+        batch, rows, dropped = self.queue.take()
+        if dropped:
+            self._drop(dropped)
         return batch, rows
 
-    async def _run(self, batch: list[_Pending], rows: int) -> None:
+    async def _run(self, batch: list[Pending], rows: int) -> None:
         if self.runner.predicted_cost(rows) < self._inline:
-            self._run_inline(batch, rows)
+            self._done(self._compute(batch, rows), inline=True)
             return
-        feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
-        start = time.perf_counter_ns()
         loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self.runner.run, feeds)
-        except Exception as exc:
-            if self._failed(batch, exc):
-                for p in batch:
-                    await self._run([p], p.rows)
-            return
-        self._finish(batch, feeds, outputs, rows, start)
+        outcomes, chained = await loop.run_in_executor(
+            self._executor, self._chain, loop, batch, rows
+        )
+        self._done(outcomes, False, chained)
 
-    def _run_inline(self, batch: list[_Pending], rows: int) -> None:
-        """Run on the event loop: the predicted compute is below the cost of a thread hand-off."""
-        feeds = batch[0].inputs if len(batch) == 1 else _concat([p.inputs for p in batch])
+    def _chain(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Pending], rows: int
+    ) -> tuple[list[_Outcome], bool]:
+        """In the model thread: run the batch, then, while a full batch is already queued, take
+        and run it here (the loop gets each finished batch as one callback). Returns the last
+        batch's outcomes, and whether this thread took it. Only while a full batch waits: a
+        shorter one is left to the loop's drain, which lets it grow meanwhile (and honours
+        `max_queue_delay`)."""
+        outcomes, chained = self._compute(batch, rows), False
+        while self._slots is None and self.queue.rows >= self.queue.limit:
+            batch, rows, dropped = self.queue.take()
+            if dropped:
+                loop.call_soon_threadsafe(self._drop, dropped)
+            if not batch:
+                break
+            loop.call_soon_threadsafe(self._done, outcomes, False, chained)
+            outcomes, chained = self._compute(batch, rows), True
+        return outcomes, chained
+
+    def _compute(self, batch: list[Pending], rows: int) -> list[_Outcome]:
+        """Run one batch in any thread; touches no state but the runner's. If it fails with
+        several requests, each runs alone: one bad request must not fail its neighbours."""
+        feeds = batch[0].inputs
         start = time.perf_counter_ns()
         try:
+            if len(batch) > 1:
+                feeds = _concat([p.inputs for p in batch])
             outputs = self.runner.run(feeds)
         except Exception as exc:
-            if self._failed(batch, exc):
-                for p in batch:
-                    self._run_inline([p], p.rows)
-            return
-        self.stats.inline_batches += 1
-        self._finish(batch, feeds, outputs, rows, start)
-
-    def _failed(self, batch: list[_Pending], exc: Exception) -> bool:
-        """Fail the batch's requests, or return True: retry them one by one, since one bad
-        request must not fail its neighbours."""
-        if isinstance(exc, LockgateError):
             if len(batch) > 1:
-                return True
-        else:
-            exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
-        self.stats.failed += 1
-        _fail(batch, exc)
-        return False
+                return [o for p in batch for o in self._compute([p], p.rows)]
+            if not isinstance(exc, LockgateError):
+                exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
+            return [(batch, feeds, exc, rows, start, 0)]
+        return [(batch, feeds, outputs, rows, start, time.perf_counter_ns() - start)]
+
+    def _done(self, outcomes: list[_Outcome], inline: bool = False, chained: bool = False) -> None:
+        """On the event loop: answer the requests of finished runs."""
+        for batch, feeds, result, rows, start, compute_ns in outcomes:
+            if isinstance(result, LockgateError):
+                self.stats.failed += 1
+                _fail(batch, result)
+                continue
+            self.stats.inline_batches += inline
+            self.stats.chained_batches += chained
+            self._finish(batch, feeds, result, rows, start, compute_ns)
 
     def _finish(
-        self, batch: list[_Pending], feeds: Arrays, outputs: Arrays, rows: int, start: int
+        self,
+        batch: list[Pending],
+        feeds: Arrays,
+        outputs: Arrays,
+        rows: int,
+        start: int,
+        compute_ns: int,
     ) -> None:
-        compute_ns = time.perf_counter_ns() - start
-        self._count(len(batch), rows, compute_ns)
+        self._count(len(batch), rows, compute_ns, start)
         if self.observer is not None:
             metas, sizes = [p.meta for p in batch], [p.rows for p in batch]
             self._observe(feeds, outputs, metas, sizes, [p.enqueued_ns for p in batch], start)
-        offset = 0
+        offset = queued = 0
         for p in batch:
             end = offset + p.rows
+            waited = start - p.enqueued_ns
+            queued += waited
             if not p.future.done():
                 out = outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
-                p.future.set_result(
-                    (out, RunInfo(start - p.enqueued_ns, compute_ns, rows, len(batch)))
-                )
+                p.future.set_result((out, RunInfo(waited, compute_ns, rows, len(batch))))
             offset = end
+        self.stats.queue_ns += queued
 
     def _observe(
         self,
@@ -367,18 +416,46 @@ class Batcher:
             if self.stats.observer_errors == 1:
                 log.exception("recording a batch for the monitor failed")
 
-    def _count(self, requests: int, rows: int, compute_ns: int) -> None:
+    def _count(self, requests: int, rows: int, compute_ns: int, started_ns: int) -> None:
         s = self.stats
         s.compute_ns += compute_ns
         s.batches += 1
         s.requests += requests
         s.rows += rows
+        s.request_compute_ns += compute_ns * requests
+        s.last_started_ns = started_ns
+        if rows <= self._size_limit:  # a larger request ran alone: totals only
+            try:  # plain dicts: a Counter's += costs three times as much
+                s.size_batches[rows] += 1
+                s.size_compute_ns[rows] += compute_ns
+            except KeyError:  # the first batch of this size (both dicts have the same keys)
+                s.size_batches[rows] = 1
+                s.size_compute_ns[rows] = compute_ns
         if requests > 1:
             s.multi_request_batches += 1
+        w = self.waits  # the slowdown follows what batches take (serve/queue.py)
+        predicted = w.fixed + w.per_row * rows
+        if predicted > 0:
+            ratio = compute_ns / 1e9 / predicted
+            ratio = 0.5 if ratio < 0.5 else 1000.0 if ratio > 1000.0 else ratio
+            w.slowdown += SLOWDOWN_WEIGHT * (ratio - w.slowdown)
+            if abs(w.slowdown - self._bounds_at) > 0.1 * self._bounds_at:
+                self._bounds()
+
+    def _bounds(self) -> None:
+        """Within these, admission has nothing to check (two comparisons per request): the
+        queued rows whose expected wait stays under `max_queue_wait`, and a time beyond the
+        longest any admitted request can expect to wait and run."""
+        w, most = self.waits, self.config.max_queue_rows
+        per_row = w.per_queued_row * w.slowdown
+        max_wait = self.config.max_queue_wait
+        self._bounds_at = w.slowdown
+        self._calm_rows = max_wait / per_row if max_wait > 0 and per_row > 0 else float("inf")
+        self._far = (most * (w.per_queued_row + w.per_row) + w.fixed) * w.slowdown
 
     def _drain_estimate(self) -> float:
-        batches = self._queued_rows / max(self.config.max_batch_rows, 1) + 1
-        return batches * self.runner.predicted_cost(self.config.max_batch_rows)
+        """Seconds until the queue has drained: the Retry-After of a shed request."""
+        return self.waits.queue(self.queue.rows + self.queue.limit)
 
     def _label(self) -> str:
         return f"{self.runner.spec.name} v{self.runner.spec.version}"
@@ -397,7 +474,7 @@ def _concat(parts: list[Arrays]) -> Arrays:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _fail(batch: list[_Pending], exc: LockgateError) -> None:
+def _fail(batch: list[Pending], exc: LockgateError) -> None:
     for p in batch:
         if not p.future.done():
             p.future.set_exception(exc)

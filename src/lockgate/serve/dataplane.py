@@ -1,174 +1,90 @@
-"""handle(request): route -> validate -> batch -> run -> shadow -> answer.
+"""infer(request): route -> validate -> batch -> run -> shadow -> answer; and model metadata.
 
 This is the one place the order of the request path is written; both transports call `infer`.
-The route table is swapped whole when the state database changes; between choosing a variant and
-queueing on its batcher there is no `await`, so a version is never released under a request.
+The route table is swapped whole by the controller when the state database changes; between
+choosing a variant and queueing on its batcher there is no `await`, so a version is never
+released under a request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
 from lockgate import __version__
 from lockgate.config import ServeConfig
-from lockgate.control.registry import Registry
-from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.monitor.drain import Monitor
-from lockgate.monitor.metrics import capture_monitor, capture_serving
-from lockgate.monitor.snapshot import Snapshot
 from lockgate.serve.batch import BatchStats, RunInfo
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
-from lockgate.serve.route import EndpointRoute, RouteTable, Variant, build_route_table
+from lockgate.serve.route import EndpointRoute, RouteTable, Variant
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic
-from lockgate.types import InferRequest, InferResponse, ModelSpec, Tensor
+from lockgate.types import (
+    IndexEntry,
+    InferRequest,
+    InferResponse,
+    ModelSpec,
+    ServedConfig,
+    Tensor,
+    VersionStats,
+)
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "msgpack_tensor_data", "model_repository_read"]
-STATE_POLL_SECONDS = 0.2
-REGISTRY_SCAN_SECONDS = 5.0
+# What server metadata advertises: Triton's extension names, plus lockgate's msgpack bodies.
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "msgpack_tensor_data",
+]
 
 
-class Pipeline:
+class DataPlane:
+    """The request path and the model metadata both transports read (`InferencePipeline`).
+
+    Its route table is replaced whole by the controller; the only state it changes itself is
+    its request counters, read at scrape time."""
+
     server_name = "lockgate"
     server_version = __version__
     extensions = EXTENSIONS
 
     def __init__(
         self,
-        registry: Registry,
+        models: ModelSet,
+        shadows: ShadowTraffic,
         config: ServeConfig,
-        state: StateStore,
         monitor: Monitor | None = None,
     ) -> None:
+        self.models = models
+        self.shadows = shadows
         self.config = config
-        self.state = state
         self.monitor = monitor
-        self.models = ModelSet(registry, config, monitor)
-        self.shadows = ShadowTraffic(self.models)
         self.routes = RouteTable(-1, {})
-        self._pins: frozenset[Key] = frozenset()
-        self._apply_lock = asyncio.Lock()  # one route change at a time (not on the hot path)
-        self._watcher: asyncio.Task[None] | None = None
-        self._releasing: set[asyncio.Task[None]] = set()
         # requests by (endpoint, variant, model, version, protocol, outcome); read at scrape time
-        self.requests: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self.requests: Counter[tuple[str, ...]] = Counter()
+        self.in_flight = 0  # infer requests admitted and not yet released (see `admit`)
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load and warm every version that receives traffic or is pinned, then watch the state
-        database for changes. A version that fails to load is reported, not fatal."""
-        await self.models.refresh()
-        await self.apply(await asyncio.to_thread(self.state.read))
-        self._watcher = asyncio.create_task(self._watch(), name="state-watcher")
+    def open(self) -> None:
+        """Ready: the first route table is in place and its versions are warm."""
         self._ready = True
-        log.info(
-            "serving %d endpoints, %d model versions (%d failed to load)",
-            len(self.routes.endpoints),
-            len(self.models.loaded),
-            len(self.models.failed),
-        )
-
-    async def apply(self, state: State, *, retry_failed: bool = True) -> dict[Key, str]:
-        """Make `state` the serving configuration: load what it needs, swap the route table,
-        then release what nothing uses any more. Endpoints whose new variants fail to load keep
-        their previous route. Returns the versions that failed, with reasons."""
-        async with self._apply_lock:
-            table = build_route_table(state.revision, state.endpoints, self.models.latest())
-            needed = table.versions() | state.pins
-            failures = await self.models.ensure(needed, retry_failed=retry_failed)
-            if failures:
-                # An endpoint that served before keeps its old route; a new one keeps the new
-                # route, so its requests get 503 naming the failure rather than 404.
-                kept = dict(table.endpoints)
-                for name, route in table.endpoints.items():
-                    old = self.routes.endpoints.get(name)
-                    if route.versions() & failures.keys() and old is not None:
-                        kept[name] = old
-                table = RouteTable(state.revision, kept)
-            self.routes = table
-            self._pins = state.pins
-            unused = self.models.loaded.keys() - table.versions() - state.pins
-            for key in unused:
-                task = asyncio.create_task(self.models.release(key))
-                self._releasing.add(task)
-                task.add_done_callback(self._releasing.discard)
-            return failures
-
-    async def _watch(self) -> None:
-        """Notice new state revisions (and newly registered models) and apply them."""
-        last_scan = time.monotonic()
-        while True:
-            await asyncio.sleep(STATE_POLL_SECONDS)
-            try:
-                revision = await asyncio.to_thread(self.state.revision)
-                rescan = time.monotonic() - last_scan > REGISTRY_SCAN_SECONDS
-                if revision == self.routes.revision and not rescan:
-                    continue
-                if rescan:
-                    last_scan = time.monotonic()
-                await self.models.refresh()
-                await self.apply(await asyncio.to_thread(self.state.read), retry_failed=False)
-            except Exception:
-                log.exception("applying the state database failed; keeping the current routes")
 
     def begin_shutdown(self) -> None:
-        """Report not-ready so load balancers stop sending, while in-flight traffic completes."""
         self._shutting_down = True
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop taking new requests and wait for in-flight ones; True if all finished in time."""
+    def close(self) -> None:
+        """Refuse new requests from now on (in-flight ones finish)."""
         self._draining = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        await self.shadows.drain(timeout)
-        return await self.models.drain(timeout)
-
-    # -- control (for the admin API) -----------------------------------------------------------
-    async def refresh_registry(self) -> None:
-        await self.models.refresh()
-
-    def registered_versions(self) -> dict[str, frozenset[str]]:
-        return {name: frozenset(versions) for name, versions in self.models.registered.items()}
-
-    async def ensure_loaded(self, keys: set[Key]) -> dict[Key, str]:
-        return await self.models.ensure(keys)
-
-    async def snapshot(self) -> Snapshot:
-        """This process's metrics figures now."""
-        snap = capture_serving(self)
-        if self.monitor is not None:
-            await asyncio.to_thread(capture_monitor, snap, self.monitor)
-        return snap
-
-    async def serving_status(self) -> dict[str, Any]:
-        """What this process serves right now: revision, versions, failures, shadow counters."""
-        return {
-            "revision": self.routes.revision,
-            "loaded": [{"model": m, "version": v} for m, v in sorted(self.models.loaded)],
-            "failed": [
-                {"model": m, "version": v, "reason": why}
-                for (m, v), why in sorted(self.models.failed.items())
-            ],
-            "shadows": [
-                {"endpoint": e, "variant": v, **dataclasses.asdict(stats)}
-                for (e, v), stats in sorted(self.shadows.stats.items())
-            ],
-        }
 
     # -- metadata ----------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -211,37 +127,56 @@ class Pipeline:
         return self.models.get(*self._explicit_key(name, version))
 
     # -- the request path --------------------------------------------------------------------
-    def admit(self, name: str, version: str | None) -> None:
-        """Shed at once, before the body is read and decoded, when the version the request
-        would go to (an endpoint's primary variant) has a full queue. Anything else wrong with
-        the request is left for `infer` to report."""
+    def admit(self, name: str, version: str | None, deadline: float | None = None) -> None:
+        """Shed at once, before the body is read and decoded: when this process already has
+        `max_in_flight` infer requests admitted and unanswered, or when the version the request
+        would go to (an endpoint's primary variant) would refuse it once queued (see
+        `Batcher.admit`; `deadline` on time.monotonic(), when the transport knows it). Anything
+        else wrong with the request is left for `infer` to report. An admitted request counts
+        as in flight until the transport calls `release`, exactly once, whatever its outcome."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise LockgateError(
+                ErrorKind.OVERLOADED,
+                f"server is overloaded ({self.in_flight} requests in flight)",
+                retry_after=1.0,
+            )
         if version:
             loaded = self.models.loaded.get((name, version))
         else:
             route = self.routes.endpoints.get(name)
             loaded = self.models.loaded.get(route.primary.key) if route is not None else None
         if loaded is not None:
-            loaded.batcher.admit()
+            loaded.batcher.admit(deadline)
+        self.in_flight += 1
+
+    def release(self) -> None:
+        """An admitted request has been answered (see `admit`)."""
+        self.in_flight -= 1
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._draining:
-            raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        route = variant = None
-        if request.version:
-            loaded = self._explicit(request.model, request.version)
-        else:
-            route = self.routes.resolve(request.model)
-            variant = route.pick(_routing_key(request))
-            loaded = self.models.get(*variant.key)
+        """Answer one request. Every outcome is counted here, once: with its variant and version
+        when routing got that far, else under the endpoint name (or `_unknown`)."""
+        try:
+            if self._draining:
+                raise LockgateError(ErrorKind.UNAVAILABLE, "server is shutting down")
+            route = variant = None
+            if request.version:
+                loaded = self._explicit(request.model, request.version)
+            else:
+                route = self.routes.resolve(request.model)
+                variant = route.pick(_routing_key(request))
+                loaded = self.models.get(*variant.key)
+        except LockgateError as exc:
+            self.count_failure(request.model, request.protocol, exc.kind.value)
+            raise
         spec = loaded.spec
         endpoint = route.name if route is not None else request.model
         variant_name = variant.name if variant is not None else ""
         try:
             return await self._run(request, loaded, endpoint, variant_name, route, variant)
-        except LockgateError as exc:  # counted here, where the variant and version are known
+        except LockgateError as exc:
             key = (endpoint, variant_name, spec.name, spec.version, request.protocol)
             self.requests[(*key, exc.kind.value)] += 1
-            exc.counted = True
             raise
 
     async def _run(
@@ -289,8 +224,8 @@ class Pipeline:
         return {"accepted": len(labels), "matched": result.matched, "unknown": result.unknown}
 
     def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None:
-        """A failed request; names that are not endpoints share one label value so that
-        garbage in URLs cannot grow the metrics without bound."""
+        """A request that failed before it reached a variant. Names that are not endpoints share
+        one label value, so that garbage in URLs cannot grow the metrics without bound."""
         name = endpoint if endpoint in self.routes.endpoints else "_unknown"
         self.requests[(name, "", "", "", protocol, outcome)] += 1
 
@@ -310,6 +245,71 @@ class Pipeline:
         if deadline <= now:
             raise LockgateError(ErrorKind.DEADLINE, "deadline already passed on arrival")
         return deadline
+
+    # -- Triton's model configuration, statistics and repository index (read-only) -----------
+    def served_config(self, name: str, version: str | None) -> ServedConfig:
+        spec = self.model_spec(name, version)
+        batch = self.config.batch
+        rows = batch.max_batch_rows if spec.batchable else 0
+        return ServedConfig(spec, rows, round(batch.max_queue_delay * 1e6), 1)
+
+    def statistics(self, name: str | None, version: str | None) -> list[VersionStats]:
+        """The loaded versions' counters: all of them, a model's or endpoint's (named `name`
+        in the answer, as asked), or one version."""
+        failures: Counter[Key] = Counter()
+        for (_, _, model, number, _, outcome), n in self.requests.items():
+            if outcome != "ok" and model:
+                failures[(model, number)] += n
+        out = []
+        for key in self._loaded_keys(name, version):
+            loaded = self.models.loaded.get(key)
+            if loaded is None:
+                continue
+            s = loaded.batcher.stats
+            out.append(
+                VersionStats(
+                    name or key[0],
+                    key[1],
+                    requests=s.requests,
+                    failures=failures[key],
+                    rows=s.rows,
+                    batches=s.batches,
+                    queue_ns=s.queue_ns,
+                    compute_ns=s.request_compute_ns,
+                    last_started_ns=s.last_started_ns,
+                    size_batches=dict(s.size_batches),
+                    size_compute_ns=dict(s.size_compute_ns),
+                )
+            )
+        return out
+
+    def _loaded_keys(self, name: str | None, version: str | None) -> list[Key]:
+        if name is None:
+            if version:
+                raise invalid("statistics of a version need the model's name")
+            keys: Collection[Key] = self.models.loaded.keys()
+        elif version:
+            keys = [self._explicit_key(name, version)]
+            if keys[0] not in self.models.loaded:
+                raise not_found(f"model {name} v{version} is not loaded")
+        elif name in self.models.registered:
+            keys = [k for k in self.models.loaded if k[0] == name]
+        else:
+            keys = self.routes.resolve(name).versions()
+        return sorted(keys, key=lambda k: (k[0], int(k[1])))
+
+    def repository_index(self) -> list[IndexEntry]:
+        """Every registered version: READY when loaded, else UNAVAILABLE and why."""
+        out = []
+        for model in sorted(self.models.registered):
+            for version in sorted(self.models.registered[model], key=int):
+                key = (model, version)
+                if key in self.models.loaded:
+                    out.append(IndexEntry(model, version, "READY"))
+                else:
+                    reason = self.models.failed.get(key, "not loaded")
+                    out.append(IndexEntry(model, version, "UNAVAILABLE", reason))
+        return out
 
 
 def _routing_key(request: InferRequest) -> str | None:

@@ -8,9 +8,10 @@ that stops receiving traffic is released only after its in-flight requests finis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lockgate.config import ServeConfig
@@ -34,9 +35,12 @@ class LoadedVersion:
     batcher: Batcher
     recorder: VersionRecorder | None  # the monitor's ring, when monitoring is on
 
+    executor: Executor | None = None  # its own threads, for a version with several sessions
+
     @property
     def spec(self) -> ModelSpec:
-        return self.info.spec
+        """The schema as served: the registry's, with the batching decided at load."""
+        return self.runner.spec
 
 
 class ModelSet:
@@ -49,6 +53,8 @@ class ModelSet:
         self.failed: dict[Key, str] = {}
         self._failed_at: dict[Key, float] = {}
         self._loading: dict[Key, asyncio.Task[str | None]] = {}
+        self._refused: dict[Key, tuple[object, str]] = {}  # configurations that failed to load
+        self._retiring: set[asyncio.Task[None]] = set()  # runners replaced by a reload
         # A batcher keeps at most one batch in flight, so a few threads serve many versions.
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lockgate-run")
 
@@ -63,6 +69,50 @@ class ModelSet:
             }
 
         self.registered = await asyncio.to_thread(scan)
+        await self._reconfigure()
+
+    async def _reconfigure(self) -> None:
+        """Reload loaded versions whose configuration changed in the registry: the new runner
+        is loaded and warmed beside the old one, which serves until the swap and is released
+        once its in-flight requests finish. A configuration that fails to load is logged once
+        and the old runner keeps serving."""
+        for key, loaded in list(self.loaded.items()):
+            info = self.registered.get(key[0], {}).get(key[1])
+            if info is None or key in self._loading:
+                continue
+            wanted = (info.config, info.config_error)
+            if wanted == (loaded.info.config, loaded.info.config_error):
+                continue
+            if self._refused.get(key) == wanted:
+                continue
+            try:
+                runner, recorder = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._open, info, loaded.recorder
+                )
+            except (LockgateError, OSError, ValueError) as exc:
+                self._refused[key] = wanted
+                log.error(
+                    "model %s v%s: the changed configuration does not load (%s); the previous "
+                    "one keeps serving",
+                    *key,
+                    _reason(exc),
+                )
+                continue
+            self._refused.pop(key, None)
+            if self.loaded.get(key) is not loaded:
+                runner.release()  # released or reloaded meanwhile
+                continue
+            self.loaded[key] = self._serve(info, runner, recorder)
+            log.info("reloaded %s v%s with its changed configuration", *key)
+            task = asyncio.create_task(self._retire(loaded))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: LoadedVersion) -> None:
+        await old.batcher.close(self.config.grace_period)
+        old.runner.release()
+        if old.executor is not None:
+            old.executor.shutdown(wait=False)
 
     def latest(self) -> dict[str, str]:
         return {
@@ -126,44 +176,71 @@ class ModelSet:
             info = self.info(model, version)
         except LockgateError as exc:
             return exc.message
-        runner = ModelRunner(info.spec, info.model_path, self.config.runner)
-
-        def verify_and_load() -> VersionRecorder | None:
-            self.registry.verify(info)  # never serve a file that changed after registration
-            runner.load()
-            if self.monitor is None:
-                return None
-            profiles = self.registry.load_profiles(info)  # built at registration
-            if profiles is not None:
-                return self.monitor.attach(info.spec, profiles=profiles)
-            reference = self.registry.load_reference(info)
-            return self.monitor.attach(info.spec, reference, runner.run)
-
         try:
             loop = asyncio.get_running_loop()
-            recorder = await loop.run_in_executor(self.executor, verify_and_load)
-        except LockgateError as exc:
-            self.failed[key] = exc.message
+            runner, recorder = await loop.run_in_executor(self.executor, self._open, info, None)
+        except (LockgateError, OSError, ValueError) as exc:
+            reason = _reason(exc)
+            self.failed[key] = reason
             self._failed_at[key] = time.monotonic()
-            log.error("model %s v%s failed to load: %s", model, version, exc.message)
-            return exc.message
-        except OSError as exc:
-            self.failed[key] = f"cannot read the model file: {exc.strerror}"
-            self._failed_at[key] = time.monotonic()
-            log.error("model %s v%s failed to load: %s", model, version, exc)
-            return self.failed[key]
+            log.error("model %s v%s failed to load: %s", model, version, reason)
+            return reason
         self.failed.pop(key, None)
         self._failed_at.pop(key, None)
-        batcher = Batcher(runner, self.config.batch, self.executor, recorder)
-        self.loaded[key] = LoadedVersion(info, runner, batcher, recorder)
+        self.loaded[key] = self._serve(info, runner, recorder)
         log.info(
-            "loaded %s v%s (%.0f us/call + %.1f us/row)",
+            "loaded %s v%s (%s; warm-up on %s; %.0f us/call + %.1f us/row)",
             model,
             version,
+            "batched" if runner.spec.batchable else "each request alone",
+            runner.warmup_source,
             runner.fixed_cost * 1e6,
             runner.row_cost * 1e6,
         )
         return None
+
+    def _open(
+        self, info: VersionInfo, recorder: VersionRecorder | None
+    ) -> tuple[ModelRunner, VersionRecorder | None]:
+        """Verify, load and warm a version's runner; attach it to the monitor (or keep
+        `recorder`, a reload's, when the monitored layout is the same). Blocking."""
+        self.registry.verify(info)  # never serve a file that changed after registration
+        if info.config_error:
+            raise LockgateError(ErrorKind.UNAVAILABLE, info.config_error)
+        reference = self.registry.load_reference(info)
+        runner = ModelRunner(
+            info.spec,
+            info.model_path,
+            self.config.runner,
+            info.config,
+            warmup=self.registry.load_warmup(info),
+            reference=reference,
+        )
+        runner.load()
+        if self.monitor is None:
+            return runner, None
+        if recorder is not None and recorder.layout == runner.layout:
+            return runner, recorder
+        profiles = self.registry.load_profiles(info)  # built at registration
+        if profiles is not None:
+            reference = None
+        recorder = self.monitor.attach(
+            info.spec, reference, runner.run, profiles=profiles, layout=runner.layout
+        )
+        return runner, recorder
+
+    def _serve(
+        self, info: VersionInfo, runner: ModelRunner, recorder: VersionRecorder | None
+    ) -> LoadedVersion:
+        """The batcher of a loaded runner, with the version's own batch size and threads."""
+        batch = self.config.batch
+        if info.config.max_batch_rows:
+            batch = dataclasses.replace(batch, max_batch_rows=info.config.max_batch_rows)
+        own = None
+        if runner.sessions > 1:
+            own = ThreadPoolExecutor(runner.sessions, thread_name_prefix=f"lockgate-{info.name}")
+        batcher = Batcher(runner, batch, own or self.executor, recorder, runner.sessions)
+        return LoadedVersion(info, runner, batcher, recorder, own)
 
     async def release(self, key: Key) -> None:
         """Stop routing to `key` first (the caller does), then let in-flight work finish."""
@@ -172,6 +249,8 @@ class ModelSet:
             return
         finished = await loaded.batcher.close(self.config.grace_period)
         loaded.runner.release()
+        if loaded.executor is not None:
+            loaded.executor.shutdown(wait=False)
         if self.monitor is not None:  # off the loop: waits for the drain's lock
             await asyncio.to_thread(self.monitor.detach, key)
         log.info(
@@ -182,4 +261,15 @@ class ModelSet:
         """Refuse new work and wait for every in-flight request; True if all finished."""
         results = await asyncio.gather(*(lv.batcher.close(timeout) for lv in self.loaded.values()))
         self.executor.shutdown(wait=False)
+        for lv in self.loaded.values():
+            if lv.executor is not None:
+                lv.executor.shutdown(wait=False)
         return all(results)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, LockgateError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"cannot read the model's files: {exc.strerror or exc}"
+    return f"unreadable files: {exc}"

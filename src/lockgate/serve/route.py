@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from lockgate.errors import invalid, not_found
+from lockgate.specs import EndpointSpec
 
 BUCKETS = 10_000
-DEFAULT_VARIANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,8 @@ class EndpointRoute:
     variants: tuple[Variant, ...]
     bounds: tuple[int, ...]
     shadows: tuple[Variant, ...] = ()
+    # Variants whose versions failed to load: the ones above serve their share (see `without`).
+    fallback: tuple[Variant, ...] = ()
     # The variant with the most traffic: its schema is the endpoint's metadata and its queue
     # decides admission. Computed once: read per request.
     primary: Variant = field(init=False, repr=False, compare=False)
@@ -79,16 +81,34 @@ class EndpointRoute:
     def versions(self) -> set[tuple[str, str]]:
         return {v.key for v in (*self.variants, *self.shadows)}
 
+    def without(self, failed: Collection[tuple[str, str]]) -> EndpointRoute | None:
+        """This endpoint served by the variants whose versions are not in `failed`: their
+        weights scaled up to 100 (equal shares when all of them had none, as a blue-green
+        standby), shadows of failed versions dropped, the variants left out named in
+        `fallback`. None when no variant is left."""
+        kept = tuple(v for v in self.variants if v.key not in failed)
+        if not kept:
+            return None
+        total = sum(v.weight for v in kept)
+        shares = [v.weight / total * 100 if total else 100 / len(kept) for v in kept]
+        variants = tuple(
+            Variant(v.name, v.model, v.version, share)
+            for v, share in zip(kept, shares, strict=True)
+        )
+        bounds = tuple(round(c * BUCKETS / 100) for c in itertools.accumulate(shares))
+        return EndpointRoute(
+            self.name,
+            variants,
+            (*bounds[:-1], BUCKETS),
+            tuple(s for s in self.shadows if s.key not in failed),
+            fallback=tuple(v for v in self.variants if v.key in failed),
+        )
 
-def endpoint_from_spec(name: str, spec: Mapping[str, Any]) -> EndpointRoute:
-    """An endpoint from its stored JSON document (validated when it was written)."""
-    variants = tuple(
-        Variant(v["name"], v["model"], str(v["version"]), float(v["weight"]))
-        for v in spec["variants"]
-    )
-    shadows = tuple(
-        Variant(s["name"], s["model"], str(s["version"])) for s in spec.get("shadows", ())
-    )
+
+def endpoint_from_spec(name: str, spec: EndpointSpec) -> EndpointRoute:
+    """The route of an endpoint (validated when its spec was built)."""
+    variants = tuple(Variant(v.name, v.model, v.version, v.weight) for v in spec.variants)
+    shadows = tuple(Variant(s.name, s.model, s.version) for s in spec.shadows)
     return EndpointRoute(name, variants, bucket_bounds(v.weight for v in variants), shadows)
 
 
@@ -112,13 +132,13 @@ class RouteTable:
 
 
 def build_route_table(
-    revision: int, endpoint_specs: Mapping[str, Mapping[str, Any]], latest: Mapping[str, str]
+    revision: int, endpoint_specs: Mapping[str, EndpointSpec], latest: Mapping[str, str]
 ) -> RouteTable:
     """Explicit endpoints from the state database, plus one implicit endpoint per model that has
-    none of its name, serving the model's latest version."""
+    none of its name, serving the model's latest version (variant `stable`, as the admin API
+    shows it and as the endpoint keeps it once a change stores it)."""
     endpoints = {name: endpoint_from_spec(name, spec) for name, spec in endpoint_specs.items()}
     for model, version in latest.items():
         if model not in endpoints:
-            variant = Variant(DEFAULT_VARIANT, model, version, 100.0)
-            endpoints[model] = EndpointRoute(model, (variant,), (BUCKETS,))
+            endpoints[model] = endpoint_from_spec(model, EndpointSpec.implicit(model, version))
     return RouteTable(revision, endpoints)

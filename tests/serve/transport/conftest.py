@@ -20,7 +20,7 @@ from lockgate.config import ServeConfig
 from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
-from lockgate.serve.dataplane import Pipeline
+from lockgate.serve.controller import Controller
 from lockgate.serve.transport.grpc_service import InferenceService, _guarded
 from lockgate.serve.transport.http_app import build_http_app
 from tests import onnx_models
@@ -53,6 +53,26 @@ class Context:
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.code, self.details = code, details
         raise grpc.aio.AbortError()
+
+
+class Pipeline:
+    """The controller and its data plane as one object, as these tests drive them: lifecycle
+    calls go to the controller, everything else to the data plane the transports use."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    async def start(self) -> None:
+        await self.controller.start()
+
+    async def drain(self, timeout: float) -> bool:
+        return await self.controller.drain(timeout)
+
+    def begin_shutdown(self) -> None:
+        self.controller.begin_shutdown()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.controller.dataplane, name)
 
 
 class Counting:
@@ -95,7 +115,7 @@ class Transports:
 def pipeline_of(home: Path, config: ServeConfig) -> Pipeline:
     """The serving pipeline (serve/dataplane.py) over `home`: the one place these tests build
     it."""
-    return Pipeline(Registry(home), config, StateStore(home), monitor=None)
+    return Pipeline(Controller(Registry(home), config, StateStore(home), monitor=None))
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.transport import codec
 from lockgate.serve.transport.tensors import NUMERIC_DTYPES, raw_from_array
-from lockgate.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from lockgate.types import (
+    InferRequest,
+    InferResponse,
+    ModelSpec,
+    RequestedOutput,
+    Tensor,
+    TensorSpec,
+)
 from tests.conftest import RunningGateway
 
 SAMPLES: dict[str, np.ndarray[Any, Any]] = {
@@ -35,6 +42,13 @@ SAMPLES: dict[str, np.ndarray[Any, Any]] = {
     "FP64": np.array([[-1.5, 0.0, 1.7e308], [5e-324, 1.0, 3.0]], np.float64),
     "BYTES": np.array([[b"a", b"", b"\xe2\x82\xac"], [b"xyz", b"0", b"long " * 10]], dtype=object),
 }
+
+
+def one_input(datatype: str, shape: tuple[int, ...] = (-1, 3)) -> ModelSpec:
+    """A model with one input `t` of `datatype` and `shape` (-1 = any)."""
+    return ModelSpec(
+        "m", "1", (TensorSpec("t", datatype, shape),), (TensorSpec("o", "FP32", (-1,)),)
+    )
 
 
 def _json_request(datatype: str, arr: np.ndarray[Any, Any], nested: bool) -> bytes:
@@ -55,7 +69,12 @@ def _json_request(datatype: str, arr: np.ndarray[Any, Any], nested: bool) -> byt
 def test_json_input_every_datatype(datatype: str, nested: bool) -> None:
     arr = SAMPLES[datatype]
     req = codec.decode_request(
-        _json_request(datatype, arr, nested), "application/json", None, "m", None
+        _json_request(datatype, arr, nested),
+        "application/json",
+        None,
+        "m",
+        None,
+        spec=one_input(datatype),
     )
     (t,) = req.inputs
     assert t.datatype == datatype and t.data.shape == arr.shape
@@ -80,7 +99,9 @@ def test_binary_input_every_datatype(datatype: str) -> None:
             ]
         }
     )
-    req = codec.decode_request(head + blob, "application/octet-stream", len(head), "m", None)
+    req = codec.decode_request(
+        head + blob, "application/octet-stream", len(head), "m", None, spec=one_input(datatype)
+    )
     np.testing.assert_array_equal(req.inputs[0].data, arr)
 
 
@@ -99,7 +120,9 @@ def test_msgpack_input_every_datatype(datatype: str) -> None:
             ]
         }
     )
-    req = codec.decode_request(body, "application/msgpack", None, "m", None)
+    req = codec.decode_request(
+        body, "application/msgpack", None, "m", None, spec=one_input(datatype)
+    )
     np.testing.assert_array_equal(req.inputs[0].data, arr)
 
 
@@ -160,7 +183,7 @@ def test_lossy_or_wrong_json_data_is_refused(datatype: str, data: Any) -> None:
         {"inputs": [{"name": "t", "datatype": datatype, "shape": [2], "data": data}]}
     )
     with pytest.raises(LockgateError) as info:
-        codec.decode_request(body, "", None, "m", None)
+        codec.decode_request(body, "", None, "m", None, spec=one_input(datatype, (-1,)))
     assert info.value.kind is ErrorKind.INVALID and "'t'" in info.value.message
 
 

@@ -59,7 +59,7 @@ async def test_model_infer_answers_as_http_does(t: Transports, raw: bool) -> Non
     assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
         (o["name"], o["datatype"], o["shape"]) for o in doc["outputs"]
     ]
-    assert answer.parameters["variant"].string_param == doc["parameters"]["variant"] == "default"
+    assert answer.parameters["variant"].string_param == doc["parameters"]["variant"] == "stable"
 
 
 async def test_datatypes_and_requested_outputs(t: Transports) -> None:
@@ -153,7 +153,7 @@ CASES = {
         json_body(np.ones((2, 3))),
         ErrorKind.INVALID,
         "input 'x': shape [2, 3] does not match the model's [-1, 4] (-1 = any)",
-        [],
+        [("scale", "grpc", "invalid"), ("scale", "http", "invalid")],  # refused while decoding
     ),
     "unknown-version": (
         scale_request(np.ones((1, 4)), version="9"),

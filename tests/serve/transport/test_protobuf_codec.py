@@ -14,7 +14,7 @@ from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
 from lockgate.errors import LockgateError
 from lockgate.serve.transport import protobuf_codec
 from lockgate.serve.transport.tensors import raw_from_array
-from lockgate.types import InferResponse, Tensor
+from lockgate.types import InferResponse, ModelSpec, Tensor, TensorSpec
 from tests.conftest import RunningGateway
 
 SAMPLES: dict[str, np.ndarray[Any, Any]] = {
@@ -33,6 +33,13 @@ SAMPLES: dict[str, np.ndarray[Any, Any]] = {
 }
 
 
+def one_input(datatype: str, shape: tuple[int, ...] = (-1, 3)) -> ModelSpec:
+    """A model with one input `t` of `datatype` and `shape` (-1 = any)."""
+    return ModelSpec(
+        "m", "1", (TensorSpec("t", datatype, shape),), (TensorSpec("o", "FP32", (-1,)),)
+    )
+
+
 def _typed(datatype: str, arr: np.ndarray[Any, Any]) -> Any:
     msg = pb.ModelInferRequest(model_name="m")
     tensor = msg.inputs.add(name="t", datatype=datatype, shape=arr.shape)
@@ -43,10 +50,11 @@ def _typed(datatype: str, arr: np.ndarray[Any, Any]) -> Any:
 @pytest.mark.parametrize("datatype", sorted(SAMPLES))
 def test_typed_and_raw_contents_decode_alike(datatype: str) -> None:
     arr = SAMPLES[datatype]
-    typed = protobuf_codec.decode_request(_typed(datatype, arr), None).inputs[0].data
+    spec = one_input(datatype)
+    typed = protobuf_codec.decode_request(_typed(datatype, arr), None, spec).inputs[0].data
     raw_msg = pb.ModelInferRequest(model_name="m", raw_input_contents=[raw_from_array(arr)])
     raw_msg.inputs.add(name="t", datatype=datatype, shape=arr.shape)
-    raw = protobuf_codec.decode_request(raw_msg, None).inputs[0].data
+    raw = protobuf_codec.decode_request(raw_msg, None, spec).inputs[0].data
     for got in (typed, raw):
         assert got.shape == arr.shape
         np.testing.assert_array_equal(got, arr)
@@ -74,25 +82,49 @@ def _bad(datatype: str, shape: list[int], **contents: Any) -> Any:
     return msg
 
 
+MISTAKES = [
+    # id, message, the model's input (datatype, shape), what the error names
+    ("count", _bad("FP32", [1, 3], fp32_contents=[1.0, 2.0]), "FP32", (-1, 3), "2 fp32_contents"),
+    ("int8-range", _bad("INT8", [1], int_contents=[300]), "INT8", (-1,), "out of range for INT8"),
+    ("uint16-range", _bad("UINT16", [1], uint_contents=[70000]), "UINT16", (-1,), "UINT16"),
+    ("fp16-typed", _bad("FP16", [1]), "FP16", (-1,), "raw_input_contents"),
+    ("datatype", _bad("COMPLEX", [1]), "FP32", (-1,), "unsupported datatype 'COMPLEX'"),
+    (
+        "mismatch",
+        _bad("INT32", [1]),
+        "FP32",
+        (-1,),
+        "datatype INT32 does not match the model's FP32",
+    ),
+    ("rank", _bad("FP32", [1, 1]), "FP32", (-1,), "shape [1, 1] does not match the model's [-1]"),
+    ("fixed-dim", _bad("FP32", [1, 4]), "FP32", (-1, 3), "does not match the model's [-1, 3]"),
+    ("unknown-input", _bad("FP32", [1]), "FP32", None, "unknown input 't' for model m"),
+    (
+        "no-inputs",
+        pb.ModelInferRequest(model_name="m", raw_input_contents=[b"", b""]),
+        "FP32",
+        (-1,),
+        "non-empty list of inputs",
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("msg", "mentions"),
-    [
-        (_bad("FP32", [1, 3], fp32_contents=[1.0, 2.0]), "2 fp32_contents for shape [1, 3]"),
-        (_bad("INT8", [1], int_contents=[300]), "out of range for INT8"),
-        (_bad("UINT16", [1], uint_contents=[70000]), "out of range for UINT16"),
-        (_bad("FP16", [1]), "raw_input_contents"),
-        (_bad("COMPLEX", [1]), "unsupported datatype 'COMPLEX'"),
-        (
-            pb.ModelInferRequest(model_name="m", raw_input_contents=[b"", b""]),
-            "non-empty list of inputs",
-        ),
-    ],
-    ids=["count", "int8-range", "uint16-range", "fp16-typed", "datatype", "no-inputs"],
+    ("msg", "datatype", "shape", "mentions"),
+    [c[1:] for c in MISTAKES],
+    ids=[c[0] for c in MISTAKES],
 )
-def test_client_mistakes_are_named(msg: Any, mentions: str) -> None:
+def test_client_mistakes_are_named(
+    msg: Any, datatype: str, shape: tuple[int, ...] | None, mentions: str
+) -> None:
+    spec = one_input(datatype, shape) if shape is not None else _other_input()
     with pytest.raises(LockgateError) as info:
-        protobuf_codec.decode_request(msg, None)
+        protobuf_codec.decode_request(msg, None, spec)
     assert mentions in info.value.message
+
+
+def _other_input() -> ModelSpec:
+    return ModelSpec("m", "1", (TensorSpec("x", "FP32", (-1,)),), ())
 
 
 def test_raw_contents_must_cover_every_input() -> None:
@@ -100,7 +132,7 @@ def test_raw_contents_must_cover_every_input() -> None:
     msg.inputs.add(name="u", datatype="FP32", shape=[1])
     msg.raw_input_contents.append(b"\0\0\0\0")
     with pytest.raises(LockgateError, match="1 entries for 2 inputs"):
-        protobuf_codec.decode_request(msg, None)
+        protobuf_codec.decode_request(msg, None, one_input("FP32", (-1,)))
 
 
 def test_typed_contents_through_a_real_server(gateway: RunningGateway) -> None:

@@ -24,6 +24,15 @@ finite value a score is NaN ("undefined"), never 0 ("no drift").
   ``sum_interior (p_j + q_j) * w_j / 2 / norm`` of that. Shifts beyond the reference range
   saturate (PSI and KS still see them); a one-edge (constant) reference always gives 0. A
   non-positive or NaN ``norm`` gives NaN.
+- Chi-square distance: ``sum_j (q_j - p_j)^2 / m_j`` with ``m_j = (r_j + w_j) / (N + n)`` the
+  pooled share (slots empty on both sides skipped): the two-sample Pearson statistic (scipy's
+  ``chi2_contingency(correction=False)`` on the 2 x slots table) times ``1/n + 1/N``, so it is
+  on PSI's scale and shares PSI's noise floor. No log and no clipping: its null tail is close to
+  chi-square at ~10 expected values per cell, where PSI's clipped log is not.
+- Total variation distance: ``sum_j |q_j - p_j| / 2``, the mass that changed slot; for
+  categorical features the share of rows that changed category.
+- Unseen share: the window's share of finite slots where the reference has no mass — values
+  outside the reference range, or (categorical) not a reference category.
 """
 
 from __future__ import annotations
@@ -36,9 +45,9 @@ from lockgate.monitor.kernels.jit import jit
 PSI_EPS = 1e-4
 """Floor for bin proportions in PSI (Evidently's choice)."""
 
-PSI, JS, KS, WASSERSTEIN, NAN_SHARE = 0, 1, 2, 3, 4
+PSI, JS, KS, WASSERSTEIN, NAN_SHARE, CHI2, TVD, UNSEEN_SHARE = 0, 1, 2, 3, 4, 5, 6, 7
 """Columns of the :func:`drift_scores` result."""
-N_SCORES = 5
+N_SCORES = 8
 
 
 @jit
@@ -102,6 +111,46 @@ def ks_binned(ref: NDArray[np.int64], win: NDArray[np.int64]) -> float:
 
 
 @jit
+def chi2_distance(ref: NDArray[np.int64], win: NDArray[np.int64]) -> float:
+    """Two-sample chi-square distance to the pooled distribution (see module doc)."""
+    r_tot, w_tot = _totals(ref, win)
+    if r_tot <= 0.0 or w_tot <= 0.0:
+        return np.nan
+    total = 0.0
+    for j in range(ref.shape[0]):
+        pooled = (ref[j] + win[j]) / (r_tot + w_tot)
+        if pooled > 0.0:
+            d = win[j] / w_tot - ref[j] / r_tot
+            total += d * d / pooled
+    return total
+
+
+@jit
+def tvd(ref: NDArray[np.int64], win: NDArray[np.int64]) -> float:
+    """Total variation distance between the slot distributions, in [0, 1]."""
+    r_tot, w_tot = _totals(ref, win)
+    if r_tot <= 0.0 or w_tot <= 0.0:
+        return np.nan
+    total = 0.0
+    for j in range(ref.shape[0]):
+        total += abs(win[j] / w_tot - ref[j] / r_tot)
+    return min(0.5 * total, 1.0)
+
+
+@jit
+def unseen_share(ref: NDArray[np.int64], win: NDArray[np.int64]) -> float:
+    """The window's share of values in slots where the reference has none."""
+    _, w_tot = _totals(ref, win)
+    if w_tot <= 0.0:
+        return np.nan
+    unseen = 0.0
+    for j in range(ref.shape[0]):
+        if ref[j] == 0:
+            unseen += win[j]
+    return unseen / w_tot
+
+
+@jit
 def wasserstein_binned(
     ref: NDArray[np.int64], win: NDArray[np.int64], edges: NDArray[np.float64], norm: float
 ) -> float:
@@ -133,13 +182,17 @@ def drift_scores(
     edges: NDArray[np.float64],
     n_edges: NDArray[np.int64],
     norms: NDArray[np.float64],
+    categorical: NDArray[np.bool_],
     eps: float = PSI_EPS,
 ) -> NDArray[np.float64]:
     """All scores for all features in one call: ``float64[n_features, N_SCORES]``.
 
     Takes whole histogram states (``int64[n_features, M + 2]``, NaN in the last column); columns
     of the result are :data:`PSI`, :data:`JS`, :data:`KS`, :data:`WASSERSTEIN` (normed by
-    ``norms[f]``) and :data:`NAN_SHARE` (the window's NaN count over its total, NaN if empty).
+    ``norms[f]``), :data:`NAN_SHARE` (the window's NaN count over its total, NaN if empty),
+    :data:`CHI2`, :data:`TVD` and :data:`UNSEEN_SHARE`. Order means nothing for a categorical
+    feature (``categorical[f]``): its KS and Wasserstein are NaN; a continuous feature's TVD
+    is NaN (its KS is the order-aware measure of moved mass).
     """
     n_features = ref_counts.shape[0]
     width = ref_counts.shape[1]
@@ -149,6 +202,8 @@ def drift_scores(
         raise ValueError("edges must be (n_features, width - 2)")
     if n_edges.shape[0] != n_features or norms.shape[0] != n_features:
         raise ValueError("n_edges and norms must have one entry per feature")
+    if categorical.shape[0] != n_features:
+        raise ValueError("categorical must have one entry per feature")
     out = np.empty((n_features, N_SCORES), dtype=np.float64)
     for f in range(n_features):
         m = n_edges[f]
@@ -158,8 +213,16 @@ def drift_scores(
         win = win_counts[f, : m + 1]
         out[f, PSI] = psi(ref, win, eps)
         out[f, JS] = js_divergence(ref, win)
-        out[f, KS] = ks_binned(ref, win)
-        out[f, WASSERSTEIN] = wasserstein_binned(ref, win, edges[f, :m], norms[f])
+        out[f, CHI2] = chi2_distance(ref, win)
+        out[f, UNSEEN_SHARE] = unseen_share(ref, win)
+        if categorical[f]:
+            out[f, KS] = np.nan
+            out[f, WASSERSTEIN] = np.nan
+            out[f, TVD] = tvd(ref, win)
+        else:
+            out[f, KS] = ks_binned(ref, win)
+            out[f, WASSERSTEIN] = wasserstein_binned(ref, win, edges[f, :m], norms[f])
+            out[f, TVD] = np.nan
         nan_count = win_counts[f, width - 1]
         w_all = nan_count
         for j in range(m + 1):

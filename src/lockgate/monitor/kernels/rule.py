@@ -13,12 +13,26 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from lockgate.monitor.kernels.divergence import KS, PSI
+from lockgate.monitor.kernels.divergence import CHI2, KS, PSI, TVD
 from lockgate.monitor.kernels.jit import jit
 
-SCORED, PSI_WARN, PSI_ALERT, KS_ALERT, ALERTING, FWER_ALERTING = 0, 1, 2, 3, 4, 5
+SCORED, PSI_WARN, PSI_ALERT, KS_ALERT, ALERTING, FWER_ALERTING, CHI2_ALERT = range(7)
 """Rows of the ``flags`` result of :func:`window_rule`."""
-N_FLAGS = 6
+N_FLAGS = 7
+
+
+@jit
+def _hits(
+    psi: float, ks: float, chi2: float, tvd: float, psi_floor: float, ks_floor: float,
+    band: float, ks_alert: float, tvd_alert: float,
+) -> tuple[bool, bool, bool]:  # fmt: skip
+    """(PSI, KS, chi-square) tests of one feature at one level; NaN scores never hit."""
+    significant = chi2 > psi_floor
+    return (
+        significant and psi > max(band, psi_floor),
+        ks > max(ks_alert, ks_floor),
+        significant and tvd > tvd_alert,
+    )
 
 
 @jit
@@ -34,6 +48,7 @@ def window_rule(
     psi_warn: float,
     psi_alert: float,
     ks_alert: float,
+    tvd_alert: float,
 ) -> tuple[int, NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
     """``(rows, finite[F], psi_floor[F], ks_floor[F], flags[N_FLAGS, F])`` of one window.
 
@@ -65,18 +80,24 @@ def window_rule(
         inverse = 1.0 / n + 1.0 / ref_n[f]  # inf when either side is empty
         psi_floor[f] = psi_chi[f] * inverse
         ks_floor[f] = ks_c * math.sqrt(inverse)
-        psi = scores[f, PSI]
-        ks = scores[f, KS]
+        psi, ks, chi2, tvd = scores[f, PSI], scores[f, KS], scores[f, CHI2], scores[f, TVD]
         scored = n >= min_rows and ref_n[f] > 0 and math.isfinite(psi) and rows >= min_rows
         if not scored:
             continue
         flags[SCORED, f] = True
-        flags[PSI_WARN, f] = psi > max(psi_warn, psi_floor[f])
-        flags[PSI_ALERT, f] = psi > max(psi_alert, psi_floor[f])
-        flags[KS_ALERT, f] = ks > max(ks_alert, ks_floor[f])
-        flags[ALERTING, f] = flags[PSI_ALERT, f] or flags[KS_ALERT, f]
-        fwer_psi = psi > max(psi_alert, fwer_psi_chi[f] * inverse)
-        flags[FWER_ALERTING, f] = fwer_psi or ks > max(ks_alert, fwer_ks_c * math.sqrt(inverse))
+        flags[PSI_WARN, f] = _hits(
+            psi, ks, chi2, tvd, psi_floor[f], ks_floor[f], psi_warn, ks_alert, tvd_alert
+        )[0]
+        p, k, c = _hits(
+            psi, ks, chi2, tvd, psi_floor[f], ks_floor[f], psi_alert, ks_alert, tvd_alert
+        )
+        flags[PSI_ALERT, f], flags[KS_ALERT, f], flags[CHI2_ALERT, f] = p, k, c
+        flags[ALERTING, f] = p or k or c
+        fp, fk, fc = _hits(
+            psi, ks, chi2, tvd, fwer_psi_chi[f] * inverse, fwer_ks_c * math.sqrt(inverse),
+            psi_alert, ks_alert, tvd_alert,
+        )  # fmt: skip
+        flags[FWER_ALERTING, f] = fp or fk or fc
     return rows, finite, psi_floor, ks_floor, flags
 
 

@@ -1,22 +1,27 @@
 """HTTP bodies <-> InferRequest / InferResponse: JSON (orjson), the binary tensor data extension,
 and msgpack (same structure, tensor data as raw little-endian bytes).
 
-Every client mistake becomes LockgateError(INVALID) with a message naming the tensor or field.
+Every client mistake becomes a LockgateError (INVALID, or TOO_LARGE / UNSUPPORTED_MEDIA) with a
+message naming the tensor or field. Each input is checked against the model before its array is
+built (limits.py), so nothing proportional to a declared shape is allocated before it is known to
+be allowed and backed by the bytes present.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
 import numpy as np
 import orjson
 
-from lockgate.errors import invalid
+from lockgate.config import MAX_REQUEST_ELEMENTS
+from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.serve.transport.json_tensors import array_from_json
+from lockgate.serve.transport.limits import InputLimits, reason, shown
 from lockgate.serve.transport.tensors import (
-    DATATYPES,
     array_from_raw,
-    check_shape,
     element_count,
     numpy_dtype,
     raw_from_array,
@@ -36,22 +41,50 @@ from lockgate.web import is_msgpack as is_msgpack
 
 OCTET = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
-_INT_KINDS = "iu"
+# What a body may be sent as. No content type at all is JSON (tritonclient sends none);
+# application/octet-stream is what binary-extension clients send (aiohttp's default for bytes).
+# The types a browser may send cross-site without asking first (text/plain, forms) are refused.
+JSON_MEDIA = frozenset({"", JSON})
+MSGPACK_MEDIA = frozenset({MSGPACK, "application/x-msgpack"})
+INFER_MEDIA = JSON_MEDIA | MSGPACK_MEDIA | {OCTET}
+FEEDBACK_MEDIA = JSON_MEDIA | MSGPACK_MEDIA
+
+
+def media_type(content_type: str, accepted: frozenset[str]) -> str:
+    """The media type of a Content-Type header (parameters dropped, lower case), if accepted."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media not in accepted:
+        hint = " (curl -d needs -H 'content-type: application/json')" if "form" in media else ""
+        raise LockgateError(
+            ErrorKind.UNSUPPORTED_MEDIA,
+            f"unsupported content type {shown(content_type)}: send "
+            f"{', '.join(sorted(m for m in accepted if m))} or none (JSON){hint}",
+        )
+    return media
 
 
 # -- requests ---------------------------------------------------------------------------------
 def decode_request(
-    body: bytes, content_type: str, header_length: int | None, model: str, version: str | None
+    body: bytes,
+    content_type: str,
+    header_length: int | None,
+    model: str,
+    version: str | None,
+    *,
+    spec: ModelSpec,
+    max_elements: int = MAX_REQUEST_ELEMENTS,
 ) -> InferRequest:
-    """Decode a JSON, binary-extension or msgpack infer request body."""
+    """Decode a JSON, binary-extension or msgpack infer request body for the model `spec`."""
+    media = media_type(content_type, INFER_MEDIA)
     if not body:
         raise invalid("empty request body")
-    if is_msgpack(content_type):
+    limits = InputLimits(spec, max_elements)
+    if media in MSGPACK_MEDIA:
         try:
             doc = msgpack.unpackb(body, raw=False)
         except Exception as exc:  # msgpack raises several unrelated types
-            raise invalid(f"malformed msgpack body: {exc}") from None
-        return _request_from_doc(doc, b"", model, version, raw_data=True)
+            raise invalid(f"malformed msgpack body: {reason(exc)}") from None
+        return _request_from_doc(doc, b"", model, version, limits, raw_data=True)
     binary: bytes | memoryview = b""
     head: bytes | memoryview = body
     if header_length is not None:
@@ -65,11 +98,18 @@ def decode_request(
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
-        raise invalid(f"malformed JSON body: {exc}") from None
-    return _request_from_doc(doc, binary, model, version, raw_data=False)
+        raise invalid(f"malformed JSON body: {reason(exc)}") from None
+    return _request_from_doc(doc, binary, model, version, limits, raw_data=False)
 
 
-def decode_raw_input(body: bytes, spec: ModelSpec, model: str, version: str | None) -> InferRequest:
+def decode_raw_input(
+    body: bytes,
+    spec: ModelSpec,
+    model: str,
+    version: str | None,
+    *,
+    max_elements: int = MAX_REQUEST_ELEMENTS,
+) -> InferRequest:
     """The binary extension's raw form: the whole body is the data of the model's single input."""
     if len(spec.inputs) != 1:
         raise invalid(
@@ -80,7 +120,7 @@ def decode_raw_input(body: bytes, spec: ModelSpec, model: str, version: str | No
         raise invalid(f"input {inp.name!r}: a raw binary body needs fixed-size elements")
     row_bytes = element_count(inp.shape[1:]) * numpy_dtype(inp.datatype).itemsize
     if inp.shape and inp.shape[0] == -1:
-        if not body or len(body) % row_bytes:
+        if not body or not row_bytes or len(body) % row_bytes:
             raise invalid(
                 f"input {inp.name!r}: raw body of {len(body)} bytes is not whole rows "
                 f"of {row_bytes} bytes"
@@ -88,12 +128,19 @@ def decode_raw_input(body: bytes, spec: ModelSpec, model: str, version: str | No
         shape = (len(body) // row_bytes, *inp.shape[1:])
     else:
         shape = inp.shape
+    InputLimits(spec, max_elements).take(inp, shape)
     data = array_from_raw(inp.name, inp.datatype, shape, body)
     return InferRequest(model, version, new_request_id(), [Tensor(inp.name, inp.datatype, data)])
 
 
 def _request_from_doc(
-    doc: Any, binary: bytes | memoryview, model: str, version: str | None, *, raw_data: bool
+    doc: Any,
+    binary: bytes | memoryview,
+    model: str,
+    version: str | None,
+    limits: InputLimits,
+    *,
+    raw_data: bool,
 ) -> InferRequest:
     if not isinstance(doc, dict):
         raise invalid("request body must be an object")
@@ -103,7 +150,7 @@ def _request_from_doc(
     offset = 0
     inputs = []
     for i, item in enumerate(raw_inputs):
-        tensor, used = _input(item, i, binary, offset, raw_data)
+        tensor, used = _input(item, i, binary, offset, limits, raw_data)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -117,17 +164,20 @@ def _request_from_doc(
 
 
 def _input(
-    item: Any, index: int, binary: bytes | memoryview, offset: int, raw_data: bool
+    item: Any,
+    index: int,
+    binary: bytes | memoryview,
+    offset: int,
+    limits: InputLimits,
+    raw_data: bool,
 ) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise invalid(f"inputs[{index}] must be an object")
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise invalid(f"inputs[{index}] needs a 'name' string")
-    datatype = item.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
-    shape = check_shape(name, item.get("shape"))
+    want, shape = limits.declared(name, item.get("datatype"), item.get("shape"))
+    name, datatype = want.name, want.datatype  # the model's: safe to quote in messages
     params = _parameters(item.get("parameters"), f"input {name!r}")
     size = params.get("binary_data_size")
     if size is not None:
@@ -140,98 +190,14 @@ def _input(
                 f"input {name!r}: binary_data_size {size} runs past the "
                 f"{len(binary)} bytes of binary data"
             )
-        return Tensor(
-            name,
-            datatype,
-            array_from_raw(name, datatype, shape, binary[offset : offset + size]),
-            params,
-        ), size
+        data = array_from_raw(name, datatype, shape, binary[offset : offset + size])
+        return Tensor(name, datatype, data, params), size
     if "data" not in item:
         raise invalid(f"input {name!r} has no 'data' and no binary_data_size")
     data = item["data"]
     if raw_data and isinstance(data, (bytes, bytearray)):
         return Tensor(name, datatype, array_from_raw(name, datatype, shape, data), params), 0
     return Tensor(name, datatype, array_from_json(name, datatype, shape, data), params), 0
-
-
-def array_from_json(
-    name: str, datatype: str, shape: tuple[int, ...], data: Any
-) -> np.ndarray[Any, Any]:
-    """JSON `data` (flat or nested, row-major) -> array of `shape`, refusing lossy conversions."""
-    if not isinstance(data, list):
-        data = [data]
-    count = element_count(shape)
-    if datatype == "BYTES":
-        flat = _flatten(data)
-        if not all(isinstance(x, (str, bytes)) for x in flat):
-            raise invalid(f"input {name!r}: BYTES data must be strings")
-        arr = np.empty(len(flat), dtype=object)
-        arr[:] = [x.encode() if isinstance(x, str) else x for x in flat]
-    else:
-        try:
-            arr = np.asarray(data)
-            if arr.dtype.kind == "f" and numpy_dtype(datatype).kind == "u":
-                # Values above INT64_MAX mixed with small ones make numpy pick float64: keep
-                # exact Python ints instead (rare, so the per-element check is affordable).
-                arr = _exact_ints(name, datatype, data, arr)
-        except ValueError:
-            raise invalid(
-                f"input {name!r}: data is ragged (nested lists of unequal length)"
-            ) from None
-        arr = _cast(name, datatype, arr)
-    if arr.size != count:
-        raise invalid(
-            f"input {name!r}: {arr.size} data elements for shape {list(shape)} ({count} expected)"
-        )
-    return arr.reshape(shape)
-
-
-def _cast(name: str, datatype: str, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    dtype = numpy_dtype(datatype)
-    kind = arr.dtype.kind
-    if arr.size == 0:
-        return arr.astype(dtype)
-    if datatype == "BOOL":
-        if kind != "b":
-            raise invalid(f"input {name!r}: BOOL data must be true/false")
-        return arr
-    if kind not in "biuf":
-        raise invalid(f"input {name!r}: {datatype} data must be numbers")
-    if dtype.kind in _INT_KINDS:
-        if kind not in "iu":
-            raise invalid(f"input {name!r}: {datatype} data must be integers")
-        info = np.iinfo(dtype)
-        if arr.min() < info.min or arr.max() > info.max:
-            raise invalid(f"input {name!r}: value out of range for {datatype}")
-    elif kind == "b":
-        raise invalid(f"input {name!r}: {datatype} data must be numbers")
-    return arr.astype(dtype, copy=False)
-
-
-def _exact_ints(
-    name: str, datatype: str, data: list[Any], arr: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    flat = _flatten(data)
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
-        return arr  # genuinely floats: _cast refuses them with the usual message
-    info = np.iinfo(numpy_dtype(datatype))
-    if min(flat, default=0) < info.min or max(flat, default=0) > info.max:
-        raise invalid(f"input {name!r}: value out of range for {datatype}")
-    return np.asarray(flat, dtype=numpy_dtype(datatype)).reshape(arr.shape)
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for x in stack[-1]:
-            if isinstance(x, list):
-                stack.append(iter(x))
-                break
-            out.append(x)
-        else:
-            stack.pop()
-    return out
 
 
 def _parameters(raw: Any, where: str) -> Parameters:
@@ -241,9 +207,9 @@ def _parameters(raw: Any, where: str) -> Parameters:
         raise invalid(f"{where}: 'parameters' must be an object")
     for key, value in raw.items():
         if not isinstance(key, str):
-            raise invalid(f"{where}: parameter names must be strings, got {key!r}")
+            raise invalid(f"{where}: parameter names must be strings, got {shown(key)}")
         if not isinstance(value, (bool, int, float, str)):
-            raise invalid(f"{where}: parameter {key!r} must be a bool, number or string")
+            raise invalid(f"{where}: parameter {shown(key)} must be a bool, number or string")
     return raw
 
 
@@ -256,11 +222,15 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid(f"outputs[{i}] needs a 'name' string")
-        params = _parameters(item.get("parameters"), f"output {item['name']!r}")
+        where = f"output {shown(item['name'])}"
+        params = _parameters(item.get("parameters"), where)
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise invalid(f"output {item['name']!r}: binary_data must be true or false")
-        out.append(RequestedOutput(item["name"], binary))
+            raise invalid(f"{where}: binary_data must be true or false")
+        classes = params.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise invalid(f"{where}: classification must be a count of classes")
+        out.append(RequestedOutput(item["name"], binary, classes))
     return out
 
 
@@ -270,13 +240,14 @@ MAX_LABELS = 100_000
 
 def decode_feedback(body: bytes, content_type: str) -> list[tuple[str, float]]:
     """Ground-truth labels: `{"id": ..., "label": ...}` or `{"labels": [{...}, ...]}`, as JSON
-    or msgpack. Labels are numbers (class labels as integers)."""
+    or msgpack. Labels are finite numbers (class labels as integers)."""
+    media = media_type(content_type, FEEDBACK_MEDIA)
     if not body:
         raise invalid("empty request body")
     try:
-        doc = msgpack.unpackb(body, raw=False) if is_msgpack(content_type) else orjson.loads(body)
+        doc = msgpack.unpackb(body, raw=False) if media in MSGPACK_MEDIA else orjson.loads(body)
     except Exception as exc:  # orjson and msgpack raise several types
-        raise invalid(f"malformed feedback body: {exc}") from None
+        raise invalid(f"malformed feedback body: {reason(exc)}") from None
     if not isinstance(doc, dict):
         raise invalid("feedback body must be an object")
     items = doc.get("labels", [doc] if "id" in doc else None)
@@ -292,8 +263,8 @@ def decode_feedback(body: bytes, content_type: str) -> list[tuple[str, float]]:
             raise invalid(f"labels[{i}] needs an 'id' string")
         if isinstance(label, bool):
             label = int(label)
-        if not isinstance(label, int | float) or label != label:
-            raise invalid(f"labels[{i}] needs a numeric 'label'")
+        if not isinstance(label, int | float) or not math.isfinite(label):
+            raise invalid(f"labels[{i}] needs a finite numeric 'label'")
         out.append((request_id, float(label)))
     return out
 

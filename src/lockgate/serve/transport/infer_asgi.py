@@ -15,10 +15,19 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
-from lockgate.serve.transport import codec
-from lockgate.types import InferencePipeline
-from lockgate.web import check_declared_length, digits, error_body, error_headers, is_msgpack
+from lockgate.serve.transport import codec, compression, triton
+from lockgate.serve.transport.shed import ConnectionBrake, answer_refusal
+from lockgate.types import InferencePipeline, InferRequest
+from lockgate.web import (
+    BodyBudget,
+    check_declared_length,
+    digits,
+    error_body,
+    error_headers,
+    is_msgpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,8 @@ _WANTED = {
     b"inference-header-content-length",
     b"accept",
     b"x-lockgate-key",
+    b"content-encoding",
+    b"accept-encoding",
 }
 
 
@@ -44,19 +55,43 @@ class InferRoute:
         fallback: ASGIApp,
         max_body_bytes: int,
         status: dict[ErrorKind, int],
+        budget: BodyBudget,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
     ) -> None:
         self.pipeline = pipeline
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
+        self.budget = budget
+        self.max_elements = max_request_elements
+        self.brake = ConnectionBrake()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.fullmatch(scope["path"])
             if match is not None:
-                await self._infer(scope, receive, send, match.group(1), match.group(2))
+                model, version = match.group(1), match.group(2)
+                # Admission first: a refusal is answered before the headers are even looked
+                # at, and a connection refused for overload is braked (transport/shed.py).
+                try:
+                    self.pipeline.admit(model, version)
+                except LockgateError as exc:
+                    await self._refuse(scope, send, model, exc)
+                    return
+                try:
+                    await self._infer(scope, receive, send, model, version)
+                finally:
+                    self.pipeline.release()
                 return
         await self.fallback(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, model: str, exc: LockgateError) -> None:
+        self.pipeline.count_failure(model, "http", exc.kind.value)
+        media = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        msgpack = is_msgpack(media.decode("latin-1"))
+        await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
+        if exc.kind is ErrorKind.OVERLOADED:
+            self.brake.refused(send)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
@@ -70,8 +105,6 @@ class InferRoute:
             body, extra = await self._answer(receive, headers, model, version, received)
             status = 200
         except LockgateError as exc:
-            if not exc.counted:
-                self.pipeline.count_failure(model, "http", exc.kind.value)
             body, media = error_body(exc.message, msgpack_body=is_msgpack(content_type))
             status, extra = self.status[exc.kind], {"content-type": media, **error_headers(exc)}
         except Exception:
@@ -92,24 +125,47 @@ class InferRoute:
         version: str | None,
         received: int,
     ) -> tuple[bytes, dict[str, str]]:
-        self.pipeline.admit(model, version)
-        content_type = headers.get("content-type", "")
-        header_length = _header_length(headers.get("inference-header-content-length"))
-        body = await self._body(receive, headers.get("content-length"))
-        if header_length == 0 and body:
-            spec = self.pipeline.model_spec(model, version)
-            req = codec.decode_raw_input(body, spec, model, version)
-        else:
-            req = codec.decode_request(body, content_type, header_length, model, version)
-        req.routing_key = headers.get("x-lockgate-key") or None
+        try:
+            req = await self._request(receive, headers, model, version)
+        except LockgateError as exc:  # infer counts its own outcomes; these never reach it
+            self.pipeline.count_failure(model, "http", exc.kind.value)
+            raise
         req.received_ns = received
         resp = await self.pipeline.infer(req)
+        if req.outputs:
+            triton.classify(self.pipeline, req, resp)
+        content_type = headers.get("content-type", "")
         as_msgpack = is_msgpack(content_type) or is_msgpack(headers.get("accept", ""))
         out, extra = codec.encode_response(resp, req, msgpack_body=as_msgpack)
         variant = resp.parameters.get("variant")
         if variant is not None:
             extra["x-lockgate-variant"] = str(variant)
+        accept_encoding = headers.get("accept-encoding")
+        if accept_encoding:
+            return compression.encode_response(out, extra, accept_encoding)
         return out, extra
+
+    async def _request(
+        self, receive: Receive, headers: dict[str, str], model: str, version: str | None
+    ) -> InferRequest:
+        """Read and decode: everything before the request reaches the data plane."""
+        content_type = headers.get("content-type", "")
+        codec.media_type(content_type, codec.INFER_MEDIA)  # refused before the body is read
+        spec = self.pipeline.model_spec(model, version)  # the decoders check inputs against it
+        header_length = _header_length(headers.get("inference-header-content-length"))
+        body = await self._body(receive, headers.get("content-length"))
+        coding = headers.get("content-encoding")
+        if coding:
+            body = compression.decompress(body, coding, self.max_body_bytes)
+        limit = self.max_elements
+        if header_length == 0 and body:
+            req = codec.decode_raw_input(body, spec, model, version, max_elements=limit)
+        else:
+            req = codec.decode_request(
+                body, content_type, header_length, model, version, spec=spec, max_elements=limit
+            )
+        req.routing_key = headers.get("x-lockgate-key") or None
+        return req
 
     async def _body(self, receive: Receive, declared: str | None) -> bytes:
         """The body, refusing more than the limit before reading it when the length is known."""
@@ -119,17 +175,26 @@ class InferRoute:
         body = message.get("body", b"")
         if not message.get("more_body", False):
             return bytes(body)
+        # More is coming: hold the body's bytes against the process's budget while it does.
         chunks, total = [body], len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise invalid("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        held = max(total, digits(declared, "Content-Length") if declared is not None else 0)
+        self.budget.reserve(held)
+        try:
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise invalid("client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise LockgateError(ErrorKind.TOO_LARGE, f"body exceeds the {limit}-byte limit")
+                if total > held:
+                    self.budget.reserve(total - held)
+                    held = total
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self.budget.release(held)
 
 
 def _header_length(raw: str | None) -> int | None:

@@ -1,7 +1,8 @@
 """gRPC messages (Open Inference Protocol protobufs) <-> InferRequest / InferResponse.
 
 Inputs arrive as `raw_input_contents` (zero-copy views) or typed `contents`; outputs always leave
-as `raw_output_contents` in output order, which is what tritonclient reads.
+as `raw_output_contents` in output order, which is what tritonclient reads. Each input is checked
+against the model before its array is built (limits.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from lockgate._proto import grpc_service_pb2 as pb
+from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import invalid
+from lockgate.serve.transport.limits import InputLimits, reason, shown
 from lockgate.serve.transport.tensors import (
-    DATATYPES,
     array_from_raw,
     element_count,
     numpy_dtype,
@@ -23,6 +25,7 @@ from lockgate.serve.transport.tensors import (
 from lockgate.types import (
     InferRequest,
     InferResponse,
+    ModelSpec,
     Parameters,
     RequestedOutput,
     Tensor,
@@ -51,11 +54,18 @@ def parse_request(body: bytes) -> Any:
     try:
         return pb.ModelInferRequest.FromString(body)
     except Exception as exc:  # protobuf raises DecodeError, sometimes RuntimeWarning-ish types
-        raise invalid(f"malformed ModelInferRequest protobuf: {exc}") from None
+        raise invalid(f"malformed ModelInferRequest protobuf: {reason(exc)}") from None
 
 
-def decode_request(msg: Any, remaining: float | None) -> InferRequest:
-    """A parsed ModelInferRequest -> InferRequest. `remaining` is the gRPC deadline in seconds."""
+def decode_request(
+    msg: Any,
+    remaining: float | None,
+    spec: ModelSpec,
+    *,
+    max_elements: int = MAX_REQUEST_ELEMENTS,
+) -> InferRequest:
+    """A parsed ModelInferRequest for the model `spec` -> InferRequest. `remaining` is the gRPC
+    deadline in seconds."""
     items = msg.inputs
     if not items:
         raise invalid("request needs a non-empty list of inputs")
@@ -65,27 +75,34 @@ def decode_request(msg: Any, remaining: float | None) -> InferRequest:
             f"raw_input_contents has {len(raw)} entries for {len(items)} inputs "
             "(when used, every input must be raw)"
         )
-    inputs = [_input(i, item, raw) for i, item in enumerate(items)]
+    limits = InputLimits(spec, max_elements)
+    inputs = [_input(i, item, raw, limits) for i, item in enumerate(items)]
     return InferRequest(
         model=msg.model_name,
         version=msg.model_version or None,
         id=msg.id or new_request_id(),
         inputs=inputs,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else None,
+        outputs=[_requested(o) for o in msg.outputs] if msg.outputs else None,
         parameters=_parameters(msg.parameters),
         deadline=time.monotonic() + remaining if remaining is not None else float("inf"),
     )
 
 
-def _input(i: int, item: Any, raw: Any) -> Tensor:
-    name, datatype = item.name, item.datatype
-    if not name:
+def _requested(output: Any) -> RequestedOutput:
+    if "classification" not in output.parameters:
+        return RequestedOutput(output.name)
+    param = output.parameters["classification"]
+    classes = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else -1
+    if classes < 0:
+        raise invalid(f"output {shown(output.name)}: classification must be a count of classes")
+    return RequestedOutput(output.name, classification=classes)
+
+
+def _input(i: int, item: Any, raw: Any, limits: InputLimits) -> Tensor:
+    if not item.name:
         raise invalid(f"inputs[{i}] needs a name")
-    if datatype not in DATATYPES:
-        raise invalid(f"input {name!r}: unsupported datatype {datatype!r}")
-    shape = tuple(item.shape)  # int64s: only the sign needs checking
-    if shape and min(shape) < 0:
-        raise invalid(f"input {name!r}: shape must be non-negative, got {list(shape)}")
+    want, shape = limits.declared(item.name, item.datatype, tuple(item.shape))
+    name, datatype = want.name, want.datatype
     if raw:
         data = array_from_raw(name, datatype, shape, raw[i])
     else:

@@ -33,23 +33,18 @@ def element_count(shape: tuple[int, ...] | list[int]) -> int:
     return n
 
 
-def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A request shape: a list of non-negative ints."""
-    if not isinstance(shape, (list, tuple)) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise invalid(
-            f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
-        )
-    return tuple(shape)
-
-
 def array_from_raw(
     name: str, datatype: str, shape: tuple[int, ...], buf: bytes | bytearray | memoryview
 ) -> np.ndarray[Any, Any]:
-    """Interpret raw little-endian bytes as a tensor without copying (numeric types)."""
+    """Interpret raw little-endian bytes as a tensor without copying (numeric types). The
+    declared size is checked against the bytes present before anything is allocated."""
     count = element_count(shape)
     if datatype == "BYTES":
+        if count * _U32.size > len(buf):  # every element has its 4-byte length
+            raise invalid(
+                f"input {name!r}: {len(buf)} bytes of data cannot hold the {count} BYTES "
+                f"elements of shape {list(shape)} (each needs at least {_U32.size})"
+            )
         return _bytes_from_raw(name, shape, count, buf)
     dtype = numpy_dtype(datatype)
     if len(buf) != count * dtype.itemsize:

@@ -1,0 +1,1 @@
+"""Renderers of the generated reference pages (docs/reference/), driven by tools/gen_docs.py."""
