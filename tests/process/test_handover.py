@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+from lockgate.process import handover
 from lockgate.process.handover import close_listeners, hand_over, open_connections
+from tests.waiting import until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -71,17 +73,24 @@ def test_a_closed_listener_leaves_new_connections_to_the_other_workers() -> None
             other.wait()
 
 
-def test_hand_over_waits_for_the_last_connection() -> None:
+def test_hand_over_waits_for_the_last_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []  # what each of the hand-over's polls counted
+
+    def counted(port: int) -> int:
+        seen.append(open_connections(port))
+        return seen[-1]
+
+    monkeypatch.setattr(handover, "open_connections", counted)
+
     async def scenario() -> None:
         with _listener() as listener:
             port = listener.getsockname()[1]
             client = socket.create_connection(("127.0.0.1", port))
             served, _ = listener.accept()
             waiting = asyncio.create_task(hand_over(port, timeout=120, poll=0.02))
-            # a while of polls with the connection open (letting it pass is the test: a slower
-            # machine polls fewer times, none of which may end the hand-over)
-            await asyncio.sleep(0.2)
-            assert not waiting.done()
+            # five polls have seen the connection open, and none of them ended the hand-over
+            await until(lambda: len(seen) >= 5, "five polls")
+            assert seen[:5] == [1] * 5 and not waiting.done()
             served.close()
             client.close()
             assert await asyncio.wait_for(waiting, 60) is True  # done once it is gone
