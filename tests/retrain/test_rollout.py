@@ -672,7 +672,7 @@ def test_resume_after_a_crash_continues_from_the_recorded_step(
     def dies_in_step_2(seconds: float) -> None:
         if store.get(rid).step >= 1:
             raise Crash
-        time.sleep(seconds)
+        time.sleep(seconds)  # the controller's poll wait: its clock counts traffic, not this
 
     with Traffic(gw, name) as traffic:
 
