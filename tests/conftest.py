@@ -114,6 +114,9 @@ def loopback_config(home: Path, **changes: Any) -> ServeConfig:
         admin_host="127.0.0.1",
         admin_port=0,
         grace_period=5.0,
+        # The gate policy is the subject of tests/control/test_gate_policy.py; elsewhere the
+        # hand-registered test models move freely (as with `--ungated-max-percent 100`).
+        ungated_max_percent=100.0,
     )
     return dataclasses.replace(base, **changes)
 

@@ -42,6 +42,7 @@ def test_every_serve_flag_has_an_env_var_and_help(capsys: pytest.CaptureFixture[
         "--drift-window-seconds",
         "--predlog-retention-gb",
         "--admin-token-file",
+        "--api-keys-file",
         "--max-request-elements",
     ):
         env = "LOCKGATE_" + flag.lstrip("-").replace("-", "_").upper()

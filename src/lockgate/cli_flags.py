@@ -36,6 +36,16 @@ def positive(value: str) -> float:
     return number
 
 
+def percent(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percent from 0 to 100, got {value!r}")
+    return number
+
+
 def host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

@@ -27,14 +27,18 @@ def add_models_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None
     reg.add_argument("file", type=Path, help="the .onnx file")
     reg.add_argument("--name", required=True, help="model name")
     reg.add_argument(
-        "--reference", type=Path, help="reference data (.npy or .csv) for drift profiles"
+        "--reference",
+        type=Path,
+        help="reference data for drift profiles: a table (.npy, .csv) of the numeric inputs' "
+        "values, or an .npz with one array per input (string inputs need it)",
     )
     reg.add_argument(
         "--categorical",
         type=_indices,
         default=[],
         metavar="I,J,...",
-        help="input feature indices (reference columns) to monitor per category; integer "
+        help="input feature indices (reference columns; with wide or string inputs, monitored "
+        "features) to monitor per category; integer "
         "columns with at most 20 values are found without it",
     )
     reg.add_argument(

@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lockgate.cli_flags import common, flag, host_port, positive, positive_int, state_flag
+from lockgate.cli_flags import (
+    common,
+    flag,
+    host_port,
+    percent,
+    positive,
+    positive_int,
+    state_flag,
+)
 from lockgate.cli_home import serve_home
 from lockgate.config import (
     MAX_REQUEST_ELEMENTS,
@@ -26,6 +34,9 @@ from lockgate.config import (
     default_intra_op_threads,
 )
 from lockgate.control.auth import load_tokens
+from lockgate.control.policy import DEFAULT_UNGATED_MAX_PERCENT
+from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
+from lockgate.serve.transport.client_keys import load_keys
 from lockgate.tls import tls_config
 
 log = logging.getLogger("lockgate")
@@ -149,6 +160,14 @@ def add_serve_parser(sub: Any) -> None:
         "also run the retrain worker with this pipeline file (stopped with the gateway)",
         type=Path,
     )
+    flag(
+        serve,
+        "--ungated-max-percent",
+        DEFAULT_UNGATED_MAX_PERCENT,
+        "most of an endpoint's traffic a version without passed gates may take (0: none; "
+        "100: no limit); shadows are always allowed; an admin may force past it, audited",
+        type=percent,
+    )
     flag(serve, "--no-monitor", False, "turn the online monitor off", action="store_true")
     flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
     flag(
@@ -187,6 +206,14 @@ def add_serve_parser(sub: Any) -> None:
         "name:token,...); without tokens the admin API binds only to loopback",
         type=Path,
     )
+    flag(
+        serve,
+        "--api-keys-file",
+        None,
+        "data-plane API keys, one `name:key[:scope]` per line, scope infer, feedback or all "
+        "(also: LOCKGATE_API_KEYS=name:key,...); without keys the inference listeners are open",
+        type=Path,
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -208,6 +235,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_request_elements=int(args.max_request_elements),
         max_in_flight=int(args.max_in_flight),
         grace_period=float(args.grace),
+        ungated_max_percent=float(args.ungated_max_percent),
         demo=bool(args.demo),
         state_url=args.state or None,
         replica=str(args.replica_id),
@@ -218,6 +246,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                 os.environ.get("LOCKGATE_ADMIN_TOKENS"),
             ).items()
         ),
+        client_keys=load_keys(
+            Path(args.api_keys_file) if args.api_keys_file else None,
+            os.environ.get(API_KEYS_ENV),
+        ),
+        client_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
         batch=BatchConfig(
             max_batch_rows=int(args.max_batch_rows),
             max_queue_delay=float(args.max_queue_delay_ms) / 1000,
@@ -262,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGHUP, gateway.request_rolling_restart)
         else:
             gateway = Gateway(config, registry)
+            loop.add_signal_handler(signal.SIGHUP, gateway.request_key_reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
         task = asyncio.create_task(gateway.run())

@@ -2,6 +2,8 @@
 
 Each write sends the state revision it is based on (`--revision`, else the one just read) as
 `If-Match`, so two operators editing at once get a clear conflict instead of a lost update.
+Changes that move traffic take `--force --reason TEXT`: an admin's audited override of the gate
+policy (docs/governance.md).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _number(text: str, what: str) -> float:
 
 def _describe_endpoint(doc: dict[str, Any]) -> list[str]:
     endpoint = EndpointView.from_doc(doc)
-    kind = " (implicit: latest version)" if endpoint.implicit else ""
+    kind = " (implicit: newest version the gate policy allows)" if endpoint.implicit else ""
     lines = [f"{endpoint.name}{kind}"]
     for v in endpoint.spec.variants:
         lines.append(f"  {v.weight:6.2f}%  {v.name:<14} {v.model} v{v.version}")
@@ -66,6 +68,7 @@ def _history(client: AdminClient, args: argparse.Namespace) -> Any:
     doc = client.call("GET", "/v1/audit" + query)
     lines = [
         f"{r['at']}  rev {r['revision']:<5} {r['actor']:<12} {r['action']:<16} {r['target']}"
+        + (f"  FORCED: {r['forced']['reason']}" if r.get("forced") else "")
         for r in doc["records"]
     ]
     return doc, lines or ["no changes recorded"]
@@ -76,8 +79,15 @@ def _write(path: str, method: str = "POST") -> Callable[..., Any]:
 
     def run(client: AdminClient, args: argparse.Namespace, body: Any = None) -> Any:
         revision = args.revision if args.revision is not None else client.revision()
+        if getattr(args, "force", False):
+            if not args.reason:
+                raise invalid("--force needs --reason TEXT (it is recorded in the audit log)")
+            body = {**(body or {}), "force": True, "reason": args.reason}
         doc = client.call(method, path.format(**vars(args)), body, revision)
-        return doc, [f"{doc['action']} {doc['target']}: now at state revision {doc['revision']}"]
+        lines = [f"{doc['action']} {doc['target']}: now at state revision {doc['revision']}"]
+        if doc.get("forced"):
+            lines.append(f"forced past the gate policy: {doc['forced']['reason']}")
+        return doc, lines
 
     return run
 
@@ -132,9 +142,18 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
     traffic = sub.add_parser("traffic", help="traffic splits, switches, canaries, shadows")
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)
 
-    def command(name: str, help: str, run: Callable[..., Any]) -> argparse.ArgumentParser:
+    def command(
+        name: str, help: str, run: Callable[..., Any], *, forcible: bool = False
+    ) -> argparse.ArgumentParser:
         p = admin_command(tsub, flag, name, help, run)
         p.add_argument("--revision", type=int, help="state revision the change is based on")
+        if forcible:
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="admin only: go past the gate policy (--ungated-max-percent), audited",
+            )
+            p.add_argument("--reason", help="why the change is forced (required with --force)")
         return p
 
     p = command("show", "show endpoints (or one), pins and load failures", _show)
@@ -142,19 +161,19 @@ def add_traffic_parser(sub: Any, flag: Callable[..., None]) -> None:
     p = command("history", "the audit log, newest first", _history)
     p.add_argument("endpoint", nargs="?")
     p.add_argument("--limit", type=int, default=20)
-    p = command("create", "create or replace an endpoint", _create)
+    p = command("create", "create or replace an endpoint", _create, forcible=True)
     p.add_argument("endpoint")
     p.add_argument("variants", nargs="+", metavar="VARIANT=MODEL:VERSION:WEIGHT")
     p.add_argument("--shadow", action="append", default=[], metavar="VARIANT=MODEL:VERSION")
     p = command("delete", "delete a stored endpoint", _write("/v1/endpoints/{endpoint}", "DELETE"))
     p.add_argument("endpoint")
-    p = command("set", "set variant weights (percent, summing to 100)", _set)
+    p = command("set", "set variant weights (percent, summing to 100)", _set, forcible=True)
     p.add_argument("endpoint")
     p.add_argument("weights", nargs="+", metavar="VARIANT=WEIGHT")
-    p = command("switch", "blue-green: all traffic to one variant", _switch)
+    p = command("switch", "blue-green: all traffic to one variant", _switch, forcible=True)
     p.add_argument("endpoint")
     p.add_argument("variant")
-    p = command("canary", "start, ramp, promote or roll back the canary", _canary)
+    p = command("canary", "start, ramp, promote or roll back the canary", _canary, forcible=True)
     p.add_argument("endpoint")
     p.add_argument("--model", help="default: the endpoint's model")
     p.add_argument("--version", help="the canary's version; omit it to ramp the current canary")

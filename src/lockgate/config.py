@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,15 @@ class ServeConfig:
     state_url: str | None = None  # None: SQLite in `home`; postgresql://... for replicas
     replica: str = ""  # names this gateway's prediction-log segments among replicas
     # (token, principal or bare admin name) pairs for the admin API (control/auth.py)
-    admin_tokens: tuple[tuple[str, Any], ...] = ()
+    admin_tokens: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    # (name, key, scope) of each data-plane API key (serve/transport/client_keys.py); none:
+    # the inference listeners are open. Never in a repr: the config may be logged.
+    client_keys: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
+    client_keys_file: Path | None = None  # read again on SIGHUP (key rotation)
     tls: TLSConfig | None = None  # HTTP, gRPC and admin listeners speak TLS when set
+    # Most traffic share (percent) a version without passed gates may be given (100: no limit;
+    # control/policy.py); an admin may force past it, audited.
+    ungated_max_percent: float = 5.0
     batch: BatchConfig = BatchConfig()
     runner: RunnerConfig = RunnerConfig()
     monitor: MonitorConfig = MonitorConfig()

@@ -218,6 +218,7 @@ class Change:
     target: str
     before: Any
     after: Any
+    forced: Any = None  # an admin's override of the gate policy: reason, role, what it allowed
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,34 @@ def test_an_implicit_endpoint_variant_has_one_name_everywhere(gw: RunningGateway
     assert 'variant="default"' not in metrics
 
 
+def test_metrics_answer_in_the_format_asked_for(gw: RunningGateway) -> None:
+    """The Accept header picks the exposition format; the text format stays the default, and
+    the name filter applies to every format."""
+    infer(gw, "classifier")
+    url = f"http://{gw.admin}/metrics"
+    default = httpx.get(url)
+    assert default.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in default.text
+    om = httpx.get(url, headers={"accept": "application/openmetrics-text;version=1.0.0"})
+    assert om.headers["content-type"] == (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
+    assert (
+        om.text.endswith("# EOF\n") and "# UNIT lockgate_request_latency_seconds seconds" in om.text
+    )
+    protobuf = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"
+    pb = httpx.get(url, headers={"accept": protobuf + ";encoding=delimited"})
+    assert pb.headers["content-type"] == (
+        "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
+        "encoding=delimited"
+    )
+    assert b"lockgate_request_latency_seconds" in pb.content
+    names = {"name[]": "lockgate_requests_total"}
+    only = httpx.get(url, params=names, headers={"accept": protobuf + ";encoding=delimited"})
+    assert b"lockgate_requests_total" in only.content
+    assert b"lockgate_request_latency_seconds" not in only.content
+
+
 def test_failed_load_during_a_switch_keeps_the_old_split(gw: RunningGateway) -> None:
     admin = Admin(gw)
     body = {"variants": [{"name": "blue", "model": "fraud", "version": "1", "weight": 100}]}

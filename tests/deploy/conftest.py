@@ -21,8 +21,9 @@ INSTALL_HINT = (
     "install Debian's prometheus package (`apt-get install -y prometheus`, as .ci/run does): "
     "the deploy tests run prometheus and promtool"
 )
-# Series that Prometheus itself provides for every target (allowed in rules, never exported).
-PROMETHEUS_SERIES = {"up"}
+# Series that Prometheus itself provides (allowed in rules and panels, never exported): `up` for
+# every target, `ALERTS` for the alert rules' state.
+PROMETHEUS_SERIES = {"up", "ALERTS"}
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _LOCKGATE = re.compile(r"(?<![A-Za-z0-9_:])lockgate_[a-z0-9_]+")

@@ -40,8 +40,12 @@ NOT_CHARTED: dict[str, str] = {
     "process_virtual_memory_bytes": "address space, not memory in use: for ad-hoc queries",
     # fixed when the version loads, named in the load warning; nothing to watch over time
     "lockgate_monitor_unfollowed_tensors": "a property of the loaded version",
+    # the joint drift panel charts each window's score; the count is for ad-hoc queries
+    "lockgate_joint_drift_windows": "how many windows were scored, not a signal",
 }
-SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+# A histogram's series: the classic ones, and the native histogram (its bare name) that the
+# protobuf format adds where the family has a latency sketch.
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count", "")}
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}
 
 
@@ -204,6 +208,28 @@ def test_dashboard_structure() -> None:
     for needed in ("Traffic split", "Errors by outcome", "Queue time", "Batch size", "Queue depth"):
         assert needed in titles
     assert {p["type"] for p in _panels(doc)} >= {"timeseries", "heatmap", "state-timeline"}
+
+
+_SELECTOR = re.compile(r"(?<![A-Za-z0-9_:$])([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}")
+
+
+def test_every_panel_selects_by_job_and_instance() -> None:
+    """Every series a panel reads is selected by the Job and Instance variables (the ALERTS
+    series of the drift rule carry neither: the rule aggregates them away), and the variables
+    chain: job -> instance -> endpoint, model."""
+    doc = dashboard()
+    variables = [v["name"] for v in doc["templating"]["list"]]
+    assert variables[:3] == ["datasource", "job", "instance"]
+    for var in doc["templating"]["list"][3:]:
+        assert 'job=~"$job", instance=~"$instance"' in var["query"]["query"], var["name"]
+    exprs = [t["expr"] for p in _panels(doc) for t in p.get("targets", [])]
+    assert len(exprs) > 40
+    for expr in exprs:
+        assert not re.search(r"(?<![A-Za-z0-9_:])(lockgate|process)_[a-z0-9_]+(?![a-z0-9_{])", expr)
+        for name, selector in _SELECTOR.findall(expr):
+            if name == "ALERTS":
+                continue
+            assert 'job=~"$job", instance=~"$instance"' in selector, (name, expr)
 
 
 def test_grafana_provisioning() -> None:

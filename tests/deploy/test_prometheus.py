@@ -4,14 +4,10 @@ on, a finite p99 latency, loads every alert rule and runs every dashboard query.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,14 +26,16 @@ from tests.deploy.conftest import (
     metric_names,
     tool,
 )
-from tests.processes import free_port
+from tests.deploy.prometheus_server import Prometheus, running_prometheus
+from tests.deploy.prometheus_server import value as one_value
 
-TIMEOUT = 30.0  # seconds for Prometheus to see what the gateway exports
 # Grafana's variables, as Grafana would expand them for "All" and a short time range.
 GRAFANA = {
     "$__rate_interval": "30s",
     "$__interval": "5s",
     "$__range": "5m",
+    "$job": ".*",
+    "$instance": ".*",
     "$endpoint": ".*",
     "$model": ".*",
 }
@@ -75,34 +73,6 @@ def test_every_alert_rule_has_a_unit_test_that_passes() -> None:
     assert tested == alert_rules().keys()
 
 
-@dataclass
-class Prometheus:
-    base: str
-    log: Path
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.base}/api/v1/query", params={"query": promql}, timeout=10)
-        doc = r.json()
-        assert doc["status"] == "success", (promql, doc)
-        result: list[dict[str, Any]] = doc["data"]["result"]
-        return result
-
-    def api(self, path: str) -> Any:
-        doc = httpx.get(f"{self.base}/api/v1/{path}", timeout=10).json()
-        assert doc["status"] == "success", doc
-        return doc["data"]
-
-    def wait(self, what: str, check: Callable[[], Any]) -> Any:
-        """Poll `check` until it returns something truthy (bounded by TIMEOUT)."""
-        deadline = time.monotonic() + TIMEOUT
-        while not (found := check()):
-            if time.monotonic() > deadline:
-                tail = self.log.read_text()[-3000:]
-                pytest.fail(f"Prometheus did not see {what} within {TIMEOUT:.0f} s\n{tail}")
-            time.sleep(0.25)
-        return found
-
-
 @pytest.fixture(scope="module")
 def drift_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     home = tmp_path_factory.mktemp("deploy-prometheus")
@@ -119,55 +89,10 @@ def prometheus(
 ) -> Iterator[Prometheus]:
     """A real Prometheus on a free loopback port that scrapes the gateway every second and
     evaluates deploy/prometheus/alerts.yml every second."""
-    binary = tool("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
-        "scrape_configs": [
-            {"job_name": "lockgate", "static_configs": [{"targets": [drift_gateway.admin]}]}
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    address = f"127.0.0.1:{free_port()}"
-    log = tmp / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address={address}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"http://{address}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus was not ready within {TIMEOUT:.0f} s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield Prometheus(f"http://{address}", log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _value(result: list[dict[str, Any]]) -> float | None:
-    return float(result[0]["value"][1]) if len(result) == 1 else None
+    rules = [str(PROMETHEUS_DIR / "alerts.yml")]
+    with running_prometheus(tmp, [drift_gateway.admin], rules) as prom:
+        yield prom
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +100,14 @@ def drifted(drift_gateway: RunningGateway, prometheus: Prometheus) -> Prometheus
     """Reference traffic, then traffic with input[0] shifted, until Prometheus has scraped the
     gateway's drift alert for input[0] switching on."""
     prom, gw, rng = prometheus, drift_gateway, np.random.default_rng(11)
-    prom.wait("the gateway up", lambda: _value(prom.query('up{job="lockgate"}')) == 1)
+    prom.wait("the gateway up", lambda: one_value(prom.query('up{job="lockgate"}')) == 1)
     with httpx.Client(base_url=f"http://{gw.http}", timeout=30) as client:
         for i in range(2):  # two windows (1,000 rows each) from the training distribution
             infer(client, "classifier", classifier_data(rng, 1000)[0], f"calm-{i}")
         gw.call(gw.gateway.monitor.drain())
         windows = 'lockgate_drift_windows_total{model="classifier", side="input"}'
-        prom.wait("two calm drift windows", lambda: _value(prom.query(windows)) == 2)
-        assert _value(prom.query(DRIFT)) == 0
+        prom.wait("two calm drift windows", lambda: one_value(prom.query(windows)) == 2)
+        assert one_value(prom.query(DRIFT)) == 0
         for i in range(2):  # feature 0 has std 0.5: a one-sigma shift
             x = classifier_data(rng, 1000)[0]
             x[:, 0] += 0.5
@@ -190,21 +115,21 @@ def drifted(drift_gateway: RunningGateway, prometheus: Prometheus) -> Prometheus
         for i in range(20):
             infer(client, "classifier", classifier_data(rng, 1)[0], f"small-{i}")
         gw.call(gw.gateway.monitor.drain())
-    prom.wait("the drift alert of input[0] at 1", lambda: _value(prom.query(DRIFT)) == 1)
+    prom.wait("the drift alert of input[0] at 1", lambda: one_value(prom.query(DRIFT)) == 1)
     return prom
 
 
 def test_prometheus_sees_drift_and_latency(drifted: Prometheus) -> None:
     prom = drifted
-    assert _value(prom.query(DRIFT.replace("input[0]", "input[5]"))) == 0
+    assert one_value(prom.query(DRIFT.replace("input[0]", "input[5]"))) == 0
 
     def finite_p99() -> float | None:
-        value = _value(prom.query(P99))
-        return value if value is not None and math.isfinite(value) and value > 0 else None
+        v = one_value(prom.query(P99))
+        return v if v is not None and math.isfinite(v) and v > 0 else None
 
     p99 = prom.wait("a finite p99 latency", finite_p99)
     assert p99 < 8.0
-    sketch = _value(prom.query(SKETCH_P99))
+    sketch = one_value(prom.query(SKETCH_P99))
     assert sketch is not None and 0 < sketch < 8.0
 
     # The alert rules loaded and evaluate without errors; the feature drift rule matched.
@@ -242,7 +167,7 @@ def test_every_dashboard_query_runs(drifted: Prometheus) -> None:
     Prometheus evaluates; the panels this traffic feeds have data."""
     with_data = []
     for expr in dashboard_exprs():
-        variable = re.fullmatch(r"label_values\((\w+), (\w+)\)", expr)
+        variable = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, (\w+)\)", expr)
         if variable:  # a Grafana variable query: the metric must carry the label
             metric, label = variable.groups()
             assert any(label in r["metric"] for r in drifted.query(metric)), expr
@@ -257,3 +182,20 @@ def test_every_dashboard_query_runs(drifted: Prometheus) -> None:
     assert any("lockgate_request_latency_seconds_bucket" in e for e in with_data)
     assert any("lockgate_drift_alert" in e for e in with_data)
     assert len(with_data) >= len(dashboard_exprs()) // 2, with_data
+
+
+def test_prometheus_reads_the_openmetrics_exposition(drifted: Prometheus) -> None:
+    """Prometheus asks for OpenMetrics first (its default Accept header): it gets it, parses it
+    without error, and keeps what only OpenMetrics carries, the units."""
+    (target,) = drifted.api("targets")["activeTargets"]
+    assert target["health"] == "up" and target["lastError"] == "", target
+    metadata = drifted.api("targets/metadata", metric="lockgate_request_latency_seconds")
+    assert [(m["type"], m["unit"]) for m in metadata] == [("histogram", "seconds")]
+    delay = drifted.api("targets/metadata", metric="lockgate_label_delay_seconds")
+    assert [(m["type"], m["unit"]) for m in delay] == [("histogram", "seconds")]
+    # the classic buckets arrive, with the text format's `le` values
+    bounds = {
+        r["metric"]["le"]
+        for r in drifted.query('lockgate_request_latency_seconds_bucket{endpoint="classifier"}')
+    }
+    assert bounds == {repr(2.0**k) for k in range(-14, 6)} | {"+Inf"}

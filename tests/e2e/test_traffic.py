@@ -51,7 +51,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     slow = onnx_models.slow_model(home / "slow.onnx", features=16, names=("input", "probability"))
     registry.register(slow, "slowshadow")
     registry.register(slow, "slowshadow")  # v2 is what the implicit endpoint serves
-    gw = start_gateway(home)
+    gw = start_gateway(home, "--ungated-max-percent", "100")  # the policy is tested elsewhere
     yield gw
     gw.stop()
 
@@ -266,7 +266,7 @@ def test_failing_shadow_does_not_fail_the_primary(gateway: GatewayProcess) -> No
 
 def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path) -> None:
     ensure_demo_models(Registry(tmp_path))
-    gw = start_gateway(tmp_path)
+    gw = start_gateway(tmp_path, "--ungated-max-percent", "100")  # not the subject here
     proc, admin = gw.proc, gw.admin
     acknowledged: list[int] = []
     body = {

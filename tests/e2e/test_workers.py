@@ -38,7 +38,9 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     registry = Registry(tmp_path)
     registry.register(onnx_models.scale_model(tmp_path / "m1.onnx"), "scale")
     registry.register(onnx_models.scale_model(tmp_path / "m2.onnx"), "scale")
-    gw = start_gateway(tmp_path, "--workers", "2", "--grace", "10")
+    gw = start_gateway(
+        tmp_path, "--workers", "2", "--grace", "10", "--ungated-max-percent", "100"
+    )  # the policy is not the subject here
     try:
         _wait(lambda: len(_workers(gw)) == 2, "both workers")
         yield gw

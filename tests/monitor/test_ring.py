@@ -18,7 +18,9 @@ def _record(ring: PredictionRing, first_row: int, request_rows: list[int]) -> in
     total = sum(request_rows)
     seq = np.arange(first_row, first_row + total)
     starts = first_row + np.cumsum([0, *request_rows[:-1]])
-    metas: list[RequestMeta] = [(f"r{s}", int(s % 5), 1_000_000 + int(s)) for s in starts]
+    metas: list[RequestMeta] = [
+        (f"r{s}", int(s % 5), 1_000_000 + int(s), int(s % 3)) for s in starts
+    ]
     ring.append(
         feeds={"x": np.stack([seq, -seq], axis=1).astype(np.float32)},
         outputs={"y": (seq * 2).astype(np.int64).reshape(total, 1)},
@@ -77,6 +79,7 @@ def test_per_request_columns() -> None:
     assert piece.request_id.tolist() == [b"r0", b"r0", b"r2", b"r3", b"r3", b"r3", b"r6"]
     assert piece.first.tolist() == [True, False, True, True, False, False, True]
     assert piece.route.tolist() == [0, 0, 2, 3, 3, 3, 1]
+    assert piece.client.tolist() == [0, 0, 2, 0, 0, 0, 0]  # request start % 3, on each row
     assert piece.ts.tolist() == [0.0] * 6 + [6.0]
     # latency = done - received, queue = started - enqueued, per request, on each of its rows
     np.testing.assert_allclose(piece.latency[:3], [3e-3 - 0e-9, 3e-3, 3e-3 - 2e-9], rtol=1e-5)
@@ -147,7 +150,7 @@ def test_a_tensor_of_an_unexpected_size_is_recorded_as_nan_and_counted() -> None
     ring.append(  # three values a row where the schema monitors two
         feeds={"x": np.zeros((2, 3), np.float32)},
         outputs={"y": np.array([[7], [8]], np.float32)},
-        metas=[("a", 0, 0), ("b", 0, 0)],
+        metas=[("a", 0, 0, 0), ("b", 0, 0, 0)],
         rows=[1, 1],
         enqueued_ns=[0, 0],
         times=(0, 0, 0.0),

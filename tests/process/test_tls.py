@@ -121,3 +121,27 @@ def test_tls_flags_are_checked_at_start(pki: dict[str, Path], tmp_path: Path) ->
         tls_config(str(pki["cert"]), str(tmp_path / "bad.pem"), None)
     config = tls_config(str(pki["cert"]), str(pki["key"]), str(pki["ca"]))
     assert config == TLSConfig(pki["cert"], pki["key"], pki["ca"])
+
+
+def test_api_keys_travel_over_tls(tmp_path: Path, pki: dict[str, Path]) -> None:
+    key = "tls-client-key-0123456789"
+    registry = Registry(tmp_path)
+    registry.register(onnx_models.scale_model(tmp_path / "scale.onnx"), "scale")
+    config = loopback_config(
+        tmp_path, tls=TLSConfig(pki["cert"], pki["key"]), client_keys=(("app", key, "infer"),)
+    )
+    with RunningGateway(config, registry) as gw:
+        url = f"https://{gw.http}/v2/models/scale/infer"
+        with httpx.Client(verify=trusting(pki), timeout=30) as client:
+            refused = client.post(url, json=BODY)
+            assert refused.status_code == 401 and "www-authenticate" in refused.headers
+            ok = client.post(url, json=BODY, headers={"authorization": f"Bearer {key}"})
+            assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [2, 4, 6, 8]
+        client_grpc = triton_grpc.InferenceServerClient(
+            gw.grpc, ssl=True, root_certificates=str(pki["ca"])
+        )
+        inp = triton_grpc.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        headers = {"authorization": f"Bearer {key}"}
+        answer = client_grpc.infer("scale", [inp], headers=headers, client_timeout=30)
+        np.testing.assert_array_equal(answer.as_numpy("y"), [[2, 2, 2, 2]])

@@ -34,6 +34,7 @@ def full_snapshot() -> Any:
         BATCH_FIELDS,
         SHADOW_FIELDS,
         DriftSnapshot,
+        JointSnapshot,
         Snapshot,
         VersionSnapshot,
         label_delay_counts,
@@ -70,10 +71,12 @@ def full_snapshot() -> Any:
         label_delay=label_delay_counts(np.array([1.0, 60.0])),
         label_delay_sum=61.0,
         drift={"input": drift, "output": dataclasses.replace(drift)},
+        joint=JointSnapshot(score=0.01, threshold=0.002, alarm=True, windows=1),
     )
     snap = Snapshot(
         revision=1,
         requests=Counter({("endpoint", "variant", *key, "http", "ok"): 1}),
+        clients=Counter({"client": 1}),
         weights={("endpoint", "variant", *key): 100.0},
         loaded={key},
         failed={("model", "2")},

@@ -3,9 +3,10 @@ canaries, shadows, pinned versions and the audit log, as JSON; its OpenAPI docum
 `/openapi.json`.
 
 Every write: authenticate (bearer token, named in the audit) -> read the state and check the
-revision the caller read (`If-Match`, else the current one) -> validate -> load and warm every
-version the change needs -> commit (state + audit record + new revision, one transaction) ->
-apply to this process's route table. A refusal at any step changes nothing.
+revision the caller read (`If-Match`, else the current one) -> validate, gate policy included
+(`force` + `reason` in the body: an admin's audited override) -> load and warm every version the
+change needs -> commit (state + audit record + new revision, one transaction) -> apply to this
+process's route table. A refusal at any step changes nothing.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from starlette.routing import Route
 
 from lockgate.control import traffic
 from lockgate.control.admin_openapi import openapi_document
-from lockgate.control.auth import READ, TRAFFIC, Principal, TokenCheck
+from lockgate.control.auth import FORCE, READ, TRAFFIC, Principal, TokenCheck
 from lockgate.control.model_api import model_routes
+from lockgate.control.policy import Force, GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.rollout_api import rollout_routes
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Mutation, State, StateStore
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
+from lockgate.monitor.formats import negotiate
 from lockgate.monitor.metrics import render_metrics
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.web import digits, error_response, read_body
@@ -38,7 +41,6 @@ from lockgate.web import digits, error_response, read_body
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 MAX_ADMIN_BODY = 1024 * 1024
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MonitorView(Protocol):
@@ -104,6 +106,20 @@ def _field(doc: Any, name: str, kind: type | tuple[type, ...], required: bool = 
     return value
 
 
+def _force(doc: Any, who: Principal) -> Force | None:
+    """The body's `force` / `reason`: forcing past the gate policy is an admin's act (403 for
+    anyone else) and needs a reason for the audit log (400 without one)."""
+    if not isinstance(doc, dict) or doc.get("force") in (None, False):
+        return None
+    if doc["force"] is not True:
+        raise invalid("field 'force' must be true or false")
+    who.require(FORCE)
+    reason = doc.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise invalid("forcing a change past the gate policy needs a 'reason' (for the audit log)")
+    return Force(reason.strip(), who.role)
+
+
 def _endpoint_view(name: str, state: State, catalog: traffic.Catalog) -> dict[str, Any]:
     spec = traffic.current_endpoint(state, catalog, name)
     return {"name": name, "implicit": name not in state.endpoints, **spec.to_doc()}
@@ -114,21 +130,33 @@ def build_admin_app(
     control: ServingControl,
     tokens: TokenCheck,
     monitor: MonitorView | None = None,
+    policy: GatePolicy | None = None,
 ) -> Starlette:
+    policy = policy or GatePolicy()
+    registry = Registry(store.home)
+
     async def catalog() -> traffic.Catalog:
         await control.refresh_registry()
-        return traffic.Catalog(control.registered_versions())
+        versions = control.registered_versions()
+        verdicts = await asyncio.to_thread(registry.verdicts, versions)
+        return traffic.Catalog(versions, verdicts, policy)
 
     async def read_state() -> State:
         return await asyncio.to_thread(store.read)
 
     async def write(
-        request: Request, build: Callable[[traffic.Catalog], Mutation], target_versions: bool
+        request: Request,
+        build: Callable[[traffic.Catalog], Mutation],
+        target_versions: bool,
+        doc: Any = None,
     ) -> Response:
+        """Commit one change; `doc` is the request body (its `force` and `reason`)."""
         who: Principal = request.state.principal
         actor = who.name
         expected = _if_match(request)
-        mutation = build(await catalog())
+        force = _force(doc, who)
+        cat = await catalog()
+        mutation = traffic.enforced(build(cat), cat, force)
         current = await read_state()
         if expected is not None and expected != current.revision:
             raise LockgateError(
@@ -164,6 +192,15 @@ def build_admin_app(
             "before": change.before,
             "after": change.after,
         }
+        if change.forced is not None:
+            doc["forced"] = change.forced
+            log.warning(
+                "admin: %s %s forced past the gate policy by %s: %s",
+                change.action,
+                change.target,
+                actor,
+                change.forced["reason"],
+            )
         return _json(doc, revision=state.revision)
 
     # -- reads --------------------------------------------------------------------------------
@@ -173,7 +210,8 @@ def build_admin_app(
     async def prometheus(request: Request) -> Response:
         snap = await control.snapshot()
         names = request.query_params.getlist("name[]") or None  # as prometheus-client's
-        return Response(render_metrics(snap, names), media_type=METRICS_CONTENT_TYPE)
+        fmt = negotiate(request.headers.get("accept"))
+        return Response(render_metrics(snap, names, fmt), media_type=fmt.content_type)
 
     async def monitor_snapshot(request: Request) -> Response:
         snap = await control.snapshot()
@@ -228,32 +266,39 @@ def build_admin_app(
     # -- writes -------------------------------------------------------------------------------
     async def put_endpoint(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
-        return await write(request, lambda c: traffic.put_endpoint(name, doc, c), True)
+        spec = (
+            {k: v for k, v in doc.items() if k not in ("force", "reason")}
+            if isinstance(doc, dict)
+            else doc
+        )
+        return await write(request, lambda c: traffic.put_endpoint(name, spec, c), True, doc)
 
     async def delete_endpoint(request: Request) -> Response:
-        name = request.path_params["name"]
-        return await write(request, lambda c: traffic.delete_endpoint(name), False)
+        name, doc = request.path_params["name"], await _body(request)
+        return await write(request, lambda c: traffic.delete_endpoint(name), False, doc)
 
     async def set_weights(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
         weights = _field(doc, "weights", dict)
-        return await write(request, lambda c: traffic.set_weights(name, weights, c), True)
+        return await write(request, lambda c: traffic.set_weights(name, weights, c), True, doc)
 
     async def switch(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
         to = _field(doc, "variant", str)
-        return await write(request, lambda c: traffic.switch(name, to, c), True)
+        return await write(request, lambda c: traffic.switch(name, to, c), True, doc)
 
     async def canary(request: Request) -> Response:
         name, doc = request.path_params["name"], await _body(request)
         model = _field(doc, "model", str, required=False)
         version = _field(doc, "version", str, required=False)  # none: ramp the current canary
         weight = _field(doc, "weight", (int, float))
-        return await write(request, lambda c: traffic.canary(name, model, version, weight, c), True)
+        return await write(
+            request, lambda c: traffic.canary(name, model, version, weight, c), True, doc
+        )
 
     async def promote(request: Request) -> Response:
-        name = request.path_params["name"]
-        return await write(request, lambda c: traffic.promote(name, c), True)
+        name, doc = request.path_params["name"], await _body(request)
+        return await write(request, lambda c: traffic.promote(name, c), True, doc)
 
     async def rollback(request: Request) -> Response:
         name = request.path_params["name"]
@@ -351,6 +396,6 @@ def build_admin_app(
             methods=["POST"],
         ),
     ]
-    routes += rollout_routes(RolloutStore(store.home, store.url), guarded)
-    routes += model_routes(Registry(store.home), store, guarded, control.refresh_registry)
+    routes += rollout_routes(RolloutStore(store.home, store.url), guarded, registry, policy)
+    routes += model_routes(registry, store, guarded, control.refresh_registry)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -30,8 +30,24 @@ _ENDPOINT = {
 }
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_FORCE = {
+    "force": {
+        "type": "boolean",
+        "description": "admin only (else 403): go past the gate policy (--ungated-max-percent); "
+        "audited as forced",
+    },
+    "reason": {"type": "string", "description": "why the change is forced (required with force)"},
+}
+
+
+def _forcible(schema: dict[str, Any]) -> dict[str, Any]:
+    """A traffic change's body with `force` / `reason`: refused with 409 when it raises a
+    version without passed gates above the limit, unless an admin forces it."""
+    return {**schema, "properties": {**schema["properties"], **_FORCE}}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -82,7 +98,12 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness of the admin listener", "security": []}},
         "/openapi.json": {"get": {"summary": "This document", "security": []}},
-        "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": []}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text, OpenMetrics or protobuf, by Accept)",
+                "security": [],
+            }
+        },
         "/v1/monitor/snapshot": {
             "get": _op(
                 "Every metrics figure of this host (all workers) as msgpack; replicas' snapshots "
@@ -105,16 +126,18 @@ def openapi_document() -> dict[str, Any]:
         ep: {
             "parameters": [name],
             "get": _op("One endpoint", write=False),
-            "put": _op("Create or replace an endpoint", _ENDPOINT),
+            "put": _op("Create or replace an endpoint", _forcible(_ENDPOINT)),
             "delete": _op("Delete a stored endpoint"),
         },
         ep + "/weights": {
             "parameters": [name],
             "post": _op(
                 "Set variant weights",
-                _obj(
-                    ["weights"],
-                    weights={"type": "object", "additionalProperties": {"type": "number"}},
+                _forcible(
+                    _obj(
+                        ["weights"],
+                        weights={"type": "object", "additionalProperties": {"type": "number"}},
+                    )
                 ),
             ),
         },
@@ -122,7 +145,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [name],
             "post": _op(
                 "Blue-green switch: 100% to one variant",
-                _obj(["variant"], variant={"type": "string"}),
+                _forcible(_obj(["variant"], variant={"type": "string"})),
             ),
         },
         ep + "/canary": {
@@ -130,15 +153,23 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Start the canary variant (model, version, weight), or ramp the current one "
                 "(weight alone)",
-                _obj(
-                    ["weight"],
-                    model={"type": "string"},
-                    version=version_ref,
-                    weight={"type": "number"},
+                _forcible(
+                    _obj(
+                        ["weight"],
+                        model={"type": "string"},
+                        version=version_ref,
+                        weight={"type": "number"},
+                    )
                 ),
             ),
         },
-        ep + "/canary/promote": {"parameters": [name], "post": _op("Canary takes all traffic")},
+        ep + "/canary/promote": {
+            "parameters": [name],
+            "post": {
+                **_op("Canary takes all traffic"),
+                "requestBody": _body(_forcible(_obj([])), required=False),
+            },
+        },
         ep + "/canary/rollback": {"parameters": [name], "post": _op("Remove the canary")},
         ep + "/shadows": {
             "parameters": [name],

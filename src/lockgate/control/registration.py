@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def check_warmup(spec: ModelSpec, session: Any, arrays: dict[str, Any]) -> None:
 
 def drift_profiles(
     spec: ModelSpec,
-    reference: np.ndarray[Any, Any],
+    reference: np.ndarray[Any, Any] | dict[str, np.ndarray[Any, Any]],
     session: Any,
     warmup: dict[str, np.ndarray[Any, Any]] | None,
     categorical: list[int] | None = None,
@@ -77,8 +78,11 @@ def drift_profiles(
 
     predict = _predict(spec, session)
     sample = warmup
-    if sample is None:
-        sample = reference_feeds(spec, reference, ModelConfig().warmup_samples)
+    rows = ModelConfig().warmup_samples
+    if sample is None and isinstance(reference, dict):
+        sample = {k: v[:rows] for k, v in reference.items()}
+    elif sample is None and not isinstance(reference, dict):
+        sample = reference_feeds(spec, reference, rows)
     if sample is None:
         sample = synthetic_feeds(spec, ModelConfig().warmup_samples)
     try:
@@ -88,6 +92,30 @@ def drift_profiles(
     except Exception as exc:  # a model that cannot score its own reference still registers
         log.warning("no drift profile for a version of %s: %s", spec.name, first_line(exc))
         return None
+
+
+def read_reference(
+    source: Path | np.ndarray[Any, Any] | Mapping[str, Any], spec: ModelSpec
+) -> np.ndarray[Any, Any] | dict[str, np.ndarray[Any, Any]]:
+    """Reference data as a table (:func:`load_reference_file`) or, given arrays by input name
+    (an `.npz` whose arrays are named after the model's inputs: the form string inputs need),
+    as those arrays checked against the schema."""
+    if isinstance(source, Mapping):
+        return warmup_file.read_warmup(source, spec, "reference")
+    if isinstance(source, Path):
+        if source.suffix == ".npz" and _names_inputs(source, spec):
+            return warmup_file.read_warmup(source, spec, "reference")
+        return load_reference_file(source)
+    return np.asarray(source, dtype=np.float64)
+
+
+def _names_inputs(path: Path, spec: ModelSpec) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+    except (OSError, ValueError):
+        return False  # load_reference_file says why
+    return bool(names) and names <= {t.name for t in spec.inputs}
 
 
 def load_reference_file(path: Path) -> np.ndarray[Any, Any]:

@@ -22,6 +22,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from lockgate.control.registration import (
     check_warmup,
     drift_profiles,
     load_reference_file,
+    read_reference,
     read_schema,
     validate,
 )
@@ -74,6 +76,7 @@ class VersionInfo:
     config: ModelConfig = field(default_factory=ModelConfig)
     conversions: tuple[str, ...] = ()  # what registration changed in the model file
     config_error: str = ""  # config.toml is unreadable (edited by hand): the version won't load
+    gates_passed: bool | None = None  # the recorded gate verdict; None: never evaluated
 
     @property
     def model_path(self) -> Path:
@@ -167,6 +170,8 @@ class Registry:
         if path is None:
             return None
         with np.load(path, allow_pickle=False) as archive:
+            if "data" not in archive.files:
+                return None  # arrays by input name: their profiles were built at registration
             return np.asarray(archive["data"])
 
     def load_profiles(self, info: VersionInfo) -> VersionProfiles | None:
@@ -227,7 +232,20 @@ class Registry:
             config=config,
             config_error=config_error,
             conversions=tuple(doc.get("conversions", ())),
+            gates_passed=self._verdict(path),
         )
+
+    @staticmethod
+    def _verdict(path: Path) -> bool | None:
+        """The gate verdict of the version in `path` (None: no results, or unreadable ones,
+        which the policy treats as ungated)."""
+        try:
+            return orjson.loads((path / GATES_FILE).read_bytes()).get("passed") is True
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.warning("unreadable gate results in %s: %s", path, exc)
+            return False
 
     # -- writing ------------------------------------------------------------------------------
     def register(
@@ -236,7 +254,7 @@ class Registry:
         name: str,
         *,
         metadata: dict[str, Any] | None = None,
-        reference: Path | np.ndarray[Any, Any] | None = None,
+        reference: Path | np.ndarray[Any, Any] | dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         card: str | None = None,
         warmup: Path | dict[str, Any] | None = None,
@@ -246,9 +264,11 @@ class Registry:
         """Validate and publish `source` as the next version of `name`, with its model card
         (`card.md`), warm-up inputs (`warmup.npz`: an `.npz` file or arrays by input name,
         which the model must run on) and serving configuration (`config.toml`: a
-        ModelConfig or a TOML file), when given. `categorical`: input feature indices (columns
-        of the reference) whose drift is measured per category; integer columns with few
-        values are found alone."""
+        ModelConfig or a TOML file), when given. `reference`: a table, or arrays by input name
+        (a dict, or an `.npz` whose arrays are named after the inputs: string inputs need it).
+        `categorical`: input feature indices (columns of the reference table; with wide or
+        string inputs, indices among the monitored features) whose drift is measured per
+        category; integer columns with few values are found alone."""
         check_name(name)
         categorical = sorted(set(categorical or ()))
         if categorical and reference is None:
@@ -272,13 +292,11 @@ class Registry:
             check_warmup(spec, session, warm)
         ref = profiles = None
         if reference is not None:
-            ref = (
-                load_reference_file(reference)
-                if isinstance(reference, Path)
-                else np.asarray(reference, dtype=np.float64)
-            )
-            if categorical and not (
-                ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1]
+            ref = read_reference(reference, spec)
+            if (
+                categorical
+                and not isinstance(ref, dict)
+                and not (ref.ndim == 2 and 0 <= categorical[0] <= categorical[-1] < ref.shape[1])
             ):
                 raise invalid(
                     f"categorical features {categorical} are not columns of the reference data"
@@ -302,7 +320,9 @@ class Registry:
         files = {MODEL_FILE: model_bytes, META_FILE: orjson.dumps(meta, option=orjson.OPT_INDENT_2)}
         if card is not None:
             files[CARD_FILE] = card.encode()
-        if ref is not None:
+        if isinstance(ref, dict):  # arrays by input name: kept as such
+            files[REFERENCE_FILE] = warmup_file.to_npz_bytes(ref)
+        elif ref is not None:
             files[REFERENCE_FILE] = warmup_file.to_npz_bytes({"data": ref})
         if profiles is not None:
             files[PROFILE_FILE] = profiles
@@ -359,6 +379,17 @@ class Registry:
         finally:
             temp.unlink(missing_ok=True)
         fsync_dir(info.path)
+
+    def verdicts(self, versions: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], bool]:
+        """{(model, version): passed} of the given versions that have recorded gate results
+        (read without the rest of each version: the admin API asks at every change)."""
+        out = {}
+        for name, numbers in versions.items():
+            for version in numbers:
+                verdict = self._verdict(self.root / name / version)
+                if verdict is not None:
+                    out[(name, version)] = verdict
+        return out
 
     def gates(self, info: VersionInfo) -> dict[str, Any] | None:
         """The version's recorded gate results, or None when it has none."""

@@ -6,6 +6,10 @@ what the operator asked, so an operator and a worker can never race each other's
 changes. Mount them on the admin app with its `guarded` wrapper (bearer auth sets
 `request.state.actor`, LockgateError kinds map to statuses: unknown id 404, refused transition
 409).
+
+The gate policy: promoting at once gives the candidate 100%, so a candidate without passed gates
+cannot be promoted (409 naming the policy); its steps beyond the limit are refused by the
+traffic API, which rolls the rollout back with the policy's message.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from lockgate.control.auth import FORCE, ROLLOUT
+from lockgate.control.policy import PASSED, GatePolicy, gate_status
+from lockgate.control.registry import Registry
 from lockgate.control.rollouts import ACTIONS, PROMOTE, Rollout, RolloutStore
-from lockgate.errors import invalid
+from lockgate.errors import ErrorKind, LockgateError, invalid
+from lockgate.specs import VersionKey
 from lockgate.web import digits
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -44,8 +51,26 @@ def _view(store: RolloutStore, rollout: Rollout) -> dict[str, Any]:
     return {**rollout.to_json(), "aliases": store.aliases(rollout.endpoint)}
 
 
-def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
-    """The `/v1/rollouts` routes, each wrapped in the admin app's `guarded`."""
+def rollout_routes(
+    store: RolloutStore,
+    guarded: Guard,
+    registry: Registry | None = None,
+    policy: GatePolicy | None = None,
+) -> list[Route]:
+    """The `/v1/rollouts` routes, each wrapped in the admin app's `guarded`; with a registry
+    and an enabled policy, a promotion of an ungated candidate is refused."""
+
+    def ask(rid: str, name: str, actor: str) -> Rollout:
+        if name == PROMOTE and registry is not None and policy is not None and policy.enabled:
+            r = store.get(rid)
+            key = VersionKey(r.model, r.candidate)
+            status = gate_status(registry.verdicts({r.model: [r.candidate]}).get(key))
+            if status != PASSED:
+                refusal = policy.refusal(r.endpoint, key, status, 100.0)
+                raise LockgateError(
+                    ErrorKind.CONFLICT, f"rollout {rid} cannot be promoted at once: {refusal}"
+                )
+        return store.request(rid, name, actor=actor)
 
     def listing(endpoint: str | None, limit: int) -> list[dict[str, Any]]:
         """Rollouts with their endpoint's aliases as they are now (the current champion, even
@@ -67,7 +92,7 @@ def rollout_routes(store: RolloutStore, guarded: Guard) -> list[Route]:
         async def run(request: Request) -> Response:
             actor: str = request.state.actor
             rid = request.path_params["id"]
-            rollout = await asyncio.to_thread(store.request, rid, name, actor=actor)
+            rollout = await asyncio.to_thread(ask, rid, name, actor)
             return _json({"action": name, "actor": actor, "rollout": rollout.to_json()})
 
         return run

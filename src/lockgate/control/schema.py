@@ -48,6 +48,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     (  # 2: the role of the token that made each change
         "ALTER TABLE audit ADD COLUMN role TEXT",
     ),
+    (  # 3: an admin's override of the gate policy (reason, role, what it allowed), as JSON
+        "ALTER TABLE audit ADD COLUMN forced TEXT",
+    ),
 )
 
 _VERSION_TABLE = (

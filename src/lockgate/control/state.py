@@ -73,18 +73,22 @@ class StateStore(StateDB):
 
     def audit(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` audit records, newest first."""
-        query = "SELECT id, at, actor, role, action, target, before, after, revision FROM audit"
+        query = (
+            "SELECT id, at, actor, role, action, target, before, after, revision, forced FROM audit"
+        )
         args: tuple[Any, ...] = ()
         if target is not None:
             query += " WHERE target = ?"
             args = (target,)
         query += " ORDER BY id DESC LIMIT ?"
         rows = self._db.execute(query, (*args, limit)).fetchall()
-        keys = ("id", "at", "actor", "role", "action", "target", "before", "after", "revision")
+        keys = (
+            "id", "at", "actor", "role", "action", "target", "before", "after", "revision", "forced"
+        )  # fmt: skip
         out = []
         for row in rows:
             record = dict(zip(keys, row, strict=True))
-            for key in ("before", "after"):
+            for key in ("before", "after", "forced"):
                 record[key] = orjson.loads(record[key]) if record[key] is not None else None
             out.append(record)
         return out
@@ -129,8 +133,8 @@ class StateStore(StateDB):
             for model, version in pins - current.pins:
                 db.execute("INSERT INTO pins (model, version) VALUES (?, ?)", (model, version))
             db.execute(
-                "INSERT INTO audit (at, actor, role, action, target, before, after, revision) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit (at, actor, role, action, target, before, after, revision, "
+                "forced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     datetime.now(UTC).isoformat(timespec="milliseconds"),
                     actor,
@@ -140,6 +144,7 @@ class StateStore(StateDB):
                     None if change.before is None else orjson.dumps(change.before),
                     None if change.after is None else orjson.dumps(change.after),
                     revision,
+                    None if change.forced is None else orjson.dumps(change.forced),
                 ),
             )
             db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))

@@ -5,17 +5,20 @@ Each operator action (create, weights, blue-green switch, canary, shadow, pin) i
 here and in the typed model (lockgate.specs) and nowhere else, so the admin API, the CLI and the
 retrain worker refuse the same mistakes with the same messages.
 
-A model without an endpoint of its own name is served by an implicit endpoint of its latest
-version; the first change to it materialises that endpoint (variant `stable`), which from then on
-stays put when new versions are registered.
+A model without an endpoint of its own name is served by an implicit endpoint of the newest
+version the gate policy allows (lockgate.control.policy); the first change to it materialises
+that endpoint (variant `stable`), which from then on stays put when new versions are registered.
+
+`enforced` wraps any change in the gate policy: the dry run and the commit both check it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lockgate.control.policy import Force, GatePolicy, gate_status
 from lockgate.control.state import Change, Mutation, State, Transition
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
 from lockgate.specs import (
@@ -34,15 +37,30 @@ Edit = Callable[[State], tuple[EndpointSpec | None, EndpointSpec | None]]
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """What the registry holds: {model: {versions}}, and each model's latest version."""
+    """What the registry holds: {model: {versions}}, the gate verdicts recorded with them
+    ({(model, version): passed}; absent: never evaluated), and the policy that judges them."""
 
     versions: Mapping[str, frozenset[str]]
+    verdicts: Mapping[tuple[str, str], bool] = field(default_factory=dict)
+    policy: GatePolicy = field(default_factory=GatePolicy)
 
     def latest(self, model: str) -> str:
         versions = self.versions.get(model)
         if not versions:
             raise not_found(f"unknown model {model!r}")
         return max(versions, key=int)
+
+    def status(self, key: VersionKey) -> str:
+        return gate_status(self.verdicts.get(key))
+
+    def implicit_version(self, model: str) -> str:
+        """The version the implicit endpoint of `model` serves (see GatePolicy)."""
+        versions = self.versions.get(model)
+        if not versions:
+            raise not_found(f"unknown model {model!r}")
+        return self.policy.implicit_version(
+            {v: self.status(VersionKey(model, v)) for v in versions}
+        )
 
     def check(self, model: str, version: str) -> None:
         if model not in self.versions:
@@ -57,8 +75,47 @@ def current_endpoint(state: State, catalog: Catalog, name: str) -> EndpointSpec:
     if spec is not None:
         return spec
     if catalog.versions.get(name):
-        return EndpointSpec.implicit(name, catalog.latest(name))
+        return EndpointSpec.implicit(name, catalog.implicit_version(name))
     raise not_found(f"unknown endpoint {name!r}")
+
+
+def _served(state: State, catalog: Catalog, name: str) -> EndpointSpec | None:
+    spec = state.endpoints.get(name)
+    if spec is None and catalog.versions.get(name):
+        spec = EndpointSpec.implicit(name, catalog.implicit_version(name))
+    return spec
+
+
+_NOT_JUDGED = frozenset({"canary.rollback", "version.load", "version.unload"})
+
+
+def enforced(mutation: Mutation, catalog: Catalog, force: Force | None = None) -> Mutation:
+    """`mutation`, refused (CONFLICT naming the policy, the versions and the limit) when it
+    raises an ungated version's share of its endpoint above the limit. With `force` (an
+    admin's, with a reason) it goes through and its audit record says what was overridden.
+    A canary rollback is never refused: it returns traffic to whom served it before."""
+
+    def run(state: State) -> Transition:
+        step = mutation(state)
+        change = step.change
+        if change.action in _NOT_JUDGED:
+            problems: list[str] = []
+        else:
+            after = State(state.revision, step.endpoints, step.pins)
+            problems = catalog.policy.violations(
+                change.target,
+                _served(state, catalog, change.target),
+                _served(after, catalog, change.target),
+                catalog.status,
+            )
+        if force is not None:
+            forced = catalog.policy.record(force, problems)
+            return replace(step, change=replace(change, forced=forced))
+        if problems:
+            raise LockgateError(ErrorKind.CONFLICT, "; ".join(problems))
+        return step
+
+    return run
 
 
 def validate_endpoint(name: str, raw: Any, catalog: Catalog) -> EndpointSpec:

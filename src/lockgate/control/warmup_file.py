@@ -24,16 +24,16 @@ Array = np.ndarray[Any, Any]
 Arrays = dict[str, Array]
 
 
-def read_warmup(source: Path | Mapping[str, Any], spec: ModelSpec) -> Arrays:
+def read_warmup(source: Path | Mapping[str, Any], spec: ModelSpec, what: str = "warm-up") -> Arrays:
     """The warm-up arrays of `source` (an `.npz` file or arrays by input name), checked
     against the inputs of `spec` and converted to their datatypes. INVALID naming the input
-    when they do not fit."""
+    when they do not fit (`what` names the data: warm-up, reference)."""
     if isinstance(source, Path):
         try:
             with np.load(source, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError) as exc:
-            raise invalid(f"cannot read the warm-up file {source}: {exc}") from None
+            raise invalid(f"cannot read the {what} file {source}: {exc}") from None
     else:
         arrays = {name: np.asarray(value) for name, value in source.items()}
     names = {t.name for t in spec.inputs}
@@ -42,40 +42,40 @@ def read_warmup(source: Path | Mapping[str, Any], spec: ModelSpec) -> Arrays:
         parts = [f"lacks input(s) {', '.join(missing)}" if missing else ""]
         parts.append(f"has arrays for no input: {', '.join(extra)}" if extra else "")
         raise invalid(
-            f"the warm-up data {' and '.join(p for p in parts if p)} "
+            f"the {what} data {' and '.join(p for p in parts if p)} "
             f"(one array per input: {', '.join(sorted(names))})"
         )
-    return {t.name: _convert(t, arrays[t.name]) for t in spec.inputs}
+    return {t.name: _convert(t, arrays[t.name], what) for t in spec.inputs}
 
 
-def _convert(t: TensorSpec, array: Array) -> Array:
+def _convert(t: TensorSpec, array: Array, what: str) -> Array:
     kind = array.dtype.kind
     if t.datatype == "BYTES":
         if kind == "S":
             try:
                 array = np.char.decode(array, "utf-8")
             except UnicodeDecodeError:
-                raise invalid(f"warm-up input {t.name!r} is not valid UTF-8") from None
+                raise invalid(f"{what} input {t.name!r} is not valid UTF-8") from None
         elif kind == "O" and all(isinstance(v, str | bytes) for v in array.reshape(-1)):
             array = np.array(
                 [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.reshape(-1)],
                 dtype=str,
             ).reshape(array.shape)
         elif kind != "U":
-            raise invalid(f"warm-up input {t.name!r} must hold strings, got {array.dtype}")
+            raise invalid(f"{what} input {t.name!r} must hold strings, got {array.dtype}")
     elif kind not in "biuf":
-        raise invalid(f"warm-up input {t.name!r} must be numeric ({t.datatype}), got {array.dtype}")
+        raise invalid(f"{what} input {t.name!r} must be numeric ({t.datatype}), got {array.dtype}")
     else:
         array = array.astype(numpy_dtype(t.datatype))
     if len(array.shape) != len(t.shape) or any(
         d >= 0 and g != d for g, d in zip(array.shape, t.shape, strict=True)
     ):
         raise invalid(
-            f"warm-up input {t.name!r} has shape {list(array.shape)}, the model's is "
+            f"{what} input {t.name!r} has shape {list(array.shape)}, the model's is "
             f"{list(t.shape)} (-1 = any)"
         )
     if t.shape and t.shape[0] == -1 and array.shape[0] == 0:
-        raise invalid(f"warm-up input {t.name!r} has no rows")
+        raise invalid(f"{what} input {t.name!r} has no rows")
     return array
 
 

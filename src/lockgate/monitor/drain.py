@@ -25,7 +25,9 @@ import numpy as np
 
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
+from lockgate.monitor.derived import DEFAULT_SEED
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
+from lockgate.monitor.joint import JointMonitor
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
@@ -75,6 +77,7 @@ class VersionMonitor:
     accuracy: Accuracy = field(default_factory=Accuracy)
     input_drift: DriftMonitor | None = None
     output_drift: DriftMonitor | None = None
+    joint_drift: JointMonitor | None = None  # of the continuous inputs together
     recent: RingSlice | None = None  # the newest drained rows, for the admin API
 
     @property
@@ -182,13 +185,16 @@ class Monitor:
         to rows, as a run at load showed (default: as declared). Blocking (called from the
         loading thread)."""
         key = (spec.name, spec.version)
-        recorder = VersionRecorder(spec, self.config.ring_rows, layout)
+        seed = profiles.seed if profiles is not None else DEFAULT_SEED  # wide inputs' projection
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed)
         vm = VersionMonitor(key, recorder)
         try:
             if profiles is None and reference is not None:
                 profiles = build_profiles(spec, reference, predict, layout)
             if profiles is not None:
                 vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
+                if profiles.joint is not None:
+                    vm.joint_drift = JointMonitor(profiles.joint, vm.input_drift.config)
         except Exception as exc:  # a bad profile must not stop the model from serving
             log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
         with self.lock:
@@ -268,7 +274,7 @@ class Monitor:
             for vm, piece in pieces:
                 self._absorb(vm, piece)
             for vm in self.versions.values():  # close drift windows by time when traffic stops
-                for drift in (vm.input_drift, vm.output_drift):
+                for drift in (vm.input_drift, vm.output_drift, vm.joint_drift):
                     if drift is not None:
                         drift.tick()
         if self.predlog is not None:
@@ -286,6 +292,7 @@ class Monitor:
         routes = vm.recorder.ring.routes
         endpoints = np.array([e.encode() for e, _ in routes], dtype=bytes)[piece.route]
         variants = np.array([v.encode() for _, v in routes], dtype=bytes)[piece.route]
+        clients = np.array([c.encode() for c in vm.recorder.ring.clients], dtype=bytes)
         predlog.append_predictions(
             vm.key[0],
             vm.key[1],
@@ -293,6 +300,7 @@ class Monitor:
             request_id=piece.request_id,
             endpoint=endpoints,
             variant=variants,
+            client=clients[piece.client],
             inputs=piece.inputs,
             outputs=piece.outputs,
             latency_s=piece.latency,
@@ -316,6 +324,8 @@ class Monitor:
         for drift, values in ((vm.input_drift, piece.inputs), (vm.output_drift, piece.outputs)):
             if drift is not None:
                 drift.update(values)
+        if vm.joint_drift is not None:
+            vm.joint_drift.update(piece.inputs)
         column = vm.prediction_column
         if column is not None:
             # A label is for its request's first row (single-row requests are the usual case).
@@ -324,20 +334,23 @@ class Monitor:
             )
 
     # -- feedback -------------------------------------------------------------------------------
-    async def submit_feedback(self, labels: list[tuple[str, float]]) -> FeedbackResult:
-        """Log labels and join them to recent predictions (drained first, so a label sent right
-        after its prediction still finds it). The join runs on the drain's thread, which builds
-        the id index when labels first need it."""
+    async def submit_feedback(
+        self, labels: list[tuple[str, float]], source: str = ""
+    ) -> FeedbackResult:
+        """Log labels with their `source` (the sender's API key name) and join them to recent
+        predictions (drained first, so a label sent right after its prediction still finds it).
+        The join runs on the drain's thread, which builds the id index when labels first need
+        it."""
         await self.drain()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels)
+        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels, source)
 
-    def _feedback_and_log(self, labels: list[tuple[str, float]]) -> FeedbackResult:
+    def _feedback_and_log(self, labels: list[tuple[str, float]], source: str) -> FeedbackResult:
         result = self.feedback(labels)
         if self.feedback_log is not None and labels:
             ids = np.array([id_key(request_id) for request_id, _ in labels], dtype="S32")
             values = np.array([label for _, label in labels], dtype=np.float64)
-            self.feedback_log.append_labels(time.time(), ids, values)
+            self.feedback_log.append_labels(time.time(), ids, values, source)
         return result
 
     def feedback(self, labels: list[tuple[str, float]], now: float | None = None) -> FeedbackResult:
@@ -376,10 +389,12 @@ class Monitor:
     def _drift_report(self, model: str, version: str) -> dict[str, Any]:
         with self.lock:
             vm = self._version(model, version)
-            return {
+            report = {
                 side: drift.report() if drift is not None else None
                 for side, drift in (("inputs", vm.input_drift), ("outputs", vm.output_drift))
             }
+            report["joint"] = vm.joint_drift.report() if vm.joint_drift is not None else None
+            return report
 
     def _recent_rows(self, model: str, version: str, limit: int) -> dict[str, Any]:
         """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""

@@ -1,5 +1,6 @@
-"""Metric families in the Prometheus text format (0.0.4), byte for byte what
-`prometheus_client.generate_latest` writes for them, at a fraction of its cost.
+"""Metric families in the Prometheus text format (0.0.4) and in OpenMetrics 1.0 text, byte for
+byte what `prometheus_client`'s `generate_latest` (and its OpenMetrics namesake) writes for them,
+at a fraction of its cost.
 
 A scrape renders on the gateway's event loop (or holds the GIL the loop needs), so its cost is a
 stall of every request in flight: about 500 samples took `generate_latest` 2.4 ms, most of it
@@ -31,6 +32,10 @@ def _escape_value(value: str) -> str:
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_openmetrics_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 class _Lines:
@@ -78,6 +83,8 @@ def encode_text(metrics: Iterable[Metric]) -> bytes:
         for sample in metric.samples:
             if sample.timestamp is not None:
                 raise ValueError(f"{sample.name}: timestamps are not supported")
+            if sample.native_histogram is not None:
+                continue  # no place for it in this format
             line = lines.line(sample.name, sample.labels, sample.value)
             suffix = sample.name[len(metric.name) :]
             if sample.name.startswith(metric.name) and suffix in _OPENMETRICS_ONLY:
@@ -88,4 +95,26 @@ def encode_text(metrics: Iterable[Metric]) -> bytes:
             gauge = escape_metric_name(metric.name + suffix)
             out.append(f"# HELP {gauge} {help_text}\n# TYPE {gauge} gauge\n")
             out.extend(extra_lines)
+    return "".join(out).encode()
+
+
+def encode_openmetrics(metrics: Iterable[Metric]) -> bytes:
+    """The families in OpenMetrics 1.0 text, as `prometheus_client.openmetrics.exposition.
+    generate_latest` renders them: family names without the counter's `_total`, types and units
+    as declared, `_created` samples in place, `# EOF` at the end. Native-histogram samples are
+    left out, as that function leaves them out of OpenMetrics 1.0 (they go out in protobuf)."""
+    lines = _LINES
+    out: list[str] = []
+    for metric in metrics:
+        name = escape_metric_name(metric.name)
+        out.append(f"# HELP {name} {_escape_openmetrics_help(metric.documentation)}\n")
+        out.append(f"# TYPE {name} {metric.type}\n")
+        if metric.unit:
+            out.append(f"# UNIT {name} {metric.unit}\n")
+        for sample in metric.samples:
+            if sample.timestamp is not None or sample.exemplar is not None:
+                raise ValueError(f"{sample.name}: timestamps and exemplars are not supported")
+            if sample.native_histogram is None:
+                out.append(lines.line(sample.name, sample.labels, sample.value))
+    out.append("# EOF\n")
     return "".join(out).encode()

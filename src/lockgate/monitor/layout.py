@@ -4,8 +4,11 @@ when the model runs at load (the warm-up), from what it actually returns.
 Two layouts: *per row*, when axis 0 of every input and output is the request's rows (a table
 model: each row of a request is a monitored row of features); otherwise *per request* (scalar
 inputs, recurrent state, fixed shapes: each request is one monitored row, its tensors
-flattened). A tensor whose values per monitored row are not fixed (a dynamic inner dimension,
-strings, more than `MAX_FEATURES` values) cannot be followed: it is left out, and said so once.
+flattened). Numeric inputs are followed value by value up to `MAX_FEATURES` values in all; a
+wider input, and a string input with one value per row, is summarised into a few derived
+features (:mod:`lockgate.monitor.derived`). A tensor whose values per monitored row are not
+fixed (a dynamic inner dimension, several strings) cannot be followed: it is left out, and
+said so once.
 
 Converters do not always declare what the model returns (LightGBM's label is declared `[1]` and
 returned as `[N]`): a run at load corrects the declared shapes, and the monitor follows what
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lockgate.monitor.derived import DEFAULT_SEED, Summary
 from lockgate.types import ModelSpec, TensorSpec, numpy_dtype
 
 MAX_FEATURES = 256
@@ -52,34 +56,85 @@ def declared_layout(spec: ModelSpec) -> RowLayout:
 
 def _width(shape: tuple[int, ...], datatype: str, per_row: bool) -> tuple[int | None, str]:
     """Values per monitored row, or None and why the tensor cannot be followed."""
-    if datatype == "BYTES":
-        return None, "strings are not profiled"
     if per_row and not shape:
         return None, "no row axis"
     inner = shape[1:] if per_row else shape
     if any(d < 0 for d in inner):
         return None, f"shape {list(shape)} has a dynamic inner dimension"
-    return int(np.prod(inner, dtype=np.int64)), ""
+    width = int(np.prod(inner, dtype=np.int64))
+    if datatype == "BYTES" and width != 1:
+        return None, f"{width} strings per row (one is summarised)"
+    return width, ""
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """What the monitor follows of the inputs or outputs of a schema: tensors followed value by
+    value (`slots`: their columns in the feature matrix), tensors summarised into derived
+    columns (:mod:`lockgate.monitor.derived`), the feature names, the tensors left out and why,
+    and the feature columns that are categories whatever the reference shows."""
+
+    slots: Slots
+    summaries: list[tuple[Summary, int, int]]
+    names: list[str]
+    skipped: list[str]
+    categorical: list[int]
+
+
+def monitored(
+    tensors: tuple[TensorSpec, ...],
+    layout: RowLayout,
+    seed: int = DEFAULT_SEED,
+    summarise: bool = True,
+) -> Monitored:
+    """Numeric tensors are followed value by value while they fit in `MAX_FEATURES` columns;
+    with `summarise`, wider ones (and strings) become derived columns, when those fit."""
+    m = Monitored([], [], [], [], [])
+    for t in tensors:
+        width, why = _width(layout.shape(t), t.datatype, layout.per_row)
+        text = t.datatype == "BYTES"
+        if width is not None and (text or len(m.names) + width > MAX_FEATURES):
+            summary = Summary(t.name, "text" if text else "wide", width, seed)
+            if summarise and len(m.names) + len(summary.names) <= MAX_FEATURES:
+                lo = len(m.names)
+                m.summaries.append((summary, lo, lo + len(summary.names)))
+                m.categorical.extend(lo + c for c in summary.categorical)
+                m.names.extend(summary.names)
+                continue
+            width, why = (
+                None,
+                "strings are not profiled"
+                if text
+                else (f"{width} values per row (more than {MAX_FEATURES} in all)"),
+            )
+        if width is None:
+            m.skipped.append(f"{t.name} ({why})")
+            continue
+        m.slots.append((t.name, len(m.names), len(m.names) + width))
+        m.names.extend([t.name] if width == 1 else [f"{t.name}[{i}]" for i in range(width)])
+    return m
 
 
 def feature_names(
     tensors: tuple[TensorSpec, ...], layout: RowLayout
 ) -> tuple[Slots, list[str], list[str]]:
-    """(monitored tensors with their feature columns, feature names, tensors left out with
-    the reason) for the inputs or outputs of a schema."""
-    chosen: Slots = []
-    names: list[str] = []
-    skipped: list[str] = []
+    """(tensors followed value by value with their feature columns, feature names, tensors
+    left out with the reason), nothing summarised: the outputs' view."""
+    m = monitored(tensors, layout, summarise=False)
+    return m.slots, m.names, m.skipped
+
+
+def raw_columns(tensors: tuple[TensorSpec, ...], layout: RowLayout) -> tuple[Slots, int]:
+    """The columns of a reference table ``[N, values]``: every numeric tensor with a fixed
+    number of values per row, value by value (however wide), in schema order; and the width."""
+    slots: Slots = []
+    end = 0
     for t in tensors:
-        width, why = _width(layout.shape(t), t.datatype, layout.per_row)
-        if width is not None and len(names) + width > MAX_FEATURES:
-            width, why = None, f"{width} values per row (more than {MAX_FEATURES} in all)"
-        if width is None:
-            skipped.append(f"{t.name} ({why})")
-            continue
-        chosen.append((t.name, len(names), len(names) + width))
-        names += [t.name] if width == 1 else [f"{t.name}[{i}]" for i in range(width)]
-    return chosen, names, skipped
+        width, _ = _width(layout.shape(t), t.datatype, layout.per_row)
+        if width is not None and t.datatype != "BYTES":
+            slots.append((t.name, end, end + width))
+            end += width
+    return slots, end
 
 
 # -- warm-up samples ---------------------------------------------------------------------------
@@ -100,8 +155,8 @@ def reference_feeds(spec: ModelSpec, reference: Array, rows: int) -> Arrays | No
     """Inputs made of the first rows of the reference data (`[N, input features]`), when its
     columns are every input of the model; else None."""
     layout = declared_layout(spec)
-    slots, names, _ = feature_names(spec.inputs, layout)
-    if len(slots) != len(spec.inputs) or reference.ndim != 2 or reference.shape[1] != len(names):
+    slots, width = raw_columns(spec.inputs, layout)
+    if len(slots) != len(spec.inputs) or reference.ndim != 2 or reference.shape[1] != width:
         return None
     if reference.shape[0] == 0:
         return None

@@ -4,7 +4,8 @@ renders a :class:`Snapshot`, so one process's figures and the merged figures of 
 processes come out the same way.
 
 Latency histograms use power-of-two bucket bounds, which are exact boundaries of the latency
-sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree.
+sketch, so `histogram_quantile` in Grafana and the sketch quantiles agree. In the protobuf format
+the same families also carry each sketch whole, as a native histogram (schema 6).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import BucketSpan, NativeHistogram
 
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.drift import SCORE_NAMES
-from lockgate.monitor.exposition import encode_text
+from lockgate.monitor.formats import TEXT, Format
 from lockgate.monitor.kernels.divergence import UNSEEN_SHARE
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import (
     LABEL_DELAY_BOUNDS,
     DriftSnapshot,
+    JointSnapshot,
     Snapshot,
     VersionSnapshot,
 )
@@ -50,11 +53,27 @@ ROUTE = ["endpoint", "variant", "model", "version"]
 VERSION = ["model", "version"]
 
 
-def _histogram(family: HistogramMetricFamily, labels: list[str], sketch: LatencySketch) -> None:
+def _histogram(
+    family: HistogramMetricFamily, labels: dict[str, str], sketch: LatencySketch, native: bool
+) -> None:
+    """Classic buckets at LATENCY_BOUNDS and, if `native`, the whole sketch as a native
+    histogram (a sample of the family's own name, which only the protobuf format writes)."""
     counts = sketch.cumulative_buckets(LATENCY_BOUNDS)
     buckets = [(repr(b), c) for b, c in zip(LATENCY_BOUNDS, counts, strict=True)]
     buckets.append(("+Inf", sketch.count))
-    family.add_metric(labels, buckets, sketch.sum)
+    family.add_metric(list(labels.values()), buckets, sketch.sum)
+    if native:
+        h = sketch.native_histogram()
+        value = NativeHistogram(
+            count_value=h.count,
+            sum_value=h.sum,
+            schema=h.schema,
+            zero_threshold=h.zero_threshold,
+            zero_count=h.zero_count,
+            pos_spans=[BucketSpan(offset, length) for offset, length in h.spans],
+            pos_deltas=list(h.deltas),
+        )
+        family.add_sample(family.name, labels, h.count, native_histogram=value)
 
 
 def _summary(family: Metric, labels: dict[str, str], sketch: LatencySketch) -> None:
@@ -129,6 +148,9 @@ def capture_monitor(snap: Snapshot, monitor: Monitor) -> None:
                         window_seconds=drift.config.window_seconds,
                         categorical=drift.profile.categorical,
                     )
+            if vm.joint_drift is not None:
+                js = vm.joint_drift.state
+                vs.joint = JointSnapshot(js.score, js.threshold, js.alarm, js.windows)
 
 
 class GatewayCollector(Collector):
@@ -136,11 +158,15 @@ class GatewayCollector(Collector):
 
     `names`, when given, restricts the output to samples of those names, as prometheus-client's
     `restricted_registry` does for `/metrics?name[]=...` (the rollout controller reads a few
-    families, twice a step); the two largest families are not even built when unasked."""
+    families, twice a step); the two largest families are not even built when unasked.
+    `native` adds each latency sketch as a native-histogram sample (for the protobuf format)."""
 
-    def __init__(self, snap: Snapshot, names: Collection[str] | None = None) -> None:
+    def __init__(
+        self, snap: Snapshot, names: Collection[str] | None = None, native: bool = False
+    ) -> None:
         self.snap = snap
         self.names = None if names is None else frozenset(names)
+        self.native = native
 
     def collect(self) -> Iterator[Metric]:
         if self.names is None:
@@ -160,8 +186,9 @@ class GatewayCollector(Collector):
         if snap.monitored:
             versions = sorted(snap.versions.items())
             queues = self.wants("lockgate_queue_seconds")
-            yield from self._latency(versions, queues, snap.shadows.keys())
+            yield from self._latency(versions, queues, snap.shadows.keys(), self.native)
             yield from self._drift(versions, self.wants("lockgate_drift_score"))
+            yield from self._joint(versions)
             yield from self._feedback(snap, versions)
 
     def wants(self, family: str) -> bool:
@@ -204,6 +231,16 @@ class GatewayCollector(Collector):
         for labels, count in sorted(snap.requests.items()):
             requests.add_metric(list(labels), count)
         yield requests
+        if snap.clients:
+            clients = CounterMetricFamily(
+                "lockgate_client_requests",
+                "Data-plane calls (infer, feedback, model reads) authenticated with an API key, "
+                "by the key's name (only with --api-keys-file / LOCKGATE_API_KEYS)",
+                labels=["client"],
+            )
+            for name, count in sorted(snap.clients.items()):
+                clients.add_metric([name], count)
+            yield clients
 
     @staticmethod
     def _serving(snap: Snapshot) -> Iterator[Metric]:
@@ -253,7 +290,11 @@ class GatewayCollector(Collector):
                 ("batch_requests", "Requests run (requests / batches = requests per batch)"),
                 ("shed", "Requests refused because the version's queue was full"),
                 ("expired", "Requests whose deadline passed while queued"),
-                ("compute_seconds", "Time spent in the model"),
+                (
+                    "compute_seconds",
+                    "Wall time of model runs, summed over batches (from the start of a batch's "
+                    "run, thread hand-off included, to its outputs)",
+                ),
             )
         }
         depth = GaugeMetricFamily(
@@ -295,29 +336,38 @@ class GatewayCollector(Collector):
         versions: list[tuple[Key, VersionSnapshot]],
         queues: bool,
         shadows: Collection[tuple[str, str]],
+        native: bool,
     ) -> Iterator[Metric]:
         """Served traffic's latency, and shadow copies' in their own family: no panel, alert or
         rollout step can mix them."""
         latency = HistogramMetricFamily(
             "lockgate_request_latency_seconds",
-            "Server time of answered requests, from the transport's first look at the request "
-            "to the end of its model run",
+            "Time of answered requests (shadow copies excluded) from the entry of the infer "
+            "handler (HTTP or gRPC, before the body is read) to the end of the model run that "
+            "answered them; the response's encoding and sending are not included",
             labels=ROUTE,
+            unit="seconds",
         )
         shadow_latency = HistogramMetricFamily(
             "lockgate_shadow_latency_seconds",
-            "Server time of shadow copies, from the primary request's arrival to the end of "
-            "the shadow's model run",
+            "Time of answered shadow copies from the entry of the primary request's infer "
+            "handler to the end of the shadow's model run",
             labels=ROUTE,
+            unit="seconds",
         )
         quantiles = Metric(
             "lockgate_request_latency_quantile_seconds",
-            "Latency quantiles of answered requests from the mergeable sketch "
-            "(0.54% relative accuracy)",
+            "Quantiles of lockgate_request_latency_seconds since the gateway started, from the "
+            "mergeable sketch (0.54% relative accuracy)",
             "summary",
+            unit="seconds",
         )
         queue = HistogramMetricFamily(
-            "lockgate_queue_seconds", "Time waiting for the model", labels=VERSION
+            "lockgate_queue_seconds",
+            "Time from a request's arrival at its version's batcher to the start of the model "
+            "run that takes it",
+            labels=VERSION,
+            unit="seconds",
         )
         written = CounterMetricFamily(
             "lockgate_predlog_rows", "Predictions the drain took from the rings", labels=VERSION
@@ -342,15 +392,15 @@ class GatewayCollector(Collector):
             unfollowed.add_metric(list(key), vs.unfollowed)
             mismatched.add_metric(list(key), vs.mismatched)
             for (endpoint, variant), sketch in sorted(vs.latency.items()):
-                labels = [endpoint, variant, *key]
+                labels = dict(zip(ROUTE, (endpoint, variant, *key), strict=True))
                 if (endpoint, variant) in shadows:
-                    _histogram(shadow_latency, labels, sketch)
+                    _histogram(shadow_latency, labels, sketch, native)
                     continue
-                _histogram(latency, labels, sketch)
+                _histogram(latency, labels, sketch, native)
                 if sketch.count:
-                    _summary(quantiles, dict(zip(ROUTE, labels, strict=True)), sketch)
+                    _summary(quantiles, labels, sketch)
             if queues:
-                _histogram(queue, list(key), vs.queue)
+                _histogram(queue, dict(zip(VERSION, key, strict=True)), vs.queue, native)
             written.add_metric(list(key), vs.rows)
             dropped.add_metric(list(key), vs.dropped)
         yield from (
@@ -419,6 +469,41 @@ class GatewayCollector(Collector):
         yield from (score, alert, dataset, share, windows, unseen)
 
     @staticmethod
+    def _joint(versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
+        score = GaugeMetricFamily(
+            "lockgate_joint_drift_score",
+            "Last closed window's joint drift of the continuous inputs: squared distance "
+            "between the window's and the reference's random-Fourier-feature mean embeddings "
+            "(biased MMD^2 estimate)",
+            labels=VERSION,
+        )
+        threshold = GaugeMetricFamily(
+            "lockgate_joint_drift_threshold",
+            "The joint drift score that window had to exceed to alarm (it shrinks with the "
+            "window's rows: 0.2 % false alarms per window under no drift)",
+            labels=VERSION,
+        )
+        alarm = GaugeMetricFamily(
+            "lockgate_joint_drift_alarm",
+            "1 while joint drift is on (score above threshold, hysteresis applied)",
+            labels=VERSION,
+        )
+        windows = CounterMetricFamily(
+            "lockgate_joint_drift_windows", "Scored joint drift windows", labels=VERSION
+        )
+        for key, vs in versions:
+            joint = vs.joint
+            if joint is None:
+                continue
+            labels = list(key)
+            if joint.score == joint.score:  # NaN before the first window
+                score.add_metric(labels, joint.score)
+                threshold.add_metric(labels, joint.threshold)
+            alarm.add_metric(labels, float(joint.alarm))
+            windows.add_metric(labels, joint.windows)
+        yield from (score, threshold, alarm, windows)
+
+    @staticmethod
     def _feedback(snap: Snapshot, versions: list[tuple[Key, VersionSnapshot]]) -> Iterator[Metric]:
         labelled = CounterMetricFamily(
             "lockgate_feedback_labels", "Labels joined to a prediction", labels=VERSION
@@ -431,8 +516,10 @@ class GatewayCollector(Collector):
         )
         delay = HistogramMetricFamily(
             "lockgate_label_delay_seconds",
-            "Time from a prediction to its label, for labels joined to a recent prediction",
+            "Wall-clock time from the end of a prediction's model run to its label's arrival at "
+            "the gateway, for labels joined to a recent prediction",
             labels=VERSION,
+            unit="seconds",
         )
         accuracy = GaugeMetricFamily(
             "lockgate_online_accuracy", "Share of labels equal to the prediction", labels=VERSION
@@ -462,7 +549,9 @@ class GatewayCollector(Collector):
         yield from (labelled, correct, accuracy, error, delay, unknown)
 
 
-def render_metrics(snap: Snapshot, names: Collection[str] | None = None) -> bytes:
-    """`snap` in the Prometheus text exposition format (only samples named in `names`, if
-    given)."""
-    return encode_text(GatewayCollector(snap, names).collect())
+def render_metrics(
+    snap: Snapshot, names: Collection[str] | None = None, fmt: Format = TEXT
+) -> bytes:
+    """`snap` in an exposition format (the Prometheus text format unless told otherwise; only
+    samples named in `names`, if given)."""
+    return fmt.encode(GatewayCollector(snap, names, fmt.native_histograms).collect())

@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Self
@@ -416,8 +416,9 @@ class PredictionLog(SegmentLog):
     """What the gateway predicted: one stream per ``(model, version)``.
 
     Columns: ``ts`` float64, ``request_id`` S32, ``endpoint``/``variant`` (fixed-width bytes or
-    integer codes), ``inputs``/``outputs`` float32 ``[rows, features]``, ``latency_s``/``queue_s``
-    float32.
+    integer codes), ``client`` (fixed-width bytes: the name of the caller's API key, empty
+    without keys; absent from logs written before keys existed), ``inputs``/``outputs`` float32
+    ``[rows, features]``, ``latency_s``/``queue_s`` float32.
     """
 
     def append_predictions(
@@ -433,6 +434,7 @@ class PredictionLog(SegmentLog):
         outputs: Array,
         latency_s: Array | float,
         queue_s: Array | float,
+        client: Array | str = "",
     ) -> None:
         """Append one drained batch of predictions (scalars are broadcast to every row)."""
         ids, (ts_, latency, queue) = _rows_of(request_id, ts, latency_s, queue_s)
@@ -444,6 +446,7 @@ class PredictionLog(SegmentLog):
             "request_id": ids,
             "endpoint": _bytes_column(endpoint, rows),
             "variant": _bytes_column(variant, rows),
+            "client": _bytes_column(client, rows),
             "inputs": np.asarray(inputs, np.float32).reshape(rows, -1),
             "outputs": np.asarray(outputs, np.float32).reshape(rows, -1),
             "latency_s": latency.astype(np.float32, copy=False),
@@ -465,20 +468,45 @@ class PredictionLog(SegmentLog):
 
 
 class FeedbackLog(SegmentLog):
-    """Ground-truth labels by request id, in one stream (joined to predictions later)."""
+    """Ground-truth labels by request id, in one stream (joined to predictions later), each
+    with its ``source``: the name of the API key that sent it (empty without keys)."""
 
     KEY: Key = ("feedback",)
 
-    def append_labels(self, ts: Array | float, request_id: Array, label: Array | float) -> None:
+    def append_labels(
+        self,
+        ts: Array | float,
+        request_id: Array,
+        label: Array | float,
+        source: Array | str = "",
+    ) -> None:
         """Append labels received together (scalars are broadcast to every row)."""
         ids, (ts_, labels) = _rows_of(request_id, ts, label)
         columns = {
             "ts": ts_.astype(np.float64, copy=False),
             "request_id": ids,
             "label": labels.astype(np.float64, copy=False),
+            "source": _bytes_column(source, ids.shape[0]),
         }
         self.append(self.KEY, columns)
 
-    def read_labels(self, start: float | None = None, end: float | None = None) -> dict[str, Array]:
-        """Columns ``ts``, ``request_id``, ``label`` with ``start <= ts < end``."""
-        return self.read(self.KEY, start, end)
+    def read_labels(
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        sources: Collection[str] | None = None,
+    ) -> dict[str, Array]:
+        """Columns ``ts``, ``request_id``, ``label`` (and ``source`` when every label read has
+        one) with ``start <= ts < end``; with `sources`, only labels whose source is one of
+        them (labels logged without a source never are)."""
+        if sources is None:
+            return self.read(self.KEY, start, end)
+        allowed = np.array(sorted(s.encode() for s in sources), dtype=bytes)
+
+        def from_sources(cols: dict[str, Array]) -> Array:
+            source = cols.get("source")
+            if source is None or not allowed.size:
+                return np.zeros(cols["ts"].shape[0], np.bool_)
+            return np.isin(source, allowed)
+
+        return self.read(self.KEY, start, end, ["ts", "request_id", "label"], from_sources)

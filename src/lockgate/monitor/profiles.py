@@ -11,13 +11,22 @@ at load, as before.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.layout import RowLayout, declared_layout, feature_names
+from lockgate.monitor.derived import DEFAULT_SEED, Summary
+from lockgate.monitor.joint_profile import JointProfile, build_joint_profile
+from lockgate.monitor.layout import (
+    Monitored,
+    RowLayout,
+    declared_layout,
+    feature_names,
+    monitored,
+    raw_columns,
+)
 from lockgate.monitor.reference import ReferenceProfile, build_profile
 from lockgate.types import ModelSpec, numpy_dtype
 
@@ -31,15 +40,19 @@ Predict = Callable[[dict[str, Array]], dict[str, Array]]
 class VersionProfiles:
     inputs: ReferenceProfile
     outputs: ReferenceProfile | None  # None when the outputs cannot be profiled
+    seed: int = DEFAULT_SEED  # of the projections of wide inputs (lockgate.monitor.derived)
+    joint: JointProfile | None = None  # joint drift of the continuous inputs (None: too few)
 
     def to_npz_bytes(self) -> bytes:
-        """Both profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
-        parts = {"inputs": self.inputs} | ({"outputs": self.outputs} if self.outputs else {})
+        """The profiles in one ``.npz`` (no pickle): each as its own serialised bytes."""
+        parts: dict[str, ReferenceProfile | JointProfile] = {"inputs": self.inputs}
+        parts |= {"outputs": self.outputs} if self.outputs else {}
+        parts |= {"joint": self.joint} if self.joint else {}
         arrays: dict[str, Any] = {
             k: np.frombuffer(p.to_npz_bytes(), np.uint8) for k, p in parts.items()
         }
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, seed=np.int64(self.seed), **arrays)
         return buf.getvalue()
 
     @classmethod
@@ -51,42 +64,94 @@ class VersionProfiles:
             outputs = None
             if "outputs" in z:
                 outputs = ReferenceProfile.from_npz_bytes(z["outputs"].tobytes())
-            return cls(ReferenceProfile.from_npz_bytes(z["inputs"].tobytes()), outputs)
+            seed = int(z["seed"]) if "seed" in z else DEFAULT_SEED
+            joint = None  # profiles stored before joint drift have none
+            if "joint" in z:
+                joint = JointProfile.from_npz_bytes(z["joint"].tobytes())
+            inputs = ReferenceProfile.from_npz_bytes(z["inputs"].tobytes())
+            return cls(inputs, outputs, seed, joint)
+
+
+def reference_tensors(
+    spec: ModelSpec, reference: Array | Mapping[str, Array], layout: RowLayout
+) -> dict[str, Array]:
+    """The reference as arrays by input name: given so (strings need it), or split from a
+    table ``[N, values]`` whose columns are the values of every numeric input with a fixed
+    width, in schema order
+    (:func:`~lockgate.monitor.layout.raw_columns`). ValueError when it does not fit."""
+    if isinstance(reference, Mapping):
+        arrays = dict(reference)
+        lengths = {np.shape(a)[0] if np.ndim(a) else -1 for a in arrays.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise ValueError("reference arrays must have the same number of rows")
+    else:
+        table = np.asarray(reference)
+        slots, width = raw_columns(spec.inputs, layout)
+        if table.ndim != 2 or table.shape[1] != width:
+            raise ValueError(
+                f"reference data has shape {table.shape}, the monitored inputs are "
+                f"{width} values per row"
+            )
+        arrays = {name: table[:, lo:hi] for name, lo, hi in slots}
+    return {t.name: np.asarray(arrays[t.name]) for t in spec.inputs if t.name in arrays}
+
+
+def feature_table(m: Monitored, tensors: Mapping[str, Array], rows: int) -> Array:
+    """``[rows, features]`` float64 of the monitored input features, derived as the ring
+    derives them. ValueError naming an input the reference lacks."""
+    table = np.empty((rows, len(m.names)), np.float64)
+    columns: list[tuple[str, int, int, Summary | None]]
+    columns = [(name, lo, hi, None) for name, lo, hi in m.slots]
+    columns += [(s.tensor, lo, hi, s) for s, lo, hi in m.summaries]
+    for name, lo, hi, summary in columns:
+        if name not in tensors:
+            raise ValueError(
+                f"the reference has no values for input {name!r} (string inputs need a "
+                "reference with one array per input)"
+            )
+        values = tensors[name]
+        if values.size != rows * (hi - lo if summary is None else summary.width):
+            raise ValueError(f"reference input {name!r} has shape {values.shape}")
+        if summary is None:
+            table[:, lo:hi] = values.reshape(rows, hi - lo).astype(np.float64)
+        else:
+            table[:, lo:hi] = summary.columns(values, rows)
+    return table
 
 
 def build_profiles(
     spec: ModelSpec,
-    reference: Array,
+    reference: Array | Mapping[str, Array],
     predict: Predict | None,
     layout: RowLayout | None = None,
     categorical: Sequence[int] = (),
+    seed: int = DEFAULT_SEED,
 ) -> VersionProfiles:
     """Profiles of a version's monitored features (:mod:`lockgate.monitor.layout`) from its
-    reference rows ``[N, input features]``: outputs only when the model has one monitored input
-    tensor to feed the rows to, per row, and `predict` is given. `categorical` declares input
-    features (column indices) categorical; integer columns with few values are detected on both
-    sides. ValueError when the rows do not match."""
+    reference: a table ``[N, values of the numeric inputs]`` or arrays by input name
+    (:func:`reference_tensors`); wide and string inputs are summarised as the ring does, with
+    projections drawn from `seed`. Outputs only when the model has one input, per row, and
+    `predict` is given. `categorical` declares input features (indices among the monitored
+    features) categorical; integer columns with few values are detected on both sides, and
+    hashed strings are categories. ValueError when the reference does not match."""
     layout = layout if layout is not None else declared_layout(spec)
-    reference = np.asarray(reference, dtype=np.float64)[:MAX_REFERENCE_ROWS]
-    input_slots, input_names, _ = feature_names(spec.inputs, layout)
-    if reference.ndim != 2 or reference.shape[1] != len(input_names):
-        raise ValueError(
-            f"reference data has shape {reference.shape}, the monitored inputs are "
-            f"{len(input_names)} features"
-        )
-    inputs = build_profile(reference, input_names, categorical=categorical)
+    tensors = reference_tensors(spec, reference, layout)
+    tensors = {k: v[:MAX_REFERENCE_ROWS] for k, v in tensors.items()}
+    rows = next(iter(tensors.values())).shape[0] if tensors else 0
+    m = monitored(spec.inputs, layout, seed)
+    table = feature_table(m, tensors, rows)
+    inputs = build_profile(table, m.names, categorical=sorted({*categorical, *m.categorical}))
+    joint = build_joint_profile(table, m.names, ~inputs.categorical)
     output_slots, output_names, _ = feature_names(spec.outputs, layout)
-    if predict is None or len(input_slots) != 1 or len(spec.inputs) != 1 or not output_names:
-        return VersionProfiles(inputs, None)
-    if not layout.per_row:
-        return VersionProfiles(inputs, None)
-    ((name, _, _),) = input_slots
-    tensor = spec.input(name)
-    assert tensor is not None
-    feed = reference.astype(numpy_dtype(tensor.datatype)).reshape(
-        (reference.shape[0], *tensor.shape[1:])
-    )
-    predicted = predict({name: feed})
-    rows = reference.shape[0]
+    if predict is None or len(spec.inputs) != 1 or not output_names or not layout.per_row:
+        return VersionProfiles(inputs, None, seed, joint)
+    tensor = spec.inputs[0]
+    if tensor.name not in tensors:
+        return VersionProfiles(inputs, None, seed, joint)
+    feed = tensors[tensor.name].reshape((rows, *tensor.shape[1:]))
+    if tensor.datatype != "BYTES":
+        feed = feed.astype(numpy_dtype(tensor.datatype))
+    predicted = predict({tensor.name: feed})
     matrix = np.hstack([predicted[n].reshape(rows, -1) for n, _, _ in output_slots])
-    return VersionProfiles(inputs, build_profile(matrix.astype(np.float64), output_names))
+    outputs = build_profile(matrix.astype(np.float64), output_names)
+    return VersionProfiles(inputs, outputs, seed, joint)

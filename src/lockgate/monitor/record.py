@@ -4,7 +4,9 @@ outputs, ids, routes, timings) is copied into the version's ring for the drain.
 Which columns are monitored is decided once per version, at load, from its schema and what the
 model returned in a run at load (:mod:`lockgate.monitor.layout`): every numeric input or output
 with a fixed number of values per monitored row, at most `MAX_FEATURES` in all, becomes
-features named `input[3]`, `probability`, ... Tensors that cannot be followed are named in one
+features named `input[3]`, `probability`, ...; wider inputs and string inputs become derived
+features named `image:mean`, `image:proj3`, `text:length`, ... (:mod:`lockgate.monitor.derived`),
+computed on the batch here. Tensors that cannot be followed are named in one
 warning and counted (`lockgate_monitor_unfollowed_tensors`), never an error per batch.
 """
 
@@ -16,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.layout import MAX_FEATURES, RowLayout, declared_layout, feature_names
+from lockgate.monitor.derived import DEFAULT_SEED
+from lockgate.monitor.layout import (
+    MAX_FEATURES,
+    RowLayout,
+    declared_layout,
+    feature_names,
+    monitored,
+)
 from lockgate.monitor.ring import PredictionRing, RequestMeta
 from lockgate.types import ModelSpec
 
@@ -29,12 +38,20 @@ Array = np.ndarray[Any, Any]
 class VersionRecorder:
     """Owns one version's ring; `record` is called by its batcher on the event loop."""
 
-    def __init__(self, spec: ModelSpec, capacity: int, layout: RowLayout | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        capacity: int,
+        layout: RowLayout | None = None,
+        seed: int = DEFAULT_SEED,
+    ) -> None:
+        """`seed`: of the projections of wide inputs, the one their reference profile used."""
         self.spec = spec
         self.layout = layout if layout is not None else declared_layout(spec)
-        inputs, self.input_features, skipped_in = feature_names(spec.inputs, self.layout)
+        inputs = monitored(spec.inputs, self.layout, seed)
+        self.input_features = inputs.names
         outputs, self.output_features, skipped_out = feature_names(spec.outputs, self.layout)
-        self.unfollowed = [*skipped_in, *skipped_out]  # tensors the monitor leaves out, and why
+        self.unfollowed = [*inputs.skipped, *skipped_out]  # tensors the monitor leaves out, and why
         if self.unfollowed:
             log.warning(
                 "%s v%s: the monitor does not follow %s",
@@ -42,22 +59,30 @@ class VersionRecorder:
                 spec.version,
                 "; ".join(self.unfollowed),
             )
-        self.ring = PredictionRing(capacity, inputs, outputs)
+        self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries)
         # Per row, a run's rows are the leading dim of this input: a version that runs each
         # request alone is told one row per request by the batcher.
         self._rows_from = self.layout.rows_from if self.layout.per_row else None
 
     @property
     def input_tensors(self) -> list[str]:
-        """The monitored input tensors, in feature-column order."""
+        """The input tensors followed value by value, in feature-column order."""
         return [name for name, _, _ in self.ring.input_slots]
 
     @property
     def output_tensors(self) -> list[str]:
         return [name for name, _, _ in self.ring.output_slots]
 
-    def meta(self, request_id: str, endpoint: str, variant: str, received_ns: int) -> RequestMeta:
-        return (request_id, self.ring.route_code(endpoint, variant), received_ns)
+    def meta(
+        self, request_id: str, endpoint: str, variant: str, received_ns: int, client: str = ""
+    ) -> RequestMeta:
+        ring = self.ring
+        return (
+            request_id,
+            ring.route_code(endpoint, variant),
+            received_ns,
+            ring.client_code(client),
+        )
 
     def record(
         self,

@@ -2,6 +2,9 @@
 
 Each finished batch is copied, on the request path, into preallocated columns: one slice
 assignment per monitored tensor, and C-level appends of the requests' ids, routes and timings.
+A summarised input (:mod:`lockgate.monitor.derived`) is derived on the batch right here, a
+few vectorised calls whatever its rows: keeping wide batches (images) alive for the drain would
+hold hundreds of megabytes between drains, for no measured gain on a busy host.
 Nothing of the request is kept (its arrays, dicts and records die with it, on the event loop
 that made them, while they are still in cache): keeping them for the drain cost several percent
 of throughput. There are two sets of columns: the request path fills one while the drain reads
@@ -20,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from lockgate.monitor.derived import Summary
+
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
 Array = np.ndarray[Any, Any]
@@ -35,9 +40,10 @@ def id_key(request_id: str) -> bytes:
 
 
 # What the pipeline attaches to a queued request for the monitor: (request id, code of
-# (endpoint, variant) in the ring's route table, time.perf_counter_ns() at arrival). A plain
-# tuple: one is made per request, and the ring transposes a batch's at once.
-RequestMeta = tuple[str, int, int]
+# (endpoint, variant) in the ring's route table, time.perf_counter_ns() at arrival, code of the
+# client (its API key's name) in the ring's client table). A plain tuple: one is made per
+# request, and the ring transposes a batch's at once.
+RequestMeta = tuple[str, int, int, int]
 
 
 def id_keys(request_ids: Sequence[str]) -> Array:
@@ -64,6 +70,7 @@ class RingSlice:
     ts: Array  # float64 unix seconds
     request_id: Array  # S32
     route: Array  # int16 code of (endpoint, variant), see PredictionRing.routes
+    client: Array  # int16 code of the client, see PredictionRing.clients
     inputs: Array  # float32 [rows, input features]
     outputs: Array  # float32 [rows, output features]
     latency: Array  # float32 seconds, arrival -> answer (the request's, on each of its rows)
@@ -83,7 +90,7 @@ class RingSlice:
         return RingSlice(**columns, dropped=0)
 
 
-_COLUMNS = ("ts", "request_id", "route", "inputs", "outputs", "latency", "queue", "first")
+_COLUMNS = ("ts", "request_id", "route", "client", "inputs", "outputs", "latency", "queue", "first")
 
 
 def concat_slices(*pieces: RingSlice) -> RingSlice:
@@ -92,6 +99,7 @@ def concat_slices(*pieces: RingSlice) -> RingSlice:
 
 
 Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
+Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, its columns)
 
 
 class Columns:
@@ -107,6 +115,7 @@ class Columns:
         self.rows = 0
         self.ids: list[str] = []  # per request
         self.routes = array("q")
+        self.clients = array("q")
         self.received_ns = array("q")
         self.enqueued_ns = array("q")
         self.request_rows = array("q")
@@ -119,15 +128,21 @@ class Columns:
 class PredictionRing:
     """Rows recorded since the drain last took them, at most `capacity` per set of columns."""
 
-    def __init__(self, capacity: int, inputs: Slots, outputs: Slots) -> None:
+    def __init__(
+        self, capacity: int, inputs: Slots, outputs: Slots, summaries: Summaries = ()
+    ) -> None:
         self.capacity = capacity
         self.input_slots, self.output_slots = inputs, outputs
-        self.widths = (_width(inputs), _width(outputs))  # monitored input and output features
+        self.summaries = tuple(summaries)  # inputs summarised into derived input columns
+        widths = [hi for _, _, hi in summaries]
+        self.widths = (max(_width(inputs), *widths, 0), _width(outputs))
         self.written = 0  # rows ever recorded
         self.dropped = 0  # rows ever dropped before the drain took them
         self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
         self.routes: list[tuple[str, str]] = []
         self._route_codes: dict[tuple[str, str], int] = {}
+        self.clients: list[str] = [""]  # code 0: no API keys configured
+        self._client_codes: dict[str, int] = {"": 0}
         self._filling = Columns(capacity, self.widths)
         self._spare: Columns | None = None
         self._dropped_since_take = 0
@@ -138,6 +153,13 @@ class PredictionRing:
         if code is None:
             code = self._route_codes[key] = len(self.routes)
             self.routes.append(key)
+        return code
+
+    def client_code(self, client: str) -> int:
+        code = self._client_codes.get(client)
+        if code is None:
+            code = self._client_codes[client] = len(self.clients)
+            self.clients.append(client)
         return code
 
     def append(
@@ -161,7 +183,7 @@ class PredictionRing:
             self._drop(total)
             return
         try:
-            ids, routes, received = zip(*metas, strict=True)
+            ids, routes, received, clients = zip(*metas, strict=True)
             for matrix, slots, arrays in (
                 (cols.inputs, self.input_slots, feeds),
                 (cols.outputs, self.output_slots, outputs),
@@ -173,11 +195,19 @@ class PredictionRing:
                     else:
                         matrix[start:stop, lo:hi] = np.nan
                         self.mismatched += total
+            for summary, lo, hi in self.summaries:
+                values = feeds[summary.tensor]
+                if values.size == total * summary.width:
+                    cols.inputs[start:stop, lo:hi] = summary.columns(values, total)
+                else:
+                    cols.inputs[start:stop, lo:hi] = np.nan
+                    self.mismatched += total
         except Exception:
             self._drop(total)
             raise
         cols.ids += ids
         cols.routes.extend(routes)
+        cols.clients.extend(clients)
         cols.received_ns.extend(received)
         cols.enqueued_ns.extend(enqueued_ns)
         cols.request_rows.extend(rows)
@@ -223,6 +253,7 @@ class PredictionRing:
             ts=per_row(np.repeat(np.array(cols.ts, np.float64), requests)),
             request_id=per_row(id_keys(cols.ids)),
             route=per_row(np.array(cols.routes, np.int16)),
+            client=per_row(np.array(cols.clients, np.int16)),
             inputs=cols.inputs[: cols.rows],
             outputs=cols.outputs[: cols.rows],
             latency=per_row(((done - received) / 1e9).astype(np.float32)),

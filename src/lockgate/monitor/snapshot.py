@@ -13,6 +13,7 @@ traffic; the cumulative histograms, summed, are exact for anyone who wants to re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,6 +75,29 @@ class DriftSnapshot:
 
 
 @dataclass
+class JointSnapshot:
+    """One version's joint-drift monitor (:mod:`lockgate.monitor.joint`). Merged, the alarm
+    is on when any process has it on, and score and threshold are the pair of the process whose
+    last window came closest to (or went furthest past) its threshold."""
+
+    score: float  # last window's MMD^2; NaN before the first
+    threshold: float  # for that window's rows; NaN before the first
+    alarm: bool
+    windows: int
+
+    @property
+    def ratio(self) -> float:
+        ratio = self.score / self.threshold
+        return ratio if ratio == ratio else -1.0  # NaN (no window yet) loses every comparison
+
+    def merge(self, other: JointSnapshot) -> None:
+        if other.ratio > self.ratio:
+            self.score, self.threshold = other.score, other.threshold
+        self.alarm = self.alarm or other.alarm
+        self.windows += other.windows
+
+
+@dataclass
 class VersionSnapshot:
     """What the monitor knows about one loaded version."""
 
@@ -90,6 +114,7 @@ class VersionSnapshot:
     # joined labels per delay bucket (LABEL_DELAY_BOUNDS, then beyond) and the delays' sum
     label_delay: NDArray[np.int64] = field(default_factory=lambda: label_delay_counts(_NONE))
     label_delay_sum: float = 0.0
+    joint: JointSnapshot | None = None  # None: the version has no joint profile
 
     def sketches(self, key: Key) -> bytes:
         """The raw latency sketches as msgpack (`GET .../sketches`): merge by adding arrays."""
@@ -119,6 +144,11 @@ class VersionSnapshot:
                 self.drift[side].merge(drift)
             else:
                 self.drift[side] = dataclasses.replace(drift)
+        if other.joint is not None:
+            if self.joint is None:
+                self.joint = dataclasses.replace(other.joint)
+            else:
+                self.joint.merge(other.joint)
 
 
 @dataclass
@@ -127,6 +157,7 @@ class Snapshot:
 
     revision: int = 0
     requests: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    clients: Counter[str] = field(default_factory=Counter)  # authenticated calls by API key name
     weights: dict[Route, float] = field(default_factory=dict)
     loaded: set[Key] = field(default_factory=set)
     failed: set[Key] = field(default_factory=set)
@@ -150,6 +181,7 @@ class Snapshot:
         if other.processes and (not self.processes or other.revision < self.revision):
             self.revision, self.weights = other.revision, dict(other.weights)
         self.requests.update(other.requests)
+        self.clients.update(other.clients)
         self.failed |= other.failed
         self.fallback |= other.fallback
         self.loaded = (self.loaded | other.loaded) - self.failed
@@ -182,6 +214,8 @@ class Snapshot:
                     share=float("nan"),
                     dataset_alert=False,
                 )
+            if vs.joint is not None:
+                vs.joint = JointSnapshot(math.nan, math.nan, False, vs.joint.windows)
         return out
 
     # -- wire format (msgpack; arrays as raw little-endian bytes) --------------------------------
@@ -190,6 +224,7 @@ class Snapshot:
             "format": WIRE_FORMAT,
             "revision": self.revision,
             "requests": [[*k, n] for k, n in self.requests.items()],
+            "clients": dict(self.clients),
             "weights": [[*k, w] for k, w in self.weights.items()],
             "loaded": [list(k) for k in self.loaded],
             "failed": [list(k) for k in self.failed],
@@ -214,6 +249,7 @@ class Snapshot:
         return cls(
             revision=int(doc["revision"]),
             requests=Counter({tuple(r[:-1]): int(r[-1]) for r in doc["requests"]}),
+            clients=Counter({str(k): int(n) for k, n in doc.get("clients", {}).items()}),
             weights={(r[0], r[1], r[2], r[3]): float(r[4]) for r in doc["weights"]},
             loaded={(m, v) for m, v in doc["loaded"]},
             failed={(m, v) for m, v in doc["failed"]},
@@ -275,6 +311,9 @@ def _version_doc(v: VersionSnapshot) -> dict[str, Any]:
             }
             for side, d in v.drift.items()
         },
+        "joint": None
+        if v.joint is None
+        else [v.joint.score, v.joint.threshold, v.joint.alarm, v.joint.windows],
     }
 
 
@@ -312,4 +351,12 @@ def _version_from(doc: dict[str, Any]) -> VersionSnapshot:
             )
             for side, d in doc["drift"].items()
         },
+        joint=_joint_from(doc.get("joint")),  # absent from processes that predate it
     )
+
+
+def _joint_from(doc: list[Any] | None) -> JointSnapshot | None:
+    if doc is None:
+        return None
+    score, threshold, alarm, windows = doc
+    return JointSnapshot(float(score), float(threshold), bool(alarm), int(windows))

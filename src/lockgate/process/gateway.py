@@ -8,6 +8,7 @@ supervisor's calls on a private unix socket (:mod:`lockgate.process.channel`).""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck, is_loopback
+from lockgate.control.policy import GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
@@ -34,6 +36,8 @@ from lockgate.process.http_server import (
 )
 from lockgate.serve.controller import Controller
 from lockgate.serve.repository import ModelRepository
+from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
+from lockgate.serve.transport.client_keys import load_keys
 from lockgate.serve.transport.grpc_service import build_grpc_server
 from lockgate.serve.transport.http_app import build_http_app
 
@@ -79,6 +83,32 @@ def log_tokens(tokens: TokenCheck) -> None:
         log.info("admin tokens: %s", roles)
 
 
+def log_client_keys(config: ServeConfig) -> None:
+    """Name each data-plane API key's scope at start (never the key)."""
+    if config.client_keys:
+        keys = ", ".join(f"{name} ({scope})" for name, _, scope in config.client_keys)
+        log.info("API keys (infer, feedback and model reads need one): %s", keys)
+
+
+async def reread_client_keys(config: ServeConfig) -> ServeConfig | None:
+    """`config` with its API keys read again from `--api-keys-file` (and LOCKGATE_API_KEYS),
+    or None, logged, when there is no file or it is not valid (the old keys stay)."""
+    if config.client_keys_file is None:
+        if config.client_keys:
+            log.warning("SIGHUP: API keys from LOCKGATE_API_KEYS only are read at start only")
+        return None
+    try:
+        entries = await asyncio.to_thread(
+            load_keys, config.client_keys_file, os.environ.get(API_KEYS_ENV)
+        )
+    except LockgateError as exc:
+        log.error("SIGHUP: the API keys stay as they were: %s", exc.message)
+        return None
+    new = dataclasses.replace(config, client_keys=entries)
+    log_client_keys(new)
+    return new
+
+
 def check_admin_binding(tokens: TokenCheck, host: str) -> None:
     """Refuse an admin listener reachable from other hosts without a token."""
     if not tokens.enabled and not is_loopback(host):
@@ -117,9 +147,23 @@ class Gateway:
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self._handing_over = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_key_reload(self) -> None:
+        """Read the API keys file again (SIGHUP on a lone gateway): key rotation without a
+        restart. The file is read off the event loop; the keys are swapped on it."""
+        task = asyncio.get_running_loop().create_task(self._reload_keys())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_keys(self) -> None:
+        new = await reread_client_keys(self.config)
+        if new is not None:
+            self.config = new
+            self.dataplane.clients.replace(new.client_keys)
 
     def request_handover(self) -> None:
         """Stop as a worker replaced by a rolling restart: move the gRPC clients to the other
@@ -135,6 +179,7 @@ class Gateway:
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
         log_tokens(tokens)
+        log_client_keys(cfg)
         await collect_registry_garbage(self.registry)
         http_sock = bind_socket(cfg.http_host, cfg.http_port)
         admin_sock = bind_socket(cfg.admin_host, cfg.admin_port)
@@ -146,13 +191,16 @@ class Gateway:
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         self.ports = {
             "http": http_sock.getsockname()[1],
             "grpc": grpc_port,
             "admin": admin_sock.getsockname()[1],
         }
-        self.admin_app = build_admin_app(self.state, self.controller, tokens, self.monitor)
+        self.admin_app = build_admin_app(
+            self.state, self.controller, tokens, self.monitor, GatePolicy(cfg.ungated_max_percent)
+        )
         servers = [
             (self._http_server(), http_sock),
             (http_server(self.admin_app, cfg), admin_sock),
@@ -176,6 +224,7 @@ class Gateway:
             max_buffered_bytes=cfg.max_buffered_body_bytes,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         return http_server(app, cfg, linger=HTTP_LINGER)
 
@@ -192,6 +241,7 @@ class Gateway:
             tls=cfg.tls,
             max_request_elements=cfg.max_request_elements,
             repository=self.repository,
+            clients=self.dataplane.clients,
         )
         self.ports = {"http": role.http_socket.getsockname()[1], "grpc": grpc_port}
         http = self._http_server()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from lockgate.config import ServeConfig
 from lockgate.control.admin_api import build_admin_app
 from lockgate.control.auth import TokenCheck
+from lockgate.control.policy import GatePolicy
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.errors import ErrorKind, LockgateError
@@ -40,7 +41,9 @@ from lockgate.process.gateway import (
     check_admin_binding,
     collect_registry_garbage,
     handover_seconds,
+    log_client_keys,
     log_tokens,
+    reread_client_keys,
 )
 from lockgate.process.http_server import bind_socket, http_server
 from lockgate.process.pool import Slot, Worker, WorkerPool
@@ -127,6 +130,7 @@ class Supervisor:
         tokens = TokenCheck(dict(cfg.admin_tokens))
         check_admin_binding(tokens, cfg.admin_host)
         log_tokens(tokens)
+        log_client_keys(cfg)
         await collect_registry_garbage(Registry(cfg.home))
         self._run_dir = tempfile.mkdtemp(prefix="lockgate-workers-")
         try:
@@ -155,7 +159,8 @@ class Supervisor:
                 slot.current = worker
             await asyncio.gather(*(self._wait_ready(s, w) for s, w in self.pool.live()))
             store = StateStore(cfg.home, cfg.state_url)
-            admin_app = build_admin_app(store, self.pool, tokens, self.pool)
+            policy = GatePolicy(cfg.ungated_max_percent)
+            admin_app = build_admin_app(store, self.pool, tokens, self.pool, policy)
             admin = http_server(admin_app, cfg)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]), name="admin")
             log.info(
@@ -254,6 +259,9 @@ class Supervisor:
         slot.current, slot.restart_at = None, now + delay
 
     async def _rolling_restart(self) -> None:
+        if self.pool.slots:  # started (worker_config is set): new workers get the keys as now
+            reread = await reread_client_keys(self.worker_config)
+            self.worker_config = reread or self.worker_config
         log.info("rolling restart of %d workers", len(self.pool.slots))
         for slot in self.pool.slots:
             old = slot.current

@@ -13,6 +13,7 @@ labelled twice keeps its latest label.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,10 +115,13 @@ def _read_predictions(
     return ts[order], ids[order], inputs[order], logged
 
 
-def _latest_labels(feedback: FeedbackLog, start: float) -> tuple[Array, Array]:
+def _latest_labels(
+    feedback: FeedbackLog, start: float, sources: Collection[str] | None
+) -> tuple[Array, Array]:
     """(sorted unique request ids, the latest label of each), from labels logged since
-    `start` (a label comes after its prediction). Ties in ts: the one written last wins."""
-    cols = feedback.read_labels(start, None)
+    `start` (a label comes after its prediction) by one of `sources` (None: any). Ties in ts:
+    the one written last wins."""
+    cols = feedback.read_labels(start, None, sources)
     if not cols or cols["ts"].shape[0] == 0:
         return np.zeros(0, "S32"), np.zeros(0)
     ids, ts, label = cols["request_id"], cols["ts"], cols["label"]
@@ -137,14 +141,16 @@ def build_dataset(
     end: float,
     max_rows: int,
     feature_count: int | None = None,
+    label_sources: Collection[str] | None = None,
 ) -> Dataset:
     """Labelled predictions of `versions` of `model` with `start <= ts < end`: the newest
     `max_rows`, oldest first. Rows without a (finite) label or with non-finite features are
-    dropped. `feature_count`, when given, is the width every version must have logged."""
+    dropped. `feature_count`, when given, is the width every version must have logged;
+    `label_sources`, when given, the API key names whose labels count (others are ignored)."""
     if max_rows < 1:
         raise invalid(f"max_rows must be >= 1, got {max_rows}")
     versions = [str(v) for v in versions]
-    label_ids, labels = _latest_labels(feedback, start)
+    label_ids, labels = _latest_labels(feedback, start, label_sources)
     ts, ids, inputs, logged = _read_predictions(
         predlog, model, versions, start, end, feature_count, label_ids
     )
@@ -166,6 +172,7 @@ def build_dataset(
         window=[float(start), float(end)],
         logged_rows=logged,
         labelled_requests=int(ids.shape[0]),
+        **({"label_sources": sorted(label_sources)} if label_sources is not None else {}),
     )
     return Dataset(x, y, ts, manifest)
 

@@ -57,6 +57,8 @@ class DataSpec:
     holdout_fraction: float = 0.2  # share held out to compare candidate and champion
     seed: int = 0  # holdout split and trainer seed
     min_rows: int = 200  # fewer labelled rows: no job (wait for more labels)
+    # the API key names whose labels are trained on; None: labels from any source
+    label_sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,17 +181,36 @@ def _triggers(r: _Reader, t: Mapping[str, Any], task: str) -> TriggersSpec:
 
 
 def _data(r: _Reader, t: Mapping[str, Any]) -> DataSpec:
-    r.keys(t, "data.", ("window_seconds", "max_rows", "holdout_fraction", "seed", "min_rows"))
+    r.keys(
+        t,
+        "data.",
+        ("window_seconds", "max_rows", "holdout_fraction", "seed", "min_rows", "label_sources"),
+    )
     data = DataSpec(
         window_seconds=r.number(t, "data.window_seconds", 3600.0, _POSITIVE),
         max_rows=r.integer(t, "data.max_rows", 200_000, 1),
         holdout_fraction=r.number(t, "data.holdout_fraction", 0.2, _OPEN_UNIT),
         seed=r.integer(t, "data.seed", 0, 0),
         min_rows=r.integer(t, "data.min_rows", 200, 2),
+        label_sources=_label_sources(r, t),
     )
     if data.min_rows > data.max_rows:
         raise r.error(f"data.min_rows ({data.min_rows}) must be <= data.max_rows ({data.max_rows})")
     return data
+
+
+def _label_sources(r: _Reader, t: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """`data.label_sources`: a non-empty list of API key names (absent: every source)."""
+    if "label_sources" not in t:
+        return None
+    value = t["label_sources"]
+    names = value if isinstance(value, list) else None
+    if not names or not all(isinstance(n, str) and NAME_PATTERN.fullmatch(n) for n in names):
+        raise r.error(
+            "data.label_sources must be a non-empty list of API key names (1-64 letters, "
+            f"digits, '_', '.' or '-'), got {value!r}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _gates(r: _Reader, t: Mapping[str, Any], task: str) -> GatesSpec:

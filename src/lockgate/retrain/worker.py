@@ -137,7 +137,9 @@ class RetrainWorker:
         if t.schedule_seconds and time.time() - marks.get("last_job", 0.0) >= t.schedule_seconds:
             return "schedule"
         if t.min_new_labels:
-            labels = FeedbackLog(self.home / "feedback").read_labels(start=marks.get("last_job"))
+            labels = FeedbackLog(self.home / "feedback").read_labels(
+                marks.get("last_job"), None, self.spec.data.label_sources
+            )
             if len(labels.get("label", ())) >= t.min_new_labels:
                 return "labels"
         if t.drift or t.accuracy_drop is not None:
@@ -190,6 +192,7 @@ class RetrainWorker:
             started - spec.data.window_seconds,
             started,
             spec.data.max_rows,
+            label_sources=spec.data.label_sources,
         )
         try:
             datasets.require_rows(data, spec.data.min_rows)

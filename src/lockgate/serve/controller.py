@@ -71,7 +71,9 @@ class Controller:
         async with self._apply_lock:
             if state.revision < self.dataplane.routes.revision:
                 return {}  # a newer state is already applied (the watcher was first)
-            table = build_route_table(state.revision, state.endpoints, self.models.latest())
+            table = build_route_table(
+                state.revision, state.endpoints, self.models.implicit_versions()
+            )
             needed = table.versions() | state.pins
             failures = await self.models.ensure(needed, retry_failed=retry_failed)
             if failures:
@@ -169,6 +171,7 @@ class Controller:
         snap = Snapshot(
             revision=routes.revision,
             requests=Counter(dict(self.dataplane.requests)),
+            clients=Counter(dict(self.dataplane.clients.requests)),
             weights={
                 (route.name, v.name, v.model, v.version): v.weight
                 for route in routes.endpoints.values()

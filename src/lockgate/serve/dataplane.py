@@ -22,6 +22,7 @@ from lockgate.serve.models import Key, LoadedVersion, ModelSet
 from lockgate.serve.route import EndpointRoute, RouteTable, Variant
 from lockgate.serve.runner import Arrays
 from lockgate.serve.shadow import ShadowTraffic
+from lockgate.serve.transport.client_keys import ClientKeys
 from lockgate.types import (
     IndexEntry,
     InferRequest,
@@ -71,6 +72,8 @@ class DataPlane:
         # requests by (endpoint, variant, model, version, protocol, outcome); read at scrape time
         self.requests: Counter[tuple[str, ...]] = Counter()
         self.in_flight = 0  # infer requests admitted and not yet released (see `admit`)
+        # the data-plane API keys; the transports check them and it counts each client's calls
+        self.clients = ClientKeys(config.client_keys)
         self._ready = False
         self._shutting_down = False  # readiness off, still answering
         self._draining = False  # refusing new requests
@@ -195,7 +198,9 @@ class DataPlane:
         received = request.received_ns or time.perf_counter_ns()
         meta = None
         if loaded.recorder is not None:
-            meta = loaded.recorder.meta(request.id, endpoint, variant_name, received)
+            meta = loaded.recorder.meta(
+                request.id, endpoint, variant_name, received, request.client
+            )
         results, run = await loaded.batcher.submit(feeds, rows, deadline, meta, alone=request.alone)
         parameters = _run_parameters(run)
         self.requests[
@@ -206,7 +211,9 @@ class DataPlane:
             if variant.model != request.model:
                 parameters["model"] = variant.model
             for shadow in route.shadows:
-                self.shadows.send(route.name, shadow, feeds, rows, results, request.id, received)
+                self.shadows.send(
+                    route.name, shadow, feeds, rows, results, request.id, received, request.client
+                )
         return InferResponse(
             model=request.model,
             version=spec.version,
@@ -215,12 +222,15 @@ class DataPlane:
             parameters=parameters,
         )
 
-    async def feedback(self, endpoint: str, labels: list[tuple[str, float]]) -> dict[str, int]:
-        """Ground truth for earlier predictions, joined by request id (unknown ids counted)."""
+    async def feedback(
+        self, endpoint: str, labels: list[tuple[str, float]], client: str = ""
+    ) -> dict[str, int]:
+        """Ground truth for earlier predictions, joined by request id (unknown ids counted);
+        logged with `client`, the name of the key that sent them."""
         self.routes.resolve(endpoint)
         if self.monitor is None:
             raise LockgateError(ErrorKind.UNAVAILABLE, "monitoring is off: feedback is not kept")
-        result = await self.monitor.submit_feedback(labels)
+        result = await self.monitor.submit_feedback(labels, client)
         return {"accepted": len(labels), "matched": result.matched, "unknown": result.unknown}
 
     def count_failure(self, endpoint: str, protocol: str, outcome: str) -> None:

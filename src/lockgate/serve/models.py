@@ -15,6 +15,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lockgate.config import ServeConfig
+from lockgate.control.policy import GatePolicy, gate_status
 from lockgate.control.registry import Registry, VersionInfo
 from lockgate.errors import ErrorKind, LockgateError, not_found
 from lockgate.monitor.drain import Monitor
@@ -114,9 +115,15 @@ class ModelSet:
         if old.executor is not None:
             old.executor.shutdown(wait=False)
 
-    def latest(self) -> dict[str, str]:
+    def implicit_versions(self) -> dict[str, str]:
+        """{model: the version its implicit endpoint serves}, as the gate policy picks it."""
+        policy = GatePolicy(self.config.ungated_max_percent)
         return {
-            name: max(versions, key=int) for name, versions in self.registered.items() if versions
+            name: policy.implicit_version(
+                {v: gate_status(info.gates_passed) for v, info in versions.items()}
+            )
+            for name, versions in self.registered.items()
+            if versions
         }
 
     def versions_of(self, model: str) -> dict[str, VersionInfo]:

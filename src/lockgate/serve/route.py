@@ -132,13 +132,14 @@ class RouteTable:
 
 
 def build_route_table(
-    revision: int, endpoint_specs: Mapping[str, EndpointSpec], latest: Mapping[str, str]
+    revision: int, endpoint_specs: Mapping[str, EndpointSpec], implicit: Mapping[str, str]
 ) -> RouteTable:
     """Explicit endpoints from the state database, plus one implicit endpoint per model that has
-    none of its name, serving the model's latest version (variant `stable`, as the admin API
-    shows it and as the endpoint keeps it once a change stores it)."""
+    none of its name, serving the version `implicit` names for it (the newest the gate policy
+    allows; variant `stable`, as the admin API shows it and as the endpoint keeps it once a
+    change stores it)."""
     endpoints = {name: endpoint_from_spec(name, spec) for name, spec in endpoint_specs.items()}
-    for model, version in latest.items():
+    for model, version in implicit.items():
         if model not in endpoints:
             endpoints[model] = endpoint_from_spec(model, EndpointSpec.implicit(model, version))
     return RouteTable(revision, endpoints)

@@ -67,6 +67,7 @@ class ShadowTraffic:
         primary: Arrays,
         request_id: str,
         received_ns: int,
+        client: str = "",
     ) -> None:
         """Schedule a shadow copy; returns at once (the primary never waits for it)."""
         stats = self.stats[(endpoint, shadow.name)]
@@ -82,7 +83,7 @@ class ShadowTraffic:
         self._in_flight += 1
         meta = None
         if loaded.recorder is not None:  # shadow answers are logged like any other
-            meta = loaded.recorder.meta(request_id, endpoint, shadow.name, received_ns)
+            meta = loaded.recorder.meta(request_id, endpoint, shadow.name, received_ns, client)
         task = asyncio.get_running_loop().create_task(
             self._run(loaded.batcher, stats, feeds, rows, primary, meta)
         )

@@ -20,11 +20,19 @@ from lockgate._proto import model_config_pb2 as mc
 from lockgate.config import MAX_REQUEST_ELEMENTS, TLSConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.transport import protobuf_codec, triton
-from lockgate.types import InferencePipeline, Parameters, RepositoryControl
+from lockgate.serve.transport.client_keys import INFER, READ, ClientKeys
+from lockgate.types import (
+    InferencePipeline,
+    InferRequest,
+    InferResponse,
+    Parameters,
+    RepositoryControl,
+)
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
 ROUTING_KEY_METADATA = "x-lockgate-key"
+AUTHORIZATION_METADATA = "authorization"
 # Requests of one ModelStreamInfer call running at once; the stream reads no further meanwhile.
 STREAM_WINDOW = 64
 
@@ -72,10 +80,19 @@ class InferenceService:
         pipeline: InferencePipeline,
         max_request_elements: int = MAX_REQUEST_ELEMENTS,
         repository: RepositoryControl | None = None,
+        clients: ClientKeys | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.max_elements = max_request_elements
         self.repository = repository
+        self.clients = clients if clients is not None and clients.enabled else None
+
+    def _client(self, context: grpc.aio.ServicerContext, scope: str) -> str:
+        """The caller's API key name (metadata `authorization: Bearer KEY`), when keys are
+        configured; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        if self.clients is None:
+            return ""
+        return self.clients.client(_metadata(context, AUTHORIZATION_METADATA), scope)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -94,6 +111,7 @@ class InferenceService:
         )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        self._client(context, READ)
         spec = self.pipeline.model_spec(request.name, request.version or None)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -110,29 +128,41 @@ class InferenceService:
         # INTERNAL that grpc reports for a failing deserializer.
         msg = protobuf_codec.parse_request(body)
         remaining = context.time_remaining()
-        try:  # before decoding: a refusal must cost far less than a request
+        routing_key = authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
+                routing_key = value
+            elif key == AUTHORIZATION_METADATA and isinstance(value, str):
+                authorization = value
+        try:  # the key, then admission, before decoding: a refusal must cost little
+            client = self.clients.client(authorization, INFER) if self.clients else ""
             deadline = None if remaining is None else time.monotonic() + remaining
             self.pipeline.admit(msg.model_name, msg.model_version or None, deadline)
         except LockgateError as exc:
             self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
             raise
         try:
-            return await self._admitted(msg, context, received, remaining)
+            _, response = await self._admitted(msg, received, remaining, routing_key, client)
         finally:
             self.pipeline.release()
+        return protobuf_codec.encode_response(response)
 
     async def _admitted(
-        self, msg: Any, context: grpc.aio.ServicerContext, received: int, remaining: float | None
-    ) -> Any:
+        self,
+        msg: Any,
+        received: int,
+        remaining: float | None,
+        routing_key: str | None,
+        client: str,
+    ) -> tuple[InferRequest, InferResponse]:
+        """Decode, infer and classify a request admitted by `pipeline.admit`."""
         try:
             spec = self.pipeline.model_spec(msg.model_name, msg.model_version or None)
             request = protobuf_codec.decode_request(
                 msg, remaining, spec, max_elements=self.max_elements
             )
             request.protocol, request.received_ns, request.alone = "grpc", received, True
-            for key, value in context.invocation_metadata() or ():
-                if key == ROUTING_KEY_METADATA and isinstance(value, str) and value:
-                    request.routing_key = value
+            request.routing_key, request.client = routing_key, client
         except LockgateError as exc:  # infer counts its own outcomes; these never reach it
             self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
             raise
@@ -145,19 +175,22 @@ class InferenceService:
             raise
         if request.outputs:
             triton.classify(self.pipeline, request, response)
-        return protobuf_codec.encode_response(response)
+        return request, response
 
     # -- Triton's extensions ------------------------------------------------------------------
     async def ModelConfig(self, request: Any, context: Any) -> Any:
+        self._client(context, READ)
         served = self.pipeline.served_config(request.name, request.version or None)
         config = json_format.ParseDict(triton.config_doc(request.name, served), mc.ModelConfig())
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        self._client(context, READ)
         stats = self.pipeline.statistics(request.name or None, request.version or None)
         return json_format.ParseDict(triton.statistics_doc(stats), pb.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        self._client(context, READ)
         entry = pb.RepositoryIndexResponse.ModelIndex
         index = triton.index_doc(self.pipeline.repository_index(), request.ready)
         return pb.RepositoryIndexResponse(models=[entry(**e) for e in index])
@@ -186,13 +219,17 @@ class InferenceService:
         """A stream of infer requests, answered in their order (as Triton does for models that
         answer each request once); up to STREAM_WINDOW run at once. A request that fails is
         answered with its error message and the stream goes on."""
+        try:
+            client = self._client(context, INFER)  # once for the whole stream
+        except LockgateError as exc:
+            await context.abort(STATUS[exc.kind], exc.message)
         routing_key = _metadata(context, ROUTING_KEY_METADATA) or None
         window: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             try:
                 async for body in requests:
-                    one = self._stream_one(body, routing_key, context.time_remaining())
+                    one = self._stream_one(body, routing_key, client, context.time_remaining())
                     await window.put(asyncio.ensure_future(one))
             finally:
                 await window.put(None)
@@ -209,28 +246,28 @@ class InferenceService:
                 if left is not None:
                     left.cancel()
 
-    async def _stream_one(self, body: bytes, routing_key: str | None, remaining: Any) -> Any:
+    async def _stream_one(
+        self, body: bytes, routing_key: str | None, client: str, remaining: Any
+    ) -> Any:
         """ModelInfer for one message of a stream, its errors answered in the stream."""
         received = time.perf_counter_ns()
         model = request_id = ""
         try:
             msg = protobuf_codec.parse_request(body)
             model, request_id = msg.model_name, msg.id
+            version = msg.model_version or None
             try:
-                version = msg.model_version or None
-                self.pipeline.admit(model, version)
-                spec = self.pipeline.model_spec(model, version)
-                request = protobuf_codec.decode_request(
-                    msg, remaining, spec, max_elements=self.max_elements
-                )
-                request.protocol, request.received_ns, request.alone = "grpc", received, True
-                request.routing_key = routing_key
+                deadline = None if remaining is None else time.monotonic() + remaining
+                self.pipeline.admit(model, version, deadline)
             except LockgateError as exc:
                 self.pipeline.count_failure(model, "grpc", exc.kind.value)
                 raise
-            response = await self.pipeline.infer(request)
-            if request.outputs:
-                triton.classify(self.pipeline, request, response)
+            try:
+                request, response = await self._admitted(
+                    msg, received, remaining, routing_key, client
+                )
+            finally:
+                self.pipeline.release()
             if request.parameters.get("triton_enable_empty_final_response") is True:
                 response.parameters["triton_final_response"] = True  # this one is the last
             return pb.ModelStreamInferResponse(
@@ -238,8 +275,7 @@ class InferenceService:
             )
         except LockgateError as exc:
             message = exc.message
-        except Exception:
-            self.pipeline.count_failure(model, "grpc", "internal")
+        except Exception:  # counted by `_admitted`, where anything unexpected happens
             log.exception("unexpected error in a gRPC ModelStreamInfer request")
             message = "internal server error"
         failed = pb.ModelInferResponse(model_name=model, id=request_id)
@@ -354,13 +390,16 @@ def build_grpc_server(
     tls: TLSConfig | None = None,
     max_request_elements: int = MAX_REQUEST_ELEMENTS,
     repository: RepositoryControl | None = None,
+    clients: ClientKeys | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port (0 = ephemeral); returns it and the bound port.
     `reuse_port` lets worker processes share the port (SO_REUSEPORT). With `max_connection_age`
     (seconds) every connection gets a graceful GOAWAY within that age, and its calls then have
     `grace_period` to finish: how a worker's clients move away (see process/handover.py).
     `max_request_elements` bounds the elements an infer request may declare (TOO_LARGE);
-    `repository` loads and unloads versions (Triton's model repository extension)."""
+    `repository` loads and unloads versions (Triton's model repository extension); with
+    `clients` holding keys, infer and the model reads need an API key in the `authorization`
+    metadata (health, readiness and server metadata stay open)."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -370,7 +409,7 @@ def build_grpc_server(
         options.append(("grpc.max_connection_age_ms", int(max_connection_age * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(grace_period * 1000)))
     server = grpc.aio.server(options=options)
-    service = InferenceService(pipeline, max_request_elements, repository)
+    service = InferenceService(pipeline, max_request_elements, repository, clients)
     server.add_generic_rpc_handlers((_handlers(service),))
     health_pb2_grpc.add_HealthServicer_to_server(_Health(pipeline), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

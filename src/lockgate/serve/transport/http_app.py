@@ -17,6 +17,7 @@ from starlette.routing import Route
 from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec, triton
+from lockgate.serve.transport.client_keys import FEEDBACK, READ, ClientKeys
 from lockgate.serve.transport.infer_asgi import InferRoute
 from lockgate.types import InferencePipeline, Parameters, RepositoryControl
 from lockgate.web import STATUS, BodyBudget, error_body, error_response, is_msgpack, read_body
@@ -25,28 +26,45 @@ log = logging.getLogger(__name__)
 
 ROUTING_KEY_HEADER = "x-lockgate-key"
 VARIANT_HEADER = "x-lockgate-variant"
+CLIENT_SCOPE = "lockgate.client"  # the ASGI scope entry holding the caller's key name
+# The challenge of a 401 for a missing or wrong data-plane API key (admin tokens have their own).
+API_KEY_CHALLENGE = 'Bearer realm="lockgate"'
+ADMIN_CHALLENGE = 'Bearer realm="lockgate-admin"'
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _guarded(handler: Handler) -> Handler:
-    """Expected errors -> their status; anything else is our bug: logged once, 500."""
+def _guarded(
+    handler: Handler, clients: ClientKeys | None = None, scope: str | None = None
+) -> Handler:
+    """Expected errors -> their status; anything else is our bug: logged once, 500. With
+    `clients` and `scope`, the caller's API key must allow `scope` first (its name goes to
+    the handler in `request.scope[CLIENT_SCOPE]`)."""
+    checked = clients if clients is not None and clients.enabled and scope else None
 
     async def run(request: Request) -> Response:
+        if checked is not None:
+            try:
+                authorization = request.headers.get("authorization")
+                request.scope[CLIENT_SCOPE] = checked.client(authorization, scope or READ)
+            except LockgateError as exc:
+                return _refused(request, exc, API_KEY_CHALLENGE)
         try:
             return await handler(request)
         except LockgateError as exc:
-            response = error_response(
-                exc, msgpack_body=is_msgpack(request.headers.get("content-type", ""))
-            )
-            if exc.kind is ErrorKind.UNAUTHORIZED:
-                response.headers["www-authenticate"] = 'Bearer realm="lockgate-admin"'
-            return response
+            return _refused(request, exc, ADMIN_CHALLENGE)  # load and unload take admin tokens
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
             body, media = error_body("internal server error")
             return Response(body, status_code=500, media_type=media)
 
     return run
+
+
+def _refused(request: Request, exc: LockgateError, challenge: str) -> Response:
+    response = error_response(exc, msgpack_body=is_msgpack(request.headers.get("content-type", "")))
+    if exc.kind is ErrorKind.UNAUTHORIZED:
+        response.headers["www-authenticate"] = challenge
+    return response
 
 
 def _json(doc: object, status: int = 200) -> Response:
@@ -86,12 +104,18 @@ def build_http_app(
     max_buffered_bytes: int = 2**28,
     max_request_elements: int = MAX_REQUEST_ELEMENTS,
     repository: RepositoryControl | None = None,
+    clients: ClientKeys | None = None,
 ) -> InferRoute:
     """The REST API: the infer route as bare ASGI in front of starlette for the rest. Bodies
     still arriving share one budget of `max_buffered_bytes` (web.BodyBudget);
     `max_request_elements` bounds the elements an infer request may declare (TOO_LARGE);
-    `repository` loads and unloads versions (Triton's model repository extension)."""
+    `repository` loads and unloads versions (Triton's model repository extension); with
+    `clients` holding keys, infer, feedback and the model reads need an API key (health,
+    readiness and server metadata stay open)."""
     budget = BodyBudget(max_buffered_bytes)
+
+    def keyed(handler: Handler, scope: str = READ) -> Handler:
+        return _guarded(handler, clients, scope)
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -133,7 +157,8 @@ def build_http_app(
     async def feedback(request: Request) -> Response:
         body = await read_body(request, max_body_bytes, budget)
         labels = codec.decode_feedback(body, request.headers.get("content-type", ""))
-        return _json(await pipeline.feedback(request.path_params["model"], labels))
+        client = request.scope.get(CLIENT_SCOPE, "")
+        return _json(await pipeline.feedback(request.path_params["model"], labels, client))
 
     async def model_config(request: Request) -> Response:
         name, version = request.path_params["model"], request.path_params.get("version")
@@ -180,21 +205,21 @@ def build_http_app(
         Route("/v2/health/live", _guarded(live), methods=["GET"]),
         Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
         Route("/v2", _guarded(server_metadata), methods=["GET"]),
-        Route("/v2/models/stats", _guarded(statistics), methods=["GET"]),
-        Route(repo + "/index", _guarded(repository_index), methods=["POST"]),
+        Route("/v2/models/stats", keyed(statistics), methods=["GET"]),
+        Route(repo + "/index", keyed(repository_index), methods=["POST"]),
         Route(repo + "/models/{model}/load", _guarded(load), methods=["POST"]),
         Route(repo + "/models/{model}/unload", _guarded(unload), methods=["POST"]),
     ]
     for base in model_paths:
         routes += [
-            Route(base, _guarded(model_metadata), methods=["GET"]),
+            Route(base, keyed(model_metadata), methods=["GET"]),
             Route(base + "/ready", _guarded(model_ready), methods=["GET"]),
-            Route(base + "/config", _guarded(model_config), methods=["GET"]),
-            Route(base + "/stats", _guarded(statistics), methods=["GET"]),
+            Route(base + "/config", keyed(model_config), methods=["GET"]),
+            Route(base + "/stats", keyed(statistics), methods=["GET"]),
         ]
-    routes.append(Route("/v2/models/{model}/feedback", _guarded(feedback), methods=["POST"]))
+    routes.append(Route("/v2/models/{model}/feedback", keyed(feedback, FEEDBACK), methods=["POST"]))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return InferRoute(pipeline, app, max_body_bytes, STATUS, budget, max_request_elements)
+    return InferRoute(pipeline, app, max_body_bytes, STATUS, budget, max_request_elements, clients)
 
 
 def _host(request: Request) -> str | None:

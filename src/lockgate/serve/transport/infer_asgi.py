@@ -18,6 +18,7 @@ from typing import Any
 from lockgate.config import MAX_REQUEST_ELEMENTS
 from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec, compression, triton
+from lockgate.serve.transport.client_keys import INFER, ClientKeys
 from lockgate.serve.transport.shed import ConnectionBrake, answer_refusal
 from lockgate.types import InferencePipeline, InferRequest
 from lockgate.web import (
@@ -46,6 +47,7 @@ _WANTED = {
     b"content-encoding",
     b"accept-encoding",
 }
+API_KEY_CHALLENGE = (b"www-authenticate", b'Bearer realm="lockgate"')
 
 
 class InferRoute:
@@ -57,8 +59,11 @@ class InferRoute:
         status: dict[ErrorKind, int],
         budget: BodyBudget,
         max_request_elements: int = MAX_REQUEST_ELEMENTS,
+        clients: ClientKeys | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # API keys, when any are configured: one dict probe per request (client_keys.py)
+        self.clients = clients if clients is not None and clients.enabled else None
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
         self.status = status
@@ -71,30 +76,44 @@ class InferRoute:
             match = INFER_PATH.fullmatch(scope["path"])
             if match is not None:
                 model, version = match.group(1), match.group(2)
-                # Admission first: a refusal is answered before the headers are even looked
-                # at, and a connection refused for overload is braked (transport/shed.py).
+                # The key, then admission: a refusal is answered before the body is read, and
+                # a connection refused for overload is braked (transport/shed.py).
                 try:
+                    client = self._client(scope) if self.clients is not None else ""
                     self.pipeline.admit(model, version)
                 except LockgateError as exc:
                     await self._refuse(scope, send, model, exc)
                     return
                 try:
-                    await self._infer(scope, receive, send, model, version)
+                    await self._infer(scope, receive, send, model, version, client)
                 finally:
                     self.pipeline.release()
                 return
         await self.fallback(scope, receive, send)
 
+    def _client(self, scope: Scope) -> str:
+        """The name of the key the request presents (LockgateError 401/403 otherwise)."""
+        assert self.clients is not None
+        raw = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        return self.clients.client(None if raw is None else raw.decode("latin-1"), INFER)
+
     async def _refuse(self, scope: Scope, send: Send, model: str, exc: LockgateError) -> None:
         self.pipeline.count_failure(model, "http", exc.kind.value)
         media = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
         msgpack = is_msgpack(media.decode("latin-1"))
-        await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack)
+        challenge = API_KEY_CHALLENGE if exc.kind is ErrorKind.UNAUTHORIZED else None
+        await answer_refusal(send, self.status[exc.kind], exc, msgpack=msgpack, extra=challenge)
         if exc.kind is ErrorKind.OVERLOADED:
             self.brake.refused(send)
 
     async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        model: str,
+        version: str | None,
+        client: str,
     ) -> None:
         received = time.perf_counter_ns()
         headers = {
@@ -102,7 +121,7 @@ class InferRoute:
         }
         content_type = headers.get("content-type", "")
         try:
-            body, extra = await self._answer(receive, headers, model, version, received)
+            body, extra = await self._answer(receive, headers, model, version, received, client)
             status = 200
         except LockgateError as exc:
             body, media = error_body(exc.message, msgpack_body=is_msgpack(content_type))
@@ -124,13 +143,14 @@ class InferRoute:
         model: str,
         version: str | None,
         received: int,
+        client: str,
     ) -> tuple[bytes, dict[str, str]]:
         try:
             req = await self._request(receive, headers, model, version)
         except LockgateError as exc:  # infer counts its own outcomes; these never reach it
             self.pipeline.count_failure(model, "http", exc.kind.value)
             raise
-        req.received_ns = received
+        req.received_ns, req.client = received, client
         resp = await self.pipeline.infer(req)
         if req.outputs:
             triton.classify(self.pipeline, req, resp)

@@ -99,10 +99,20 @@ def _peer_closed(sock: Any) -> bool:
     return bool(poll.poll(0))
 
 
-async def answer_refusal(send: Send, status: int, exc: LockgateError, *, msgpack: bool) -> None:
-    """The whole answer to a request refused before its body was read."""
+async def answer_refusal(
+    send: Send,
+    status: int,
+    exc: LockgateError,
+    *,
+    msgpack: bool,
+    extra: tuple[bytes, bytes] | None = None,
+) -> None:
+    """The whole answer to a request refused before its body was read; `extra`: one more
+    header (an authentication challenge)."""
     body, media = error_body(exc.message, msgpack_body=msgpack)
     headers = [(b"content-type", media.encode()), (b"content-length", b"%d" % len(body))]
     headers += [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
+    if extra is not None:
+        headers.append(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

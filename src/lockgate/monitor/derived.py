@@ -1,0 +1,146 @@
+"""Features derived from inputs too wide, or not numeric, to follow value by value.
+
+A numeric input with more values per row than the monitor follows (an image, an embedding) is
+summarised per row: its mean, std and L2 norm, and a seeded random projection to a few
+dimensions (`tensor:mean`, `tensor:std`, `tensor:l2`, `tensor:proj0` ...). A string input
+(BYTES, one value per row) is summarised by its length in bytes, whether it is empty, and a
+stable hash of the value into `TEXT_BUCKETS` buckets (`tensor:length`, `tensor:empty`,
+`tensor:hash`, the last a categorical feature). The derived columns are then ordinary monitored
+features: the reference profile is built from the same derivation of the reference data.
+
+The projection is a very sparse random projection (Li, Hastie and Church, 2006): each of its
+`PROJECTIONS` directions has `taps` nonzero weights +-1/sqrt(taps) on distinct coordinates, all
+drawn from a generator seeded with (seed, tensor name, width). The seed is stored with the
+version's profiles, so the reference and every gateway draw the same matrix. A batch costs one
+gather of the tapped columns and one small matmul, plus one pass over the values for the
+moments; nothing per row in Python.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+
+from lockgate.monitor.kernels.summary import fnv1a_buckets
+
+Array = np.ndarray[Any, Any]
+
+DEFAULT_SEED = 19_2024  # the projection seed of profiles that do not store one
+PROJECTIONS = 8  # directions of the random projection of a wide input
+MIN_TAPS = 256  # nonzero weights per direction, at least (all values when narrower)
+TEXT_BUCKETS = 64  # hash buckets of a string input's categorical feature
+WIDE_STATS = ("mean", "std", "l2")
+TEXT_STATS = ("length", "empty", "hash")
+
+Kind = Literal["wide", "text"]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A sparse ``[width, dims]`` projection kept as its nonzero rows: ``columns`` (ascending
+    coordinates with a nonzero weight) and ``weights[len(columns), dims]``."""
+
+    columns: Array
+    weights: Array
+
+    def apply(self, values: Array) -> Array:
+        """``values[rows, width] @ matrix`` as float32, touching only the tapped columns."""
+        taken = np.take(values, self.columns, axis=1).astype(np.float32, copy=False)
+        return np.asarray(taken @ self.weights, dtype=np.float32)
+
+    def dense(self, width: int) -> Array:
+        """The whole matrix (for checks: `apply` never builds it)."""
+        matrix = np.zeros((width, self.weights.shape[1]), np.float32)
+        matrix[self.columns] = self.weights
+        return matrix
+
+
+def projection(seed: int, tensor: str, width: int, dims: int = PROJECTIONS) -> Projection:
+    """The projection of `tensor` (`width` values per row), drawn from `seed`: the same
+    arguments give the same matrix on every host."""
+    taps = min(width, max(MIN_TAPS, math.ceil(math.sqrt(width))))
+    rng = np.random.default_rng([seed, zlib.crc32(tensor.encode()), width])
+    picks = np.stack([rng.choice(width, taps, replace=False) for _ in range(dims)])
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(dims, taps))
+    columns = np.unique(picks)
+    weights = np.zeros((columns.size, dims), np.float32)
+    for d in range(dims):  # dims iterations, once per version
+        weights[np.searchsorted(columns, picks[d]), d] = signs[d] / math.sqrt(taps)
+    return Projection(columns.astype(np.int64), weights)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """How one input tensor is summarised into feature columns."""
+
+    tensor: str
+    kind: Kind
+    width: int  # values per monitored row
+    seed: int = DEFAULT_SEED
+
+    @property
+    def names(self) -> list[str]:
+        if self.kind == "text":
+            return [f"{self.tensor}:{s}" for s in TEXT_STATS]
+        projected = [f"{self.tensor}:proj{i}" for i in range(PROJECTIONS)]
+        return [f"{self.tensor}:{s}" for s in WIDE_STATS] + projected
+
+    @property
+    def categorical(self) -> list[int]:
+        """Columns (offsets among `names`) that are categories, whatever the reference shows."""
+        return [TEXT_STATS.index("hash")] if self.kind == "text" else []
+
+    @cached_property
+    def projection(self) -> Projection:
+        return projection(self.seed, self.tensor, self.width)
+
+    def columns(self, values: Array, rows: int) -> Array:
+        """The derived features ``[rows, len(names)]`` (float32) of a batch whose values hold
+        `rows` monitored rows of `width` values."""
+        if self.kind == "text":
+            return text_columns(values)
+        return self._wide(values.reshape(rows, self.width))
+
+    def _wide(self, values: Array) -> Array:
+        if values.dtype.kind != "f" or values.dtype.itemsize < 4:  # integers, float16: exact
+            values = values.astype(np.float32)
+        out = np.empty((values.shape[0], len(WIDE_STATS) + PROJECTIONS), np.float32)
+        total = np.einsum("ij->i", values)
+        squares = np.einsum("ij,ij->i", values, values)
+        mean = total / self.width
+        out[:, 0] = mean
+        out[:, 1] = np.sqrt(np.maximum(squares / self.width - mean * mean, 0))
+        out[:, 2] = np.sqrt(squares)
+        out[:, 3:] = self.projection.apply(values)
+        return out
+
+
+def text_columns(values: Array) -> Array:
+    """``[values, 3]``, one monitored row per value: its length in bytes, 1.0 when empty, the
+    FNV-1a bucket of the whole value (str values count as their UTF-8 bytes)."""
+    items = _as_bytes(values)
+    lengths = np.fromiter(map(len, items), np.int64, count=len(items))
+    buckets = np.empty(len(items), np.int64)
+    data = np.frombuffer(b"".join(items), np.uint8)
+    fnv1a_buckets(data, np.cumsum(lengths), TEXT_BUCKETS, buckets)
+    out = np.empty((len(items), len(TEXT_STATS)), np.float32)
+    out[:, 0] = lengths
+    out[:, 1] = lengths == 0
+    out[:, 2] = buckets
+    return out
+
+
+def _as_bytes(values: Array) -> list[bytes]:
+    values = values.reshape(-1)
+    if values.dtype.kind == "U":
+        values = np.char.encode(values, "utf-8")
+    items = values.tolist()
+    if values.dtype.kind == "O" and not all(map(bytes.__instancecheck__, items)):
+        # str objects (made in-process, not decoded from a request): encode them
+        items = [v.encode() if isinstance(v, str) else bytes(v) for v in items]
+    return items  # type: ignore[no-any-return]

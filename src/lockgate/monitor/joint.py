@@ -1,0 +1,172 @@
+"""Joint drift of a version's continuous inputs: tumbling windows of random-Fourier-feature sums
+scored by MMD against the reference embedding (:mod:`lockgate.monitor.joint_profile`).
+
+Windows close like the per-feature drift windows (:class:`~lockgate.monitor.drift.DriftConfig`:
+``window_rows`` rows or ``window_seconds``, whichever first; a window closed by time with fewer
+than ``min_rows`` complete rows is carried over). Rows with a non-finite joint value count
+towards the window's size but not its embedding; a window that fills with fewer than
+``min_rows`` complete rows is dropped unscored. A window alarms when its score exceeds the
+threshold for its own number of complete rows; the alarm switches on and off with the same
+hysteresis as the per-feature alerts (``alert_after`` / ``clear_after`` windows).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from lockgate.monitor.drift import DriftConfig
+from lockgate.monitor.joint_profile import JointProfile
+from lockgate.monitor.kernels import rule as rl
+from lockgate.monitor.kernels.rff import rff_update
+
+
+@dataclass(frozen=True)
+class JointWindow:
+    """One scored window."""
+
+    index: int
+    rows: int  # complete rows (the n of the threshold)
+    score: float
+    threshold: float
+    alarming: bool  # this window alone: score > threshold
+    alarm: bool  # after hysteresis
+    closed_by: str  # "rows" or "time"
+
+
+@dataclass(frozen=True)
+class JointState:
+    """The monitor's state for `/metrics`: NaN scores before the first window."""
+
+    score: float
+    threshold: float
+    alarm: bool
+    windows: int
+    open_rows: int
+
+
+class JointMonitor:
+    """Tumbling-window joint-drift monitor of one version in one worker (not thread-safe: one
+    drain task owns it). ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        profile: JointProfile,
+        config: DriftConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.profile = profile
+        self.config = config if config is not None else DriftConfig()
+        self._clock = clock
+        self._sums = np.zeros(profile.features)
+        self._rows = 0  # rows in the open window
+        self._complete = 0  # of which complete (every joint column finite)
+        self._opened = clock()
+        self._index = 0
+        self._on = np.zeros(1, dtype=np.bool_)
+        self._hits = np.zeros(1, dtype=np.int64)
+        self._misses = np.zeros(1, dtype=np.int64)
+        self._last: JointWindow | None = None
+
+    def update(self, values: ArrayLike) -> list[JointWindow]:
+        """Fold a slice ``[rows, F]`` of monitored input rows into the window(s); returns the
+        windows this call closed. Split exactly at every ``window_rows`` boundary."""
+        table = np.asarray(values)
+        if table.ndim != 2 or table.shape[1] <= int(self.profile.columns.max()):
+            raise ValueError("values must be 2-D with every joint column")
+        if table.dtype not in (np.float32, np.float64):
+            table = table.astype(np.float64)
+        now = self._clock()
+        closed = self.tick(now)
+        p = self.profile
+        start = 0
+        while start < table.shape[0]:
+            take = min(table.shape[0] - start, self.config.window_rows - self._rows)
+            chunk = table[start : start + take]
+            self._complete += rff_update(
+                chunk, p.columns, p.center, p.scale, p.omega, p.phase, self._sums
+            )
+            self._rows += take
+            start += take
+            if self._rows >= self.config.window_rows:
+                closed += self._close(now, "rows")
+        return closed
+
+    def tick(self, now: float | None = None) -> list[JointWindow]:
+        """Close the window by time if its boundary has passed (call it when idle)."""
+        now = self._clock() if now is None else now
+        if now - self._opened >= self.config.window_seconds:
+            return self._close(now, "time")
+        return []
+
+    def _close(self, now: float, closed_by: str) -> list[JointWindow]:
+        self._opened = now
+        n = self._complete
+        if n < self.config.min_rows:
+            if closed_by == "rows":  # full of incomplete rows: nothing to score, start again
+                self._reset()
+            return []  # by time: carried over
+        score = self.profile.score(self._sums, n)
+        threshold = self.profile.threshold(n)
+        hit = np.array([score > threshold])
+        rl.hysteresis_step(
+            self._on,
+            self._hits,
+            self._misses,
+            hit,
+            np.ones(1, dtype=np.bool_),
+            self.config.alert_after,
+            self.config.clear_after,
+        )
+        window = JointWindow(
+            self._index, n, score, threshold, bool(hit[0]), bool(self._on[0]), closed_by
+        )
+        self._index += 1
+        self._last = window
+        self._reset()
+        return [window]
+
+    def _reset(self) -> None:
+        self._sums[:] = 0.0
+        self._rows = 0
+        self._complete = 0
+
+    @property
+    def state(self) -> JointState:
+        last = self._last
+        return JointState(
+            score=last.score if last else math.nan,
+            threshold=last.threshold if last else math.nan,
+            alarm=bool(self._on[0]),
+            windows=self._index,
+            open_rows=self._rows,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready view for the admin API: the columns followed and the last window."""
+        last = self._last
+        return {
+            "features": list(self.profile.names),
+            "embedding_size": self.profile.features,
+            "bandwidth": self.profile.bandwidth,
+            "alpha": self.profile.alpha,
+            "reference_rows": self.profile.rows,
+            "windows": self._index,
+            "open_rows": self._rows,
+            "alarm": bool(self._on[0]),
+            "last_window": None
+            if last is None
+            else {
+                "rows": last.rows,
+                "score": last.score,
+                "threshold": last.threshold,
+                "alarming": last.alarming,
+                "closed_by": last.closed_by,
+            },
+        }
