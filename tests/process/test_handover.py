@@ -88,9 +88,10 @@ def test_hand_over_waits_for_the_last_connection(monkeypatch: pytest.MonkeyPatch
             client = socket.create_connection(("127.0.0.1", port))
             served, _ = listener.accept()
             waiting = asyncio.create_task(hand_over(port, timeout=120, poll=0.02))
-            # five polls have seen the connection open, and none of them ended the hand-over
+            # five polls have seen the connection open (other processes' connections on the
+            # same port number count too), and none of them ended the hand-over
             await until(lambda: len(seen) >= 5, "five polls")
-            assert seen[:5] == [1] * 5 and not waiting.done()
+            assert min(seen[:5]) >= 1 and not waiting.done()
             served.close()
             client.close()
             assert await asyncio.wait_for(waiting, 60) is True  # done once it is gone
