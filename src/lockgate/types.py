@@ -128,8 +128,11 @@ class ModelSpec:
     # Derived once, read per request:
     # requests can be concatenated on axis 0 (see `batching`);
     batchable: bool = field(init=False, repr=False, compare=False)
-    # the (name, datatype) of every output, what a request that names none gets back.
+    # the (name, datatype) of every output, what a request that names none gets back;
     all_outputs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    # inputs with a dynamic dimension after the first (images of any size): requests join a
+    # batch only when these have the same shapes.
+    ragged: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
@@ -142,6 +145,7 @@ class ModelSpec:
                 else self.batching
             ),
             "all_outputs": tuple((o.name, o.datatype) for o in self.outputs),
+            "ragged": tuple(t.name for t in self.inputs if -1 in t.shape[1:]),
             "_inputs": {t.name: t for t in self.inputs},
             "_outputs": {t.name: t for t in self.outputs},
         }

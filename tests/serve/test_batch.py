@@ -184,13 +184,15 @@ async def test_cost_model_sends_cheap_batches_inline(tmp_path: Path) -> None:
     assert slow.stats.inline_batches == 0 and slow.stats.batches == 1
 
 
-async def arrive_one_per_turn(b: Batcher, xs: list[np.ndarray[Any, Any]]) -> list[Any]:
+async def arrive_one_per_turn(
+    b: Batcher, xs: list[np.ndarray[Any, Any]], name: str = "x"
+) -> list[Any]:
     """Requests handed over one loop turn apart, as grpc.aio hands over calls."""
 
     async def arrive(i: int, x: np.ndarray[Any, Any]) -> Any:
         for _ in range(i):
             await asyncio.sleep(0)
-        return await b.submit({"x": x}, len(x), far(), alone=True)
+        return await b.submit({name: x}, len(x), far(), alone=True)
 
     return await asyncio.gather(*(arrive(i, x) for i, x in enumerate(xs)))
 
@@ -256,3 +258,32 @@ async def test_requests_of_a_model_that_cannot_batch_never_gather(tmp_path: Path
     for x, (out, _) in zip(xs, results, strict=True):
         np.testing.assert_array_equal(out["y"], x * 2)
     assert b.stats.gathers == 0 and b.stats.inline_batches == 4
+
+
+async def test_requests_join_a_batch_only_with_the_same_inner_shapes(tmp_path: Path) -> None:
+    """Images of any size: concatenated on the rows only when heights and widths agree (a batch
+    of different sizes cannot be formed, and must not fail its requests)."""
+    import onnxruntime as ort
+
+    from tests.compat.exports import cnn_dynamic_sides
+
+    model, _ = cnn_dynamic_sides()
+    (tmp_path / "cnn.onnx").write_bytes(model)
+    spec = ModelSpec(
+        "cnn",
+        "1",
+        (TensorSpec("image", "FP32", (-1, 1, -1, -1)),),
+        (TensorSpec("features", "FP32", (-1, 4)),),
+    )
+    assert spec.ragged == ("image",) and SCALE.ragged == ()
+    b = make_batcher(spec, tmp_path / "cnn.onnx", gather_delay=0.05)
+    rng = np.random.default_rng(5)
+    sides = [(5, 4), (5, 4), (9, 13), (9, 13), (9, 13), (5, 4), (7, 7), (5, 4)]
+    xs = [rng.normal(size=(1, 1, h, w)).astype(np.float32) for h, w in sides]
+    results = await arrive_one_per_turn(b, xs, name="image")
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for x, (out, _) in zip(xs, results, strict=True):
+        want = session.run(["features"], {"image": x})[0]
+        np.testing.assert_allclose(out["features"], want, rtol=1e-5, atol=1e-6)
+    # runs of one size: (5,4)x2, (9,13)x3, (5,4), (7,7), (5,4)
+    assert b.stats.requests == 8 and b.stats.batches == 5 and b.stats.multi_request_batches == 2

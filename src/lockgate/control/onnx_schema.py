@@ -10,11 +10,14 @@ to change in the export.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from lockgate.errors import invalid
 from lockgate.types import TensorSpec
+
+log = logging.getLogger(__name__)
 
 # onnx TensorProto element types -> Open Inference Protocol datatypes
 ONNX_DATATYPES = {
@@ -55,14 +58,15 @@ def inspect_model(model_bytes: bytes) -> Inspected:
 
     try:
         model = onnx.load_model_from_string(model_bytes)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
+    except Exception as exc:  # DecodeError, ...
         raise invalid(f"not a valid ONNX model: {first_line(exc)}") from None
+    checked = _checked(model, model_bytes)
     labels, conversions = _remove_zipmaps(model)
     if conversions:
         model_bytes = model.SerializeToString()
         try:
-            onnx.checker.check_model(model)
+            if checked:
+                onnx.checker.check_model(model)
         except Exception as exc:
             raise invalid(f"the model without its ZipMap is not valid: {first_line(exc)}") from None
     initializers = {i.name for i in model.graph.initializer}
@@ -73,6 +77,28 @@ def inspect_model(model_bytes: bytes) -> Inspected:
     if not inputs or not outputs:
         raise invalid("the model has no inputs or no outputs")
     return Inspected(model_bytes, inputs, outputs, tuple(conversions))
+
+
+def _checked(model: Any, model_bytes: bytes) -> bool:
+    """onnx's checker passes the model (True); or it objects to what onnxruntime accepts, as
+    with files of IR version < 4 whose initializers are not graph inputs (False, logged);
+    otherwise INVALID with the checker's reason. onnxruntime is what serves the model."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(model)
+        return True
+    except Exception as exc:  # ValidationError, ...
+        reason = first_line(exc)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception:
+        raise invalid(f"not a valid ONNX model: {reason}") from None
+    log.info("onnx's checker objects to the model (%s); onnxruntime loads it", reason)
+    return False
 
 
 def _tensor_spec(value_info: Any, kind: str, labels: tuple[int | str, ...] = ()) -> TensorSpec:
@@ -140,12 +166,25 @@ def _remove_zipmaps(model: Any) -> tuple[dict[str, tuple[int | str, ...]], list[
         stale = [v for v in model.graph.value_info if v.name == name]
         for v in stale:
             model.graph.value_info.remove(v)
+        _import_default_opset(model)
         labels[name] = classes
         notes.append(
             f"output {name!r}: ZipMap removed, served as FP32 [N, {len(classes)}] "
             "(class probabilities in the order of its labels)"
         )
     return labels, notes
+
+
+def _import_default_opset(model: Any) -> None:
+    """The Identity that replaces a ZipMap is an operator of the default domain, which a graph
+    made only of `ai.onnx.ml` operators (older scikit-learn exports) does not import: import the
+    newest opset its IR version allows."""
+    from onnx.helper import VERSION_TABLE, make_opsetid
+
+    if any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        return
+    allowed = [row[2] for row in VERSION_TABLE if row[1] <= model.ir_version]
+    model.opset_import.append(make_opsetid("", max(allowed, default=1)))
 
 
 def _zipmap_labels(node: Any) -> tuple[int | str, ...]:

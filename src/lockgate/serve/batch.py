@@ -101,7 +101,9 @@ class Batcher:
         self._executor = executor
         self._clock = clock  # deadlines and queue waits; time.monotonic, as in the data plane
         limit = config.max_batch_rows if runner.spec.batchable else 1
-        self.queue = RequestQueue(limit, config.max_queue_wait, clock, runner.predicted_cost)
+        self.queue = RequestQueue(
+            limit, config.max_queue_wait, clock, runner.predicted_cost, runner.spec.ragged
+        )
         # The scheduled or running drain: a Task, or a plain callback where every batch runs
         # inline (see `_drain_inline`).
         self._task: asyncio.Task[None] | asyncio.Handle | None = None
@@ -468,6 +470,11 @@ class Batcher:
         except TimeoutError:
             return False
         return True
+
+
+def _same_shapes(a: Arrays, b: Arrays, names: tuple[str, ...]) -> bool:
+    """Requests concatenate on axis 0 only when their other dimensions agree."""
+    return all(a[n].shape[1:] == b[n].shape[1:] for n in names)
 
 
 def _concat(parts: list[Arrays]) -> Arrays:

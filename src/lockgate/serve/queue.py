@@ -84,8 +84,12 @@ class RequestQueue:
         max_wait: float,
         clock: Callable[[], float],
         least_cost: Callable[[int], float],
+        ragged: tuple[str, ...] = (),
     ) -> None:
         self.limit = limit  # rows per batch (1 for a model that cannot batch)
+        # inputs whose inner dimensions vary (images of any size): requests share a batch only
+        # when these have the same shapes, since batches concatenate on the first axis
+        self.ragged = ragged
         self.max_wait = max_wait  # seconds; 0 = no bound and never standing
         self.clock = clock
         self.least_cost = least_cost  # (rows) -> the least time a run of that many rows takes
@@ -134,7 +138,10 @@ class RequestQueue:
             if p.future.done():  # expired or cancelled while queued
                 self.rows_out += p.rows
                 continue
-            if batch and rows + p.rows > self.limit:
+            if batch and (
+                rows + p.rows > self.limit
+                or (self.ragged and not _same_shapes(batch[0].inputs, p.inputs, self.ragged))
+            ):
                 put_back(p)
                 break
             self.rows_out += p.rows
@@ -153,3 +160,8 @@ class RequestQueue:
             self.rows_out += p.rows
             if not p.future.done():
                 dropped.append((p, ErrorKind.OVERLOADED))
+
+
+def _same_shapes(a: Arrays, b: Arrays, names: tuple[str, ...]) -> bool:
+    """Requests concatenate on axis 0 only when their other dimensions agree."""
+    return all(a[n].shape[1:] == b[n].shape[1:] for n in names)

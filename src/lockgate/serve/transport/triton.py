@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 
 from lockgate.errors import invalid
 from lockgate.types import (
@@ -25,6 +26,10 @@ from lockgate.types import (
 )
 
 BACKEND = "onnxruntime"
+# The model configuration's `parameters` key that carries an output's class labels (a ZipMap's
+# classes, in column order) as a JSON list; Triton would name a label file instead, which a
+# client cannot read over the protocol.
+LABELS_PARAMETER = "labels:"
 MODEL_FILE = "model.onnx"
 # model_config.proto's DataType for each Open Inference Protocol datatype.
 DATA_TYPES = {
@@ -99,6 +104,13 @@ def config_doc(name: str, served: ServedConfig) -> dict[str, Any]:
         "default_model_filename": MODEL_FILE,
         "model_transaction_policy": {"decoupled": False},
     }
+    labels = {
+        f"{LABELS_PARAMETER}{t.name}": {"string_value": orjson.dumps(list(t.labels)).decode()}
+        for t in spec.outputs
+        if t.labels
+    }
+    if labels:
+        doc["parameters"] = labels
     if batched:
         doc["dynamic_batching"] = {
             "preferred_batch_size": [],
