@@ -97,10 +97,10 @@ class RunningGateway:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-def model_executor(pipeline: Any) -> Executor:
-    """The executor a serving pipeline runs its model versions in (tests hold it to keep model
-    runs pending for as long as they need)."""
-    executor: Executor = pipeline.models.executor
+def model_executor(dataplane: Any) -> Executor:
+    """The executor a data plane runs its model versions in (tests hold it to keep model runs
+    pending for as long as they need)."""
+    executor: Executor = dataplane.models.executor
     return executor
 
 

@@ -3,7 +3,6 @@ conversions, config) and an audited configuration change that the gateway applie
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from lockgate.control.registry import Registry
 from lockgate.model_config import ModelConfig
 from tests.compat import exports
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import wait_until
 
 TOKEN = "ops-token-0123456789abcdef"
 
@@ -50,10 +50,9 @@ def test_show_a_version_and_change_its_config(tmp_path: Path) -> None:
         assert record["before"]["sessions"] == 1 and record["after"]["sessions"] == 2
         assert gw.gateway is not None
         models = gw.gateway.controller.models
-        deadline = time.monotonic() + 30
-        while models.loaded[("clf", "1")].runner.sessions != 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(
+            lambda: models.loaded[("clf", "1")].runner.sessions == 2, "the reload with 2 sessions"
+        )
         assert not models.loaded[("clf", "1")].spec.batchable
         x = np.ones((2, 4), np.float32).tolist()
         answer = httpx.post(

@@ -17,6 +17,7 @@ import pytest
 
 from lockgate.control.rollouts import RolloutStore
 from lockgate.control.state import Change, Mutation, State, StateStore, Transition
+from lockgate.control.statedb_pg import PostgresBackend
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.specs import EndpointSpec
 from tests.postgres import PostgresServer
@@ -36,7 +37,9 @@ def bump(name: str, delay: float = 0.0) -> Mutation:
     """Count one more on endpoint `name` (a lost update would show as a missing count)."""
 
     def mutation(state: State) -> Transition:
-        time.sleep(delay)  # hold the transaction open, so that a rival really overlaps it
+        # Hold the transaction open, so that a rival most likely overlaps it. Not a wait for
+        # anything: exactly one writer wins whether or not they overlap.
+        time.sleep(delay)
         n = count(state, name)
         change = Change("bump", name, {"count": n}, {"count": n + 1})
         return Transition({**state.endpoints, name: endpoint(n + 1)}, state.pins, change)
@@ -203,7 +206,8 @@ def test_a_postgresql_writer_waits_for_the_write_lock_at_most_lock_timeout(
         with pytest.raises(LockgateError, match="stayed locked by another writer") as info:
             store.apply(bump("a"), actor="ops", expected_revision=0)
         assert info.value.kind is ErrorKind.UNAVAILABLE
-        assert 0.3 <= time.monotonic() - started < 5
+        # it waited for the lock, and gave up on the configured timeout, not the default 30 s
+        assert 0.3 <= time.monotonic() - started < PostgresBackend.lock_timeout
         assert store.revision() == 0  # reads are not blocked by a writer
     assert store.apply(bump("a"), actor="ops", expected_revision=0).revision == 1
 
@@ -217,6 +221,6 @@ def test_postgresql_notifies_each_new_revision(tmp_path: Path, postgres_url: str
         with pytest.raises(LockgateError):
             store.apply(bump("a"), actor="ops", expected_revision=0)  # not committed: silent
         store.apply(bump("a"), actor="ops", expected_revision=1)
-        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=2)]
+        payloads = [n.payload for n in listener.notifies(timeout=60, stop_after=2)]
         assert payloads == ["1", "2"]
         assert list(listener.notifies(timeout=0.2)) == []

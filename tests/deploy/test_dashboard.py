@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tests.deploy.conftest import (
     selected_names,
     tool,
 )
+from tests.waiting import wait_until
 
 # Families exported on purpose but neither charted nor alerted on, with the reason.
 NOT_CHARTED: dict[str, str] = {
@@ -90,14 +90,14 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> str:
             r = client.post("/v2/models/classifier/feedback", json={"labels": labels})
             assert r.status_code == 200, r.text
         url = f"http://{gw.admin}/metrics"
-        text = ""
-        for _ in range(200):  # shadow copies run after the primary answered (<= 10 s)
+
+        def with_shadow_rows() -> str | None:
             gw.call(gw.gateway.monitor.drain())
             text = httpx.get(url, timeout=10).text
-            if _families(text)["lockgate_shadow_rows"][1]:
-                break
-            time.sleep(0.05)
-    return text
+            return text if _families(text)["lockgate_shadow_rows"][1] else None
+
+        # shadow copies run after the primary answered
+        return wait_until(with_shadow_rows, "shadow rows in /metrics", interval=0.05)
 
 
 def _families(text: str) -> dict[str, tuple[str, int]]:

@@ -25,6 +25,7 @@ from lockgate.demo import ensure_demo_models, send_traffic
 from lockgate.monitor.predlog import FeedbackLog
 from lockgate.retrain.train import LinearModel, TrainedModel, fit_logistic, logistic_onnx
 from tests.processes import GatewayProcess, start_gateway
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "worker-token-0123456789abcdef"
@@ -53,16 +54,23 @@ poll_seconds = 0.5
 
 [data]
 min_rows = 300
+# the newest labelled rows only: live traffic keeps adding rows while a worker starts, and a
+# job's work must not grow with how long that took
+max_rows = 3000
 
 [gates]
 tolerance = 0.0
-p99_latency_ms = 50.0
+# a budget no machine misses, however busy: the gate itself is tested with a known clock
+# (tests/retrain/test_evaluate.py); here it only has to pass
+p99_latency_ms = 60000.0
 
 [rollout]
 steps = [10, 50, 100]
 analysis_seconds = 1.0
 min_requests = 5
-max_p99_ratio = 50.0
+# the p99 of a few requests is scheduling noise on a busy machine; judging a slow candidate's
+# latency is tested on its own (tests/retrain/test_rollout.py)
+max_p99_ratio = 1000000.0
 token_env = "LOCKGATE_TEST_WORKER_TOKEN"
 admin_url = "http://{admin}"
 """
@@ -80,10 +88,11 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
 
 def wait_for_labels(home: Path, count: int) -> None:
     """The gateway flushes its logs every second; the worker reads them from disk."""
-    deadline = time.monotonic() + 10
-    while len(FeedbackLog(home / "feedback").read_labels().get("label", ())) < count:
-        assert time.monotonic() < deadline, "labels never reached the feedback log"
-        time.sleep(0.2)
+    wait_until(
+        lambda: len(FeedbackLog(home / "feedback").read_labels().get("label", ())) >= count,
+        "labels to reach the feedback log",
+        interval=0.2,
+    )
 
 
 def run_worker(home: Path, pipeline: Path) -> subprocess.CompletedProcess[str]:
@@ -177,9 +186,17 @@ def test_a_worse_candidate_is_stopped_by_the_gates(gateway: GatewayProcess, tmp_
     assert admin(gateway, "/v1/rollouts?endpoint=classifier")["rollouts"] == []
 
 
-@pytest.mark.parametrize("kill_after", [0.3, 1.0, 2.5], ids=["early", "mid", "late"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "step 1/5: building the dataset",
+        "step 4/5: registering the candidate",
+        ": step 2, canary 50%",  # the rollout's second step: traffic has moved once already
+    ],
+    ids=["dataset", "registration", "rollout"],
+)
 def test_kill_9_of_the_worker_leaves_a_consistent_state(
-    gateway: GatewayProcess, tmp_path: Path, kill_after: float
+    gateway: GatewayProcess, tmp_path: Path, stage: str
 ) -> None:
     """kill -9 at some stage (dataset, training, registration, a rollout step): no half-written
     version, traffic at a recorded step or on the champion, and a restarted worker finishes."""
@@ -200,9 +217,16 @@ def test_kill_9_of_the_worker_leaves_a_consistent_state(
         cmd = [sys.executable, "-m", "lockgate.cli", "retrain", "--home", str(tmp_path)]
         cmd += ["--pipeline", str(pipeline), "--once"]
         env = {**os.environ, "LOCKGATE_TEST_WORKER_TOKEN": TOKEN}
-        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        time.sleep(kill_after)
-        worker.send_signal(signal.SIGKILL)
+        log = tmp_path / "worker.log"
+        with log.open("w") as out:
+            worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+        def reached() -> bool:
+            assert worker.poll() is None, log.read_text()
+            return stage in log.read_text()
+
+        wait_until(reached, f"the worker to reach {stage!r}", timeout=180, interval=0.01)
+        worker.send_signal(signal.SIGKILL)  # somewhere in that stage
         worker.wait(10)
         registry = Registry(tmp_path)
         for info in registry.versions("classifier"):
@@ -212,8 +236,10 @@ def test_kill_9_of_the_worker_leaves_a_consistent_state(
         rollouts = admin(gateway, "/v1/rollouts?endpoint=classifier")["rollouts"]
         if rollouts and rollouts[0]["status"] not in ("promoted", "rolled_back", "aborted"):
             (rollout,) = rollouts
-            if rollout["candidate"] in weights:  # traffic sits at a recorded step
-                assert weights[rollout["candidate"]] == pytest.approx(rollout["weight"])
+            # traffic sits at a recorded step: the current one, or the one before it when the
+            # kill fell between recording a step and moving traffic to it (write-ahead)
+            recorded = {0.0} | {h["weight"] for h in rollout["history"] if h["decision"] == "apply"}
+            assert weights.get(rollout["candidate"], 0.0) in recorded, (weights, rollout)
         else:
             assert weights == {"2": 100.0} or weights == {"3": 100.0}
         result = run_worker(tmp_path, pipeline)  # a restart finishes (or rolls back) cleanly
@@ -251,12 +277,15 @@ def test_sigusr1_asks_a_running_worker_for_a_job(gateway: GatewayProcess, tmp_pa
                 time.sleep(0.1)
 
         wait_for("retrain worker for endpoint classifier started")
+        # Time passes with the worker idle (letting it pass is the test: a trigger would have
+        # fired at once, on the worker's first check; a slower machine only waits longer).
         time.sleep(1.0)
         assert "job:" not in log.read_text()  # nothing triggers by itself
         for count in (1, 2):  # and it keeps answering
             worker.send_signal(signal.SIGUSR1)
             wait_for("job finished: gates_failed", count)
-        assert log.read_text().count("job: manual triggered") == 2
+        text = log.read_text()
+        assert text.count("job: manual triggered") == 2 and text.count("job:") == 2
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, log.read_text()

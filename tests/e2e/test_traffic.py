@@ -11,27 +11,30 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
-import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
 from lockgate._proto import grpc_service_pb2 as pb
 from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
+from lockgate.config import BatchConfig
 from lockgate.control import traffic
 from lockgate.control.registry import Registry
 from lockgate.control.state import StateStore
 from lockgate.demo import ensure_demo_models
 from lockgate.serve.route import sticky_bucket
 from tests import onnx_models
+from tests.conftest import RunningGateway, loopback_config, model_executor, pin_versions
 from tests.processes import GatewayProcess, RawHTTP, start_gateway
+from tests.serve.conftest import Held
+from tests.waiting import until, wait_until
 
 BODY = orjson.dumps(
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
@@ -171,48 +174,48 @@ def test_sticky_keys_on_both_transports(gateway: GatewayProcess) -> None:
 
 def test_blue_green_flip_under_load(gateway: GatewayProcess) -> None:
     put_endpoint(gateway, "flip", ("blue", "1", 100), ("green", "2", 0))
-    results: list[tuple[float, int, str]] = []
-    switched: list[float] = []
-
-    def done() -> bool:  # 300 answers before the switch and 300 sent after it
-        return bool(switched) and sum(start > switched[0] for start, _, _ in results[-300:]) >= 300
+    results: list[tuple[float, float, int, str]] = []  # sent, answered, status, variant
+    marks: dict[str, float] = {}
+    callers, after_switch = 200, 5
 
     async def caller() -> None:
         conn = await RawHTTP.connect(gateway.http)
-        while not done():
-            start = time.monotonic()
+        mine = 0  # answers to requests sent after the switch
+        while mine < after_switch:
+            sent = time.monotonic()
             status, headers, _ = await conn.post("/v2/models/flip/infer", BODY)
-            results.append((start, status, headers.get("x-lockgate-variant", "")))
+            results.append((sent, time.monotonic(), status, headers.get("x-lockgate-variant", "")))
+            mine += "switched" in marks and sent > marks["switched"]
         await conn.close()
 
     async def operator() -> None:
-        while len(results) < 300:  # traffic is flowing on blue
-            await asyncio.sleep(0.01)
+        await until(lambda: len(results) >= 2 * callers, "traffic before the switch")
         async with httpx.AsyncClient(base_url=f"http://{gateway.admin}", timeout=30) as admin:
+            marks["asked"] = time.monotonic()
             r = await admin.post("/v1/endpoints/flip/switch", json={"variant": "green"})
             assert r.status_code == 200, r.text
-        switched.append(time.monotonic())
+        marks["switched"] = time.monotonic()
 
     async def run() -> None:
-        await asyncio.wait_for(asyncio.gather(operator(), *(caller() for _ in range(200))), 120)
+        tasks = [operator(), *(caller() for _ in range(callers))]
+        await asyncio.wait_for(asyncio.gather(*tasks), 300)
 
     asyncio.run(run())
-    assert [status for _, status, _ in results if status != 200] == []
-    assert {variant for _, _, variant in results[:300]} == {"blue"}
-    after = [variant for start, _, variant in results if start > switched[0]]
-    assert after and set(after) == {"green"}
+    assert [status for _, _, status, _ in results if status != 200] == []
+    before = {variant for _, answered, _, variant in results if answered < marks["asked"]}
+    after = [variant for sent, _, _, variant in results if sent > marks["switched"]]
+    assert before == {"blue"}  # answered before the switch was asked for
+    assert len(after) >= callers * after_switch and set(after) == {"green"}
 
 
-def _primary(gw: GatewayProcess, n: int) -> tuple[list[Any], list[float]]:
-    outputs, latencies = [], []
+def _primary(gw: GatewayProcess, n: int) -> list[Any]:
+    outputs = []
     with httpx.Client(base_url=f"http://{gw.http}", timeout=30) as client:
         for _ in range(n):
-            start = time.perf_counter()
             r = client.post("/v2/models/shadowed/infer", content=BODY)
-            latencies.append(time.perf_counter() - start)
             assert r.status_code == 200
             outputs.append(r.json()["outputs"])
-    return outputs, latencies
+    return outputs
 
 
 def _shadow_stats(gw: GatewayProcess, variant: str) -> dict[str, Any]:
@@ -220,36 +223,25 @@ def _shadow_stats(gw: GatewayProcess, variant: str) -> dict[str, Any]:
     return next(s for s in serving["shadows"] if s["variant"] == variant)
 
 
-def test_shadows_never_change_or_slow_the_primary(gateway: GatewayProcess, tmp_path: Path) -> None:
+def test_shadows_never_change_the_primary(gateway: GatewayProcess) -> None:
+    """The answers stay the primary's, and every copy is accounted for. (That the primary never
+    waits for its copy is tested where the copy can be held: tests/serve/test_shadow.py.)"""
     put_endpoint(gateway, "shadowed", ("stable", "2", 100))
-    baseline, _ = _primary(gateway, 30)
+    baseline = _primary(gateway, 30)
     admin_post(
         gateway,
         "/v1/endpoints/shadowed/shadows",
         {"variant": "slow", "model": "slowshadow", "version": "1"},
     )
-    slow = onnx_models.slow_model(
-        tmp_path / "slow.onnx", features=16, names=("input", "probability")
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # as the gateway runs it on this machine
-    session = ort.InferenceSession(str(slow), options, providers=["CPUExecutionProvider"])
-    x = np.zeros((1, 16), np.float32)
-    session.run(None, {"input": x})
-    start = time.perf_counter()
-    for _ in range(5):
-        session.run(None, {"input": x})
-    shadow_seconds = (time.perf_counter() - start) / 5
-    with_shadow, latencies = _primary(gateway, 60)
+    with_shadow = _primary(gateway, 60)
     assert with_shadow == baseline[:1] * 60  # the same answer, every time
-    # The primary does not wait for its (much slower) shadow copy.
-    assert float(np.median(latencies)) < shadow_seconds, (np.median(latencies), shadow_seconds)
-    deadline = time.monotonic() + 20
-    while (s := _shadow_stats(gateway, "slow"))["requests"] + s["failed"] + s[
-        "shed"
-    ] < 60 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert s["requests"] > 0 and s["requests"] + s["shed"] + s["failed"] == 60
+
+    def accounted() -> dict[str, Any] | None:
+        s = _shadow_stats(gateway, "slow")
+        return s if s["requests"] + s["failed"] + s["shed"] == 60 else None
+
+    s = wait_until(accounted, "every shadow copy to be answered, shed or failed", interval=0.1)
+    assert s["requests"] > 0  # the first copy meets an idle shadow: never shed
     assert s["disagreeing_rows"] == s["rows"]  # a different model: every row differs
     httpx.delete(f"http://{gateway.admin}/v1/endpoints/shadowed/shadows/slow", timeout=30)
 
@@ -264,13 +256,12 @@ def test_failing_shadow_does_not_fail_the_primary(gateway: GatewayProcess) -> No
     with httpx.Client(base_url=f"http://{gateway.http}", timeout=30) as client:
         for _ in range(20):
             assert client.post("/v2/models/shadowed-bad/infer", content=BODY).status_code == 200
-    deadline = time.monotonic() + 10
-    while (
-        _shadow_stats(gateway, "broken")["failed"] + _shadow_stats(gateway, "broken")["shed"] < 20
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert _shadow_stats(gateway, "broken")["requests"] == 0
+
+    def accounted() -> dict[str, Any] | None:
+        s = _shadow_stats(gateway, "broken")
+        return s if s["failed"] + s["shed"] == 20 else None
+
+    assert wait_until(accounted, "every shadow copy to fail or be shed")["requests"] == 0
 
 
 def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path) -> None:
@@ -286,7 +277,9 @@ def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path)
     }
 
     def writer() -> None:
-        with httpx.Client(base_url=f"http://{admin}", timeout=5) as client:
+        # A generous timeout: a write slowed by a busy machine is not a kill (the kill resets
+        # the connection at once).
+        with httpx.Client(base_url=f"http://{admin}", timeout=60) as client:
             assert client.put("/v1/endpoints/kill", json=body).status_code == 200
             i = 0
             while True:
@@ -301,9 +294,7 @@ def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path)
 
     thread = threading.Thread(target=writer)
     thread.start()
-    deadline = time.monotonic() + 60
-    while len(acknowledged) <= 10 and time.monotonic() < deadline:  # changes are committing
-        time.sleep(0.01)
+    wait_until(lambda: len(acknowledged) > 10, "acknowledged writes")  # killed mid-stream
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     thread.join(10)
@@ -318,7 +309,7 @@ def test_kill_9_during_admin_writes_leaves_a_consistent_database(tmp_path: Path)
     assert sum(v["weight"] for v in orjson.loads(spec)["variants"]) == 100
 
 
-def test_a_change_made_elsewhere_is_served_within_a_second(gateway: GatewayProcess) -> None:
+def test_a_change_made_elsewhere_is_served(gateway: GatewayProcess) -> None:
     """Another process (another worker's admin API, the retrain worker) writes the database:
     this gateway notices the new revision by itself."""
     put_endpoint(gateway, "elsewhere", ("blue", "1", 100), ("green", "2", 0))
@@ -331,44 +322,88 @@ def test_a_change_made_elsewhere_is_served_within_a_second(gateway: GatewayProce
     store.apply(
         traffic.switch("elsewhere", "green", catalog), actor="other", expected_revision=None
     )
-    written = time.monotonic()
     with httpx.Client(base_url=gateway.base, timeout=10) as client:
-        while (
-            client.post("/v2/models/elsewhere/infer", content=BODY).headers["x-lockgate-variant"]
-            != "green"
-        ):
-            assert time.monotonic() - written < 1.0, "the new revision was not served within 1 s"
-            time.sleep(0.01)
+
+        def variant() -> str:
+            answer = client.post("/v2/models/elsewhere/infer", content=BODY)
+            return answer.headers["x-lockgate-variant"]
+
+        wait_until(lambda: variant() == "green", "the new revision to be served")
 
 
-def test_a_version_is_released_only_after_its_in_flight_requests(gateway: GatewayProcess) -> None:
-    r = httpx.put(
-        f"http://{gateway.admin}/v1/endpoints/draining",
-        json={"variants": [{"name": "old", "model": "slowshadow", "version": "1", "weight": 100}]},
-        timeout=30,
-    )
+@pytest.fixture(scope="module")
+def held_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway in this process, whose model runs a test can hold: one row per run, every run
+    in the model executor. scale v2 is pinned, so that moving traffic to it loads nothing."""
+    home = tmp_path_factory.mktemp("held-traffic-home")
+    registry = Registry(home)
+    for _ in range(2):
+        registry.register(onnx_models.scale_model(home / "scale.onnx"), "scale")
+    pin_versions(home, ("scale", "2"))
+    batch = BatchConfig(max_batch_rows=1, inline_threshold=0.0)
+    with RunningGateway(loopback_config(home, batch=batch), registry) as gw:
+        yield gw
+
+
+def test_a_version_is_released_only_after_its_in_flight_requests(
+    held_gateway: RunningGateway,
+) -> None:
+    gw = held_gateway
+    old = {"name": "old", "model": "scale", "version": "1", "weight": 100}
+    new = {"name": "new", "model": "scale", "version": "2", "weight": 100}
+    r = httpx.put(f"http://{gw.admin}/v1/endpoints/draining", json={"variants": [old]})
     assert r.status_code == 200, r.text
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    )
 
-    async def run() -> list[int]:
-        conns = [await RawHTTP.connect(gateway.http) for _ in range(24)]
-        calls = [asyncio.create_task(c.post("/v2/models/draining/infer", BODY)) for c in conns]
-        await asyncio.sleep(0.01)  # all sent to the old version, most still waiting
-        assert not all(c.done() for c in calls)
-        async with httpx.AsyncClient(base_url=f"http://{gateway.admin}", timeout=30) as admin:
-            new = {"name": "new", "model": "classifier", "version": "2", "weight": 100}
-            body = {"variants": [new]}
-            assert (await admin.put("/v1/endpoints/draining", json=body)).status_code == 200
-        statuses = [status for status, _, _ in await asyncio.gather(*calls)]
+    async def queued_on_old(admin: httpx.AsyncClient) -> float:
+        families = text_string_to_metric_families((await admin.get("/metrics")).text)
+        return next(
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == "lockgate_queue_rows" and s.labels == {"model": "scale", "version": "1"}
+        )
+
+    async def run() -> list[tuple[int, dict[str, str], bytes]]:
+        conns = [await RawHTTP.connect(gw.http) for _ in range(24)]
+        async with httpx.AsyncClient(base_url=f"http://{gw.admin}", timeout=30) as admin:
+            held = Held(model_executor(gw.dataplane))
+            try:
+                calls = [
+                    asyncio.create_task(c.post("/v2/models/draining/infer", body)) for c in conns
+                ]
+                # every request is on the old version: one running (held), 23 queued
+                await until(lambda: _is(queued_on_old(admin), 23), "23 queued requests")
+                switched = await admin.put("/v1/endpoints/draining", json={"variants": [new]})
+                assert switched.status_code == 200, switched.text
+                # traffic has moved; the old version's requests cannot have finished yet
+                assert not any(c.done() for c in calls)
+            finally:
+                held.release()
+            answers = await asyncio.gather(*calls)
         for c in conns:
             await c.close()
-        return statuses
+        return answers
 
-    assert asyncio.run(run()) == [200] * 24
-    deadline = time.monotonic() + 10
-    while {"model": "slowshadow", "version": "1"} in _loaded(gateway):
-        assert time.monotonic() < deadline, "the unused version was never released"
-        time.sleep(0.1)
+    answers = asyncio.run(run())
+    # answered by the version traffic moved away from: it was released only after them
+    assert [(status, headers["x-lockgate-variant"]) for status, headers, _ in answers] == [
+        (200, "old")
+    ] * 24
+    assert all(orjson.loads(b)["outputs"][0]["data"] == [2, 4, 6, 8] for _, _, b in answers)
+    wait_until(
+        lambda: {"model": "scale", "version": "1"} not in _loaded(gw.admin),
+        "the unused version to be released",
+    )
+    answer = httpx.post(f"http://{gw.http}/v2/models/draining/infer", content=body)
+    assert answer.headers["x-lockgate-variant"] == "new"
 
 
-def _loaded(gw: GatewayProcess) -> list[dict[str, str]]:
-    return httpx.get(f"http://{gw.admin}/v1/state").json()["serving"]["loaded"]  # type: ignore[no-any-return]
+async def _is(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
+
+
+def _loaded(admin: str) -> list[dict[str, str]]:
+    return httpx.get(f"http://{admin}/v1/state").json()["serving"]["loaded"]  # type: ignore[no-any-return]

@@ -280,17 +280,22 @@ def test_sigkill_while_writing_loses_nothing_flushed(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    read = b""
     try:
         assert child.stdout is not None
         first = child.stdout.readline()  # started writing
         assert first, child.stderr.read() if child.stderr else ""
-        for _ in range(50):  # several more chunks flushed, so the kill lands mid-stream
-            first += child.stdout.readline()
+        read = first
+        # killed mid-stream once it has rolled over to a second segment at least
+        deadline = time.monotonic() + 60
+        while len(segment_files(tmp_path)) < 2:
+            assert time.monotonic() < deadline, "the writer never filled a segment"
+            read += child.stdout.readline()
     finally:
         os.kill(child.pid, signal.SIGKILL)
         out, err = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, err.decode()
-    lines = (first + out).decode().split("\n")
+    lines = (read + out).decode().split("\n")
     flushed = int(lines[-2])  # the last complete line; a partial last one is ignored
     got = SegmentLog(tmp_path).read(KEY)
     rows = len(got["ts"])
@@ -333,9 +338,9 @@ def test_readers_racing_the_writer_see_whole_chunks(tmp_path: Path, same_object:
         if i % 5 == 0:
             seglog.flush()
             seen = reads[0]
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 60
             while reads[0] == seen and time.monotonic() < deadline and thread.is_alive():
-                time.sleep(0.0005)  # let the reader in between writes
+                time.sleep(0.0005)  # until the reader has read in between writes
     seglog.close()
     done.set()
     thread.join(30)

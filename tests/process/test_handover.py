@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+from lockgate.process import handover
 from lockgate.process.handover import close_listeners, hand_over, open_connections
+from tests.waiting import until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -71,21 +73,30 @@ def test_a_closed_listener_leaves_new_connections_to_the_other_workers() -> None
             other.wait()
 
 
-def test_hand_over_waits_for_the_last_connection() -> None:
-    async def scenario() -> tuple[bool, float]:
+def test_hand_over_waits_for_the_last_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []  # what each of the hand-over's polls counted
+
+    def counted(port: int) -> int:
+        seen.append(open_connections(port))
+        return seen[-1]
+
+    monkeypatch.setattr(handover, "open_connections", counted)
+
+    async def scenario() -> None:
         with _listener() as listener:
             port = listener.getsockname()[1]
             client = socket.create_connection(("127.0.0.1", port))
             served, _ = listener.accept()
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.3, served.close)
-            loop.call_later(0.3, client.close)
-            start = loop.time()
-            done = await hand_over(port, timeout=5, poll=0.02)
-            return done, loop.time() - start
+            waiting = asyncio.create_task(hand_over(port, timeout=120, poll=0.02))
+            # five polls have seen the connection open (other processes' connections on the
+            # same port number count too), and none of them ended the hand-over
+            await until(lambda: len(seen) >= 5, "five polls")
+            assert min(seen[:5]) >= 1 and not waiting.done()
+            served.close()
+            client.close()
+            assert await asyncio.wait_for(waiting, 60) is True  # done once it is gone
 
-    done, waited = asyncio.run(scenario())
-    assert done and 0.25 < waited < 2
+    asyncio.run(scenario())
 
 
 def test_hand_over_gives_up_after_its_timeout() -> None:

@@ -6,7 +6,6 @@ act (a read until the server closes), never for a fixed time."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from lockgate.cli_serve import serve_config
 from lockgate.control.registry import Registry
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import wait_until
 
 BODY = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
 
@@ -78,10 +78,7 @@ def test_a_stalled_body_is_answered_408_and_its_bytes_released(gw: RunningGatewa
     with connect(gw) as sock:
         sock.sendall(infer_head(len(BODY)) + BODY[:10])
         assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
-    deadline = time.monotonic() + 30
-    while budget.held and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling for the handler to see the disconnect
-    assert budget.held == 0
+    wait_until(lambda: budget.held == 0, "the handler to see the disconnect", interval=0.01)
 
 
 def test_a_connection_that_sends_nothing_is_closed(gw: RunningGateway) -> None:
@@ -101,9 +98,7 @@ def test_bodies_in_transit_share_a_budget(gw: RunningGateway) -> None:
     shed_before = budget.shed
     with connect(gw) as first:
         first.sendall(infer_head(800) + b"{")  # declares 800 bytes, holds them while it stalls
-        deadline = time.monotonic() + 30
-        while budget.held < 800 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: budget.held >= 800, "the stalled body's bytes", interval=0.01)
         assert budget.held == 800
         with connect(gw) as second:
             second.sendall(infer_head(800) + b"{")

@@ -23,8 +23,31 @@ from lockgate.retrain.train import (
 
 Array = np.ndarray[Any, Any]
 F = 8
-RELAXED = GatesSpec(p99_latency_ms=100.0)  # latency is tested on its own, below
-FAST: dict[str, int] = {"latency_calls": 50, "warmup_calls": 5}
+# Every timed call takes 0.1 ms on a scripted clock, within any budget below: the latency gate
+# passes on any machine, and is tested on its own (test_the_latency_gate_judges_...).
+RELAXED = GatesSpec(p99_latency_ms=1.0)
+
+
+class ScriptedClock:
+    """A nanosecond clock under which the n-th timed call takes `durations[n]` (cycled): the
+    first of each pair of readings starts a call, the second ends it."""
+
+    def __init__(self, durations: list[int]) -> None:
+        self.durations = durations
+        self.now = 0
+        self.timed = 0  # calls timed so far
+        self._started = False
+
+    def __call__(self) -> int:
+        if self._started:
+            self.now += self.durations[self.timed % len(self.durations)]
+            self.timed += 1
+        self._started = not self._started
+        return self.now
+
+
+REAL: dict[str, Any] = {"latency_calls": 50, "warmup_calls": 5}
+FAST: dict[str, Any] = {**REAL, "clock": ScriptedClock([100_000])}
 
 
 def data(rows: int, seed: int, shift: float = 0.0) -> tuple[Array, Array]:
@@ -116,8 +139,51 @@ def test_a_worse_model_fails_the_metric_gate(models: dict[str, Any]) -> None:
     assert metric.value == pytest.approx(float(np.mean(y == 0)))
     assert report.gate("schema").passed and report.gate("latency").passed
     # with a tolerance wide enough the same candidate passes
-    lenient = GatesSpec(tolerance=1.0, p99_latency_ms=100.0)
+    lenient = GatesSpec(tolerance=1.0, p99_latency_ms=1.0)
     assert evaluate(constant, models["candidate"], x, y, lenient, "classification", **FAST).passed
+
+
+def test_the_latency_gate_judges_the_p99_of_the_timed_calls(models: dict[str, Any]) -> None:
+    """The gate's verdict comes from the timed calls alone: a known clock makes 2 of 100
+    candidate calls take 3 ms (p99 3 ms, over a 0.5 ms budget), then 1 of 100 champion calls
+    (p99 0.2 + 0.01 x 2.8 = 0.228 ms by linear interpolation: under it)."""
+    x, y = models["holdout"]
+    candidate = [200_000] * 98 + [3_000_000] * 2
+    champion = [200_000] * 50 + [3_000_000] + [200_000] * 49
+    clock = ScriptedClock(candidate + champion)
+    gates = GatesSpec(p99_latency_ms=0.5)
+    report = evaluate(
+        models["candidate"],
+        models["champion"],
+        x,
+        y,
+        gates,
+        "classification",
+        latency_calls=100,
+        warmup_calls=7,
+        clock=clock,
+    )
+    assert clock.timed == 200  # every timed call, and none of the warm-up calls
+    latency = report.gate("latency")
+    assert not latency.passed and not report.passed
+    assert latency.value == pytest.approx(3.0) and latency.threshold == 0.5
+    assert "3.000 ms (budget 0.5 ms)" in latency.detail
+    assert report.gate("schema").passed and report.gate("metric").passed
+    assert report.champion is not None
+    assert report.champion["p99_latency_ms"] == pytest.approx(0.228)
+    # the champion's timings as the candidate's: within the budget
+    swapped = evaluate(
+        models["candidate"],
+        None,
+        x,
+        y,
+        gates,
+        "classification",
+        latency_calls=100,
+        warmup_calls=0,
+        clock=ScriptedClock(champion),
+    )
+    assert swapped.passed and swapped.gate("latency").value == pytest.approx(0.228)
 
 
 def test_the_latency_gate_compares_the_measured_p99_with_the_budget(
@@ -125,18 +191,18 @@ def test_the_latency_gate_compares_the_measured_p99_with_the_budget(
 ) -> None:
     """Budgets on either side of anything a machine can measure (1 us: no onnxruntime call is
     that fast; 60 s: every call is faster), so the verdict never depends on the machine's
-    speed or load."""
+    speed or load. Timed on the real clock, as in production."""
     x, y = models["holdout"]
     model = models["candidate"]
     budget = GatesSpec(tolerance=1.0, p99_latency_ms=0.001)
-    tight = evaluate(model, models["champion"], x, y, budget, "classification", **FAST)
+    tight = evaluate(model, models["champion"], x, y, budget, "classification", **REAL)
     latency = tight.gate("latency")
     assert not latency.passed and latency.value is not None and latency.value > 0.001
     assert latency.threshold == 0.001 and "budget 0.001 ms" in latency.detail
     assert tight.gate("schema").passed and tight.gate("metric").passed
     assert not tight.passed
     budget = GatesSpec(tolerance=1.0, p99_latency_ms=60_000)
-    loose = evaluate(model, models["champion"], x, y, budget, "classification", **FAST)
+    loose = evaluate(model, models["champion"], x, y, budget, "classification", **REAL)
     assert loose.gate("latency").passed and loose.gate("latency").value == pytest.approx(
         loose.candidate["p99_latency_ms"]
     )
@@ -162,7 +228,7 @@ def test_a_candidate_that_cannot_run_fails_without_raising(models: dict[str, Any
 
 def test_slices(models: dict[str, Any]) -> None:
     x, y = models["holdout"]
-    gates = GatesSpec(tolerance=0.5, slice_feature=0, slice_bins=4, p99_latency_ms=100.0)
+    gates = GatesSpec(tolerance=0.5, slice_feature=0, slice_bins=4, p99_latency_ms=1.0)
     same = evaluate(models["candidate"], models["candidate"], x, y, gates, "classification", **FAST)
     assert same.gate("slices").passed and same.gate("slices").value == 0.0
     assert [s["rows"] for s in same.slices] == [500, 500, 500, 500]
@@ -195,7 +261,7 @@ def test_regression_is_gated_on_mae() -> None:
     new = x.astype(np.float64) @ np.linspace(1, -1, F) - 0.5
     champion = linear_regression(x[:1000], old[:1000], {}, 0).onnx
     candidate = linear_regression(x[:1000], new[:1000], {}, 0).onnx
-    gates = GatesSpec(metric="mae", p99_latency_ms=100.0)
+    gates = GatesSpec(metric="mae", p99_latency_ms=1.0)
     good = evaluate(candidate, champion, x[1000:], new[1000:], gates, "regression", **FAST)
     assert good.metric == "mae" and good.passed
     assert good.candidate["mae"] == pytest.approx(0.0, abs=1e-4)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -25,6 +24,7 @@ from lockgate.control.registry import Registry
 from lockgate.serve.transport.shed import ConnectionBrake
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import until
 
 BOUND = 2
 BODY = orjson.dumps(
@@ -40,13 +40,6 @@ def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     config = loopback_config(home, max_in_flight=BOUND, monitor=MonitorConfig(enabled=False))
     with RunningGateway(config, registry) as gw:
         yield gw
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -76,7 +69,7 @@ def test_in_flight_bound_refuses_beyond_n_over_http_and_grpc(bounded: RunningGat
             head = f"POST /v2/models/scale/infer HTTP/1.1\r\nhost: t\r\ncontent-length: {len(BODY)}"
             writer.write(head.encode() + b"\r\n\r\n" + BODY[:10])
             held.append((reader, writer))
-        await until(lambda: dataplane.in_flight == BOUND)
+        await until(lambda: dataplane.in_flight == BOUND, "the bound to be reached")
         async with httpx.AsyncClient(timeout=30) as client:
             refused = await client.post(url, content=BODY)
             assert refused.status_code == 503, refused.text
@@ -94,7 +87,7 @@ def test_in_flight_bound_refuses_beyond_n_over_http_and_grpc(bounded: RunningGat
                     status, _, body = await read_answer(reader)
                     assert status == 200, body
                     writer.close()
-                await until(lambda: dataplane.in_flight == 0)
+                await until(lambda: dataplane.in_flight == 0, "nothing in flight")
                 answer = await stub.ModelInfer(grpc_request(), timeout=30)
                 got = np.frombuffer(answer.raw_output_contents[0], np.float32)
                 np.testing.assert_array_equal(got, np.arange(1, 5) * 2)
@@ -120,7 +113,7 @@ class Server:
 
     async def __aenter__(self) -> Server:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        await until(lambda: self.server.started)
+        await until(lambda: self.server.started, "uvicorn to start")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -159,7 +152,7 @@ async def test_a_connection_refused_again_is_paused_then_read_again() -> None:
             status, _, _ = await read_answer(reader)
             assert status == 503
         writer.close()
-        await until(lambda: brake.paused == 0)
+        await until(lambda: brake.paused == 0, "no connection paused")
     # A first refusal is never braked; a connection that comes straight back is.
     assert seen == [(0.0, True), (0.01, False), (0.02, False), (0.04, False)]
 
@@ -192,7 +185,9 @@ async def test_the_pause_grows_with_the_connections_paused_up_to_a_cap() -> None
 
 
 async def test_a_paused_connection_whose_client_left_is_closed_unread() -> None:
-    brake, seen = ConnectionBrake(rate=1 / 60, first=1.0), []  # a comeback: paused for 1 s
+    # a comeback, however long the machine took to send it (the brake's clock stands still):
+    # paused for 1 s
+    brake, seen = ConnectionBrake(rate=1 / 60, first=1.0, clock=lambda: 0.0), []
     async with Server(braking_app(brake, seen)) as server:
         reader, writer = await server.connect()
         for _ in range(2):
@@ -203,5 +198,5 @@ async def test_a_paused_connection_whose_client_left_is_closed_unread() -> None:
         # The server closes it without an answer (a reset: it left the request unread).
         with contextlib.suppress(ConnectionResetError):
             assert await reader.read() == b""
-        await until(lambda: brake.paused == 0)
+        await until(lambda: brake.paused == 0, "no connection paused")
     assert seen == [(0.0, True), (1.0, False)]  # the third request never reached the app

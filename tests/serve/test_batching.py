@@ -1,12 +1,11 @@
 """Adaptive batching through real servers: every caller gets exactly its own rows, batches really
-form under concurrency, overload sheds quickly, deadlines are enforced."""
+form under concurrency, overload sheds without waiting for the queue, deadlines are enforced
+(with the model's runs held by the test where what is queued or running matters)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +22,9 @@ from lockgate._proto import grpc_service_pb2_grpc as pb_grpc
 from lockgate.config import BatchConfig
 from lockgate.control.registry import Registry
 from tests import onnx_models
-from tests.conftest import RunningGateway, loopback_config
+from tests.conftest import RunningGateway, loopback_config, model_executor
+from tests.serve.conftest import Held
+from tests.waiting import until
 
 
 def _doc(rows: np.ndarray[Any, Any], name: str) -> bytes:
@@ -103,104 +104,110 @@ def test_grpc_concurrent_callers_get_their_rows(gateway: RunningGateway) -> None
     asyncio.run(run())
 
 
-# -- a deliberately slow model with a tiny queue --------------------------------------------------
+# -- a model whose runs the test holds, with a tiny queue -----------------------------------------
 @pytest.fixture(scope="module")
-def slow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("slow-home")
+def held_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """One row per model run, four rows of queue, every run in the model executor (none inline
+    on the event loop), so that holding the executor holds every run of the `held` model."""
+    home = tmp_path_factory.mktemp("held-home")
     registry = Registry(home)
-    registry.register(onnx_models.slow_model(home / "slow.onnx"), "slow")
-    config = loopback_config(home, batch=BatchConfig(max_batch_rows=1, max_queue_rows=4))
-    with RunningGateway(config, registry) as gw:
+    registry.register(onnx_models.scale_model(home / "held.onnx"), "held")
+    batch = BatchConfig(max_batch_rows=1, max_queue_rows=4, inline_threshold=0.0)
+    with RunningGateway(loopback_config(home, batch=batch), registry) as gw:
         yield gw
 
 
-def _slow_body(timeout_us: int | None = None) -> bytes:
+def _body(timeout_us: int | None = None) -> bytes:
     doc: dict[str, Any] = {
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024], "data": [0.5] * 1024}]
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}]
     }
     if timeout_us:
         doc["parameters"] = {"timeout": timeout_us}
     return orjson.dumps(doc)
 
 
-def test_overload_sheds_fast_and_accepted_requests_complete(slow_gateway: RunningGateway) -> None:
-    url = f"http://{slow_gateway.http}/v2/models/slow/infer"
+async def _answered(tasks: list[asyncio.Task[Any]], count: int) -> None:
+    await until(lambda: sum(t.done() for t in tasks) >= count, f"{count} answers")
 
-    async def timed(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
-        start = time.perf_counter()
-        resp = await client.post(url, content=_slow_body())
-        return resp, time.perf_counter() - start
 
-    async def run() -> list[tuple[httpx.Response, float]]:
+def test_overload_sheds_at_once_and_accepted_requests_complete(
+    held_gateway: RunningGateway,
+) -> None:
+    url = f"http://{held_gateway.http}/v2/models/held/infer"
+    shed_before = held_gateway.dataplane.batch_stats("held", "1").shed
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
         # One connection per request: a connection refused for overload and at once refused
         # again is read again only after a pause (serve/transport/shed.py).
         limits = httpx.Limits(max_connections=48, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            return await asyncio.gather(*(timed(client) for _ in range(48)))
+            held = Held(model_executor(held_gateway.dataplane))
+            try:
+                calls = [asyncio.create_task(client.post(url, content=_body())) for _ in range(48)]
+                # The queue takes four requests, and a fifth once the first has left it to run
+                # (held): at least 43 are refused, answered while no accepted one can complete.
+                await _answered(calls, 43)
+                early = [c.result() for c in calls if c.done()]
+            finally:
+                held.release()
+            return early, list(await asyncio.gather(*calls))
 
-    results = asyncio.run(run())
-    ok = [t for r, t in results if r.status_code == 200]
-    shed = [(r, t) for r, t in results if r.status_code == 503]
-    assert len(ok) + len(shed) == 48, [r.status_code for r, _ in results]
-    assert ok and shed
+    early, every = asyncio.run(run())
+    assert {r.status_code for r in early} == {503}
+    ok = [r for r in every if r.status_code == 200]
+    shed = [r for r in every if r.status_code == 503]
+    assert len(ok) in (4, 5) and len(ok) + len(shed) == 48
+    assert all(r.json()["outputs"][0]["data"] == [1.0] * 4 for r in ok)
     assert all(
-        "overloaded" in r.json()["error"] and int(r.headers["retry-after"]) >= 1 for r, _ in shed
+        "overloaded" in r.json()["error"] and int(r.headers["retry-after"]) >= 1 for r in shed
     )
-    # Rejections do not wait for the queue: they return before the accepted work completes.
-    assert max(t for _, t in shed) < max(ok)
-    assert slow_gateway.dataplane.batch_stats("slow", "1").shed >= len(shed)
+    assert held_gateway.dataplane.batch_stats("held", "1").shed - shed_before == len(shed)
 
 
-def test_timeout_parameter_gives_504(slow_gateway: RunningGateway) -> None:
-    url = f"http://{slow_gateway.http}/v2/models/slow/infer"
+def test_timeout_parameter_gives_504(held_gateway: RunningGateway) -> None:
+    url = f"http://{held_gateway.http}/v2/models/held/infer"
 
-    async def run() -> list[httpx.Response]:
+    async def run() -> tuple[httpx.Response, list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=60) as client:
-            busy = [client.post(url, content=_slow_body()) for _ in range(3)]
-            late = client.post(url, content=_slow_body(timeout_us=1000))
-            return await asyncio.gather(*busy, late)
+            held = Held(model_executor(held_gateway.dataplane))
+            try:
+                busy = [asyncio.create_task(client.post(url, content=_body())) for _ in range(3)]
+                late = await client.post(url, content=_body(timeout_us=1000))  # cannot run
+            finally:
+                held.release()
+            return late, list(await asyncio.gather(*busy))
 
-    *busy, late = asyncio.run(run())
+    late, busy = asyncio.run(run())
     assert late.status_code == 504 and "deadline" in late.json()["error"]
-    assert all(r.status_code in (200, 503) for r in busy)
+    assert [r.status_code for r in busy] == [200] * 3
 
 
-def test_bad_timeout_parameter_is_400(slow_gateway: RunningGateway) -> None:
-    url = f"http://{slow_gateway.http}/v2/models/slow/infer"
-    r = httpx.post(url, content=_slow_body(timeout_us=-5))
+def test_bad_timeout_parameter_is_400(held_gateway: RunningGateway) -> None:
+    url = f"http://{held_gateway.http}/v2/models/held/infer"
+    r = httpx.post(url, content=_body(timeout_us=-5))
     assert r.status_code == 400 and "timeout" in r.json()["error"]
 
 
-def test_grpc_deadline_exceeded(slow_gateway: RunningGateway) -> None:
+def test_grpc_deadline_exceeded(held_gateway: RunningGateway) -> None:
+    def req() -> pb.ModelInferRequest:
+        r = pb.ModelInferRequest(model_name="held")
+        r.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        r.raw_input_contents.append(np.full(4, 0.5, np.float32).tobytes())
+        return r
+
     async def run() -> grpc.StatusCode:
-        async with grpc.aio.insecure_channel(slow_gateway.grpc) as channel:
+        async with grpc.aio.insecure_channel(held_gateway.grpc) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-            def req() -> pb.ModelInferRequest:
-                r = pb.ModelInferRequest(model_name="slow")
-                r.inputs.add(name="x", datatype="FP32", shape=[1, 1024])
-                r.raw_input_contents.append(np.full(1024, 0.5, np.float32).tobytes())
-                return r
-
-            busy = [stub.ModelInfer(req(), timeout=30) for _ in range(3)]
+            held = Held(model_executor(held_gateway.dataplane))
             try:
-                await stub.ModelInfer(req(), timeout=0.002)
-            except grpc.aio.AioRpcError as exc:
+                busy = [stub.ModelInfer(req(), timeout=30) for _ in range(3)]
+                try:
+                    await stub.ModelInfer(req(), timeout=0.002)  # cannot run in time
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                raise AssertionError("expected DEADLINE_EXCEEDED")
+            finally:
+                held.release()
                 await asyncio.gather(*busy, return_exceptions=True)
-                return exc.code()
-            raise AssertionError("expected DEADLINE_EXCEEDED")
 
     assert asyncio.run(run()) == grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def test_slow_model_file_is_really_slow(tmp_path: Path) -> None:
-    """Guard for the tests above: the slow model must take milliseconds, not microseconds."""
-    path = onnx_models.slow_model(tmp_path / "slow.onnx")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts)
-    x = np.full((1, 1024), 0.5, np.float32)
-    session.run(None, {"x": x})
-    start = time.perf_counter()
-    session.run(None, {"x": x})
-    assert time.perf_counter() - start > 0.001

@@ -71,8 +71,8 @@ def test_grpc_health_service_follows_readiness(broken_gateway: RunningGateway) -
     with grpc.insecure_channel(broken_gateway.grpc) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:
-            stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+            stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND

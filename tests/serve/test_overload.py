@@ -26,6 +26,7 @@ from lockgate.serve.batch import Batcher
 from lockgate.serve.runner import ModelRunner
 from lockgate.types import ModelSpec, TensorSpec
 from tests import onnx_models
+from tests.waiting import until
 
 SCALE = ModelSpec(
     "scale", "1", (TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 4)),)
@@ -66,13 +67,6 @@ class Ran:
         self.metas.extend(metas)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
 def gated(
     tmp_path: Path, clock: Callable[[], float] | None = None, **batch: Any
 ) -> tuple[Batcher, Gate, Ran]:
@@ -91,7 +85,9 @@ def rows(value: float, n: int = 1) -> dict[str, np.ndarray[Any, Any]]:
 async def hold_first(b: Batcher, clock: Callable[[], float]) -> asyncio.Task[Any]:
     """Submit request 'first' and wait until the model thread has taken it (and is held)."""
     first = asyncio.create_task(b.submit(rows(0), 1, clock() + FAR, "first"))
-    await until(lambda: b._task is not None and not b.queue)
+    await until(
+        lambda: b._task is not None and not b.queue, "the model thread to take the first request"
+    )
     return first
 
 
@@ -108,7 +104,7 @@ async def test_a_request_that_cannot_meet_its_deadline_is_refused_and_never_runs
     b, gate, ran = gated(tmp_path, max_batch_rows=1)
     first = await hold_first(b, time.monotonic)
     waiting = queue(b, time.monotonic, "a", "b")
-    await until(lambda: b.queued_rows == 2)
+    await until(lambda: b.queued_rows == 2, "2 queued rows")
     # Expected: two runs ahead, then its own; its deadline leaves room for half of that.
     cost = b.runner.predicted_cost(1)
     with pytest.raises(LockgateError) as refused:
@@ -137,7 +133,7 @@ async def test_admission_refuses_an_expected_wait_beyond_max_queue_wait(tmp_path
     b, gate, _ = gated(tmp_path, lambda: t0, max_batch_rows=1, max_queue_wait=1.5 * cost)
     first = await hold_first(b, time.monotonic)
     waiting = queue(b, time.monotonic, "a", "b")
-    await until(lambda: b.queued_rows == 2)
+    await until(lambda: b.queued_rows == 2, "2 queued rows")
     shed = b.stats.shed
     with pytest.raises(LockgateError) as refused:
         b.admit()
@@ -157,7 +153,7 @@ async def test_requests_that_waited_over_max_queue_wait_are_shed_without_running
     b, gate, ran = gated(tmp_path, clock, max_batch_rows=1, max_queue_wait=10.0)
     first = await hold_first(b, clock)
     stale = queue(b, clock, "a", "b", "c")
-    await until(lambda: b.queued_rows == 3)
+    await until(lambda: b.queued_rows == 3, "3 queued rows")
     clock.shift = 10.5  # they have waited over max_queue_wait
     gate.open()
     await first
@@ -184,10 +180,10 @@ async def test_a_standing_queue_is_served_newest_first(
     b, gate, ran = gated(tmp_path, clock, max_batch_rows=1, max_queue_wait=10.0)
     first = await hold_first(b, clock)
     old = queue(b, clock, "old1", "old2")
-    await until(lambda: b.queued_rows == 2)
+    await until(lambda: b.queued_rows == 2, "2 queued rows")
     clock.shift = waited  # standing once the oldest has waited over half of max_queue_wait
     new = queue(b, clock, "new1", "new2")
-    await until(lambda: b.queued_rows == 4)
+    await until(lambda: b.queued_rows == 4, "4 queued rows")
     gate.open()
     await asyncio.gather(first, *old, *new)
     assert ran.metas == order and b.queue.standing == (waited > 5.0)
@@ -201,7 +197,9 @@ async def test_a_queued_request_that_can_no_longer_finish_in_time_is_dropped(
     first = await hold_first(b, clock)
     hopeless = asyncio.create_task(b.submit(rows(1), 1, clock() + 100.0, "hopeless"))
     fine = asyncio.create_task(b.submit(rows(2), 1, clock() + 1000.0, "fine"))
-    await until(lambda: b.queued_rows == 2)  # both admitted: the queue was nearly empty
+    await until(
+        lambda: b.queued_rows == 2, "2 queued rows"
+    )  # both admitted: the queue was nearly empty
     # Its deadline is now closer than the least its run takes (the real timer is far away).
     clock.shift = 100.0 - b.runner.predicted_cost(1) / 2
     gate.open()
@@ -219,7 +217,7 @@ async def test_the_model_thread_runs_queued_full_batches_itself(tmp_path: Path) 
     first = await hold_first(b, time.monotonic)
     names = [f"r{i}" for i in range(6)]
     waiting = queue(b, time.monotonic, *names)
-    await until(lambda: b.queued_rows == 6)
+    await until(lambda: b.queued_rows == 6, "6 queued rows")
     gate.open()
     results = await asyncio.gather(first, *waiting)
     for value, (out, info) in enumerate(results):

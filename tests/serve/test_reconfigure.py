@@ -3,10 +3,8 @@ the serving one; a configuration that does not load leaves the previous one serv
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +18,7 @@ from lockgate.serve.controller import Controller
 from lockgate.types import InferRequest, Tensor
 from tests import onnx_models
 from tests.conftest import loopback_config
-
-
-async def wait_for(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+from tests.waiting import until
 
 
 async def test_a_changed_config_reloads_and_a_broken_one_keeps_the_old(
@@ -51,7 +43,9 @@ async def test_a_changed_config_reloads_and_a_broken_one_keeps_the_old(
         assert new.batcher.config.max_batch_rows == 8 and new.executor is not None
         answer = await ctl.dataplane.infer(request)
         np.testing.assert_array_equal(answer.outputs[0].data, 2 * x)
-        await wait_for(lambda: not old.runner.loaded)  # released once idle
+        await until(
+            lambda: not old.runner.loaded, "the old version to be released"
+        )  # released once idle
         with caplog.at_level(logging.ERROR):
             registry.set_config("scale", "1", ModelConfig(providers=("NoSuchExecutionProvider",)))
             await ctl.models.refresh()

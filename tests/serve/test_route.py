@@ -3,13 +3,21 @@ and implicit endpoints for models without one."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+
 import pytest
 from scipy import stats
 
-from lockgate.errors import LockgateError
+from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.route import (
     BUCKETS,
     EndpointRoute,
+    RouteTable,
     Variant,
     bucket_bounds,
     build_route_table,
@@ -74,6 +82,89 @@ def test_implicit_endpoints_serve_the_latest_version() -> None:
     assert table.versions() == {("m", "1"), ("m", "2"), ("other", "2")}
     with pytest.raises(LockgateError, match="unknown model 'nope'"):
         table.resolve("nope")
+
+
+def _three_way() -> EndpointRoute:
+    spec = {
+        "variants": [
+            {"name": "a", "model": "m", "version": "1", "weight": 70},
+            {"name": "b", "model": "m", "version": "2", "weight": 20},
+            {"name": "c", "model": "n", "version": "5", "weight": 10},
+        ],
+        "shadows": [{"name": "s", "model": "m", "version": "3"}],
+    }
+    return endpoint_from_spec("e", EndpointSpec.from_doc(spec))
+
+
+def test_a_keyed_request_goes_to_the_variant_owning_its_bucket() -> None:
+    route = _three_way()
+    assert route.bounds == (7000, 9000, 10000)
+    for i in range(3000):
+        key = f"account-{i}"
+        # the documented mapping, computed here on its own: blake2b-64 little-endian mod 10,000
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest, "little") % 10_000
+        assert sticky_bucket(key) == bucket
+        expected = "a" if bucket < 7000 else "b" if bucket < 9000 else "c"
+        assert route.pick(key).name == expected, key
+
+
+def test_the_sticky_mapping_does_not_depend_on_the_process() -> None:
+    """Replicas and workers must agree: the bucket is not Python's salted hash()."""
+    keys = [f"user-{i}" for i in range(50)]
+    code = (
+        "import sys; from lockgate.serve.route import sticky_bucket; "
+        "print(*[sticky_bucket(k) for k in sys.argv[1:]])"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *keys],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert [int(b) for b in out.split()] == [sticky_bucket(k) for k in keys]
+
+
+def test_unkeyed_requests_follow_the_weights() -> None:
+    route = _three_way()
+    state = random.getstate()
+    random.seed(20240611)
+    try:
+        picks = Counter(route.pick(None).name for _ in range(30_000))
+    finally:
+        random.setstate(state)
+    observed = [picks["a"], picks["b"], picks["c"]]
+    assert sum(observed) == 30_000 and "s" not in picks  # a shadow is never picked
+    assert stats.chisquare(observed, [21_000, 6_000, 3_000]).pvalue > 0.001
+
+
+def test_a_single_variant_takes_everything_and_is_primary() -> None:
+    table = build_route_table(3, {}, {"m": "4"})
+    route = table.resolve("m")
+    assert route.variants == (Variant(STABLE, "m", "4", 100.0),) and route.bounds == (BUCKETS,)
+    assert {route.pick(None) for _ in range(100)} == {route.primary}
+    assert route.pick("any-key") is route.primary
+    assert table.revision == 3
+
+
+def test_primary_variant_and_versions_include_shadows() -> None:
+    route = _three_way()
+    assert route.primary.name == "a"  # the most traffic: its schema and queue speak for e
+    assert route.versions() == {("m", "1"), ("m", "2"), ("n", "5"), ("m", "3")}
+    assert route.shadows == (Variant("s", "m", "3"),) and route.shadows[0].weight == 0.0
+    assert route.variants[2].key == ("n", "5")
+    table = RouteTable(9, {"e": route})
+    assert table.resolve("e") is route and table.versions() == route.versions()
+    with pytest.raises(LockgateError) as info:
+        table.resolve("m")  # a model name is not an endpoint unless the table says so
+    assert info.value.kind is ErrorKind.NOT_FOUND
+
+
+def test_an_endpoint_spec_with_an_integer_version_routes_to_its_string_key() -> None:
+    spec = {"variants": [{"name": "v", "model": "m", "version": 2, "weight": 100}]}
+    assert endpoint_from_spec("m", EndpointSpec.from_doc(spec)).pick(None).key == ("m", "2")
 
 
 def _route(*weights: float, shadows: int = 0) -> EndpointRoute:

@@ -5,7 +5,6 @@ loopback clients only when they are not."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from lockgate.serve.controller import Controller
 from lockgate.serve.repository import ModelRepository
 from tests import onnx_models
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import wait_until
 
 TOKEN = "repository-test-token-0123456789"
 
@@ -63,13 +63,6 @@ def _index(gw: RunningGateway) -> dict[tuple[str, str], tuple[str, str]]:
     by_grpc = {(m.name, m.version): (m.state, m.reason) for m in grpc.models}
     assert by_grpc == by_http
     return by_http
-
-
-def _wait_for(check: Any, what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _pins(gw: RunningGateway) -> frozenset[tuple[str, str]]:
@@ -120,7 +113,7 @@ def test_load_pins_a_version_and_unload_drops_the_pins(open_gateway: RunningGate
     assert not {k for k in _pins(open_gateway) if k[0] == "scale"}
     assert _last_audit(open_gateway)["action"] == "version.unload"
     # v1 has no traffic: released once its in-flight work is done; v2 still serves its endpoint
-    _wait_for(lambda: _index(open_gateway)[("scale", "1")][0] == "UNAVAILABLE", "v1 released")
+    wait_until(lambda: _index(open_gateway)[("scale", "1")][0] == "UNAVAILABLE", "v1 released")
     assert _index(open_gateway)[("scale", "2")] == ("READY", "")
     grpcclient.InferenceServerClient(open_gateway.grpc).unload_model("scale")  # nothing pinned
 
