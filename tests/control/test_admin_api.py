@@ -19,6 +19,7 @@ from lockgate.control.auth import PERMISSIONS
 from lockgate.control.registry import Registry
 from lockgate.demo import ensure_demo_models
 from tests.conftest import RunningGateway, loopback_config
+from tests.waiting import TIMEOUT as WAIT
 from tests.waiting import wait_until
 
 TOKEN = "ops-token-0123456789abcdef"
@@ -149,11 +150,17 @@ def test_metrics_answer_in_the_format_asked_for(gw: RunningGateway) -> None:
     """The Accept header picks the exposition format; the text format stays the default, and
     the name filter applies to every format."""
     infer(gw, "classifier")
+    # WAIT: on a fresh checkout the first drain compiles the monitor's kernels, and a scrape
+    # waits for the drain's lock meanwhile
     url = f"http://{gw.admin}/metrics"
-    default = httpx.get(url)
+
+    def get(**kw: Any) -> httpx.Response:
+        return httpx.get(url, timeout=WAIT, **kw)
+
+    default = get()
     assert default.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert "# EOF" not in default.text
-    om = httpx.get(url, headers={"accept": "application/openmetrics-text;version=1.0.0"})
+    om = get(headers={"accept": "application/openmetrics-text;version=1.0.0"})
     assert om.headers["content-type"] == (
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     )
@@ -162,18 +169,18 @@ def test_metrics_answer_in_the_format_asked_for(gw: RunningGateway) -> None:
     )
     protobuf = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"
     accept = {"accept": protobuf + ";encoding=delimited"}
-    pb = httpx.get(url, headers=accept)
+    pb = get(headers=accept)
     assert pb.headers["content-type"] == (
         "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
         "encoding=delimited"
     )
     # the request's latency reaches /metrics with the monitor's next drain
     wait_until(
-        lambda: b"lockgate_request_latency_seconds" in httpx.get(url, headers=accept).content,
+        lambda: b"lockgate_request_latency_seconds" in get(headers=accept).content,
         "the latency family in the protobuf exposition",
     )
     names = {"name[]": "lockgate_requests_total"}
-    only = httpx.get(url, params=names, headers={"accept": protobuf + ";encoding=delimited"})
+    only = get(params=names, headers={"accept": protobuf + ";encoding=delimited"})
     assert b"lockgate_requests_total" in only.content
     assert b"lockgate_request_latency_seconds" not in only.content
 
