@@ -222,7 +222,9 @@ def start_servers(bench: Bench, thin: bool = True) -> dict[str, int]:
         files[versions[-1].name] = versions[-1].file  # lockgate serves the latest version
     ports = {k: free_port() for k in ("http", "grpc", "admin")}
     cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
-    cmd += [f"--{k}=127.0.0.1:{p}" for k, p in ports.items()]
+    # The split scenario puts 50% on a version without gate results: a cost measurement, not a
+    # promotion, so the gate policy is off here.
+    cmd += [f"--{k}=127.0.0.1:{p}" for k, p in ports.items()] + ["--ungated-max-percent", "100"]
     bench.start("lockgate", [*cmd, "--intra-op-threads", threads, "--grace", "2"])
     # The same build with the monitor off, for the monitoring-cost comparison.
     plain = {k: free_port() for k in ("http", "grpc", "admin")}
