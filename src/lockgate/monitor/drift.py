@@ -191,17 +191,32 @@ def evaluate(
         config.ks_alert,
         config.tvd_alert,
     )
+    fwer = flags[rl.FWER_ALERTING]
+    n_scored = int(np.count_nonzero(flags[rl.SCORED]))
+    dataset = dataset_rule(int(np.count_nonzero(fwer)), n_scored, config.dataset_share)
+    return window_scores(win, rows, finite, scores, pf, kf, flags, dataset)
+
+
+def window_scores(
+    counts: NDArray[np.int64],
+    rows: int | np.int64,
+    finite: NDArray[np.int64],
+    scores: NDArray[np.float64],
+    psi_floor: NDArray[np.float64],
+    ks_floor: NDArray[np.float64],
+    flags: NDArray[np.bool_],
+    dataset_alerting: bool,
+) -> WindowScores:
+    """A window's scores from the rule's outputs (`rl.window_rule`, or the window kernel's)."""
     scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
     n_scored = int(np.count_nonzero(scored))
-    share = np.count_nonzero(alerting) / n_scored if n_scored else math.nan
-    share_fwer = np.count_nonzero(fwer) / n_scored if n_scored else math.nan
     return WindowScores(
-        counts=win,
+        counts=counts,
         rows=int(rows),
         finite=finite,
         scores=scores,
-        psi_floor=pf,
-        ks_floor=kf,
+        psi_floor=psi_floor,
+        ks_floor=ks_floor,
         scored=scored,
         psi_warn=flags[rl.PSI_WARN],
         alerting=alerting,
@@ -209,9 +224,9 @@ def evaluate(
         ks_alert=flags[rl.KS_ALERT],
         chi2_alert=flags[rl.CHI2_ALERT],
         fwer_alerting=fwer,
-        share=share,
-        share_fwer=share_fwer,
-        dataset_alerting=dataset_rule(int(np.count_nonzero(fwer)), n_scored, config.dataset_share),
+        share=np.count_nonzero(alerting) / n_scored if n_scored else math.nan,
+        share_fwer=np.count_nonzero(fwer) / n_scored if n_scored else math.nan,
+        dataset_alerting=dataset_alerting,
     )
 
 
@@ -437,25 +452,9 @@ class DriftMonitor:
         dataset: NDArray[np.bool_],
     ) -> WindowReport:
         """The report of a window the kernel closed (the fields `evaluate` and `_close` set)."""
-        scored, alerting, fwer = flags[rl.SCORED], flags[rl.ALERTING], flags[rl.FWER_ALERTING]
-        n_scored = int(np.count_nonzero(scored))
-        window = WindowScores(
-            counts=counts,
-            rows=int(rows),
-            finite=finite,
-            scores=scores,
-            psi_floor=psi_floor,
-            ks_floor=ks_floor,
-            scored=scored,
-            psi_warn=flags[rl.PSI_WARN],
-            alerting=alerting,
-            psi_alert=flags[rl.PSI_ALERT],
-            ks_alert=flags[rl.KS_ALERT],
-            chi2_alert=flags[rl.CHI2_ALERT],
-            fwer_alerting=fwer,
-            share=np.count_nonzero(alerting) / n_scored if n_scored else math.nan,
-            share_fwer=np.count_nonzero(fwer) / n_scored if n_scored else math.nan,
-            dataset_alerting=bool(dataset[wn.DATASET_ALERTING]),
+        dataset_alerting = bool(dataset[wn.DATASET_ALERTING])
+        window = window_scores(
+            counts, rows, finite, scores, psi_floor, ks_floor, flags, dataset_alerting
         )
         report = WindowReport(
             self._index,
