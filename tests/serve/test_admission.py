@@ -102,6 +102,31 @@ def test_in_flight_bound_refuses_beyond_n_over_http_and_grpc(bounded: RunningGat
     assert dataplane.in_flight == 0
 
 
+def test_stream_requests_are_admitted_and_released(bounded: RunningGateway) -> None:
+    """Each message of a ModelStreamInfer stream is admitted like a unary request and released
+    once answered: many more than the bound, one after another, all succeed and leave nothing
+    in flight."""
+    count = 5 * BOUND
+
+    async def run() -> list[pb.ModelStreamInferResponse]:
+        async with grpc.aio.insecure_channel(bounded.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            call = stub.ModelStreamInfer(timeout=60)
+            answers = []
+            for _ in range(count):  # one at a time: never more than one in flight
+                await call.write(grpc_request())
+                answers.append(await call.read())
+            await call.done_writing()
+            return answers
+
+    answers = asyncio.run(run())
+    assert [a.error_message for a in answers] == [""] * count
+    for answer in answers:
+        got = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32)
+        np.testing.assert_array_equal(got, np.arange(1, 5) * 2)
+    assert bounded.dataplane.in_flight == 0
+
+
 class Server:
     """A real uvicorn (httptools, as the gateway runs it) around `app`, on this event loop."""
 
