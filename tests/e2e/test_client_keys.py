@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from lockgate.control.registry import Registry
@@ -76,6 +77,13 @@ def test_a_lone_gateway_reads_its_keys_again_on_sighup(tmp_path: Path) -> None:
         gw.stop()
 
 
+def running(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_every_worker_serves_the_keys_and_counts_its_clients(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"app:{OLD}:infer\n")
@@ -96,6 +104,8 @@ def test_every_worker_serves_the_keys_and_counts_its_clients(tmp_path: Path) -> 
             lambda: len(ws := workers(gw)) == 2 and not {w["pid"] for w in ws} & old_pids,
             "both workers replaced",
         )
+        # until a replaced worker has exited it may still accept connections (old keys)
+        wait_until(lambda: not any(running(int(p)) for p in old_pids), "the replaced workers gone")
         assert [infer(gw, NEW) for _ in range(10)] == [200] * 10
         assert [infer(gw, OLD) for _ in range(10)] == [401] * 10
         counts = client_counts(gw)
