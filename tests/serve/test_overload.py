@@ -67,11 +67,19 @@ class Ran:
         self.metas.extend(metas)
 
 
-def gated(
-    tmp_path: Path, clock: Callable[[], float] | None = None, **batch: Any
-) -> tuple[Batcher, Gate, Ran]:
+def loaded_runner(tmp_path: Path) -> ModelRunner:
     runner = ModelRunner(SCALE, onnx_models.scale_model(tmp_path / "m.onnx"), RunnerConfig(1))
     runner.load()
+    return runner
+
+
+def gated(
+    tmp_path: Path,
+    clock: Callable[[], float] | None = None,
+    runner: ModelRunner | None = None,
+    **batch: Any,
+) -> tuple[Batcher, Gate, Ran]:
+    runner = runner if runner is not None else loaded_runner(tmp_path)
     gate, ran = Gate(), Ran()
     config = BatchConfig(inline_threshold=0.0, **batch)  # every batch goes to the model thread
     batcher = Batcher(runner, config, gate.executor, ran, clock=clock or time.monotonic)
@@ -125,12 +133,11 @@ async def test_a_request_that_cannot_meet_its_deadline_is_refused_and_never_runs
 
 
 async def test_admission_refuses_an_expected_wait_beyond_max_queue_wait(tmp_path: Path) -> None:
-    probe, probe_gate, _ = gated(tmp_path)
-    probe_gate.open()
-    cost = probe.runner.predicted_cost(1)
+    runner = loaded_runner(tmp_path)
+    cost = runner.predicted_cost(1)  # this runner's own cost model: what its batcher predicts
     # Room for one queued run, not two; a clock that stands still keeps what is queued fresh.
     t0 = time.monotonic()
-    b, gate, _ = gated(tmp_path, lambda: t0, max_batch_rows=1, max_queue_wait=1.5 * cost)
+    b, gate, _ = gated(tmp_path, lambda: t0, runner, max_batch_rows=1, max_queue_wait=1.5 * cost)
     first = await hold_first(b, time.monotonic)
     waiting = queue(b, time.monotonic, "a", "b")
     await until(lambda: b.queued_rows == 2, "2 queued rows")
