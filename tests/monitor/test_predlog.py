@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from lockgate.errors import LockgateError
-from lockgate.monitor.predlog import FeedbackLog, PredictionLog, SegmentLog
+from lockgate.monitor.predlog import FeedbackLog, PredictionLog
+from lockgate.monitor.segments import SegmentLog
 
 Array = np.ndarray[Any, Any]
 
@@ -261,7 +262,7 @@ KILL_CHILD = (
     + """
 import sys
 from pathlib import Path
-from lockgate.monitor.predlog import SegmentLog
+from lockgate.monitor.segments import SegmentLog
 
 log = SegmentLog(Path(sys.argv[1]), segment_bytes=4_000)
 i = 0
