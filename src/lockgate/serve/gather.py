@@ -17,7 +17,10 @@ from lockgate.serve.queue import RequestQueue
 
 # Measured with grpc.aio on 2 cores:
 BUSY_TURN = 20e-6  # a loop turn longer than this ran other callbacks: requests are moving
-IDLE_LOOP = 50e-6  # this long without a busy turn or an arrival: nobody else is coming
+# This long without a busy turn or an arrival: nobody else is coming. The next call reaches the
+# loop through grpc's poller thread, which on busy cores often takes more than 50 us: a 50 us
+# bound ended gathers after two or three requests (docs/design/grpc-gathering.md).
+IDLE_LOOP = 150e-6
 GATHER_PAYS = 3  # two batch-mates: below that, gathering a convoy costs more than it saves
 MAX_GATHER_BACKOFF = 256  # after fruitless gathers, a lone client waits on one request in 257
 
