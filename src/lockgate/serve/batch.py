@@ -263,7 +263,7 @@ class Batcher:
         batch's outcomes, and whether this thread took it. Only while a full batch waits: a
         shorter one is left to the loop's drain, which lets it grow meanwhile (and honours
         `max_queue_delay`)."""
-        outcomes, chained = self._compute(batch, rows), False
+        outcomes, chained = self._compute(batch, rows, True), False
         while self._slots is None and self.queue.rows >= self.queue.limit:
             batch, rows, dropped = self.queue.take()
             if dropped:
@@ -271,13 +271,14 @@ class Batcher:
             if not batch:
                 break
             loop.call_soon_threadsafe(self._done, outcomes, False, chained)
-            outcomes, chained = self._compute(batch, rows), True
+            outcomes, chained = self._compute(batch, rows, True), True
         return outcomes, chained
 
-    def _compute(self, batch: list[Pending], rows: int) -> list[_Outcome]:
-        """Run one batch in any thread; touches no state but the runner's, then lets the
-        observer derive its columns there (see `_derive`). If it fails with several requests,
-        each runs alone: one bad request must not fail its neighbours."""
+    def _compute(self, batch: list[Pending], rows: int, derive: bool = False) -> list[_Outcome]:
+        """Run one batch in any thread; touches no state but the runner's. `derive`: in the
+        model thread, let the observer derive its columns there too (see `_derive`; on the loop
+        `record` does). If it fails with several requests, each runs alone: one bad request
+        must not fail its neighbours."""
         feeds = batch[0].inputs
         start = time.perf_counter_ns()
         try:
@@ -286,12 +287,13 @@ class Batcher:
             outputs = self.runner.run(feeds)
         except Exception as exc:
             if len(batch) > 1:
-                return [o for p in batch for o in self._compute([p], p.rows)]
+                return [o for p in batch for o in self._compute([p], p.rows, derive)]
             if not isinstance(exc, LockgateError):
                 exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
             return [(batch, feeds, exc, rows, start, 0, None)]
         compute_ns = time.perf_counter_ns() - start
-        return [(batch, feeds, outputs, rows, start, compute_ns, self._derive(feeds, batch))]
+        derived = self._derive(feeds, batch) if derive else None
+        return [(batch, feeds, outputs, rows, start, compute_ns, derived)]
 
     def _derive(self, feeds: Arrays, batch: list[Pending]) -> Derived | Exception | None:
         """The observer's columns of a run, in the thread that ran it: summarising an image
