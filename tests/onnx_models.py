@@ -102,3 +102,22 @@ def lookup_model(path: Path, size: int = 10) -> Path:
         [table],
     )
     return _save(graph, path)
+
+
+def image_model(path: Path, shape: tuple[int | str, ...] = (3, 224, 224)) -> Path:
+    """y[N, 1] = the mean over pixels of a 1x1 convolution averaging the three channels of
+    x[N, *shape] (FP32; a str dimension is symbolic): an image model whose input is summarised
+    by the monitor, and whose output is each image's mean."""
+    weight = numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 3, np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["y"]),
+        ],
+        "image",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [weight],
+    )
+    return _save(graph, path)

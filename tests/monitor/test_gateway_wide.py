@@ -9,8 +9,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from lockgate.config import MonitorConfig
@@ -20,26 +18,6 @@ from tests.conftest import RunningGateway, loopback_config
 from tests.waiting import wait_until
 
 SHAPE = (3, 32, 32)  # 3072 values per row: summarised
-
-
-def image_model(path: Path) -> Path:
-    """y[N, 1]: the mean of a 1x1 convolution of the channels."""
-    weight = numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 3, np.float32), "w")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w"], ["c"]),
-            helper.make_node("GlobalAveragePool", ["c"], ["p"]),
-            helper.make_node("Flatten", ["p"], ["y"]),
-        ],
-        "image",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *SHAPE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def images(rng: np.random.Generator, rows: int) -> np.ndarray[Any, Any]:
@@ -81,7 +59,8 @@ def test_derived_features_reach_metrics_and_alert(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     registry = Registry(tmp_path)
     reference = images(rng, 600).reshape(600, -1).astype(np.float64)  # raw pixels per row
-    registry.register(image_model(tmp_path / "image.onnx"), "image", reference=reference)
+    model = onnx_models.image_model(tmp_path / "image.onnx", SHAPE)
+    registry.register(model, "image", reference=reference)
     multi = onnx_models.multi_io_model(tmp_path / "multi.onnx")
     registry.register(multi, "multi", reference=multi_rows(rng, 600, WORDS))
     monitor = MonitorConfig(drift_window_rows=200, drain_interval=0.05)

@@ -63,6 +63,9 @@ class Ran:
     def __init__(self) -> None:
         self.metas: list[Any] = []
 
+    def derive(self, feeds: Any, rows: list[int]) -> list[Any]:
+        return []
+
     def record(self, feeds: Any, outputs: Any, metas: list[Any], *rest: Any) -> None:
         self.metas.extend(metas)
 

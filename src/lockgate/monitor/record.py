@@ -6,8 +6,10 @@ model returned in a run at load (:mod:`lockgate.monitor.layout`): every numeric 
 with a fixed number of values per monitored row, at most `MAX_FEATURES` in all, becomes
 features named `input[3]`, `probability`, ...; wider inputs and string inputs become derived
 features named `image:mean`, `image:proj3`, `text:length`, ... (:mod:`lockgate.monitor.derived`),
-computed on the batch here. Tensors that cannot be followed are named in one
-warning and counted (`lockgate_monitor_unfollowed_tensors`), never an error per batch.
+computed by `derive` in the model thread right after the run (the batcher calls it there: an
+image's summary costs more than the event loop can spare per request), and copied into the ring
+by `record` with the rest. Tensors that cannot be followed are named in one warning and counted
+(`lockgate_monitor_unfollowed_tensors`), never an error per batch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ Array = np.ndarray[Any, Any]
 
 
 class VersionRecorder:
-    """Owns one version's ring; `record` is called by its batcher on the event loop."""
+    """Owns one version's ring, and is its batcher's observer: `derive` is called in the model
+    thread after each run, `record` on the event loop."""
 
     def __init__(
         self,
@@ -60,6 +63,9 @@ class VersionRecorder:
                 "; ".join(self.unfollowed),
             )
         self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries)
+        for summary, _, _ in inputs.summaries:
+            if summary.kind == "wide":  # drawn now, not by concurrent model threads
+                _ = summary.projection
         # Per row, a run's rows are the leading dim of this input: a version that runs each
         # request alone is told one row per request by the batcher.
         self._rows_from = self.layout.rows_from if self.layout.per_row else None
@@ -84,6 +90,14 @@ class VersionRecorder:
             ring.client_code(client),
         )
 
+    def derive(self, feeds: dict[str, Array], rows: list[int]) -> list[Array | None]:
+        """The summarised inputs' columns of a run whose requests had `rows` rows (in the
+        model thread; `record` copies them in). None for a tensor of an unexpected size."""
+        if not self.ring.summaries:
+            return []
+        total = sum(self._monitored_rows(feeds, rows))
+        return self.ring.derive(feeds, total) if total else []
+
     def record(
         self,
         feeds: dict[str, Array],
@@ -92,12 +106,21 @@ class VersionRecorder:
         rows: list[int],
         enqueued_ns: list[int],
         started_ns: int,
+        derived: list[Array | None] | None = None,
     ) -> None:
+        """On the event loop: copy a run into the ring; `derived`: `derive` of this run, or
+        None to derive it here (a run made on the loop)."""
         times = (started_ns, time.perf_counter_ns(), time.time())
-        if self._rows_from is not None and len(metas) == 1:
-            rows = [int(feeds[self._rows_from].shape[0])]
-        elif self._rows_from is None:
-            rows = [1] * len(metas)  # one monitored row per request
+        rows = self._monitored_rows(feeds, rows)
         if sum(rows) == 0:
             return  # an empty request: nothing to monitor
-        self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times)
+        self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times, derived)
+
+    def _monitored_rows(self, feeds: dict[str, Array], rows: list[int]) -> list[int]:
+        """Monitored rows per request, from the batcher's (a request's rows, or 1 for a
+        version that runs each request alone)."""
+        if self._rows_from is not None and len(rows) == 1:
+            return [int(feeds[self._rows_from].shape[0])]
+        if self._rows_from is None:
+            return [1] * len(rows)  # one monitored row per request
+        return rows

@@ -2,9 +2,11 @@
 
 Each finished batch is copied, on the request path, into preallocated columns: one slice
 assignment per monitored tensor, and C-level appends of the requests' ids, routes and timings.
-A summarised input (:mod:`lockgate.monitor.derived`) is derived on the batch right here, a
-few vectorised calls whatever its rows: keeping wide batches (images) alive for the drain would
-hold hundreds of megabytes between drains, for no measured gain on a busy host.
+A summarised input (:mod:`lockgate.monitor.derived`) is derived from the batch by `derive`, a
+few vectorised calls whatever its rows, in the model thread that ran it (the batcher calls it
+there, see serve/batch.py); `append` copies those columns in. Only a run on the event loop
+anyway (an inline one) is derived by `append` itself. Keeping wide batches (images) alive for
+the drain would hold hundreds of megabytes between drains, for no measured gain on a busy host.
 Nothing of the request is kept (its arrays, dicts and records die with it, on the event loop
 that made them, while they are still in cache): keeping them for the drain cost several percent
 of throughput. There are two sets of columns: the request path fills one while the drain reads
@@ -163,6 +165,16 @@ class PredictionRing:
             self.clients.append(client)
         return code
 
+    def derive(self, feeds: Arrays, total: int) -> list[Array | None]:
+        """The columns of each summarised input for a run of `total` monitored rows, None for
+        a tensor whose values do not fill them (in any thread: reads only `summaries`)."""
+        derived: list[Array | None] = []
+        for summary, _, _ in self.summaries:
+            values = feeds[summary.tensor]
+            fits = values.size == total * summary.width
+            derived.append(summary.columns(values, total) if fits else None)
+        return derived
+
     def append(
         self,
         feeds: Arrays,
@@ -171,11 +183,13 @@ class PredictionRing:
         rows: list[int],
         enqueued_ns: list[int],
         times: tuple[int, int, float],
+        derived: Sequence[Array | None] | None = None,
     ) -> None:
         """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
-        unix seconds). A run that does not fit is dropped whole and counted. A monitored tensor
-        whose values do not fill its columns for this run's rows (a shape the load-time run did
-        not show) is recorded as NaN and counted in `mismatched`; a malformed call raises."""
+        unix seconds); `derived`: `derive` of this run, made in the model thread (None: derived
+        here). A run that does not fit is dropped whole and counted. A monitored tensor whose
+        values do not fill its columns for this run's rows (a shape the load-time run did not
+        show) is recorded as NaN and counted in `mismatched`; a malformed call raises."""
         total = sum(rows)
         self.written += total
         cols = self._filling
@@ -196,10 +210,11 @@ class PredictionRing:
                     else:
                         matrix[start:stop, lo:hi] = np.nan
                         self.mismatched += total
-            for summary, lo, hi in self.summaries:
-                values = feeds[summary.tensor]
-                if values.size == total * summary.width:
-                    cols.inputs[start:stop, lo:hi] = summary.columns(values, total)
+            if derived is None:
+                derived = self.derive(feeds, total)
+            for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
+                if columns is not None:
+                    cols.inputs[start:stop, lo:hi] = columns
                 else:
                     cols.inputs[start:stop, lo:hi] = np.nan
                     self.mismatched += total

@@ -28,7 +28,7 @@ import numpy as np
 from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.admission import Admission
-from lockgate.serve.batch_stats import BatchObserver, BatchStats
+from lockgate.serve.batch_stats import BatchObserver, BatchStats, Derived
 from lockgate.serve.gather import Gatherer
 from lockgate.serve.queue import Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
@@ -37,8 +37,11 @@ __all__ = ["Batcher"]
 log = logging.getLogger(__name__)
 
 
-# One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute.
-_Outcome = tuple[list[Pending], Arrays, "Arrays | LockgateError", int, int, int]
+# One model run: its requests, feeds, outputs (or the error they all get), rows, start, compute,
+# and what the observer derived from its feeds in the model thread (or the exception it raised).
+_Outcome = tuple[
+    list[Pending], Arrays, "Arrays | LockgateError", int, int, int, "Derived | Exception | None"
+]
 
 
 class Batcher:
@@ -260,7 +263,7 @@ class Batcher:
         batch's outcomes, and whether this thread took it. Only while a full batch waits: a
         shorter one is left to the loop's drain, which lets it grow meanwhile (and honours
         `max_queue_delay`)."""
-        outcomes, chained = self._compute(batch, rows), False
+        outcomes, chained = self._compute(batch, rows, True), False
         while self._slots is None and self.queue.rows >= self.queue.limit:
             batch, rows, dropped = self.queue.take()
             if dropped:
@@ -268,12 +271,14 @@ class Batcher:
             if not batch:
                 break
             loop.call_soon_threadsafe(self._done, outcomes, False, chained)
-            outcomes, chained = self._compute(batch, rows), True
+            outcomes, chained = self._compute(batch, rows, True), True
         return outcomes, chained
 
-    def _compute(self, batch: list[Pending], rows: int) -> list[_Outcome]:
-        """Run one batch in any thread; touches no state but the runner's. If it fails with
-        several requests, each runs alone: one bad request must not fail its neighbours."""
+    def _compute(self, batch: list[Pending], rows: int, derive: bool = False) -> list[_Outcome]:
+        """Run one batch in any thread; touches no state but the runner's. `derive`: in the
+        model thread, let the observer derive its columns there too (see `_derive`; on the loop
+        `record` does). If it fails with several requests, each runs alone: one bad request
+        must not fail its neighbours."""
         feeds = batch[0].inputs
         start = time.perf_counter_ns()
         try:
@@ -282,22 +287,35 @@ class Batcher:
             outputs = self.runner.run(feeds)
         except Exception as exc:
             if len(batch) > 1:
-                return [o for p in batch for o in self._compute([p], p.rows)]
+                return [o for p in batch for o in self._compute([p], p.rows, derive)]
             if not isinstance(exc, LockgateError):
                 exc = LockgateError(ErrorKind.MODEL_FAILED, f"{self._label()}: {exc}")
-            return [(batch, feeds, exc, rows, start, 0)]
-        return [(batch, feeds, outputs, rows, start, time.perf_counter_ns() - start)]
+            return [(batch, feeds, exc, rows, start, 0, None)]
+        compute_ns = time.perf_counter_ns() - start
+        derived = self._derive(feeds, batch) if derive else None
+        return [(batch, feeds, outputs, rows, start, compute_ns, derived)]
+
+    def _derive(self, feeds: Arrays, batch: list[Pending]) -> Derived | Exception | None:
+        """The observer's columns of a run, in the thread that ran it: summarising an image
+        costs more than the event loop, the gateway's bottleneck, can spare per request (numpy
+        releases the GIL meanwhile). An exception is handed to the loop, which counts it."""
+        if self.observer is None:
+            return None
+        try:
+            return self.observer.derive(feeds, [p.rows for p in batch])
+        except Exception as exc:  # counted in `_observe`, on the loop
+            return exc
 
     def _done(self, outcomes: list[_Outcome], inline: bool = False, chained: bool = False) -> None:
         """On the event loop: answer the requests of finished runs."""
-        for batch, feeds, result, rows, start, compute_ns in outcomes:
+        for batch, feeds, result, rows, start, compute_ns, derived in outcomes:
             if isinstance(result, LockgateError):
                 self.stats.failed += 1
                 _fail(batch, result)
                 continue
             self.stats.inline_batches += inline
             self.stats.chained_batches += chained
-            self._finish(batch, feeds, result, rows, start, compute_ns)
+            self._finish(batch, feeds, result, rows, start, compute_ns, derived)
 
     def _finish(
         self,
@@ -307,11 +325,13 @@ class Batcher:
         rows: int,
         start: int,
         compute_ns: int,
+        derived: Derived | Exception | None,
     ) -> None:
         self._count(len(batch), rows, compute_ns, start)
         if self.observer is not None:
             metas, sizes = [p.meta for p in batch], [p.rows for p in batch]
-            self._observe(feeds, outputs, metas, sizes, [p.enqueued_ns for p in batch], start)
+            enqueued = [p.enqueued_ns for p in batch]
+            self._observe(feeds, outputs, metas, sizes, enqueued, start, derived)
         offset = queued = 0
         for p in batch:
             end = offset + p.rows
@@ -331,10 +351,14 @@ class Batcher:
         rows: list[int],
         enqueued_ns: list[int],
         start: int,
+        derived: Derived | Exception | None = None,
     ) -> None:
+        """`derived`: from the model thread; None: `record` derives on the loop (inline)."""
         assert self.observer is not None
         try:
-            self.observer.record(feeds, outputs, metas, rows, enqueued_ns, start)
+            if isinstance(derived, Exception):
+                raise derived  # deriving failed in the model thread: one error for the run
+            self.observer.record(feeds, outputs, metas, rows, enqueued_ns, start, derived)
         except Exception:  # the monitor must never fail a request
             self.stats.observer_errors += 1
             if self.stats.observer_errors == 1:

@@ -6,11 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from lockgate.serve.runner import Arrays
+from lockgate.serve.runner import Array, Arrays
+
+# Per-row columns an observer derives from a run's inputs, in its own order (None: a tensor it
+# could not derive for this run). Made in the model thread, handed to `record` on the loop.
+Derived = list["Array | None"]
 
 
 class BatchObserver(Protocol):
-    """Sees every successful model run (the monitor's ring); must be quick and never raise."""
+    """Sees every successful model run (the monitor's ring). `derive` runs in the model thread
+    right after the run (wide inputs' summaries: the costly part, kept off the event loop);
+    `record`, on the event loop, must be quick. The batcher counts either's exceptions in
+    `observer_errors`; a request never fails for them."""
+
+    def derive(self, feeds: Arrays, rows: list[int]) -> Derived: ...
 
     def record(
         self,
@@ -20,7 +29,11 @@ class BatchObserver(Protocol):
         rows: list[int],
         enqueued_ns: list[int],
         started_ns: int,
-    ) -> None: ...
+        derived: Derived | None = None,
+    ) -> None:
+        """`derived`: what `derive` gave for this run; None where it was not called (runs on
+        the event loop), and the observer derives itself."""
+        ...
 
 
 @dataclass(slots=True)
