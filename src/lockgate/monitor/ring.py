@@ -210,14 +210,8 @@ class PredictionRing:
                     else:
                         matrix[start:stop, lo:hi] = np.nan
                         self.mismatched += total
-            if derived is None:
-                derived = self.derive(feeds, total)
-            for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
-                if columns is not None:
-                    cols.inputs[start:stop, lo:hi] = columns
-                else:
-                    cols.inputs[start:stop, lo:hi] = np.nan
-                    self.mismatched += total
+            if self.summaries:
+                self._summarised(cols.inputs, start, stop, feeds, derived)
         except Exception:
             self._drop(total)
             raise
@@ -232,6 +226,26 @@ class PredictionRing:
         cols.ts.append(times[2])
         cols.batch_requests.append(len(metas))
         cols.rows = stop
+
+    def _summarised(
+        self,
+        matrix: Array,
+        start: int,
+        stop: int,
+        feeds: Arrays,
+        derived: Sequence[Array | None] | None,
+    ) -> None:
+        """Write the summarised inputs' columns of rows `start:stop` (NaN where they did not
+        fit, counted), derived here when the run was not derived in the model thread."""
+        total = stop - start
+        if derived is None:
+            derived = self.derive(feeds, total)
+        for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
+            if columns is not None:
+                matrix[start:stop, lo:hi] = columns
+            else:
+                matrix[start:stop, lo:hi] = np.nan
+                self.mismatched += total
 
     def _drop(self, rows: int) -> None:
         self.dropped += rows
