@@ -67,8 +67,9 @@ _TEXT = ModelSpec(
 
 @dataclass(frozen=True)
 class Warmed:
-    """What the warm-up did: its duration and how many kernel signatures it compiled or read
-    from Numba's on-disk cache (both zero when an earlier call already had them)."""
+    """What the warm-up did: its duration, and how many kernel signatures were compiled or read
+    from Numba's on-disk cache meanwhile (a version loading at the same time counts too; both
+    are zero when an earlier call already had them)."""
 
     seconds: float
     compiled: int
