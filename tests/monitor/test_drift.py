@@ -14,6 +14,7 @@ from scipy import stats
 from lockgate.monitor import drift, floors
 from lockgate.monitor.kernels import divergence as dv
 from lockgate.monitor.kernels import histogram as hist
+from lockgate.monitor.windowing import Hysteresis
 
 Array = np.ndarray[Any, Any]
 Gen = Callable[[np.random.Generator, tuple[int, ...]], Array]
@@ -459,7 +460,7 @@ def test_compiled_rule_matches_the_numpy_rule_bit_for_bit(seed: int) -> None:
 def test_compiled_hysteresis_matches_the_numpy_streaks() -> None:
     rng = np.random.default_rng(3)
     cfg = _config(alert_after=2, clear_after=3)
-    state = drift._Hysteresis(7)
+    state = Hysteresis(7)
     on, hits, misses = np.zeros(7, bool), np.zeros(7, np.int64), np.zeros(7, np.int64)
     for _ in range(300):
         seen = rng.random(7) < 0.8

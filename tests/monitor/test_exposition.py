@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,27 +14,13 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from lockgate.monitor.exposition import encode_text
 from lockgate.monitor.metrics import GatewayCollector, render_metrics
-from lockgate.monitor.sketch import LatencySketch
-from lockgate.monitor.snapshot import DriftSnapshot, Snapshot, VersionSnapshot
+from lockgate.monitor.snapshot import Snapshot
 from lockgate.retrain.gateway_metrics import SAMPLES, parse
-
-
-class _Fixed(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:  # type: ignore[override]
-        return self.families
-
-
-def reference(families: list[Metric]) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(families))
-    return bytes(generate_latest(registry))
+from tests.monitor.exposition_reference import gateway_snapshot, reference
 
 
 def test_every_family_type_and_awkward_values_render_identically() -> None:
@@ -68,41 +52,8 @@ def test_any_label_values_render_identically(samples: list[tuple[str, str, float
     assert encode_text([family]) == reference([family])
 
 
-def _gateway_snapshot() -> Snapshot:
-    rng = np.random.default_rng(1)
-    latency = LatencySketch()
-    latency.add(rng.exponential(0.002, size=1000))
-    key = ("classifier", "2")
-    drift = DriftSnapshot(
-        names=("input[0]", "input[1]"),
-        alert=np.array([True, False]),
-        scores=np.where(rng.random((2, 8)) < 0.2, np.nan, rng.random((2, 8))),
-        windows=4,
-        share=0.5,
-        dataset_alert=True,
-        counts=rng.integers(0, 50, size=(2, 7)),
-    )
-    return Snapshot(
-        revision=3,
-        requests=Counter(
-            {("e", "canary", *key, "http", "ok"): 10, ("e", "", "", "", "grpc", "x"): 1}
-        ),
-        weights={("e", "canary", *key): 5.0},
-        loaded={key},
-        batch={key: Counter(batches=4, rows=9, compute_ns=12345)},
-        queued_rows=Counter({key: 2}),
-        shadows={("e", "challenger"): Counter(requests=5, disagreeing_rows=1)},
-        monitored=True,
-        versions={
-            key: VersionSnapshot(
-                latency={("e", "canary"): latency}, rows=9, drift={"input": drift}, labelled=3
-            )
-        },
-    )
-
-
 def test_a_gateway_snapshot_renders_identically() -> None:
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     expected = reference(list(GatewayCollector(snap).collect()))
     assert render_metrics(snap) == expected
     assert render_metrics(snap) == expected  # again, from the label cache
@@ -116,7 +67,7 @@ def _restricted(snap: Snapshot, names: set[str]) -> bytes:
 
 
 def test_names_restrict_the_output_as_prometheus_clients_registry_does() -> None:
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     every = {s.name for m in GatewayCollector(snap).collect() for s in m.samples}
     assert len(every) > 30
     rng = np.random.default_rng(2)
@@ -130,7 +81,7 @@ def test_names_restrict_the_output_as_prometheus_clients_registry_does() -> None
 
 
 def test_the_rollouts_scrape_parses_as_the_full_output_does() -> None:
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     full = parse(render_metrics(snap).decode(), at=0.0)
     restricted = parse(render_metrics(snap, SAMPLES).decode(), at=0.0)
     assert restricted == full

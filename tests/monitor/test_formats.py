@@ -18,17 +18,16 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client.openmetrics.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text_parser
-from prometheus_client.registry import Collector, CollectorRegistry
 
 from lockgate._proto import prometheus_metrics_pb2 as pb
 from lockgate.monitor.exposition import encode_openmetrics
 from lockgate.monitor.formats import OPENMETRICS, PROTOBUF, TEXT, negotiate
 from lockgate.monitor.metrics import GatewayCollector, render_metrics
 from lockgate.monitor.sketch import LatencySketch
-from tests.monitor.test_exposition import _gateway_snapshot
+from tests.monitor.exposition_reference import gateway_snapshot, reference
 
 # What Prometheus 2.42 sends: by default, and with --enable-feature=native-histograms.
 PROMETHEUS_DEFAULT = (
@@ -40,20 +39,6 @@ PROMETHEUS_NATIVE = (
     "application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;"
     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-
-
-class _Fixed(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:  # type: ignore[override]
-        return self.families
-
-
-def reference(families: list[Metric]) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(families))
-    return bytes(generate_latest(registry))
 
 
 def test_openmetrics_renders_as_prometheus_client_does() -> None:
@@ -68,13 +53,13 @@ def test_openmetrics_renders_as_prometheus_client_does() -> None:
     summary = SummaryMetricFamily("s", "summary", count_value=3, sum_value=1.5)
     info = InfoMetricFamily("i", "info", value={"build": "x"})
     families: list[Metric] = [counter, gauge, histogram, summary, info]
-    assert encode_openmetrics(families) == reference(families)
+    assert encode_openmetrics(families) == reference(families, generate_openmetrics)
 
 
 def test_a_gateway_snapshot_in_openmetrics_is_prometheus_clients_and_parses() -> None:
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     text = render_metrics(snap, fmt=OPENMETRICS)
-    assert text == reference(list(GatewayCollector(snap).collect()))
+    assert text == reference(list(GatewayCollector(snap).collect()), generate_openmetrics)
     parsed = {f.name: f for f in text_string_to_metric_families(text.decode())}  # strict parser
     assert parsed["lockgate_request_latency_seconds"].unit == "seconds"
     assert parsed["lockgate_requests"].type == "counter"
@@ -151,7 +136,7 @@ def test_protobuf_carries_each_sketch_as_a_native_histogram_of_schema_6() -> Non
     assert np.all(np.abs(exponent - np.round(exponent)) > 1e-6)  # no value on a boundary
     sketch = LatencySketch()
     sketch.add(values)
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     snap.versions[("classifier", "2")].latency[("e", "canary")] = sketch
     families = _families(render_metrics(snap, fmt=PROTOBUF))
     family = families["lockgate_request_latency_seconds"]
@@ -178,7 +163,7 @@ def test_protobuf_carries_each_sketch_as_a_native_histogram_of_schema_6() -> Non
 
 
 def test_protobuf_families_are_named_and_typed_as_their_series() -> None:
-    snap = _gateway_snapshot()
+    snap = gateway_snapshot()
     families = _families(render_metrics(snap, fmt=PROTOBUF))
     requests = families["lockgate_requests_total"]
     assert requests.type == pb.COUNTER

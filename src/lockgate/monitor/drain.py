@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,7 @@ class Monitor:
     def attach(
         self,
         spec: ModelSpec,
-        reference: Array | None = None,
+        reference: Array | Mapping[str, Array] | None = None,
         predict: Predict | None = None,
         profiles: VersionProfiles | None = None,
         layout: RowLayout | None = None,

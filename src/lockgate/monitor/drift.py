@@ -89,6 +89,7 @@ from lockgate.monitor.kernels.histogram import new_counts
 from lockgate.monitor.reference import ReferenceProfile as ReferenceProfile
 from lockgate.monitor.reference import build_profile as build_profile
 from lockgate.monitor.reference import categorical_mask as categorical_mask
+from lockgate.monitor.windowing import Hysteresis, TimedWindows
 
 
 def _json(x: Any) -> Any:
@@ -161,22 +162,7 @@ class DriftState:
     dataset_clean_streak: int
 
 
-class _Hysteresis:
-    """On after ``alert_after`` consecutive hits, off after ``clear_after`` consecutive misses;
-    unseen (unscored) entries keep their state and streaks."""
-
-    def __init__(self, size: int) -> None:
-        self.on = np.zeros(size, dtype=np.bool_)
-        self.hits = np.zeros(size, dtype=np.int64)
-        self.misses = np.zeros(size, dtype=np.int64)
-
-    def step(self, hit: NDArray[np.bool_], seen: NDArray[np.bool_], cfg: DriftConfig) -> None:
-        rl.hysteresis_step(
-            self.on, self.hits, self.misses, hit, seen, cfg.alert_after, cfg.clear_after
-        )
-
-
-class DriftMonitor:
+class DriftMonitor(TimedWindows[WindowReport]):
     """Tumbling-window drift monitor of one model version in one worker (not thread-safe: one
     drain task owns it). ``clock`` is injectable for tests; it defaults to ``time.monotonic``."""
 
@@ -199,8 +185,8 @@ class DriftMonitor:
         self._exact = profile.has_samples
         self._started = self._opened = clock()
         self._index = 0
-        self._features = _Hysteresis(profile.n_features)
-        self._dataset = _Hysteresis(1)
+        self._features = Hysteresis(profile.n_features)
+        self._dataset = Hysteresis(1)
         self._last: WindowReport | None = None
         cfg, fwer_alpha = self.config, self.config.alpha / (2 * profile.n_features)
         self._kernel_profile = (
@@ -323,13 +309,6 @@ class DriftMonitor:
         self._last = report
         self._opened = self._started = now
         return report
-
-    def tick(self, now: float | None = None) -> list[WindowReport]:
-        """Close the window by time if its boundary has passed (call it when idle)."""
-        now = self._clock() if now is None else now
-        if now - self._opened >= self.config.window_seconds:
-            return self._close(now, "time")
-        return []
 
     def _close(self, now: float, closed_by: str) -> list[WindowReport]:
         self._opened = now

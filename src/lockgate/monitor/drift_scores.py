@@ -1,6 +1,7 @@
 """A drift window's scores against a reference profile: the configuration, the scores and
 alert flags of one window (`evaluate`), and the dataset rule. Pure functions over counts; the
-windows themselves, their hysteresis and reports are :mod:`lockgate.monitor.drift`'s."""
+windows themselves and their reports are :mod:`lockgate.monitor.drift`'s, their hysteresis
+:mod:`lockgate.monitor.windowing`'s."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from numpy.typing import ArrayLike
 
 from lockgate.monitor.drift import DriftConfig
 from lockgate.monitor.joint_profile import JointProfile
-from lockgate.monitor.kernels import rule as rl
 from lockgate.monitor.kernels.rff import rff_update
+from lockgate.monitor.windowing import Hysteresis, TimedWindows
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class JointState:
     open_rows: int
 
 
-class JointMonitor:
+class JointMonitor(TimedWindows[JointWindow]):
     """Tumbling-window joint-drift monitor of one version in one worker (not thread-safe: one
     drain task owns it). ``clock`` is injectable for tests."""
 
@@ -69,9 +69,7 @@ class JointMonitor:
         self._complete = 0  # of which complete (every joint column finite)
         self._opened = clock()
         self._index = 0
-        self._on = np.zeros(1, dtype=np.bool_)
-        self._hits = np.zeros(1, dtype=np.int64)
-        self._misses = np.zeros(1, dtype=np.int64)
+        self._alarm = Hysteresis(1)
         self._last: JointWindow | None = None
 
     def update(self, values: ArrayLike) -> list[JointWindow]:
@@ -98,13 +96,6 @@ class JointMonitor:
                 closed += self._close(now, "rows")
         return closed
 
-    def tick(self, now: float | None = None) -> list[JointWindow]:
-        """Close the window by time if its boundary has passed (call it when idle)."""
-        now = self._clock() if now is None else now
-        if now - self._opened >= self.config.window_seconds:
-            return self._close(now, "time")
-        return []
-
     def _close(self, now: float, closed_by: str) -> list[JointWindow]:
         self._opened = now
         n = self._complete
@@ -115,17 +106,9 @@ class JointMonitor:
         score = self.profile.score(self._sums, n)
         threshold = self.profile.threshold(n)
         hit = np.array([score > threshold])
-        rl.hysteresis_step(
-            self._on,
-            self._hits,
-            self._misses,
-            hit,
-            np.ones(1, dtype=np.bool_),
-            self.config.alert_after,
-            self.config.clear_after,
-        )
+        self._alarm.step(hit, np.ones(1, dtype=np.bool_), self.config)
         window = JointWindow(
-            self._index, n, score, threshold, bool(hit[0]), bool(self._on[0]), closed_by
+            self._index, n, score, threshold, bool(hit[0]), bool(self._alarm.on[0]), closed_by
         )
         self._index += 1
         self._last = window
@@ -143,7 +126,7 @@ class JointMonitor:
         return JointState(
             score=last.score if last else math.nan,
             threshold=last.threshold if last else math.nan,
-            alarm=bool(self._on[0]),
+            alarm=bool(self._alarm.on[0]),
             windows=self._index,
             open_rows=self._rows,
         )
@@ -159,7 +142,7 @@ class JointMonitor:
             "reference_rows": self.profile.rows,
             "windows": self._index,
             "open_rows": self._rows,
-            "alarm": bool(self._on[0]),
+            "alarm": bool(self._alarm.on[0]),
             "last_window": None
             if last is None
             else {

@@ -22,6 +22,7 @@ from lockgate.control.state import State, StateStore
 from lockgate.monitor.capture import capture_monitor, capture_process
 from lockgate.monitor.drain import Monitor
 from lockgate.monitor.snapshot import BATCH_FIELDS, SHADOW_FIELDS, Snapshot
+from lockgate.monitor.warmup import warm_up
 from lockgate.serve.dataplane import DataPlane
 from lockgate.serve.models import Key, ModelSet
 from lockgate.serve.route import EndpointRoute, RouteTable, build_route_table
@@ -51,10 +52,15 @@ class Controller:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load and warm every version that receives traffic or is pinned, then watch the state
-        database for changes. A version that fails to load is reported, not fatal."""
-        await self.models.refresh()
-        await self.apply(await asyncio.to_thread(self.state.read))
+        """Load and warm every version that receives traffic or is pinned, and compile the
+        monitor's kernels meanwhile, then watch the state database for changes. A version that
+        fails to load is reported, not fatal."""
+        kernels = asyncio.create_task(self._warm_up_monitor(), name="monitor-warm-up")
+        try:
+            await self.models.refresh()
+            await self.apply(await asyncio.to_thread(self.state.read))
+        finally:
+            await kernels
         self._watcher = asyncio.create_task(self._watch(), name="state-watcher")
         self.dataplane.open()
         log.info(
@@ -62,6 +68,23 @@ class Controller:
             len(self.dataplane.routes.endpoints),
             len(self.models.loaded),
             len(self.models.failed),
+        )
+
+    async def _warm_up_monitor(self) -> None:
+        """Compile the monitor's kernels on a thread before readiness, so that the first drain
+        does not compile them holding its lock and the GIL (monitor/warmup.py)."""
+        if self.monitor is None:
+            return
+        try:
+            warmed = await asyncio.to_thread(warm_up)
+        except Exception:  # the drain still works: it compiles what it needs itself
+            log.exception("the monitor's kernels could not be compiled at start")
+            return
+        log.info(
+            "monitor kernels ready in %.2f s (%d compiled, %d read from numba's cache)",
+            warmed.seconds,
+            warmed.compiled,
+            warmed.cached,
         )
 
     async def apply(self, state: State, *, retry_failed: bool = True) -> dict[Key, str]:
