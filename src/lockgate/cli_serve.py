@@ -179,6 +179,14 @@ def add_serve_parser(sub: Any) -> None:
     )
     flag(
         serve,
+        "--drain-interval",
+        _MONITOR.drain_interval,
+        "seconds between the monitor's drains (sooner when a ring is half full): how fresh "
+        "its metrics are",
+        type=positive,
+    )
+    flag(
+        serve,
         "--drift-window-rows",
         _MONITOR.drift_window_rows,
         "rows per drift window",
@@ -263,6 +271,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             enabled=not args.no_monitor,
             predlog=not args.no_predlog,
             ring_rows=int(args.ring_rows),
+            drain_interval=float(args.drain_interval),
             drift_window_rows=int(args.drift_window_rows),
             drift_window_seconds=float(args.drift_window_seconds),
             retention_bytes=int(float(args.predlog_retention_gb) * 2**30),

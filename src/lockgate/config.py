@@ -44,15 +44,17 @@ class RunnerConfig:
 class MonitorConfig:
     enabled: bool = True
     # Rows per set of ring columns (each loaded version has two: requests fill one while the
-    # drain reads the other); the drain swaps them every `drain_interval` seconds, so a set
-    # must hold an interval's rows (16,384 is 32k rows/s at 0.5 s). Fewer, larger drains spend
-    # less on per-drain work (chunk headers, fsync, drift window checks).
-    ring_rows: int = 16384
-    drain_interval: float = 0.5
+    # drain reads the other). The drain swaps them every `drain_interval` seconds, or sooner
+    # when the filling set passes half its rows (65,536 hold 2 s at 16k rows/s before that).
+    # Each drain costs the event loop a few GIL hand-overs whatever its rows: fewer, larger
+    # drains cost the tail less (docs/design/monitor-tail-cost.md). The columns are allocated
+    # untouched: memory is used as rows arrive.
+    ring_rows: int = 65536
+    drain_interval: float = 2.0
     predlog: bool = True  # write every prediction to <home>/predlog segment files
     segment_bytes: int = 64 * 1024 * 1024
     retention_bytes: int = 4 * 1024 * 1024 * 1024
-    flush_interval: float = 1.0  # seconds; a crash loses at most this much of the log
+    flush_interval: float = 1.0  # seconds; a crash loses this much of the log, and the rings
     drift_window_rows: int = 1000
     drift_window_seconds: float = 60.0
     feedback_window: int = 50_000  # recent request ids kept for joining labels online (~12 MB)

@@ -92,6 +92,9 @@ class InferRequest:
     received_ns: int = 0  # time.perf_counter_ns() when the transport started on it
     alone: bool = False  # the transport hands requests over one at a time: see serve/batch.py
     client: str = ""  # the name of the caller's API key; "" when no keys are configured
+    # The model spec the transport checked each input's name, datatype and shape against while
+    # decoding: the data plane then checks again only what spans inputs (see validate_inputs).
+    checked: ModelSpec | None = None
 
 
 @dataclass(slots=True)

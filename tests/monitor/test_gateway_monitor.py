@@ -125,17 +125,19 @@ def test_a_scrape_can_ask_for_some_samples_only(home: Path) -> None:
 
 
 def test_ring_overflow_is_counted_not_hidden(home: Path) -> None:
+    """A run with more rows than the ring's filling set has left is dropped whole and counted
+    (a ring half full is drained early, so only a large run can overflow it)."""
     monitor = MonitorConfig(ring_rows=4, drain_interval=3600)
     config = dataclasses.replace(loopback_config(home), monitor=monitor)
     with RunningGateway(config, Registry(home)) as gw:
         with httpx.Client(base_url=f"http://{gw.http}", timeout=10) as client:
-            for i in range(10):
-                _infer(client, f"r{i}", np.zeros((1, 16), np.float32))
+            _infer(client, "large", np.zeros((10, 16), np.float32))
+            _infer(client, "small", np.zeros((1, 16), np.float32))
         gw.call(gw.gateway.monitor.drain())
         samples = metrics(gw)
     v2 = {"model": "classifier", "version": "2"}
-    assert value(samples, "lockgate_predlog_dropped_total", **v2) == 6
-    assert value(samples, "lockgate_predlog_rows_total", **v2) == 4
+    assert value(samples, "lockgate_predlog_dropped_total", **v2) == 10
+    assert value(samples, "lockgate_predlog_rows_total", **v2) == 1
 
 
 def test_monitoring_off_refuses_feedback(home: Path) -> None:

@@ -1,7 +1,8 @@
-"""The monitor's background drain: every `drain_interval` it takes the filled columns of every
-ring (on the event loop, an O(1) swap), then, on its own thread, feeds them to the latency
-sketches and drift windows and appends them to the prediction log. The request path never waits
-for it.
+"""The monitor's background drain: every `drain_interval` (sooner when a ring is half full) it
+takes the filled columns of every ring (on the event loop, an O(1) swap), then, on its own
+thread, feeds them to the latency sketches and drift windows and appends them to the prediction
+log. The request path never waits for it. Each drain costs the event loop a few GIL hand-overs
+whatever its rows, so drains are few and large (docs/design/monitor-tail-cost.md).
 
 State read by `/metrics` and the admin API is guarded by one lock, taken once per drain and once
 per scrape, never per request, and never on the event loop: the drain holds it for milliseconds
@@ -163,6 +164,7 @@ class Monitor:
         self._recent = RecentPredictions(config.feedback_window)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-monitor")
         self._task: asyncio.Task[None] | None = None
+        self._due = asyncio.Event()  # a ring is half full: drain before the interval is up
         self.predlog: PredictionLog | None = None
         self.feedback_log: FeedbackLog | None = None
         if config.predlog:
@@ -189,6 +191,7 @@ class Monitor:
         key = (spec.name, spec.version)
         seed = profiles.seed if profiles is not None else DEFAULT_SEED  # wide inputs' projection
         recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed)
+        recorder.ring.on_half_full = self._due.set
         vm = VersionMonitor(key, recorder)
         try:
             if profiles is None and reference is not None:
@@ -230,7 +233,9 @@ class Monitor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.config.drain_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self.config.drain_interval)
+            self._due.clear()
             try:
                 await self.drain()
             except Exception:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,14 @@ class PredictionRing:
         self._filling = Columns(capacity, self.widths)
         self._spare: Columns | None = None
         self._dropped_since_take = 0
+        # Called (on the event loop) when the filling set passes half its rows: time to drain.
+        self.on_half_full: Callable[[], None] | None = None
+        self._half = capacity // 2
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows recorded and not yet taken by a drain."""
+        return self._filling.rows
 
     def route_code(self, endpoint: str, variant: str) -> int:
         key = (endpoint, variant)
@@ -226,6 +234,8 @@ class PredictionRing:
         cols.ts.append(times[2])
         cols.batch_requests.append(len(metas))
         cols.rows = stop
+        if start <= self._half < stop and self.on_half_full is not None:
+            self.on_half_full()
 
     def _summarised(
         self,

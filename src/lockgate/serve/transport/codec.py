@@ -130,7 +130,8 @@ def decode_raw_input(
         shape = inp.shape
     InputLimits(spec, max_elements).take(inp, shape)
     data = array_from_raw(inp.name, inp.datatype, shape, body)
-    return InferRequest(model, version, new_request_id(), [Tensor(inp.name, inp.datatype, data)])
+    tensor = Tensor(inp.name, inp.datatype, data)
+    return InferRequest(model, version, new_request_id(), [tensor], checked=spec)
 
 
 def _request_from_doc(
@@ -160,7 +161,8 @@ def _request_from_doc(
         raise invalid("'id' must be a string")
     params = _parameters(doc.get("parameters"), "request")
     outputs = _requested_outputs(doc.get("outputs"))
-    return InferRequest(model, version, req_id or new_request_id(), inputs, outputs, params)
+    request_id = req_id or new_request_id()
+    return InferRequest(model, version, request_id, inputs, outputs, params, checked=limits.spec)
 
 
 def _input(

@@ -85,6 +85,7 @@ def decode_request(
         outputs=[_requested(o) for o in msg.outputs] if msg.outputs else None,
         parameters=_parameters(msg.parameters),
         deadline=time.monotonic() + remaining if remaining is not None else float("inf"),
+        checked=spec,
     )
 
 
