@@ -69,6 +69,8 @@ class VersionRecorder:
         # Per row, a run's rows are the leading dim of this input: a version that runs each
         # request alone is told one row per request by the batcher.
         self._rows_from = self.layout.rows_from if self.layout.per_row else None
+        # (endpoint, variant, client) -> their codes in the ring's tables, for `meta`
+        self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     @property
     def input_tensors(self) -> list[str]:
@@ -82,13 +84,12 @@ class VersionRecorder:
     def meta(
         self, request_id: str, endpoint: str, variant: str, received_ns: int, client: str = ""
     ) -> RequestMeta:
-        ring = self.ring
-        return (
-            request_id,
-            ring.route_code(endpoint, variant),
-            received_ns,
-            ring.client_code(client),
-        )
+        codes = self._codes.get((endpoint, variant, client))
+        if codes is None:  # once per endpoint, variant and client
+            ring = self.ring
+            codes = ring.route_code(endpoint, variant), ring.client_code(client)
+            self._codes[(endpoint, variant, client)] = codes
+        return (request_id, codes[0], received_ns, codes[1])
 
     def derive(self, feeds: dict[str, Array], rows: list[int]) -> list[Array | None]:
         """The summarised inputs' columns of a run whose requests had `rows` rows (in the
@@ -111,10 +112,11 @@ class VersionRecorder:
         """On the event loop: copy a run into the ring; `derived`: `derive` of this run, or
         None to derive it here (a run made on the loop)."""
         times = (started_ns, time.perf_counter_ns(), time.time())
-        rows = self._monitored_rows(feeds, rows)
-        if sum(rows) == 0:
-            return  # an empty request: nothing to monitor
-        self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times, derived)
+        if self._rows_from is None or len(rows) == 1:
+            rows = self._monitored_rows(feeds, rows)
+        total = sum(rows)
+        if total:  # else an empty request: nothing to monitor
+            self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times, derived, total)
 
     def _monitored_rows(self, feeds: dict[str, Array], rows: list[int]) -> list[int]:
         """Monitored rows per request, from the batcher's (a request's rows, or 1 for a

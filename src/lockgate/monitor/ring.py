@@ -107,11 +107,27 @@ Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, i
 
 class Columns:
     """One set of ring columns: per-row matrices preallocated, per-request and per-batch
-    values in growable C arrays (appending to them is one C call per batch)."""
+    values in growable C arrays (appending to them is one C call per batch). `targets`: where
+    each monitored tensor goes, as (from the outputs?, tensor, view of its columns, values per
+    row); a view of one column is 1-D and a view of whole rows is the matrix itself, the
+    cheapest slices to assign to."""
 
-    def __init__(self, capacity: int, widths: tuple[int, int]) -> None:
+    def __init__(self, capacity: int, widths: tuple[int, int], slots: tuple[Slots, Slots]) -> None:
         self.inputs = np.empty((capacity, widths[0]), np.float32)
         self.outputs = np.empty((capacity, widths[1]), np.float32)
+        self.targets: list[tuple[bool, str, Array, int]] = []
+        for from_outputs, matrix, side in (
+            (False, self.inputs, slots[0]),
+            (True, self.outputs, slots[1]),
+        ):
+            for name, lo, hi in side:
+                if hi - lo == 1:
+                    view = matrix[:, lo]
+                elif lo == 0 and hi == matrix.shape[1]:
+                    view = matrix
+                else:
+                    view = matrix[:, lo:hi]
+                self.targets.append((from_outputs, name, view, hi - lo))
         self.clear()
 
     def clear(self) -> None:
@@ -146,7 +162,7 @@ class PredictionRing:
         self._route_codes: dict[tuple[str, str], int] = {}
         self.clients: list[str] = [""]  # code 0: no API keys configured
         self._client_codes: dict[str, int] = {"": 0}
-        self._filling = Columns(capacity, self.widths)
+        self._filling = Columns(capacity, self.widths, (inputs, outputs))
         self._spare: Columns | None = None
         self._dropped_since_take = 0
         # Called (on the event loop) when the filling set passes half its rows: time to drain.
@@ -192,13 +208,16 @@ class PredictionRing:
         enqueued_ns: list[int],
         times: tuple[int, int, float],
         derived: Sequence[Array | None] | None = None,
+        total: int | None = None,
     ) -> None:
         """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
         unix seconds); `derived`: `derive` of this run, made in the model thread (None: derived
-        here). A run that does not fit is dropped whole and counted. A monitored tensor whose
-        values do not fill its columns for this run's rows (a shape the load-time run did not
-        show) is recorded as NaN and counted in `mismatched`; a malformed call raises."""
-        total = sum(rows)
+        here); `total`: sum(rows), when the caller has it. A run that does not fit is dropped
+        whole and counted. A monitored tensor whose values do not fill its columns for this
+        run's rows (a shape the load-time run did not show) is recorded as NaN and counted in
+        `mismatched`; a malformed call raises."""
+        if total is None:
+            total = sum(rows)
         self.written += total
         cols = self._filling
         start, stop = cols.rows, cols.rows + total
@@ -207,17 +226,15 @@ class PredictionRing:
             return
         try:
             ids, routes, received, clients = zip(*metas, strict=True)
-            for matrix, slots, arrays in (
-                (cols.inputs, self.input_slots, feeds),
-                (cols.outputs, self.output_slots, outputs),
-            ):
-                for name, lo, hi in slots:
-                    values = arrays[name]
-                    if values.size == total * (hi - lo):
-                        matrix[start:stop, lo:hi] = values.reshape(total, hi - lo)
-                    else:
-                        matrix[start:stop, lo:hi] = np.nan
-                        self.mismatched += total
+            for from_outputs, name, view, width in cols.targets:
+                values = outputs[name] if from_outputs else feeds[name]
+                if values.size != total * width:
+                    view[start:stop] = np.nan
+                    self.mismatched += total
+                elif width == 1:
+                    view[start:stop] = values.reshape(total)
+                else:
+                    view[start:stop] = values.reshape(total, width)
             if self.summaries:
                 self._summarised(cols.inputs, start, stop, feeds, derived)
         except Exception:
@@ -266,7 +283,11 @@ class PredictionRing:
         event loop). Give them back with `release` once they are read."""
         taken, dropped = self._filling, self._dropped_since_take
         spare, self._spare = self._spare, None
-        self._filling = spare if spare is not None else Columns(self.capacity, self.widths)
+        self._filling = (
+            spare
+            if spare is not None
+            else Columns(self.capacity, self.widths, (self.input_slots, self.output_slots))
+        )
         self._dropped_since_take = 0
         return taken, dropped
 
