@@ -1,12 +1,13 @@
-"""gRPC throughput of two versions of lockgate, paired: the working tree against an earlier
-revision (exported with `git archive`), both gateways up at once on the same demo models,
-measured in alternating h2load runs (64 streams: 8 connections x 8) so that whatever else the
-shared machine does falls on both sides alike. Besides requests per second, each run measures
-the gateway process's CPU time per answered request, which other load on the machine disturbs
-far less. Prints each pair and the medians of the ratios.
+"""gRPC (or, with --http, HTTP JSON) throughput of two versions of lockgate, paired: the working
+tree against an earlier revision (exported with `git archive`), both gateways up at once on the
+same demo models, measured in alternating h2load runs (64 streams: 8 connections x 8; HTTP: wrk
+at 16 connections) so that whatever else the shared machine does falls on both sides alike.
+Besides requests per second, each run measures the gateway process's CPU time per answered
+request, which other load on the machine disturbs far less. Prints each pair and the medians of
+the ratios.
 
     .venv/bin/python benchmarks/grpc_paired.py --base REV [--rounds 8] [--duration 5]
-        [--no-monitor] [--models classifier mlp]
+        [--no-monitor] [--models classifier mlp] [--http]
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from io import BytesIO
 from pathlib import Path
 
 import psutil
-from loadgen import Result, check_grpc, h2load
-from serve_bench import FEATURES, Bench, free_port, grpc_payload
+from loadgen import Result, check_grpc, h2load, wrk
+from serve_bench import FEATURES, Bench, free_port, grpc_payload, json_body
 
 from lockgate.config import default_intra_op_threads
 
 HERE = Path(__file__).resolve().parent
+HTTP_CONNS = 16
 REGISTER = """
 import sys
 from lockgate.control.registry import Registry
@@ -78,15 +80,25 @@ def start(bench: Bench, label: str, src: Path, threads: int, *flags: str) -> dic
 
 
 def measured(
-    bench: Bench, label: str, ports: dict[str, int], model: str, payload: bytes, dur: float
+    bench: Bench,
+    label: str,
+    ports: dict[str, int],
+    model: str,
+    payload: bytes,
+    dur: float,
+    http: bool = False,
 ) -> tuple[Result, float, float, float]:
-    """One h2load run; the server's CPU microseconds per answered request during it (the
-    whole process, and its main thread: the event loop, where requests are decoded, batched and
-    answered); and the requests per model run (its batcher's counters)."""
+    """One h2load run (wrk with `http`); the server's CPU microseconds per answered request
+    during it (the whole process, and its main thread: the event loop, where requests are
+    decoded, batched and answered); and the requests per model run (its batcher's counters)."""
     proc = psutil.Process(bench.procs[label].pid)
     before, loop_before = sum(proc.cpu_times()[:2]), _loop_cpu(proc)
     counted = _batch_counters(ports["admin"], model)
-    result = h2load(bench.tmp, ports["grpc"], payload, dur, 1.0)
+    if http:
+        url = f"http://127.0.0.1:{ports['http']}/v2/models/{model}/infer"
+        result = wrk(bench.tmp, url, payload, HTTP_CONNS, dur)
+    else:
+        result = h2load(bench.tmp, ports["grpc"], payload, dur, 1.0)
     cpu, loop = sum(proc.cpu_times()[:2]) - before, _loop_cpu(proc) - loop_before
     now = _batch_counters(ports["admin"], model)
     requests, batches = now[0] - counted[0], now[1] - counted[1]
@@ -121,6 +133,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--no-monitor", action="store_true", help="both gateways without it")
     parser.add_argument("--models", nargs="+", default=list(FEATURES), choices=list(FEATURES))
+    parser.add_argument("--http", action="store_true", help="HTTP JSON over wrk instead of gRPC")
     parser.add_argument("--intra-op-threads", type=int, default=default_intra_op_threads())
     args = parser.parse_args()
     bench = Bench(argparse.Namespace(intra_op_threads=args.intra_op_threads))
@@ -136,15 +149,23 @@ def main() -> int:
         }
         names = {args.base: "base", "working tree": "head"}
         for model in args.models:
-            payload = grpc_payload(model, FEATURES[model])
-            for ports in sides.values():
-                check_grpc(ports["grpc"], payload, bench.tmp, False)
-                h2load(bench.tmp, ports["grpc"], payload, 2.0, 1.0)  # warm
+            if args.http:
+                payload = json_body(FEATURES[model])
+                for ports in sides.values():  # warm
+                    url = f"http://127.0.0.1:{ports['http']}/v2/models/{model}/infer"
+                    wrk(bench.tmp, url, payload, HTTP_CONNS, 2.0)
+            else:
+                payload = grpc_payload(model, FEATURES[model])
+                for ports in sides.values():
+                    check_grpc(ports["grpc"], payload, bench.tmp, False)
+                    h2load(bench.tmp, ports["grpc"], payload, 2.0, 1.0)  # warm
             ratios: dict[str, list[float]] = {"rps": [], "CPU": [], "loop CPU": [], "batch": []}
             for i in range(args.rounds):
                 order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA...
                 got = {
-                    label: measured(bench, names[label], ports, model, payload, args.duration)
+                    label: measured(
+                        bench, names[label], ports, model, payload, args.duration, args.http
+                    )
                     for label, ports in order
                 }
                 for label, (result, *_) in got.items():

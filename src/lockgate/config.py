@@ -45,12 +45,11 @@ class MonitorConfig:
     enabled: bool = True
     # Rows per set of ring columns (each loaded version has two: requests fill one while the
     # drain reads the other). The drain swaps them every `drain_interval` seconds, or sooner
-    # when the filling set passes half its rows (65,536 hold 2 s at 16k rows/s before that).
-    # Each drain costs the event loop a few GIL hand-overs whatever its rows: fewer, larger
-    # drains cost the tail less (docs/design/monitor-tail-cost.md). The columns are allocated
-    # untouched: memory is used as rows arrive.
-    ring_rows: int = 65536
-    drain_interval: float = 2.0
+    # when the filling set passes half its rows. Each drain costs the event loop a few GIL
+    # hand-overs whatever its rows: fewer, larger drains cost the tail less and hold more
+    # memory (docs/design/monitor-tail-cost.md#drain-cadence).
+    ring_rows: int = 16384
+    drain_interval: float = 0.5
     predlog: bool = True  # write every prediction to <home>/predlog segment files
     segment_bytes: int = 64 * 1024 * 1024
     retention_bytes: int = 4 * 1024 * 1024 * 1024
