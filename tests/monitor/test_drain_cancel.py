@@ -8,27 +8,11 @@ import asyncio
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from lockgate.config import MonitorConfig
 from lockgate.monitor.drain import Monitor
-from lockgate.types import ModelSpec, TensorSpec
-
-SPEC = ModelSpec("m", "1", (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1, 1)),))
-
-
-def _record(monitor: Monitor, first: int, count: int) -> None:
-    recorder = monitor.versions[("m", "1")].recorder
-    rows = np.arange(first, first + count, dtype=np.float32)
-    recorder.record(
-        {"x": np.stack([rows, rows], axis=1)},
-        {"y": rows.reshape(-1, 1)},
-        [recorder.meta(f"r{i}", "m", "", 0) for i in range(first, first + count)],
-        [1] * count,
-        [0] * count,
-        0,
-    )
+from tests.monitor.recording import SPEC, record_rows
 
 
 def test_a_cancelled_drain_loses_no_rows(tmp_path: Path) -> None:
@@ -37,14 +21,14 @@ def test_a_cancelled_drain_loses_no_rows(tmp_path: Path) -> None:
         monitor.attach(SPEC)
         busy = threading.Event()
         blocker = monitor._executor.submit(busy.wait)  # the drain thread is still on older work
-        _record(monitor, 0, 3)
+        record_rows(monitor, 0, 3)
         first = asyncio.create_task(monitor.drain())
         await asyncio.sleep(0)  # one loop turn: the drain has taken the rows and waits
         assert monitor.versions[("m", "1")].recorder.ring.swap()[0].rows == 0
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        _record(monitor, 3, 2)
+        record_rows(monitor, 3, 2)
         busy.set()
         blocker.result()
         await monitor.drain()  # queued behind the cancelled drain's processing
