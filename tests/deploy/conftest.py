@@ -114,8 +114,11 @@ def dashboard_exprs() -> list[str]:
     return out
 
 
-def infer(client: httpx.Client, endpoint: str, rows: np.ndarray, request_id: str) -> None:
-    """One successful inference request with FP32 rows (JSON tensors)."""
+def infer(
+    client: httpx.Client, endpoint: str, rows: np.ndarray, request_id: str, key: str | None = None
+) -> dict[str, Any]:
+    """One successful inference request with FP32 rows (JSON tensors), routed by `key` when
+    given; returns the answer."""
     doc = {
         "id": request_id,
         "inputs": [
@@ -127,5 +130,9 @@ def infer(client: httpx.Client, endpoint: str, rows: np.ndarray, request_id: str
             }
         ],
     }
-    r = client.post(f"/v2/models/{endpoint}/infer", json=doc)
+    headers = {"x-lockgate-key": key} if key is not None else None
+    r = client.post(f"/v2/models/{endpoint}/infer", json=doc, headers=headers)
     assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    assert answer.get("id") == request_id, answer
+    return answer

@@ -25,7 +25,7 @@ from lockgate.monitor.kernels import ddsketch as dd
 from lockgate.monitor.sketch import LatencySketch
 from lockgate.monitor.snapshot import Snapshot
 from tests.conftest import RunningGateway, loopback_config
-from tests.deploy.conftest import PROMETHEUS_DIR, dashboard
+from tests.deploy.conftest import PROMETHEUS_DIR, dashboard, infer
 from tests.deploy.prometheus_server import Prometheus, running_prometheus
 from tests.waiting import wait_until
 
@@ -69,23 +69,7 @@ class Scene:
 
 def _post(client: httpx.Client, endpoint: str, rows: np.ndarray, key: str) -> dict[str, Any]:
     """An FP32 request routed by `key`; returns the answer (its `id` is the request's)."""
-    request_id = uuid.uuid4().hex
-    doc = {
-        "id": request_id,
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": "FP32",
-                "shape": list(rows.shape),
-                "data": rows.astype(np.float32).ravel().tolist(),
-            }
-        ],
-    }
-    r = client.post(f"/v2/models/{endpoint}/infer", json=doc, headers={"x-lockgate-key": key})
-    assert r.status_code == 200, r.text
-    answer: dict[str, Any] = r.json()
-    assert answer.get("id") == request_id, answer
-    return answer
+    return infer(client, endpoint, rows, uuid.uuid4().hex, key)
 
 
 def _snapshot(gw: RunningGateway, shadow_copies: int) -> Snapshot:

@@ -69,8 +69,6 @@ class VersionRecorder:
         # Per row, a run's rows are the leading dim of this input: a version that runs each
         # request alone is told one row per request by the batcher.
         self._rows_from = self.layout.rows_from if self.layout.per_row else None
-        # (endpoint, variant, client) -> their codes in the ring's tables, for `meta`
-        self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     @property
     def input_tensors(self) -> list[str]:
@@ -84,12 +82,8 @@ class VersionRecorder:
     def meta(
         self, request_id: str, endpoint: str, variant: str, received_ns: int, client: str = ""
     ) -> RequestMeta:
-        codes = self._codes.get((endpoint, variant, client))
-        if codes is None:  # once per endpoint, variant and client
-            ring = self.ring
-            codes = ring.route_code(endpoint, variant), ring.client_code(client)
-            self._codes[(endpoint, variant, client)] = codes
-        return (request_id, codes[0], received_ns, codes[1])
+        route, client_code = self.ring.codes(endpoint, variant, client)
+        return (request_id, route, received_ns, client_code)
 
     def derive(self, feeds: dict[str, Array], rows: list[int]) -> list[Array | None]:
         """The summarised inputs' columns of a run whose requests had `rows` rows (in the
@@ -112,8 +106,7 @@ class VersionRecorder:
         """On the event loop: copy a run into the ring; `derived`: `derive` of this run, or
         None to derive it here (a run made on the loop)."""
         times = (started_ns, time.perf_counter_ns(), time.time())
-        if self._rows_from is None or len(rows) == 1:
-            rows = self._monitored_rows(feeds, rows)
+        rows = self._monitored_rows(feeds, rows)
         total = sum(rows)
         if total:  # else an empty request: nothing to monitor
             self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times, derived, total)

@@ -158,10 +158,9 @@ class PredictionRing:
         self.written = 0  # rows ever recorded
         self.dropped = 0  # rows ever dropped before the drain took them
         self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
-        self.routes: list[tuple[str, str]] = []
-        self._route_codes: dict[tuple[str, str], int] = {}
-        self.clients: list[str] = [""]  # code 0: no API keys configured
-        self._client_codes: dict[str, int] = {"": 0}
+        self.routes: list[tuple[str, str]] = []  # (endpoint, variant) by route code
+        self.clients: list[str] = [""]  # client names by code; 0: no API keys configured
+        self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
         self._filling = Columns(capacity, self.widths, (inputs, outputs))
         self._spare: Columns | None = None
         self._dropped_since_take = 0
@@ -174,20 +173,14 @@ class PredictionRing:
         """Rows recorded and not yet taken by a drain."""
         return self._filling.rows
 
-    def route_code(self, endpoint: str, variant: str) -> int:
-        key = (endpoint, variant)
-        code = self._route_codes.get(key)
-        if code is None:
-            code = self._route_codes[key] = len(self.routes)
-            self.routes.append(key)
-        return code
-
-    def client_code(self, client: str) -> int:
-        code = self._client_codes.get(client)
-        if code is None:
-            code = self._client_codes[client] = len(self.clients)
-            self.clients.append(client)
-        return code
+    def codes(self, endpoint: str, variant: str, client: str) -> tuple[int, int]:
+        """The codes of (endpoint, variant) in `routes` and of `client` in `clients`, added
+        when new: one dict probe per request, whatever the three are."""
+        found = self._codes.get((endpoint, variant, client))
+        if found is None:  # once per endpoint, variant and client
+            found = _code(self.routes, (endpoint, variant)), _code(self.clients, client)
+            self._codes[(endpoint, variant, client)] = found
+        return found
 
     def derive(self, feeds: Arrays, total: int) -> list[Array | None]:
         """The columns of each summarised input for a run of `total` monitored rows, None for
@@ -321,6 +314,13 @@ class PredictionRing:
             first=first,
             dropped=dropped,
         )
+
+
+def _code(table: list[Any], value: Any) -> int:
+    """`value`'s index in `table`, appended when absent (tables hold a few entries)."""
+    if value not in table:
+        table.append(value)
+    return table.index(value)
 
 
 def _int64s(values: array[int]) -> Array:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from lockgate._proto import grpc_service_pb2 as pb
-from lockgate.errors import ErrorKind
+from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.dataplane import validate_inputs
 from lockgate.serve.transport.grpc_service import STATUS
 from lockgate.types import InferRequest, ModelSpec, Tensor, TensorSpec
@@ -71,5 +71,7 @@ def test_a_request_checked_against_another_spec_is_checked_in_full() -> None:
     request = InferRequest("m", None, "r", [Tensor("x", "FP32", data)], checked=decoded_for)
     feeds, rows = validate_inputs(request, decoded_for)
     assert rows == 2 and feeds["x"] is data
-    with pytest.raises(Exception, match=r"shape \[2, 4\] does not match the model's \[-1, 3\]"):
+    refused = r"shape \[2, 4\] does not match the model's \[-1, 3\]"
+    with pytest.raises(LockgateError, match=refused) as e:
         validate_inputs(request, routed_to)
+    assert e.value.kind is ErrorKind.INVALID
