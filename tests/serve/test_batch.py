@@ -117,6 +117,31 @@ async def test_expired_request_never_reaches_the_model(tmp_path: Path) -> None:
     assert b.stats.requests == 3 and b.stats.expired == 1 and b.stats.rows == 3
 
 
+async def test_each_request_expires_at_its_own_deadline_whatever_their_order(
+    tmp_path: Path,
+) -> None:
+    # One timer per batcher (serve/deadline_watch.py): set for the first deadline, moved
+    # earlier by a closer one, set again for what is left after each firing.
+    b, held = held_batcher(tmp_path, max_batch_rows=1)
+    x = np.ones((1, 4), np.float32)
+    loop = asyncio.get_running_loop()
+    try:
+        running = asyncio.create_task(b.submit({"x": x}, 1, loop.time() + 0.2))
+        await asyncio.sleep(0)  # taken at once: its run waits in the held executor
+        later = asyncio.create_task(b.submit({"x": x}, 1, far()))
+        sooner = asyncio.create_task(b.submit({"x": x}, 1, loop.time() + 0.05))
+        for call in (sooner, running):
+            with pytest.raises(LockgateError) as info:
+                await call
+            assert info.value.kind is ErrorKind.DEADLINE
+        assert not later.done() and b.stats.expired == 2
+    finally:
+        held.release()
+    out, _ = await later
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert b.stats.expired == 2
+
+
 async def test_full_queue_sheds_at_once_with_retry_hint(tmp_path: Path) -> None:
     b, held = held_batcher(tmp_path, max_batch_rows=1, max_queue_rows=2)
     x = np.ones((1, 4), np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -29,6 +30,7 @@ from lockgate.config import BatchConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.serve.admission import Admission
 from lockgate.serve.batch_stats import BatchObserver, BatchStats, Derived
+from lockgate.serve.deadline_watch import DeadlineWatch
 from lockgate.serve.gather import Gatherer
 from lockgate.serve.queue import Dropped, Pending, RequestQueue, RunInfo, WaitModel
 from lockgate.serve.runner import Arrays, ModelRunner
@@ -68,7 +70,8 @@ class Batcher:
         # The scheduled or running drain: a Task, or a plain callback where every batch runs
         # inline (see `_drain_inline`).
         self._task: asyncio.Task[None] | asyncio.Handle | None = None
-        self._in_flight = 0  # requests submitted and not yet answered
+        self._unanswered: dict[Pending, None] = {}  # submitted and not yet answered, in order
+        self._deadlines = DeadlineWatch(self._expire_due)
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -120,7 +123,7 @@ class Batcher:
         )
         q.items.append(pending)  # q.push, inline: the hot path
         q.rows_in += rows
-        self._in_flight += 1
+        self._unanswered[pending] = None
         self._idle.clear()
         if self._task is None:
             # Started on the next loop turn, so requests parsed in this turn join the first batch.
@@ -128,14 +131,12 @@ class Batcher:
                 self._task = loop.create_task(self._drain(gather))
             else:
                 self._task = loop.call_soon(self._drain_inline)
-        timer = loop.call_at(deadline, self._expire, pending) if deadline != float("inf") else None
+        self._deadlines.note(deadline)
         try:
             return await pending.future
         finally:
-            if timer is not None:
-                timer.cancel()
-            self._in_flight -= 1
-            if not self._in_flight:
+            del self._unanswered[pending]
+            if not self._unanswered:
                 self._idle.set()
 
     def _run_now(
@@ -158,6 +159,18 @@ class Batcher:
         if self.observer is not None:
             self._observe(inputs, outputs, [meta], [rows], [start], start)
         return outputs, RunInfo(0, compute_ns, rows, 1)
+
+    def _expire_due(self, now: float) -> float:
+        """Answer the requests past their deadline at `now`, queued or running (see
+        serve/deadline_watch.py); the earliest deadline of the others."""
+        now = max(now, self._clock())
+        earliest = math.inf
+        for p in list(self._unanswered):
+            if p.deadline <= now:
+                self._expire(p)
+            elif p.deadline < earliest and not p.future.done():
+                earliest = p.deadline
+        return earliest
 
     def _expire(self, pending: Pending) -> None:
         if not pending.future.done():
@@ -393,6 +406,7 @@ class Batcher:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
+        self._deadlines.cancel()
         return True
 
 

@@ -46,7 +46,7 @@ class RunInfo:
     batch_requests: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: the batcher keeps its unanswered ones in a dict
 class Pending:
     inputs: Arrays
     rows: int
