@@ -93,6 +93,18 @@ def test_a_kept_alive_connection_is_closed_when_idle(gw: RunningGateway) -> None
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
 
 
+def test_pipelined_requests_are_answered_in_order_then_the_idle_connection_closed(
+    gw: RunningGateway,
+) -> None:
+    bodies = [BODY.replace(b"[1,2,3,4]", b"[%d,0,0,0]" % i) for i in (1, 2, 3)]
+    with connect(gw) as sock:
+        sock.sendall(b"".join(infer_head(len(b)) + b for b in bodies))  # one write, three asks
+        answer = read_until_closed(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 3
+    firsts = [answer.index(b'"data":[%d.0,' % (2 * i)) for i in (1, 2, 3)]  # y = 2x
+    assert firsts == sorted(firsts)
+
+
 def test_bodies_in_transit_share_a_budget(gw: RunningGateway) -> None:
     budget = gw.gateway.http_app.budget  # type: ignore[union-attr]
     shed_before = budget.shed
