@@ -183,3 +183,17 @@ async def test_a_variant_that_cannot_load_has_its_share_served_by_the_others(hom
         assert f"lockgate_variant_fallback{{{labels}}} 1.0" in page
     finally:
         await ctl.drain(5.0)
+
+
+async def test_requests_are_decoded_against_the_served_schema(controller: Controller) -> None:
+    # The transports decode against what admission or `model_spec` gives, and the data plane
+    # checks again only what spans inputs when that is the very spec it serves
+    # (`validate_inputs`): the served one, which the runner may have adjusted at load.
+    dp = controller.dataplane
+    served = dp.models.get("scale", "2").spec
+    assert dp.model_spec("scale", None) is served
+    assert dp.model_spec("scale", "2") is served
+    assert dp.admit("scale", None) is served
+    dp.release()
+    assert dp.admit("no-such-model", None) is None  # left to `infer` to refuse, and count
+    dp.release()

@@ -100,9 +100,14 @@ class DataPlane:
         return sorted({v.version for v in self.routes.resolve(name).variants}, key=int)
 
     def model_spec(self, name: str, version: str | None) -> ModelSpec:
+        """The schema requests for `name` are decoded against: the served one (the very object
+        `infer` validates against, see `validate_inputs`) of the version, or of the endpoint's
+        primary variant."""
         if version:
             return self._explicit(name, version).spec
-        return self.models.info(*self.routes.resolve(name).primary.key).spec
+        key = self.routes.resolve(name).primary.key
+        loaded = self.models.loaded.get(key)
+        return loaded.spec if loaded is not None else self.models.info(*key).spec
 
     def model_ready(self, name: str, version: str | None) -> bool:
         if not self.ready():
@@ -131,13 +136,17 @@ class DataPlane:
         return self.models.get(*self._explicit_key(name, version))
 
     # -- the request path --------------------------------------------------------------------
-    def admit(self, name: str, version: str | None, deadline: float | None = None) -> None:
+    def admit(
+        self, name: str, version: str | None, deadline: float | None = None
+    ) -> ModelSpec | None:
         """Shed at once, before the body is read and decoded: when this process already has
         `max_in_flight` infer requests admitted and unanswered, or when the version the request
         would go to (an endpoint's primary variant) would refuse it once queued (see
         `Batcher.admit`; `deadline` on time.monotonic(), when the transport knows it). Anything
         else wrong with the request is left for `infer` to report. An admitted request counts
-        as in flight until the transport calls `release`, exactly once, whatever its outcome."""
+        as in flight until the transport calls `release`, exactly once, whatever its outcome.
+        Returns `model_spec(name, version)` when that version is loaded (None: ask it), saving
+        the transport a second look-up."""
         if self.in_flight >= self.config.max_in_flight:
             raise LockgateError(
                 ErrorKind.OVERLOADED,
@@ -149,9 +158,12 @@ class DataPlane:
         else:
             route = self.routes.endpoints.get(name)
             loaded = self.models.loaded.get(route.primary.key) if route is not None else None
-        if loaded is not None:
-            loaded.batcher.admit(deadline)
+        if loaded is None:
+            self.in_flight += 1
+            return None
+        loaded.batcher.admit(deadline)
         self.in_flight += 1
+        return loaded.spec
 
     def release(self) -> None:
         """An admitted request has been answered (see `admit`)."""

@@ -25,6 +25,7 @@ from lockgate.types import (
     InferencePipeline,
     InferRequest,
     InferResponse,
+    ModelSpec,
     Parameters,
     RepositoryControl,
 )
@@ -115,12 +116,12 @@ class InferenceService:
         try:  # the key, then admission, before decoding: a refusal must cost little
             client = self.clients.client(authorization, INFER) if self.clients else ""
             deadline = None if remaining is None else time.monotonic() + remaining
-            self.pipeline.admit(msg.model_name, msg.model_version or None, deadline)
+            spec = self.pipeline.admit(msg.model_name, msg.model_version or None, deadline)
         except LockgateError as exc:
             self.pipeline.count_failure(msg.model_name, "grpc", exc.kind.value)
             raise
         try:
-            _, response = await self._admitted(msg, received, remaining, routing_key, client)
+            _, response = await self._admitted(msg, received, remaining, routing_key, client, spec)
         finally:
             self.pipeline.release()
         return protobuf_codec.encode_response(response)
@@ -132,10 +133,13 @@ class InferenceService:
         remaining: float | None,
         routing_key: str | None,
         client: str,
+        spec: ModelSpec | None,
     ) -> tuple[InferRequest, InferResponse]:
-        """Decode, infer and classify a request admitted by `pipeline.admit`."""
+        """Decode, infer and classify a request admitted by `pipeline.admit` (which found
+        `spec`, or None: look it up)."""
         try:
-            spec = self.pipeline.model_spec(msg.model_name, msg.model_version or None)
+            if spec is None:
+                spec = self.pipeline.model_spec(msg.model_name, msg.model_version or None)
             request = protobuf_codec.decode_request(
                 msg, remaining, spec, max_elements=self.max_elements
             )
@@ -236,13 +240,13 @@ class InferenceService:
             version = msg.model_version or None
             try:
                 deadline = None if remaining is None else time.monotonic() + remaining
-                self.pipeline.admit(model, version, deadline)
+                spec = self.pipeline.admit(model, version, deadline)
             except LockgateError as exc:
                 self.pipeline.count_failure(model, "grpc", exc.kind.value)
                 raise
             try:
                 request, response = await self._admitted(
-                    msg, received, remaining, routing_key, client
+                    msg, received, remaining, routing_key, client, spec
                 )
             finally:
                 self.pipeline.release()

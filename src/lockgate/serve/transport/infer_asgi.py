@@ -20,7 +20,7 @@ from lockgate.errors import ErrorKind, LockgateError, invalid
 from lockgate.serve.transport import codec, compression, triton
 from lockgate.serve.transport.client_keys import INFER, ClientKeys
 from lockgate.serve.transport.shed import ConnectionBrake, answer_refusal
-from lockgate.types import InferencePipeline, InferRequest
+from lockgate.types import InferencePipeline, InferRequest, ModelSpec
 from lockgate.web import (
     BodyBudget,
     check_declared_length,
@@ -80,12 +80,12 @@ class InferRoute:
                 # a connection refused for overload is braked (transport/shed.py).
                 try:
                     client = self._client(scope) if self.clients is not None else ""
-                    self.pipeline.admit(model, version)
+                    spec = self.pipeline.admit(model, version)
                 except LockgateError as exc:
                     await self._refuse(scope, send, model, exc)
                     return
                 try:
-                    await self._infer(scope, receive, send, model, version, client)
+                    await self._infer(scope, receive, send, model, version, client, spec)
                 finally:
                     self.pipeline.release()
                 return
@@ -114,14 +114,18 @@ class InferRoute:
         model: str,
         version: str | None,
         client: str,
+        spec: ModelSpec | None,
     ) -> None:
+        """`spec`: what admission found the request is for (None: look it up)."""
         received = time.perf_counter_ns()
         headers = {
             k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED
         }
         content_type = headers.get("content-type", "")
         try:
-            body, extra = await self._answer(receive, headers, model, version, received, client)
+            body, extra = await self._answer(
+                receive, headers, model, version, received, client, spec
+            )
             status = 200
         except LockgateError as exc:
             body, media = error_body(exc.message, msgpack_body=is_msgpack(content_type))
@@ -144,9 +148,10 @@ class InferRoute:
         version: str | None,
         received: int,
         client: str,
+        spec: ModelSpec | None,
     ) -> tuple[bytes, dict[str, str]]:
         try:
-            req = await self._request(receive, headers, model, version)
+            req = await self._request(receive, headers, model, version, spec)
         except LockgateError as exc:  # infer counts its own outcomes; these never reach it
             self.pipeline.count_failure(model, "http", exc.kind.value)
             raise
@@ -166,12 +171,18 @@ class InferRoute:
         return out, extra
 
     async def _request(
-        self, receive: Receive, headers: dict[str, str], model: str, version: str | None
+        self,
+        receive: Receive,
+        headers: dict[str, str],
+        model: str,
+        version: str | None,
+        spec: ModelSpec | None,
     ) -> InferRequest:
         """Read and decode: everything before the request reaches the data plane."""
         content_type = headers.get("content-type", "")
         codec.media_type(content_type, codec.INFER_MEDIA)  # refused before the body is read
-        spec = self.pipeline.model_spec(model, version)  # the decoders check inputs against it
+        if spec is None:  # the decoders check inputs against it
+            spec = self.pipeline.model_spec(model, version)
         header_length = _header_length(headers.get("inference-header-content-length"))
         body = await self._body(receive, headers.get("content-length"))
         coding = headers.get("content-encoding")
