@@ -172,6 +172,14 @@ def add_serve_parser(sub: Any) -> None:
     flag(serve, "--no-predlog", False, "keep no prediction log on disk", action="store_true")
     flag(
         serve,
+        "--monitor-process",
+        _MONITOR.process,
+        "run the monitor's drain and statistics in a child process fed through shared memory "
+        "(the event loop never waits for the drain)",
+        action=argparse.BooleanOptionalAction,
+    )
+    flag(
+        serve,
         "--ring-rows",
         _MONITOR.ring_rows,
         "rows per set of monitor ring columns (two sets per loaded version)",
@@ -272,6 +280,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             predlog=not args.no_predlog,
             ring_rows=int(args.ring_rows),
             drain_interval=float(args.drain_interval),
+            process=bool(args.monitor_process),
             drift_window_rows=int(args.drift_window_rows),
             drift_window_seconds=float(args.drift_window_seconds),
             retention_bytes=int(float(args.predlog_retention_gb) * 2**30),
