@@ -191,3 +191,66 @@ def test_a_clean_stop_hands_the_last_rows_over(demo: Path, tmp_path: Path) -> No
     log = PredictionLog(home / "predlog").read_predictions(*V2)
     assert sorted(log["request_id"].tolist()) == sorted(f"r{i}".encode() for i in range(25))
     assert log["inputs"][:, 3].tolist() == [float(i) for i in range(25)]
+
+
+def _children(pid: int) -> list[int]:
+    """Monitor processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"lockgate.process.monitor_child" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # exited (a zombie until whoever adopted it reaps it)
+
+
+def test_the_monitor_process_ends_with_a_killed_gateway(demo: Path, tmp_path: Path) -> None:
+    """`lockgate serve` (monitor process by default): its monitor process exits when the
+    gateway is killed, and its rings' memory is anonymous, so nothing is left behind."""
+    from tests.processes import start_gateway
+
+    home = _home(demo, tmp_path, "orphan")
+    gw = start_gateway(home)
+    try:
+        children = wait_until(lambda: _children(gw.proc.pid), "the monitor process")
+        assert not list(Path("/dev/shm").glob("lockgate*"))
+        gw.proc.kill()
+        gw.proc.wait()
+        wait_until(lambda: all(_gone(pid) for pid in children), "the monitor process to exit")
+    finally:
+        gw.stop()
+
+
+def test_a_hung_monitor_process_times_out_and_is_replaced(demo: Path, tmp_path: Path) -> None:
+    """A monitor process that stops answering (stopped by a signal) is killed when a drain
+    call times out; a new one takes over and the rows are counted."""
+    home = _home(demo, tmp_path, "hung")
+    with RunningGateway(_config(home, process=True), Registry(home)) as gw:
+        monitor = gw.gateway.monitor  # type: ignore[union-attr]
+        first = monitor.pid
+        client = httpx.Client(base_url=f"http://{gw.http}", timeout=30)
+        os.kill(first, signal.SIGSTOP)
+        for i in range(5):  # answered while the monitor hangs
+            _infer(client, f"hung-{i}", np.zeros((1, 16), np.float32))
+        wait_until(lambda: monitor.pid not in (None, first), "a new monitor process", 120)
+        assert _gone(first)
+        for i in range(5):
+            _infer(client, f"after-{i}", np.zeros((1, 16), np.float32))
+        gw.call(monitor.drain())
+        rows, dropped = _rows(gw)
+        assert rows + dropped == 10 and rows >= 5
+        client.close()

@@ -254,8 +254,12 @@ class MonitorProcess:
                     counts[key] = columns.rows + dropped
             try:
                 await call(self._path, "drain", entries, timeout=CALL_TIMEOUT)
-            except (*_FAILURES, LockgateError) as exc:
+            except _FAILURES as exc:
                 await asyncio.to_thread(self._failed, "drain", exc, counts)
+            except LockgateError as exc:  # it answered: a failure of these rows, not of it
+                log.error("monitor drain failed: %s (%d rows)", exc.message, sum(counts.values()))
+                with self._figures_lock:
+                    self._figures.lost.update(counts)
             else:
                 with self._figures_lock:
                     self._figures.handed.update(counts)
