@@ -228,9 +228,13 @@ def test_the_monitor_process_ends_with_a_killed_gateway(demo: Path, tmp_path: Pa
     try:
         children = wait_until(lambda: _children(gw.proc.pid), "the monitor process")
         assert not list(Path("/dev/shm").glob("lockgate*"))
+        argv = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
+        socket_dir = Path(argv[argv.index(b"lockgate.process.monitor_child") + 1].decode()).parent
+        assert socket_dir.name.startswith("lockgate-monitor-") and socket_dir.exists()
         gw.proc.kill()
         gw.proc.wait()
         wait_until(lambda: all(_gone(pid) for pid in children), "the monitor process to exit")
+        wait_until(lambda: not socket_dir.exists(), "its socket removed")
     finally:
         gw.stop()
 

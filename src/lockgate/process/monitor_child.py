@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import pickle
@@ -127,6 +128,9 @@ async def serve(path: str, monitor: Monitor) -> None:
     sys.stdout.buffer.flush()
     await service.closed.wait()
     server.close()
+    with contextlib.suppress(OSError):  # a gateway that crashed cannot remove them
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
     for segment_log in (monitor.predlog, monitor.feedback_log):
         if segment_log is not None:
             segment_log.close()
