@@ -13,7 +13,7 @@ from typing import Any
 def flag(parser: argparse.ArgumentParser, name: str, default: Any, help: str, **kw: Any) -> None:
     """A flag whose default comes from LOCKGATE_<FLAG> when set."""
     env = "LOCKGATE_" + name.lstrip("-").replace("-", "_").upper()
-    if kw.get("action") == "store_true":
+    if kw.get("action") in ("store_true", argparse.BooleanOptionalAction):
         env_value = os.environ.get(env)
         default = env_value.lower() in ("1", "true", "yes", "on") if env_value else default
         parser.add_argument(name, default=default, help=f"{help} [env {env}]", **kw)

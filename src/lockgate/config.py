@@ -57,6 +57,9 @@ class MonitorConfig:
     drift_window_rows: int = 1000
     drift_window_seconds: float = 60.0
     feedback_window: int = 50_000  # recent request ids kept for joining labels online (~12 MB)
+    # Run the drain and every statistic in a child process fed through shared memory, so that
+    # the event loop never hands the GIL to a drain (docs/design/monitor-tail-cost.md).
+    process: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,3 +216,23 @@ def test_timings_spread_over_rows_as_numpy_repeats_them(seed: int) -> None:
     assert piece.request_id.tolist() == [
         i for i, c in zip(ids, counts, strict=True) for _ in range(c)
     ]
+
+
+def test_a_shared_set_assembles_the_same_in_another_process_view() -> None:
+    """A ring with its matrices in a memory file: the set rebuilt from its handle (mapped
+    again, as the monitor process does) and its per-request values sent as bytes assembles
+    to exactly the rows of the set itself."""
+    from lockgate.monitor.ring import Columns
+    from lockgate.monitor.shm import map_matrices
+
+    ring = PredictionRing(64, *SLOTS, shared=True)
+    for first, rows in ((0, [1, 3]), (4, [2]), (6, [1, 1, 1])):
+        _record(ring, first, rows)
+    columns, dropped = ring.swap()
+    assert columns.handle is not None
+    received = Columns.received(map_matrices(columns.handle, ring.widths), columns.wire())
+    expected, got = ring.assemble(columns, dropped), ring.assemble(received, dropped)
+    for name in ("ts", "request_id", "route", "client", "inputs", "outputs", "latency", "first"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), name)
+    assert got.rows == 9 and got.inputs[5].tolist() == [5.0, -5.0]
+    ring.release(columns)

@@ -155,7 +155,7 @@ async def test_a_caller_gives_up_after_its_timeout(echo: tuple[str, EchoWorker])
 
 
 async def test_an_unknown_call_is_invalid(echo: tuple[str, EchoWorker]) -> None:
-    with pytest.raises(LockgateError, match="unknown worker call 'nope'") as unknown:
+    with pytest.raises(LockgateError, match="unknown call 'nope'") as unknown:
         await WorkerChannel(echo[0])._call("nope")
     assert unknown.value.kind is ErrorKind.INVALID
 

@@ -37,7 +37,7 @@ from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import Columns, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
-from lockgate.monitor.snapshot import label_delay_counts
+from lockgate.monitor.snapshot import Snapshot, label_delay_counts
 from lockgate.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -382,6 +382,12 @@ class Monitor:
                 matched += len(rows)
             self.feedback_unknown += len(labels) - matched
         return FeedbackResult(matched, len(labels) - matched)
+
+    def capture(self, snap: Snapshot) -> None:
+        """Add the monitor's figures to `snap` (takes the lock: call it off the event loop)."""
+        from lockgate.monitor.capture import capture_monitor  # capture reads a Monitor
+
+        capture_monitor(snap, self)
 
     # -- read views for the admin API -------------------------------------------------------------
     def _version(self, model: str, version: str) -> VersionMonitor:

@@ -47,8 +47,11 @@ class VersionRecorder:
         capacity: int,
         layout: RowLayout | None = None,
         seed: int = DEFAULT_SEED,
+        shared: bool = False,
     ) -> None:
-        """`seed`: of the projections of wide inputs, the one their reference profile used."""
+        """`seed`: of the projections of wide inputs, the one their reference profile used;
+        `shared`: the ring's matrices in memory the monitor process maps."""
+        self.seed = seed
         self.spec = spec
         self.layout = layout if layout is not None else declared_layout(spec)
         inputs = monitored(spec.inputs, self.layout, seed)
@@ -62,7 +65,7 @@ class VersionRecorder:
                 spec.version,
                 "; ".join(self.unfollowed),
             )
-        self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries)
+        self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries, shared)
         for summary, _, _ in inputs.summaries:
             if summary.kind == "wide":  # drawn now, not by concurrent model threads
                 _ = summary.projection

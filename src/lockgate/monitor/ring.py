@@ -27,6 +27,7 @@ import numpy as np
 
 from lockgate.monitor.derived import Summary
 from lockgate.monitor.kernels.timing import request_rows
+from lockgate.monitor.shm import SharedHandle, shared_matrices
 
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
@@ -112,9 +113,20 @@ class Columns:
     row); a view of one column is 1-D and a view of whole rows is the matrix itself, the
     cheapest slices to assign to."""
 
-    def __init__(self, capacity: int, widths: tuple[int, int], slots: tuple[Slots, Slots]) -> None:
-        self.inputs = np.empty((capacity, widths[0]), np.float32)
-        self.outputs = np.empty((capacity, widths[1]), np.float32)
+    def __init__(
+        self,
+        capacity: int,
+        widths: tuple[int, int],
+        slots: tuple[Slots, Slots],
+        shared: bool = False,
+    ) -> None:
+        """`shared`: the matrices live in a memory file the monitor process maps (`handle`)."""
+        self.handle: SharedHandle | None = None
+        if shared:
+            self.inputs, self.outputs, self.handle = shared_matrices(capacity, widths)
+        else:
+            self.inputs = np.empty((capacity, widths[0]), np.float32)
+            self.outputs = np.empty((capacity, widths[1]), np.float32)
         self.targets: list[tuple[bool, str, Array, int]] = []
         for from_outputs, matrix, side in (
             (False, self.inputs, slots[0]),
@@ -143,14 +155,44 @@ class Columns:
         self.ts = array("d")
         self.batch_requests = array("q")
 
+    def wire(self) -> list[Any]:
+        """The per-request and per-batch values as bytes, for the monitor process (copies
+        of C arrays, on the event loop: no per-request work)."""
+        return [self.rows, self.ids, *(bytes(a) for a in self._arrays())]
+
+    def _arrays(self) -> tuple[array[Any], ...]:
+        return (
+            self.routes, self.clients, self.received_ns, self.enqueued_ns, self.request_rows,
+            self.started_ns, self.done_ns, self.ts, self.batch_requests,
+        )  # fmt: skip
+
+    @classmethod
+    def received(cls, matrices: tuple[Array, Array], doc: list[Any]) -> Columns:
+        """A set another process filled: its matrices (mapped) and `wire` of its values."""
+        cols = cls.__new__(cls)
+        cols.inputs, cols.outputs = matrices
+        cols.targets, cols.handle = [], None
+        cols.clear()
+        cols.rows, cols.ids = int(doc[0]), list(doc[1])
+        for values, data in zip(cols._arrays(), doc[2:], strict=True):
+            values.frombytes(data)
+        return cols
+
 
 class PredictionRing:
     """Rows recorded since the drain last took them, at most `capacity` per set of columns."""
 
     def __init__(
-        self, capacity: int, inputs: Slots, outputs: Slots, summaries: Summaries = ()
+        self,
+        capacity: int,
+        inputs: Slots,
+        outputs: Slots,
+        summaries: Summaries = (),
+        shared: bool = False,
     ) -> None:
+        """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py)."""
         self.capacity = capacity
+        self.shared = shared
         self.input_slots, self.output_slots = inputs, outputs
         self.summaries = tuple(summaries)  # inputs summarised into derived input columns
         widths = [hi for _, _, hi in summaries]
@@ -161,7 +203,7 @@ class PredictionRing:
         self.routes: list[tuple[str, str]] = []  # (endpoint, variant) by route code
         self.clients: list[str] = [""]  # client names by code; 0: no API keys configured
         self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
-        self._filling = Columns(capacity, self.widths, (inputs, outputs))
+        self._filling = self._columns()
         self._spare: Columns | None = None
         self._dropped_since_take = 0
         # Called (on the event loop) when the filling set passes half its rows: time to drain.
@@ -276,13 +318,13 @@ class PredictionRing:
         event loop). Give them back with `release` once they are read."""
         taken, dropped = self._filling, self._dropped_since_take
         spare, self._spare = self._spare, None
-        self._filling = (
-            spare
-            if spare is not None
-            else Columns(self.capacity, self.widths, (self.input_slots, self.output_slots))
-        )
+        self._filling = spare if spare is not None else self._columns()
         self._dropped_since_take = 0
         return taken, dropped
+
+    def _columns(self) -> Columns:
+        slots = (self.input_slots, self.output_slots)
+        return Columns(self.capacity, self.widths, slots, self.shared)
 
     def release(self, taken: Columns) -> None:
         """Columns the drain has finished with become the spare set (call on the event loop)."""

@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
+import numpy as np
 
 from lockgate.control.state import State
 from lockgate.errors import ErrorKind, LockgateError
@@ -141,43 +143,79 @@ class WorkerChannel:
         return doc
 
     async def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        async def exchange() -> Any:
-            reader, writer = await asyncio.open_unix_connection(self.path, limit=2**20)
-            try:
-                writer.write(_frame([method, list(args)]))
-                await writer.drain()
-                return await _read_frame(reader)
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+        return await call(self.path, method, *args, timeout=timeout or self.timeout)
 
-        reply = await asyncio.wait_for(exchange(), timeout or self.timeout)
-        if "error" in reply:
-            kind, message = reply["error"]
-            known = kind in ErrorKind._value2member_map_
-            raise LockgateError(ErrorKind(kind) if known else ErrorKind.UNAVAILABLE, message)
-        return reply["ok"]
+
+async def call(path: str, method: str, *args: Any, timeout: float) -> Any:
+    """One call to a `serve_calls` server: its answer, a LockgateError it raised, or OSError
+    or TimeoutError when it does not answer."""
+
+    async def exchange() -> Any:
+        reader, writer = await asyncio.open_unix_connection(path, limit=2**20)
+        try:
+            writer.write(_frame([method, list(args)]))
+            await writer.drain()
+            return await _read_frame(reader)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return _answer(await asyncio.wait_for(exchange(), timeout))
+
+
+def call_blocking(path: str, method: str, *args: Any, timeout: float) -> Any:
+    """`call` from a thread without an event loop (blocking)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(_frame([method, list(args)]))
+        stream = sock.makefile("rb")
+        (length,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes is over the limit")
+        doc = msgpack.unpackb(_read_exactly(stream, length), raw=False, strict_map_key=False)
+    return _answer(doc)
+
+
+def _read_exactly(stream: Any, size: int) -> bytes:
+    data: bytes = stream.read(size)
+    if len(data) != size:
+        raise ConnectionError("the connection closed before the answer")
+    return data
+
+
+def _answer(reply: dict[str, Any]) -> Any:
+    if "error" in reply:
+        kind, message = reply["error"]
+        known = kind in ErrorKind._value2member_map_
+        raise LockgateError(ErrorKind(kind) if known else ErrorKind.UNAVAILABLE, message)
+    return reply["ok"]
 
 
 async def serve(path: str, worker: WorkerService) -> asyncio.AbstractServer:
     """Answer the supervisor's calls on the unix socket `path`; an unknown call or a failing
     handler answers with an error, never takes the worker down."""
-    handlers = _handlers(worker)
+    return await serve_calls(path, _handlers(worker))
+
+
+async def serve_calls(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
+    """Answer calls `[method, args]` on the unix socket `path` with `{"ok": answer}` or
+    `{"error": [kind, message]}`, one call per connection."""
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, args = await _read_frame(reader)
             handler = handlers.get(method)
             if handler is None:
-                reply: dict[str, Any] = {"error": ["invalid", f"unknown worker call {method!r}"]}
+                reply: dict[str, Any] = {"error": ["invalid", f"unknown call {method!r}"]}
             else:
                 try:
                     reply = {"ok": await handler(*args)}
                 except LockgateError as exc:
                     reply = {"error": [exc.kind.value, exc.message]}
                 except Exception as exc:
-                    log.exception("worker call %s failed", method)
+                    log.exception("call %s failed", method)
                     reply = {"error": ["internal", f"{type(exc).__name__}: {exc}"]}
             writer.write(_frame(reply))
             await writer.drain()
@@ -199,5 +237,12 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 def _frame(doc: Any) -> bytes:
-    body = bytes(msgpack.packb(doc, use_bin_type=True))
+    body = bytes(msgpack.packb(doc, use_bin_type=True, default=_plain))
     return _LENGTH.pack(len(body)) + body
+
+
+def _plain(value: Any) -> Any:
+    """numpy values in read views (drift reports) as plain Python for msgpack."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot send a {type(value).__name__}")

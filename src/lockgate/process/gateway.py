@@ -25,6 +25,7 @@ from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.drain import Monitor
+from lockgate.monitor.handle import MonitorHandle
 from lockgate.monitor.snapshot import Snapshot
 from lockgate.process import channel
 from lockgate.process.handover import hand_over
@@ -34,6 +35,7 @@ from lockgate.process.http_server import (
     bind_socket,
     http_server,
 )
+from lockgate.process.monitor_remote import MonitorProcess
 from lockgate.serve.controller import Controller
 from lockgate.serve.repository import ModelRepository
 from lockgate.serve.transport.client_keys import ENV as API_KEYS_ENV
@@ -74,6 +76,16 @@ async def collect_registry_garbage(registry: Registry) -> None:
     removed = await asyncio.to_thread(registry.gc_temp)
     if removed:
         log.info("removed %d unfinished registrations from the registry", removed)
+
+
+def monitor_for(config: ServeConfig, writer: str) -> MonitorHandle | None:
+    """The monitor the configuration asks for: none, in this process, or in a child process
+    (docs/design/monitor-tail-cost.md#monitor-process)."""
+    if not config.monitor.enabled:
+        return None
+    if config.monitor.process:
+        return MonitorProcess(config.monitor, config.home, writer)
+    return Monitor(config.monitor, config.home, writer)
 
 
 def log_tokens(tokens: TokenCheck) -> None:
@@ -134,9 +146,7 @@ class Gateway:
         self.registry = registry or Registry(config.home)
         self.state = StateStore(config.home, config.state_url)
         writer = config.replica + (f".w{worker.index}" if worker is not None else "")
-        self.monitor = (
-            Monitor(config.monitor, config.home, writer) if config.monitor.enabled else None
-        )
+        self.monitor = monitor_for(config, writer)
         self.controller = Controller(self.registry, config, self.state, self.monitor)
         self.dataplane = self.controller.dataplane
         # Triton's model repository extension on the data-plane listeners (admin tokens apply)
@@ -348,7 +358,7 @@ class _WorkerAnswers:
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
         return await self._monitor().recent(model, version, limit)
 
-    def _monitor(self) -> Monitor:
+    def _monitor(self) -> MonitorHandle:
         if self.gateway.monitor is None:
             raise LockgateError(ErrorKind.NOT_FOUND, "monitoring is off")
         return self.gateway.monitor

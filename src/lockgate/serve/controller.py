@@ -19,8 +19,8 @@ from typing import Any
 from lockgate.config import ServeConfig
 from lockgate.control.registry import Registry
 from lockgate.control.state import State, StateStore
-from lockgate.monitor.capture import capture_monitor, capture_process
-from lockgate.monitor.drain import Monitor
+from lockgate.monitor.capture import capture_process
+from lockgate.monitor.handle import MonitorHandle
 from lockgate.monitor.snapshot import BATCH_FIELDS, SHADOW_FIELDS, Snapshot
 from lockgate.monitor.warmup import warm_up
 from lockgate.serve.dataplane import DataPlane
@@ -39,7 +39,7 @@ class Controller:
         registry: Registry,
         config: ServeConfig,
         state: StateStore,
-        monitor: Monitor | None = None,
+        monitor: MonitorHandle | None = None,
     ) -> None:
         self.state = state
         self.monitor = monitor
@@ -186,7 +186,7 @@ class Controller:
     def _capture_off_loop(self, snap: Snapshot) -> None:
         capture_process(snap)
         if self.monitor is not None:
-            capture_monitor(snap, self.monitor)
+            self.monitor.capture(snap)
 
     def serving_snapshot(self) -> Snapshot:
         """The serving side's figures: a handful of dict copies."""

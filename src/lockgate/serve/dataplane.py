@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from lockgate import __version__
 from lockgate.config import ServeConfig
 from lockgate.errors import ErrorKind, LockgateError, invalid, not_found
-from lockgate.monitor.drain import Monitor
+from lockgate.monitor.handle import MonitorHandle
 from lockgate.serve.batch_stats import BatchStats
 from lockgate.serve.models import Key, LoadedVersion, ModelSet
 from lockgate.serve.queue import RunInfo
@@ -63,7 +63,7 @@ class DataPlane:
         models: ModelSet,
         shadows: ShadowTraffic,
         config: ServeConfig,
-        monitor: Monitor | None = None,
+        monitor: MonitorHandle | None = None,
     ) -> None:
         self.models = models
         self.shadows = shadows

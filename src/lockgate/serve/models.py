@@ -19,7 +19,7 @@ from lockgate.control.policy import GatePolicy, gate_status
 from lockgate.control.registry import Registry
 from lockgate.control.version_info import VersionInfo
 from lockgate.errors import ErrorKind, LockgateError, not_found
-from lockgate.monitor.drain import Monitor
+from lockgate.monitor.handle import MonitorHandle
 from lockgate.monitor.record import VersionRecorder
 from lockgate.serve.batch import Batcher
 from lockgate.serve.batch_stats import BatchStats
@@ -47,7 +47,9 @@ class LoadedVersion:
 
 
 class ModelSet:
-    def __init__(self, registry: Registry, config: ServeConfig, monitor: Monitor | None) -> None:
+    def __init__(
+        self, registry: Registry, config: ServeConfig, monitor: MonitorHandle | None
+    ) -> None:
         self.registry = registry
         self.config = config
         self.monitor = monitor
