@@ -253,7 +253,7 @@ def test_a_scrape_never_holds_the_event_loop_on_the_drains_lock(home: Path) -> N
                             for u in urls
                         ]
                         wait_until(
-                            lambda: lock.waiting_in({"capture_monitor", "_recent_rows"}),
+                            lambda: lock.waiting_in({"capture_monitor", "recent_rows_now"}),
                             "both requests to wait for the lock",
                         )
                         assert not any(w.done() for w in waiting)

@@ -248,7 +248,7 @@ class Monitor:
             columns, dropped = vm.recorder.ring.swap()
             taken.append((vm, columns, dropped))
         loop = asyncio.get_running_loop()
-        processing = loop.run_in_executor(self._executor, self._process, taken)
+        processing = loop.run_in_executor(self._executor, self.absorb_taken, taken)
         processing.add_done_callback(lambda done: self._release(taken, done))
         # Shielded: rows already taken from the rings must be processed even when the caller
         # is cancelled (a shutdown mid-drain), or they would be lost unseen.
@@ -265,7 +265,10 @@ class Monitor:
         for vm, columns, _ in taken:
             vm.recorder.ring.release(columns)
 
-    def _process(self, taken: list[tuple[VersionMonitor, Columns, int]]) -> None:
+    def absorb_taken(self, taken: list[tuple[VersionMonitor, Columns, int]]) -> None:
+        """Assemble and absorb the sets a drain took (with the rows each ring dropped), then
+        close drift windows by time and append to the prediction log. Blocking: the drain
+        thread, or the monitor process, runs it."""
         pieces = []
         for vm, columns, dropped in taken:
             if not columns.rows and not dropped:
@@ -353,9 +356,10 @@ class Monitor:
         it."""
         await self.drain()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._feedback_and_log, labels, source)
+        return await loop.run_in_executor(self._executor, self.feedback_and_log, labels, source)
 
-    def _feedback_and_log(self, labels: list[tuple[str, float]], source: str) -> FeedbackResult:
+    def feedback_and_log(self, labels: list[tuple[str, float]], source: str) -> FeedbackResult:
+        """`feedback`, then the labels appended to the feedback log (blocking)."""
         result = self.feedback(labels)
         if self.feedback_log is not None and labels:
             ids = np.array([id_key(request_id) for request_id, _ in labels], dtype="S32")
@@ -397,12 +401,13 @@ class Monitor:
         return vm
 
     async def drift_report(self, model: str, version: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self._drift_report, model, version)
+        return await asyncio.to_thread(self.drift_report_now, model, version)
 
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
-        return await asyncio.to_thread(self._recent_rows, model, version, limit)
+        return await asyncio.to_thread(self.recent_rows_now, model, version, limit)
 
-    def _drift_report(self, model: str, version: str) -> dict[str, Any]:
+    def drift_report_now(self, model: str, version: str) -> dict[str, Any]:
+        """`drift_report`, blocking (takes the lock)."""
         with self.lock:
             vm = self._version(model, version)
             report = {
@@ -412,7 +417,7 @@ class Monitor:
             report["joint"] = vm.joint_drift.report() if vm.joint_drift is not None else None
             return report
 
-    def _recent_rows(self, model: str, version: str, limit: int) -> dict[str, Any]:
+    def recent_rows_now(self, model: str, version: str, limit: int) -> dict[str, Any]:
         """The newest drained predictions (up to RECENT_ROWS, at most one drain old)."""
         with self.lock:
             vm = self._version(model, version)

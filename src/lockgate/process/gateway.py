@@ -84,6 +84,8 @@ def monitor_for(config: ServeConfig, writer: str) -> MonitorHandle | None:
     if not config.monitor.enabled:
         return None
     if config.monitor.process:
+        if not hasattr(os, "memfd_create"):
+            raise ValueError("the monitor process needs memfd_create (Linux): --no-monitor-process")
         return MonitorProcess(config.monitor, config.home, writer)
     return Monitor(config.monitor, config.home, writer)
 

@@ -79,7 +79,7 @@ class MonitorService:
             ring.clients[:] = clients
             matrices = self._matrices(vm, SharedHandle(*handle), ring.widths)
             taken.append((vm, Columns.received(matrices, wire), int(dropped)))
-        self.monitor._process(taken)
+        self.monitor.absorb_taken(taken)
 
     def _matrices(
         self, vm: VersionMonitor, handle: SharedHandle, widths: tuple[int, int]
@@ -94,7 +94,7 @@ class MonitorService:
 
     async def feedback(self, labels: list[list[Any]], source: str) -> list[int]:
         pairs = [(str(request_id), float(label)) for request_id, label in labels]
-        result = self.monitor._feedback_and_log(pairs, source)
+        result = self.monitor.feedback_and_log(pairs, source)
         return [result.matched, result.unknown]
 
     async def snapshot(self) -> bytes:
@@ -105,10 +105,10 @@ class MonitorService:
         return snap.to_bytes()
 
     async def drift_report(self, model: str, version: str) -> dict[str, Any]:
-        return self.monitor._drift_report(model, version)
+        return self.monitor.drift_report_now(model, version)
 
     async def recent(self, model: str, version: str, limit: int) -> dict[str, Any]:
-        return self.monitor._recent_rows(model, version, limit)
+        return self.monitor.recent_rows_now(model, version, limit)
 
     async def close(self) -> None:
         self.closed.set()
