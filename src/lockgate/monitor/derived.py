@@ -11,9 +11,14 @@ features: the reference profile is built from the same derivation of the referen
 The projection is a very sparse random projection (Li, Hastie and Church, 2006): each of its
 `PROJECTIONS` directions has `taps` nonzero weights +-1/sqrt(taps) on distinct coordinates, all
 drawn from a generator seeded with (seed, tensor name, width). The seed is stored with the
-version's profiles, so the reference and every gateway draw the same matrix. A batch costs one
-gather of the tapped columns and one small matmul, plus one pass over the values for the
-moments; nothing per row in Python.
+version's profiles, so the reference and every gateway draw the same matrix.
+
+A wide batch is summarised by one compiled kernel (`kernels.summary.wide_summary`, GIL released):
+per row, one pass over its values sums them and their squares in float64, then each direction
+gathers its taps while the row is still in cache; nothing per row in Python. A [3, 224, 224]
+FP32 image costs about 16 us (two float32 einsum passes, a gather and a matmul took 45 us). The
+moments see every value, a projection only its taps: a NaN or inf reaches the projections that
+tap it, and the moments, as in numpy. `Projection.apply` and `dense` are the references.
 """
 
 from __future__ import annotations
