@@ -150,3 +150,17 @@ def test_the_kernel_writes_only_its_rows() -> None:
     wide_summary(values, coordinates, weights, out[1:4])
     np.testing.assert_array_equal(out[1:4], s.columns(values, 3))
     assert (out[[0, 4]] == -7.0).all()
+
+
+def test_the_kernel_refuses_mismatched_shapes_and_taps_outside_the_row() -> None:
+    s = derived.Summary("x", "wide", 300)
+    values = np.zeros((2, 300), np.float32)
+    coordinates, weights = s.projection.taps
+    with pytest.raises(ValueError, match="same shape"):
+        wide_summary(values, coordinates, weights[:, 1:].copy(), np.empty((2, COLUMNS), np.float32))
+    with pytest.raises(ValueError, match="rows, 3 \\+ dims"):
+        wide_summary(values, coordinates, weights, np.empty((2, COLUMNS - 1), np.float32))
+    with pytest.raises(ValueError, match="outside the row"):
+        wide_summary(
+            values[:, :100].copy(), coordinates, weights, np.empty((2, COLUMNS), np.float32)
+        )

@@ -33,6 +33,14 @@ def wide_summary(values: Array, taps: Array, weights: Array, out: Array) -> None
     false: a NaN variance stays NaN). A zero width gives a NaN mean and std, as numpy does."""
     rows, width = values.shape
     dims, count = taps.shape
+    if weights.shape != taps.shape:
+        raise ValueError("taps and weights must have the same shape")
+    if out.shape[0] != rows or out.shape[1] != MOMENTS + dims:
+        raise ValueError("out must be [rows, 3 + dims]")
+    for d in range(dims):  # a tap outside the row would read out of bounds
+        for k in range(count):
+            if taps[d, k] < 0 or taps[d, k] >= width:
+                raise ValueError("a tap is outside the row")
     for i in range(rows):
         row = values[i]
         total = 0.0
