@@ -1,12 +1,14 @@
 """Run in a fresh process by test_warm_up.py (its kernels must not have been called yet): start
 a real gateway on a home, read every monitor kernel's compiled signatures once it is ready,
-serve traffic until drift windows have closed by rows and by time, and read them again.
-Prints the readings as JSON on its last line."""
+serve traffic until drift windows have closed by rows and by time (and wide FP32 and FP64
+inputs, as JSON and as binary data), and read them again. Prints the readings as JSON on its
+last line."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,13 @@ from lockgate.config import MonitorConfig
 from lockgate.control.registry import Registry
 from lockgate.monitor.warmup import kernels
 from tests.conftest import RunningGateway, loopback_config
-from tests.monitor.test_gateway_wide import WORDS, _rest, _tensor, infer, multi_rows
+from tests.monitor.test_gateway_wide import WORDS, _rest, _tensor, images, infer, multi_rows
 from tests.waiting import wait_until
 
 # A window closes at 200 rows; 300 rows leave 100 (min_rows) open, to be closed by time.
 WINDOW_ROWS = 200
 ROWS = 300
+WIDE64 = 300  # values per row of the FP64 model's input: summarised
 
 
 def readings() -> dict[str, Any]:
@@ -35,6 +38,19 @@ def readings() -> dict[str, Any]:
         }
         for name, dispatcher in kernels().items()
     }
+
+
+def infer_binary(client: httpx.Client, model: str, datatype: str, values: Any) -> None:
+    """One input "x" as binary data (decoded into a read-only array over the body)."""
+    raw = values.tobytes()
+    tensor = {"name": "x", "datatype": datatype, "shape": list(values.shape)}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+    r = client.post(
+        f"/v2/models/{model}/infer",
+        content=header.encode() + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 200, r.text
 
 
 def closed_by_time(gw: RunningGateway, model: str) -> bool:
@@ -57,6 +73,13 @@ def main(home: Path) -> None:
             infer(client, "scale", [_tensor("x", "FP32", x)])
             rows = multi_rows(rng, ROWS, WORDS)
             infer(client, "multi", [_tensor("a", "INT64", rows["a"]), *_rest(rows)])
+            wide: list[tuple[str, str, Callable[[int], Any]]] = [
+                ("image", "FP32", lambda n: images(rng, n)),
+                ("wide64", "FP64", lambda n: rng.normal(size=(n, WIDE64))),
+            ]
+            for model, datatype, values in wide:  # summarised in the model thread
+                infer(client, model, [_tensor("x", datatype, values(3))])
+                infer_binary(client, model, datatype, values(3))
         for model in ("scale", "multi"):
             wait_until(lambda m=model: closed_by_time(gw, m), f"{model}'s windows")
         after = readings()

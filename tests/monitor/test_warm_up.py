@@ -1,7 +1,8 @@
 """The monitor's kernels are compiled before a gateway reports ready: started on an empty Numba
 cache, a real gateway has compiled every kernel the drain and the request path call, and serving
-and draining traffic (windows closed by rows and by time, a string input) compiles nothing more.
-A second start on the same cache reads every kernel from it and compiles nothing."""
+and draining traffic (windows closed by rows and by time, a string input, wide FP32 and FP64
+inputs sent as JSON and as binary data) compiles nothing more. A second start on the same cache
+reads every kernel from it and compiles nothing."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from lockgate.control.registry import Registry
 from tests import onnx_models
-from tests.monitor.test_gateway_wide import WORDS, multi_rows
+from tests.monitor.kernel_probe import WIDE64
+from tests.monitor.test_gateway_wide import SHAPE, WORDS, images, multi_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the drain and the request path call from Python (the kernels they call compile with them)
@@ -31,6 +34,7 @@ ENTRY_POINTS = {
     "rule.hysteresis_step",
     "rff.rff_update",  # joint drift
     "summary.fnv1a_buckets",  # string inputs, on the request path
+    "summary.wide_summary",  # wide inputs, in the model thread
 }
 
 
@@ -63,6 +67,10 @@ def test_kernels_are_compiled_before_ready_and_read_from_the_cache_later(tmp_pat
     registry.register(scale, "scale", reference=rng.normal(size=(600, 4)))
     multi = onnx_models.multi_io_model(tmp_path / "multi.onnx")
     registry.register(multi, "multi", reference=multi_rows(rng, 600, WORDS))
+    image = onnx_models.image_model(tmp_path / "image.onnx", SHAPE)
+    registry.register(image, "image", reference=images(rng, 100).reshape(100, -1))
+    wide64 = onnx_models.scale_model(tmp_path / "wide64.onnx", WIDE64, TensorProto.DOUBLE)
+    registry.register(wide64, "wide64", reference=rng.normal(size=(100, WIDE64)))
     assert not cache.exists()
 
     cold = probe(home, cache)

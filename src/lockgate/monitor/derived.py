@@ -11,9 +11,14 @@ features: the reference profile is built from the same derivation of the referen
 The projection is a very sparse random projection (Li, Hastie and Church, 2006): each of its
 `PROJECTIONS` directions has `taps` nonzero weights +-1/sqrt(taps) on distinct coordinates, all
 drawn from a generator seeded with (seed, tensor name, width). The seed is stored with the
-version's profiles, so the reference and every gateway draw the same matrix. A batch costs one
-gather of the tapped columns and one small matmul, plus one pass over the values for the
-moments; nothing per row in Python.
+version's profiles, so the reference and every gateway draw the same matrix.
+
+A wide batch is summarised by one compiled kernel (`kernels.summary.wide_summary`, GIL released):
+per row, one pass over its values sums them and their squares in float64, then each direction
+gathers its taps while the row is still in cache; nothing per row in Python. A [3, 224, 224]
+FP32 image costs about 16 us (two float32 einsum passes, a gather and a matmul took 45 us). The
+moments see every value, a projection only its taps: a NaN or inf reaches the projections that
+tap it, and the moments, as in numpy. `Projection.apply` and `dense` are the references.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lockgate.monitor.kernels.summary import fnv1a_buckets
+from lockgate.monitor.kernels.summary import fnv1a_buckets, wide_summary
 
 Array = np.ndarray[Any, Any]
 
@@ -58,6 +63,18 @@ class Projection:
         matrix = np.zeros((width, self.weights.shape[1]), np.float32)
         matrix[self.columns] = self.weights
         return matrix
+
+    @cached_property
+    def taps(self) -> tuple[Array, Array]:
+        """Per direction, its nonzero weights: (coordinates ``[dims, taps]`` int64, weights
+        ``[dims, taps]`` float64), as the summary kernel gathers them."""
+        directions, rows = np.nonzero(self.weights.T)  # by direction, then ascending column
+        counts = np.bincount(directions, minlength=self.weights.shape[1])
+        if counts.size and counts.min() != counts.max():
+            raise ValueError(f"projection directions of unequal taps: {counts.tolist()}")
+        shape = (self.weights.shape[1], counts.max() if counts.size else 0)
+        coordinates = self.columns[rows].reshape(shape)
+        return coordinates, self.weights.T[directions, rows].astype(np.float64).reshape(shape)
 
 
 def projection(seed: int, tensor: str, width: int, dims: int = PROJECTIONS) -> Projection:
@@ -107,16 +124,16 @@ class Summary:
         return self._wide(values.reshape(rows, self.width))
 
     def _wide(self, values: Array) -> Array:
-        if values.dtype.kind != "f" or values.dtype.itemsize < 4:  # integers, float16: exact
-            values = values.astype(np.float32)
+        """One compiled pass per row (`wide_summary`): float32 and float64 as they come (a copy
+        only when not C-contiguous); integers and float16 as float32 (exact), wider or
+        non-native floats as float64."""
+        if values.dtype != np.float32 and values.dtype != np.float64:
+            wide = values.dtype.kind == "f" and values.dtype.itemsize >= 8
+            values = values.astype(np.float64 if wide else np.float32)
+        values = np.ascontiguousarray(values)
         out = np.empty((values.shape[0], len(WIDE_STATS) + PROJECTIONS), np.float32)
-        total = np.einsum("ij->i", values)
-        squares = np.einsum("ij,ij->i", values, values)
-        mean = total / self.width
-        out[:, 0] = mean
-        out[:, 1] = np.sqrt(np.maximum(squares / self.width - mean * mean, 0))
-        out[:, 2] = np.sqrt(squares)
-        out[:, 3:] = self.projection.apply(values)
+        taps, weights = self.projection.taps
+        wide_summary(values, taps, weights, out)
         return out
 
 

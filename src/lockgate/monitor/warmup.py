@@ -6,8 +6,9 @@ request in flight and the `/metrics` scrapes waiting for the lock. Numba's on-di
 (``cache=True``, :mod:`lockgate.monitor.kernels.jit`) saves the compiling on later starts, but
 a new container or a fresh install starts with an empty cache.
 
-So start-up runs the real code paths once on a throwaway monitor: two synthetic versions (a
-numeric one with an output profile and joint drift, and one with a string input) are attached
+So start-up runs the real code paths once on a throwaway monitor: two synthetic versions (a numeric
+one with an output profile and joint drift, and one with summarised inputs: a string, and wide FP32
+and FP64 ones, recorded both writeable and read-only as binary requests decode them) are attached
 with reference data, a few hundred rows are recorded through their rings and drained, and their
 windows are closed by rows (in the drain's compiled fold) and by time (scored from Python). The
 kernels are called by the very code the drain and the request path run, so they see the same
@@ -47,6 +48,7 @@ Array = np.ndarray[Any, Any]
 
 KERNEL_MODULES = (ddsketch, divergence, exact, histogram, rff, rule, summary, timing, window)
 REFERENCE_ROWS = 400
+WIDE = 300  # values per row of the wide inputs: more than the monitor follows one by one
 # A window of WINDOW_ROWS closes in the compiled fold and MIN_ROWS more stay open, to be closed
 # (and scored) by time; the drift configuration's default min_rows is 100.
 WINDOW_ROWS = 200
@@ -57,10 +59,15 @@ _NUMERIC = ModelSpec(
     (TensorSpec("x", "FP32", (-1, 4)),),
     (TensorSpec("y", "FP32", (-1, 2)),),
 )
-_TEXT = ModelSpec(
-    "lockgate-warm-up-text",
+_SUMMARISED = ModelSpec(
+    "lockgate-warm-up-summarised",
     "1",
-    (TensorSpec("s", "BYTES", (-1, 1)), TensorSpec("x", "FP32", (-1, 2))),
+    (
+        TensorSpec("s", "BYTES", (-1, 1)),
+        TensorSpec("x", "FP32", (-1, 2)),
+        TensorSpec("image", "FP32", (-1, WIDE)),
+        TensorSpec("embedding", "FP64", (-1, WIDE)),
+    ),
     (TensorSpec("y", "FP32", (-1, 1)),),
 )
 
@@ -124,13 +131,17 @@ async def _exercise() -> None:
     rng = np.random.default_rng(0)
     try:
         numeric = monitor.attach(_NUMERIC, rng.normal(size=(REFERENCE_ROWS, 4)), _predict)
-        text = monitor.attach(_TEXT, _text_rows(rng, REFERENCE_ROWS))
+        summarised = monitor.attach(_SUMMARISED, _summarised_rows(rng, REFERENCE_ROWS))
         rows = WINDOW_ROWS + MIN_ROWS
         x = rng.normal(size=(rows, 4)).astype(np.float32)
         _record(numeric, {"x": x}, _predict({"x": x}), rows)
-        feeds = {k: np.asarray(v) for k, v in _text_rows(rng, rows).items()}
+        feeds = _summarised_rows(rng, rows)
         feeds["x"] = feeds["x"].astype(np.float32)
-        _record(text, feeds, {"y": feeds["x"][:, :1]}, rows)
+        feeds["image"] = feeds["image"].astype(np.float32)
+        half = rows // 2
+        for part, decoded in ((slice(0, half), False), (slice(half, rows), True)):
+            run = {k: _read_only(v[part]) if decoded else v[part] for k, v in feeds.items()}
+            _record(summarised, run, {"y": feeds["x"][part, :1]}, len(run["x"]))
         await monitor.drain()
         whole = monitor.versions[(_NUMERIC.name, _NUMERIC.version)]
         if whole.input_drift is None or whole.output_drift is None or whole.joint_drift is None:
@@ -147,9 +158,22 @@ def _predict(feeds: dict[str, Array]) -> dict[str, Array]:
     return {"y": (feeds["x"][:, :2] * 2.0).astype(np.float32)}
 
 
-def _text_rows(rng: np.random.Generator, rows: int) -> dict[str, Array]:
+def _summarised_rows(rng: np.random.Generator, rows: int) -> dict[str, Array]:
     words = np.array([f"w{i}" for i in range(20)], dtype=object)
-    return {"s": rng.choice(words, size=(rows, 1)), "x": rng.normal(size=(rows, 2))}
+    return {
+        "s": rng.choice(words, size=(rows, 1)),
+        "x": rng.normal(size=(rows, 2)),
+        "image": rng.uniform(0, 1, size=(rows, WIDE)),
+        "embedding": rng.normal(size=(rows, WIDE)),
+    }
+
+
+def _read_only(values: Array) -> Array:
+    """A numeric array as a binary request's decoding gives it: read-only, over bytes (Numba
+    compiles a kernel apart for read-only arrays)."""
+    if values.dtype.kind == "O":
+        return values
+    return np.frombuffer(values.tobytes(), values.dtype).reshape(values.shape)
 
 
 def _record(recorder: Any, feeds: dict[str, Array], outputs: dict[str, Array], rows: int) -> None:

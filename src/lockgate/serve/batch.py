@@ -310,7 +310,7 @@ class Batcher:
 
     def _derive(self, feeds: Arrays, batch: list[Pending]) -> Derived | Exception | None:
         """The observer's columns of a run, in the thread that ran it: summarising an image
-        costs more than the event loop, the gateway's bottleneck, can spare per request (numpy
+        costs more than the event loop, the gateway's bottleneck, can spare per request (its kernel
         releases the GIL meanwhile). An exception is handed to the loop, which counts it."""
         if self.observer is None:
             return None

@@ -9,6 +9,11 @@
 - ``fastmath=False``: the kernels rely on IEEE semantics (NaN compares false, inf ordering,
   exact bucket boundaries); fast-math would let LLVM assume no NaN/inf and break them.
 - ``boundscheck=False``: kernels validate shapes once at entry instead of per element.
+
+``jit_sums`` is the same with two fast-math flags only, ``reassoc`` and ``contract``: LLVM may
+reorder float additions (so a sum over a row vectorises into several partial sums) and fuse a
+multiply and an add. Neither assumes finite values, so NaN and inf propagate as in numpy; only
+the rounding of long sums changes, for the better with float64 accumulators.
 """
 
 from __future__ import annotations
@@ -27,10 +32,17 @@ JIT_OPTIONS: dict[str, Any] = {
     "fastmath": False,
     "boundscheck": False,
 }
+SUM_OPTIONS: dict[str, Any] = {**JIT_OPTIONS, "fastmath": {"reassoc", "contract"}}
 
 
 def jit(fn: F) -> F:
     """Compile ``fn`` in nopython mode with the project's options; typed as the identity so
     callers keep the Python signature under strict mypy."""
     compiled: F = numba.njit(**JIT_OPTIONS)(fn)
+    return compiled
+
+
+def jit_sums(fn: F) -> F:
+    """``jit`` for kernels whose float sums may be reordered and fused (see the module)."""
+    compiled: F = numba.njit(**SUM_OPTIONS)(fn)
     return compiled

@@ -1,5 +1,10 @@
-"""A stable hash bucket per string for text inputs: FNV-1a, 64 bits, the same on every process,
-host and Python version (Python's ``hash`` of bytes is salted per process)."""
+"""Per-row summaries of inputs too wide to follow value by value.
+
+- ``wide_summary``: an image or embedding row's mean, std, L2 norm and sparse random projections,
+  in one pass over the row and then its projection taps while the row is still in cache.
+- ``fnv1a_buckets``: a stable hash bucket per string for text inputs: FNV-1a, 64 bits, the same
+  on every process, host and Python version (Python's ``hash`` of bytes is salted per process).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,55 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.kernels.jit import jit
+from lockgate.monitor.kernels.jit import jit, jit_sums
 
 Array = np.ndarray[Any, Any]
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
+MOMENTS = 3  # mean, std, l2: the columns before the projections in ``wide_summary``'s output
+
+
+@jit_sums
+def wide_summary(values: Array, taps: Array, weights: Array, out: Array) -> None:
+    """``out[i]`` = (mean, std, L2 norm, projection 0 .. dims-1) of row ``values[i]`` (float32
+    or float64, ``[rows, width]``), into ``out[rows, 3 + dims]`` (float32).
+
+    Sums and sums of squares accumulate in float64 (the fast-math flag ``reassoc`` lets them
+    vectorise); std is ``sqrt(max(E[x^2] - mean^2, 0))``. Projection ``d`` is the sum over
+    ``k`` of ``weights[d, k] * values[i, taps[d, k]]``: it reads only its own taps, so a NaN or
+    inf elsewhere in the row reaches the moments but not that projection (NaN comparisons are
+    false: a NaN variance stays NaN). A zero width gives a NaN mean and std, as numpy does."""
+    rows, width = values.shape
+    dims, count = taps.shape
+    if weights.shape != taps.shape:
+        raise ValueError("taps and weights must have the same shape")
+    if out.shape[0] != rows or out.shape[1] != MOMENTS + dims:
+        raise ValueError("out must be [rows, 3 + dims]")
+    for d in range(dims):  # a tap outside the row would read out of bounds
+        for k in range(count):
+            if taps[d, k] < 0 or taps[d, k] >= width:
+                raise ValueError("a tap is outside the row")
+    for i in range(rows):
+        row = values[i]
+        total = 0.0
+        squares = 0.0
+        for j in range(width):
+            v = np.float64(row[j])
+            total += v
+            squares += v * v
+        mean = total / width
+        variance = squares / width - mean * mean
+        if variance < 0.0:  # rounding; a NaN variance stays NaN
+            variance = 0.0
+        out[i, 0] = mean
+        out[i, 1] = np.sqrt(variance)
+        out[i, 2] = np.sqrt(squares)
+        for d in range(dims):  # the row is still in cache: gather this direction's taps
+            projected = 0.0
+            for k in range(count):
+                projected += weights[d, k] * np.float64(row[taps[d, k]])
+            out[i, MOMENTS + d] = projected
 
 
 @jit
