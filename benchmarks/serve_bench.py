@@ -132,7 +132,10 @@ def grpc_payload(model: str, features: int) -> bytes:
 
 
 def rss_mb(pid: int) -> float:
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
+    """Resident memory of a server and its child processes (a monitor process counts)."""
+    proc = psutil.Process(pid)
+    tree = [proc, *proc.children(recursive=True)]
+    return sum(float(p.memory_info().rss) for p in tree) / 2**20
 
 
 def ms(us: float) -> str:

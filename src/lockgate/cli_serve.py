@@ -43,11 +43,10 @@ log = logging.getLogger("lockgate")
 _BATCH = BatchConfig()
 _SERVE = ServeConfig()
 _MONITOR = MonitorConfig()
-# `lockgate serve` runs the monitor in a process of its own unless told otherwise: in paired runs
-# (docs/design/monitor-tail-cost.md#monitor-process) its p99 on/off was 0.91 against 1.23 for
-# the in-process drain. It maps ring memory through memfd_create (Linux); elsewhere the drain
-# thread is the default. MonitorConfig keeps the in-process engine as the library's default.
-MONITOR_PROCESS = hasattr(os, "memfd_create")
+# The drain thread unless asked: on a quiet host the monitor process measured the same tail and
+# throughput as the thread and held 190 MB more; it helps where other jobs load the host
+# (docs/design/monitor-tail-cost.md#monitor-process).
+MONITOR_PROCESS = False
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -180,7 +179,8 @@ def add_serve_parser(sub: Any) -> None:
         "--monitor-process",
         MONITOR_PROCESS,
         "run the monitor's drain and statistics in a child process fed through shared memory "
-        "(the event loop never waits for the drain)",
+        "(Linux; about 190 MB more; the event loop never hands the GIL to a drain: for hosts "
+        "whose cores other jobs share)",
         action=argparse.BooleanOptionalAction,
     )
     flag(

@@ -219,12 +219,12 @@ def _gone(pid: int) -> bool:
 
 
 def test_the_monitor_process_ends_with_a_killed_gateway(demo: Path, tmp_path: Path) -> None:
-    """`lockgate serve` (monitor process by default): its monitor process exits when the
-    gateway is killed, and its rings' memory is anonymous, so nothing is left behind."""
+    """`lockgate serve --monitor-process`: its monitor process exits when the gateway is
+    killed, and its rings' memory is anonymous, so nothing is left behind."""
     from tests.processes import start_gateway
 
     home = _home(demo, tmp_path, "orphan")
-    gw = start_gateway(home)
+    gw = start_gateway(home, "--monitor-process")
     try:
         children = wait_until(lambda: _children(gw.proc.pid), "the monitor process")
         assert not list(Path("/dev/shm").glob("lockgate*"))
