@@ -87,6 +87,7 @@ def measured(
     payload: bytes,
     dur: float,
     http: bool = False,
+    conns: int = HTTP_CONNS,
 ) -> tuple[Result, float, float, float]:
     """One h2load run (wrk with `http`); the server's CPU microseconds per answered request
     during it (the whole process, and its main thread: the event loop, where requests are
@@ -96,7 +97,7 @@ def measured(
     counted = _batch_counters(ports["admin"], model)
     if http:
         url = f"http://127.0.0.1:{ports['http']}/v2/models/{model}/infer"
-        result = wrk(bench.tmp, url, payload, HTTP_CONNS, dur)
+        result = wrk(bench.tmp, url, payload, conns, dur)
     else:
         result = h2load(bench.tmp, ports["grpc"], payload, dur, 1.0)
     cpu, loop = sum(proc.cpu_times()[:2]) - before, _loop_cpu(proc) - loop_before
@@ -134,6 +135,7 @@ def main() -> int:
     parser.add_argument("--no-monitor", action="store_true", help="both gateways without it")
     parser.add_argument("--models", nargs="+", default=list(FEATURES), choices=list(FEATURES))
     parser.add_argument("--http", action="store_true", help="HTTP JSON over wrk instead of gRPC")
+    parser.add_argument("--conns", type=int, default=HTTP_CONNS, help="--http: wrk connections")
     parser.add_argument("--intra-op-threads", type=int, default=default_intra_op_threads())
     args = parser.parse_args()
     bench = Bench(argparse.Namespace(intra_op_threads=args.intra_op_threads))
@@ -153,18 +155,31 @@ def main() -> int:
                 payload = json_body(FEATURES[model])
                 for ports in sides.values():  # warm
                     url = f"http://127.0.0.1:{ports['http']}/v2/models/{model}/infer"
-                    wrk(bench.tmp, url, payload, HTTP_CONNS, 2.0)
+                    wrk(bench.tmp, url, payload, args.conns, 2.0)
             else:
                 payload = grpc_payload(model, FEATURES[model])
                 for ports in sides.values():
                     check_grpc(ports["grpc"], payload, bench.tmp, False)
                     h2load(bench.tmp, ports["grpc"], payload, 2.0, 1.0)  # warm
-            ratios: dict[str, list[float]] = {"rps": [], "CPU": [], "loop CPU": [], "batch": []}
+            ratios: dict[str, list[float]] = {
+                "rps": [],
+                "p50": [],
+                "CPU": [],
+                "loop CPU": [],
+                "batch": [],
+            }
             for i in range(args.rounds):
                 order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA...
                 got = {
                     label: measured(
-                        bench, names[label], ports, model, payload, args.duration, args.http
+                        bench,
+                        names[label],
+                        ports,
+                        model,
+                        payload,
+                        args.duration,
+                        args.http,
+                        args.conns,
                     )
                     for label, ports in order
                 }
@@ -173,11 +188,13 @@ def main() -> int:
                 (head, head_cpu, head_loop, head_batch) = got["working tree"]
                 (base, base_cpu, base_loop, base_batch) = got[args.base]
                 ratios["rps"].append(head.rps / base.rps)
+                ratios["p50"].append(head.p50_us / base.p50_us)
                 ratios["CPU"].append(head_cpu / base_cpu)
                 ratios["loop CPU"].append(head_loop / base_loop)
                 ratios["batch"].append(head_batch / base_batch)
                 line = (
-                    f"rps {head.rps:,.0f} / {base.rps:,.0f}; CPU us/request {head_cpu:.0f} / "
+                    f"rps {head.rps:,.0f} / {base.rps:,.0f}; p50 {head.p50_us:.0f} / "
+                    f"{base.p50_us:.0f} us; CPU us/request {head_cpu:.0f} / "
                     f"{base_cpu:.0f}, of which the event loop {head_loop:.0f} / {base_loop:.0f}; "
                     f"requests per run {head_batch:.1f} / {base_batch:.1f}"
                 )
