@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +147,21 @@ class _Predictions:
         return float(predictions[row]), float(ts[row])
 
 
+async def drain_every(
+    interval: float, due: asyncio.Event, drain: Callable[[], Awaitable[None]]
+) -> None:
+    """Call `drain` every `interval` seconds, sooner when `due` is set (a ring is half full),
+    until cancelled; a failed drain is logged and the next one comes as usual."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(due.wait(), interval)
+        due.clear()
+        try:
+            await drain()
+        except Exception:
+            log.exception("monitor drain failed; continuing")
+
+
 @dataclass
 class FeedbackResult:
     matched: int
@@ -229,17 +244,8 @@ class Monitor:
 
     # -- the drain ------------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="monitor-drain")
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), self.config.drain_interval)
-            self._due.clear()
-            try:
-                await self.drain()
-            except Exception:
-                log.exception("monitor drain failed; continuing")
+        run = drain_every(self.config.drain_interval, self._due, self.drain)
+        self._task = asyncio.get_running_loop().create_task(run, name="monitor-drain")
 
     async def drain(self) -> None:
         """Take every ring's new rows now (on the loop) and process them on the drain thread."""

@@ -38,7 +38,7 @@ from typing import Any
 from lockgate.config import MonitorConfig
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.derived import DEFAULT_SEED
-from lockgate.monitor.drain import FeedbackResult
+from lockgate.monitor.drain import FeedbackResult, drain_every
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
 from lockgate.monitor.record import VersionRecorder
@@ -223,17 +223,8 @@ class MonitorProcess:
 
     # -- the drain ------------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="monitor-drain")
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), self.config.drain_interval)
-            self._due.clear()
-            try:
-                await self.drain()
-            except Exception:
-                log.exception("monitor drain failed; continuing")
+        run = drain_every(self.config.drain_interval, self._due, self.drain)
+        self._task = asyncio.get_running_loop().create_task(run, name="monitor-drain")
 
     async def drain(self) -> None:
         """Hand every ring's new rows to the child (swapped on the loop, one message)."""
