@@ -1,13 +1,14 @@
 """gRPC (or, with --http, HTTP JSON) throughput of two versions of lockgate, paired: the working
-tree against an earlier revision (exported with `git archive`), both gateways up at once on the
-same demo models, measured in alternating h2load runs (64 streams: 8 connections x 8; HTTP: wrk
-at 16 connections) so that whatever else the shared machine does falls on both sides alike.
+tree (or `--head REV`) against an earlier revision (exported with `git archive`), both gateways
+up at once on the same demo models, measured in alternating h2load runs (64 streams: 8
+connections x 8; HTTP: wrk at `--conns`, 16 by default) so that whatever else the shared
+machine does falls on both sides alike.
 Besides requests per second, each run measures the gateway process's CPU time per answered
 request, which other load on the machine disturbs far less. Prints each pair and the medians of
 the ratios.
 
-    .venv/bin/python benchmarks/grpc_paired.py --base REV [--rounds 8] [--duration 5]
-        [--no-monitor] [--models classifier mlp] [--http]
+    .venv/bin/python benchmarks/grpc_paired.py --base REV [--head REV] [--rounds 8]
+        [--duration 5] [--no-monitor] [--models classifier mlp] [--http [--conns 16]]
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def spread(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the earlier revision (git rev)")
+    parser.add_argument("--head", help="a later revision instead of the working tree (bisecting)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--no-monitor", action="store_true", help="both gateways without it")
@@ -143,11 +145,12 @@ def main() -> int:
     try:
         base_src = export(args.base, Path(tempfile.mkdtemp(dir=bench.tmp)))
         flags = ["--no-monitor"] if args.no_monitor else []
+        head_src = HERE.parent / "src"
+        if args.head:
+            head_src = export(args.head, Path(tempfile.mkdtemp(dir=bench.tmp)))
         sides = {
             args.base: start(bench, "base", base_src, args.intra_op_threads, *flags),
-            "working tree": start(
-                bench, "head", HERE.parent / "src", args.intra_op_threads, *flags
-            ),
+            "working tree": start(bench, "head", head_src, args.intra_op_threads, *flags),
         }
         names = {args.base: "base", "working tree": "head"}
         for model in args.models:
