@@ -33,7 +33,7 @@ from lockgate.monitor.joint import JointMonitor
 from lockgate.monitor.kernels.timing import first_rows_by_route
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
-from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
+from lockgate.monitor.profiles import Predict, VersionProfiles, stored_or_built
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import Columns, RingSlice, concat_slices, id_key
 from lockgate.monitor.sketch import LatencySketch
@@ -204,18 +204,17 @@ class Monitor:
         to rows, as a run at load showed (default: as declared). Blocking (called from the
         loading thread)."""
         key = (spec.name, spec.version)
+        profiles = stored_or_built(spec, profiles, reference, predict, layout)
         seed = profiles.seed if profiles is not None else DEFAULT_SEED  # wide inputs' projection
         recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed)
         recorder.ring.on_half_full = self._due.set
         vm = VersionMonitor(key, recorder)
         try:
-            if profiles is None and reference is not None:
-                profiles = build_profiles(spec, reference, predict, layout)
             if profiles is not None:
                 vm.input_drift, vm.output_drift = self._drift_monitors(recorder, profiles)
                 if profiles.joint is not None:
                     vm.joint_drift = JointMonitor(profiles.joint, vm.input_drift.config)
-        except Exception as exc:  # a bad profile must not stop the model from serving
+        except Exception as exc:  # a profile that does not fit must not stop the model serving
             log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
         with self.lock:
             self.versions[key] = vm

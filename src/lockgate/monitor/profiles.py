@@ -11,6 +11,7 @@ at load, as before.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from lockgate.types import ModelSpec, numpy_dtype
 
 MAX_REFERENCE_ROWS = 20_000  # enough for stable quantile bins; bounds build time and memory
 
+log = logging.getLogger(__name__)
 Array = np.ndarray[Any, Any]
 Predict = Callable[[dict[str, Array]], dict[str, Array]]
 
@@ -117,6 +119,25 @@ def feature_table(m: Monitored, tensors: Mapping[str, Array], rows: int) -> Arra
         else:
             table[:, lo:hi] = summary.columns(values, rows)
     return table
+
+
+def stored_or_built(
+    spec: ModelSpec,
+    profiles: VersionProfiles | None,
+    reference: Array | Mapping[str, Array] | None,
+    predict: Predict | None,
+    layout: RowLayout | None,
+) -> VersionProfiles | None:
+    """A loading version's profiles: those stored at registration, else built from its
+    reference data (which may run the model). None when it has neither, or when building fails
+    (logged: a bad profile must not stop the model from serving)."""
+    if profiles is not None or reference is None:
+        return profiles
+    try:
+        return build_profiles(spec, reference, predict, layout)
+    except Exception as exc:
+        log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
+        return None
 
 
 def build_profiles(

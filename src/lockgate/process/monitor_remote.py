@@ -40,7 +40,7 @@ from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.derived import DEFAULT_SEED
 from lockgate.monitor.drain import FeedbackResult, drain_every
 from lockgate.monitor.layout import RowLayout
-from lockgate.monitor.profiles import Predict, VersionProfiles, build_profiles
+from lockgate.monitor.profiles import Predict, VersionProfiles, stored_or_built
 from lockgate.monitor.record import VersionRecorder
 from lockgate.monitor.ring import Array, Columns, PredictionRing
 from lockgate.monitor.snapshot import Snapshot, VersionSnapshot
@@ -196,11 +196,7 @@ class MonitorProcess:
     ) -> VersionRecorder:
         """As Monitor.attach: profiles built here when needed (they may run the model), the
         drift monitors in the child. Blocking (called from the loading thread)."""
-        if profiles is None and reference is not None:
-            try:
-                profiles = build_profiles(spec, reference, predict, layout)
-            except Exception as exc:  # a bad profile must not stop the model from serving
-                log.warning("no drift profile for %s v%s: %s", spec.name, spec.version, exc)
+        profiles = stored_or_built(spec, profiles, reference, predict, layout)
         seed = profiles.seed if profiles is not None else DEFAULT_SEED
         recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed, shared=True)
         recorder.ring.on_half_full = self._due.set

@@ -158,12 +158,10 @@ class DataPlane:
         else:
             route = self.routes.endpoints.get(name)
             loaded = self.models.loaded.get(route.primary.key) if route is not None else None
-        if loaded is None:
-            self.in_flight += 1
-            return None
-        loaded.batcher.admit(deadline)
+        if loaded is not None:
+            loaded.batcher.admit(deadline)
         self.in_flight += 1
-        return loaded.spec
+        return loaded.spec if loaded is not None else None
 
     def release(self) -> None:
         """An admitted request has been answered (see `admit`)."""
