@@ -5,6 +5,7 @@ length, a flood of new values) alerting while clean data does not, on fixed seed
 from __future__ import annotations
 
 import math
+import weakref
 import zlib
 from typing import Any
 
@@ -227,6 +228,21 @@ def test_text_length_and_a_flood_of_new_values_alert_and_clean_text_does_not() -
 def test_a_table_reference_cannot_describe_a_string_input() -> None:
     with pytest.raises(ValueError, match="one array per input"):
         build_profiles(TEXT, np.zeros((10, 0)), None)
+
+
+def test_a_summarised_input_is_not_kept_after_its_run_is_recorded() -> None:
+    """Runs of small tensors may be held briefly before they are copied into the ring; a
+    version with an image or embedding input never keeps its arrays past the run."""
+    spec = _spec(TensorSpec("emb", "FP32", (-1, 768)))
+    recorder = VersionRecorder(spec, 64)
+    emb = np.ones((2, 768), np.float32)
+    alive = weakref.ref(emb)
+    meta = recorder.meta("r1", "m", "1", 0)
+    recorder.record({"emb": emb}, {"y": np.zeros((2, 1), np.float32)}, [meta], [2], [0], 0)
+    del emb
+    assert alive() is None
+    cols, dropped = recorder.ring.swap()
+    assert recorder.ring.assemble(cols, dropped).rows == 2
 
 
 def test_the_layout_probe_decides_per_request_text() -> None:

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lockgate.monitor.ring import ID_BYTES, PredictionRing, RequestMeta, RingSlice, id_key, id_keys
+from lockgate.monitor.ring import (
+    HELD_RUNS,
+    ID_BYTES,
+    PredictionRing,
+    RequestMeta,
+    RingSlice,
+    id_key,
+    id_keys,
+)
 
 SLOTS = ([("x", 0, 2)], [("y", 0, 1)])
 
@@ -43,14 +51,21 @@ def _take(ring: PredictionRing) -> RingSlice:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    capacity=st.integers(1, 40),
+    capacity=st.integers(1, 400),
     ops=st.lists(
-        st.one_of(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.just([])), max_size=30
+        st.one_of(
+            st.lists(st.integers(1, 6), min_size=1, max_size=4),
+            st.lists(st.integers(1, 40), min_size=1, max_size=3),  # some past HELD_ROWS
+            st.just([]),
+        ),
+        max_size=3 * HELD_RUNS,
     ),
+    hold=st.booleans(),
 )
-def test_ring_matches_a_list(capacity: int, ops: list[list[int]]) -> None:
-    """A non-empty op records one run of requests with those row counts; [] drains."""
-    ring = PredictionRing(capacity, *SLOTS)
+def test_ring_matches_a_list(capacity: int, ops: list[list[int]], hold: bool) -> None:
+    """A non-empty op records one run of requests with those row counts; [] drains. Runs
+    held and copied together (`hold`) or one by one give the same rows."""
+    ring = PredictionRing(capacity, *SLOTS, hold=hold)
     pending: list[int] = []  # rows the drain should see next
     written = seen = dropped = 0
     for op in [*ops, []]:
@@ -163,6 +178,56 @@ def test_a_tensor_of_an_unexpected_size_is_recorded_as_nan_and_counted() -> None
     assert piece.request_id.tolist() == [b"r0", b"a", b"b", b"r1"]
     assert np.isnan(piece.inputs[1:3]).all() and not np.isnan(piece.inputs[[0, 3]]).any()
     np.testing.assert_array_equal(piece.outputs[:, 0], [0, 7, 8, 2])
+
+
+def test_held_runs_with_an_unexpected_size_among_them() -> None:
+    """Runs are copied many at a time; one whose tensor has an unexpected size is still NaN
+    alone, wherever it falls among them."""
+    ring = PredictionRing(1000, *SLOTS)
+    first = 0
+    for i in range(2 * HELD_RUNS + 3):
+        if i == HELD_RUNS + 5:
+            ring.append(
+                feeds={"x": np.zeros((1, 3), np.float32)},  # three values where two are monitored
+                outputs={"y": np.array([[-1]], np.int64)},
+                metas=[("odd", 0, 0, 0)],
+                rows=[1],
+                enqueued_ns=[0],
+                times=(0, 0, 0.0),
+            )
+            odd = first
+            first += 1
+        first += _record(ring, first, [1 + i % 3])
+    piece = _take(ring)
+    assert piece.rows == first and ring.mismatched == 1 and ring.dropped == 0
+    assert np.isnan(piece.inputs[odd]).all() and piece.outputs[odd, 0] == -1
+    assert piece.request_id[odd] == b"odd"
+    others = np.delete(np.arange(first), odd)
+    np.testing.assert_array_equal(piece.inputs[others, 0], others)
+    np.testing.assert_array_equal(piece.outputs[others, 0], others * 2)
+
+
+def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
+    """A malformed run (here a request record of the wrong arity) fails the copy of the runs
+    held with it: they are dropped and counted, the set stays whole, and recording goes on."""
+    ring = PredictionRing(100, *SLOTS)
+    _record(ring, 0, [1])
+    taken, _ = ring.swap()
+    ring.release(taken)
+    _record(ring, 1, [2])
+    ring.append(
+        feeds={"x": np.zeros((1, 2), np.float32)},
+        outputs={"y": np.zeros((1, 1), np.int64)},
+        metas=[("bad", 0, 0)],  # type: ignore[list-item]
+        rows=[1],
+        enqueued_ns=[0],
+        times=(0, 0, 0.0),
+    )
+    columns, dropped = ring.swap()  # the copy fails here: logged, not raised
+    assert dropped == 3 and columns.rows == 0 and ring.dropped == 3
+    ring.release(columns)
+    _record(ring, 4, [1])
+    np.testing.assert_array_equal(_take(ring).inputs[:, 0], [4])
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -65,7 +65,11 @@ class VersionRecorder:
                 spec.version,
                 "; ".join(self.unfollowed),
             )
-        self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries, shared)
+        followed = {name for name, _, _ in (*inputs.slots, *outputs)}
+        small = followed == {t.name for t in (*spec.inputs, *spec.outputs)}
+        self.ring = PredictionRing(
+            capacity, inputs.slots, outputs, inputs.summaries, shared, hold=small
+        )
         for summary, _, _ in inputs.summaries:
             if summary.kind == "wide":  # drawn now, not by concurrent model threads
                 _ = summary.projection

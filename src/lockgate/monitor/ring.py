@@ -1,23 +1,24 @@
 """The hand-over between the request path and the monitor's drain, per model version.
 
-Each finished batch is copied, on the request path, into preallocated columns: one slice
-assignment per monitored tensor, and C-level appends of the requests' ids, routes and timings.
-A summarised input (:mod:`lockgate.monitor.derived`) is derived from the batch by `derive`, a
-few vectorised calls whatever its rows, in the model thread that ran it (the batcher calls it
-there, see serve/batch.py); `append` copies those columns in. Only a run on the event loop
-anyway (an inline one) is derived by `append` itself. Keeping wide batches (images) alive for
-the drain would hold hundreds of megabytes between drains, for no measured gain on a busy host.
-Nothing of the request is kept (its arrays, dicts and records die with it, on the event loop
-that made them, while they are still in cache): keeping them for the drain cost several percent
-of throughput. There are two sets of columns: the request path fills one while the drain reads
-the other, and the drain's `swap` (O(1), on the event loop) exchanges them. A set holds
-`capacity` rows; batches that do not fit before the drain comes are dropped and counted, never
-silently lost.
+Each finished run takes its rows in preallocated columns at once (so capacity and drops are
+exact), and is held, with references to its arrays, until `HELD_RUNS` of them are copied in
+together: one numpy copy per monitored tensor and C-level appends of the requests' ids,
+routes and timings, for many runs. Copying run by run cost the event loop several times as
+much (a numpy assignment per tensor per run, with cold caches each time); held for the drain
+instead, the requests' arrays would die in the drain thread, under the GIL, and cost more
+still. A summarised input (:mod:`lockgate.monitor.derived`) is derived from the run by
+`derive`, a few vectorised calls whatever its rows, in the model thread that ran it (the
+batcher calls it there, see serve/batch.py); only a run on the event loop anyway (an inline
+one) is derived by `append` itself. There are two sets of columns: the request path fills one
+while the drain reads the other, and the drain's `swap` (on the event loop: the runs held,
+then O(1)) exchanges them. A set holds `capacity` rows; runs that do not fit before the drain
+comes are dropped and counted, never silently lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import numpy as np
 from lockgate.monitor.derived import Summary
 from lockgate.monitor.kernels.timing import request_rows
 from lockgate.monitor.shm import SharedHandle, shared_matrices
+
+log = logging.getLogger(__name__)
 
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
@@ -102,6 +105,14 @@ def concat_slices(*pieces: RingSlice) -> RingSlice:
     return RingSlice(**columns, dropped=sum(p.dropped for p in pieces))
 
 
+# Runs of at most HELD_ROWS rows are held and copied into the ring HELD_RUNS at a time.
+HELD_RUNS = 32
+HELD_ROWS = 64
+# A run as `PredictionRing.append` takes it: feeds, outputs, metas, rows, enqueued_ns, times,
+# derived columns, total rows.
+_Run = tuple[Arrays, Arrays, list[RequestMeta], list[int], list[int], tuple[int, int, float],
+             Sequence["Array | None"] | None, int]  # fmt: skip
+
 Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
 Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, its columns)
 
@@ -155,6 +166,15 @@ class Columns:
         self.ts = array("d")
         self.batch_requests = array("q")
 
+    def arrays_per_request(self) -> tuple[list[str], *tuple[array[Any], ...]]:
+        return (self.ids, *self._arrays())
+
+    def truncate(self, lengths: list[int], rows: int) -> None:
+        """Back to `rows` rows and these `arrays_per_request` lengths (a failed copy)."""
+        for values, length in zip(self.arrays_per_request(), lengths, strict=True):
+            del values[length:]
+        self.rows = rows
+
     def wire(self) -> list[Any]:
         """The per-request and per-batch values as bytes, for the monitor process (copies
         of C arrays, on the event loop: no per-request work)."""
@@ -189,8 +209,11 @@ class PredictionRing:
         outputs: Slots,
         summaries: Summaries = (),
         shared: bool = False,
+        hold: bool = True,
     ) -> None:
-        """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py)."""
+        """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py);
+        `hold`: runs may be held before they are copied (see `append`), for a version whose
+        arrays are all small: every tensor followed value by value, none summarised."""
         self.capacity = capacity
         self.shared = shared
         self.input_slots, self.output_slots = inputs, outputs
@@ -204,6 +227,8 @@ class PredictionRing:
         self.clients: list[str] = [""]  # client names by code; 0: no API keys configured
         self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
         self._filling = self._columns()
+        self._held: list[_Run] = []  # runs placed in the filling set, not yet copied
+        self._hold_rows = HELD_ROWS if hold else 0
         self._spare: Columns | None = None
         self._dropped_since_take = 0
         # Called (on the event loop) when the filling set passes half its rows: time to drain.
@@ -245,12 +270,17 @@ class PredictionRing:
         derived: Sequence[Array | None] | None = None,
         total: int | None = None,
     ) -> None:
-        """Copy one model run in (on the request path): `times` is (started_ns, done_ns,
-        unix seconds); `derived`: `derive` of this run, made in the model thread (None: derived
+        """Take one model run (on the request path): `times` is (started_ns, done_ns, unix
+        seconds); `derived`: `derive` of this run, made in the model thread (None: derived
         here); `total`: sum(rows), when the caller has it. A run that does not fit is dropped
         whole and counted. A monitored tensor whose values do not fill its columns for this
         run's rows (a shape the load-time run did not show) is recorded as NaN and counted in
-        `mismatched`; a malformed call raises."""
+        `mismatched`.
+
+        Small runs are held and copied `HELD_RUNS` at a time (see `flush`): one numpy copy per
+        tensor for many runs costs the loop far less than one per run, and the runs held are
+        a few kilobytes. Their rows are placed at once, so capacity, drops and `pending_rows`
+        are exact whatever is held."""
         if total is None:
             total = sum(rows)
         self.written += total
@@ -259,63 +289,104 @@ class PredictionRing:
         if stop > self.capacity:
             self._drop(total)
             return
-        try:
-            ids, routes, received, clients = zip(*metas, strict=True)
-            for from_outputs, name, view, width in cols.targets:
-                values = outputs[name] if from_outputs else feeds[name]
-                if values.size != total * width:
-                    view[start:stop] = np.nan
-                    self.mismatched += total
-                elif width == 1:
-                    view[start:stop] = values.reshape(total)
-                else:
-                    view[start:stop] = values.reshape(total, width)
-            if self.summaries:
-                self._summarised(cols.inputs, start, stop, feeds, derived)
-        except Exception:
-            self._drop(total)
-            raise
-        cols.ids += ids
-        cols.routes.extend(routes)
-        cols.clients.extend(clients)
-        cols.received_ns.extend(received)
-        cols.enqueued_ns.extend(enqueued_ns)
-        cols.request_rows.extend(rows)
-        cols.started_ns.append(times[0])
-        cols.done_ns.append(times[1])
-        cols.ts.append(times[2])
-        cols.batch_requests.append(len(metas))
-        cols.rows = stop
+        if derived is None and self.summaries:
+            derived = self.derive(feeds, total)  # a run made on the loop
+        run = (feeds, outputs, metas, rows, enqueued_ns, times, derived, total)
+        if total <= self._hold_rows and (not derived or all(d is not None for d in derived)):
+            self._held.append(run)
+            cols.rows = stop
+            if len(self._held) >= HELD_RUNS:
+                self.flush()
+        else:  # large, or a summary that did not fit: on its own, after the runs held
+            self.flush()
+            cols.rows = stop
+            self._copy(cols, start, [run])
         if start <= self._half < stop and self.on_half_full is not None:
             self.on_half_full()
 
-    def _summarised(
-        self,
-        matrix: Array,
-        start: int,
-        stop: int,
-        feeds: Arrays,
-        derived: Sequence[Array | None] | None,
-    ) -> None:
-        """Write the summarised inputs' columns of rows `start:stop` (NaN where they did not
-        fit, counted), derived here when the run was not derived in the model thread."""
+    def flush(self) -> None:
+        """Copy the runs held into the filling set (on the event loop; `swap` calls it)."""
+        if self._held:
+            held, self._held = self._held, []
+            cols = self._filling
+            self._copy(cols, cols.rows - sum(run[7] for run in held), held)
+
+    def _copy(self, cols: Columns, start: int, runs: list[_Run]) -> None:
+        """Write runs placed from row `start` on: per tensor one copy of all their values
+        (a run's tensor that does not fill its columns: NaN, counted), then the
+        per-request and per-run values. A run that cannot be written is dropped with all the
+        runs copied with it, never left half-written."""
+        stop = cols.rows
+        lengths = [len(a) for a in cols.arrays_per_request()]
+        try:
+            for from_outputs, name, view, width in cols.targets:
+                parts = [(run[1] if from_outputs else run[0])[name] for run in runs]
+                values = parts[0] if len(parts) == 1 else _joined(parts)
+                if values.size == (stop - start) * width:
+                    shape = (stop - start,) if width == 1 else (stop - start, width)
+                    view[start:stop] = values.reshape(shape)
+                else:  # some run's tensor has an unexpected size: run by run
+                    row = start
+                    for run, part in zip(runs, parts, strict=True):
+                        self._place(view, row, row + run[7], width, part)
+                        row += run[7]
+            if self.summaries:
+                for i, (_, lo, hi) in enumerate(self.summaries):
+                    self._place_summary(cols.inputs, lo, hi, start, runs, i)
+            ids, routes, received, clients = zip(
+                *[meta for run in runs for meta in run[2]], strict=True
+            )
+            cols.ids += ids
+            cols.routes.extend(routes)
+            cols.clients.extend(clients)
+            cols.received_ns.extend(received)
+            cols.enqueued_ns.extend([ns for run in runs for ns in run[4]])
+            cols.request_rows.extend([rows for run in runs for rows in run[3]])
+            started, done, ts = zip(*[run[5] for run in runs], strict=True)
+            cols.started_ns.extend(started)
+            cols.done_ns.extend(done)
+            cols.ts.extend(ts)
+            cols.batch_requests.extend([len(run[2]) for run in runs])
+        except Exception:
+            cols.truncate(lengths, start)
+            self._drop(stop - start)
+            raise
+
+    def _place(self, view: Array, start: int, stop: int, width: int, values: Array) -> None:
         total = stop - start
-        if derived is None:
-            derived = self.derive(feeds, total)
-        for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
-            if columns is not None:
-                matrix[start:stop, lo:hi] = columns
-            else:
-                matrix[start:stop, lo:hi] = np.nan
-                self.mismatched += total
+        if values.size != total * width:
+            view[start:stop] = np.nan
+            self.mismatched += total
+        elif width == 1:
+            view[start:stop] = values.reshape(total)
+        else:
+            view[start:stop] = values.reshape(total, width)
+
+    def _place_summary(
+        self, matrix: Array, lo: int, hi: int, start: int, runs: list[_Run], i: int
+    ) -> None:
+        """The derived columns `lo:hi` of the `i`-th summarised input; NaN, counted, for a
+        run whose tensor did not fit them (never a held run)."""
+        parts = [run[6][i] for run in runs if run[6] is not None]
+        stop = start + sum(run[7] for run in runs)
+        first = parts[0]
+        if first is None:
+            matrix[start:stop, lo:hi] = np.nan
+            self.mismatched += stop - start
+        else:
+            matrix[start:stop, lo:hi] = first if len(parts) == 1 else np.concatenate(parts)  # type: ignore[arg-type]
 
     def _drop(self, rows: int) -> None:
         self.dropped += rows
         self._dropped_since_take += rows
 
     def swap(self) -> tuple[Columns, int]:
-        """Hand the filled columns to the drain and start filling the spare set (O(1), on the
-        event loop). Give them back with `release` once they are read."""
+        """Hand the filled columns to the drain and start filling the spare set (on the event
+        loop: O(1) but for the runs held). Give them back with `release` once they are read."""
+        try:
+            self.flush()
+        except Exception:  # the runs held are counted as dropped; the drain goes on
+            log.exception("recording runs for the monitor failed")
         taken, dropped = self._filling, self._dropped_since_take
         spare, self._spare = self._spare, None
         self._filling = spare if spare is not None else self._columns()
@@ -356,6 +427,15 @@ class PredictionRing:
             first=first,
             dropped=dropped,
         )
+
+
+def _joined(parts: list[Array]) -> Array:
+    """The values of several runs' arrays one after the other (flat when their shapes
+    differ beyond the leading dimension)."""
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        return np.concatenate(parts, axis=None)
 
 
 def _code(table: list[Any], value: Any) -> int:
