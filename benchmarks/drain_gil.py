@@ -134,7 +134,7 @@ def cycle_parts(
                 monitor._log(monitor.predlog, vm, piece)
 
     return {
-        "whole cycle": lambda: monitor._process(taken),
+        "whole cycle": lambda: monitor.absorb_taken(taken),
         "assemble": assemble,
         "absorb (sketches, drift, recent)": absorb,
         "drift windows alone": drift,

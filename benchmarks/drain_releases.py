@@ -82,11 +82,11 @@ def run(args: argparse.Namespace, home: Path) -> None:
         return [(vm, *vm.recorder.ring.swap()) for vm in list(monitor.versions.values())]
 
     for _ in range(3):  # compile and warm everything first
-        monitor._process(cycle())
+        monitor.absorb_taken(cycle())
     taken = [cycle() for _ in range(args.cycles)]
     pieces = [[(vm, vm.recorder.ring.assemble(c, d)) for vm, c, d in t] for t in taken]
     parts: dict[str, Callable[[], object]] = {
-        "whole cycle": lambda: [monitor._process(t) for t in taken],
+        "whole cycle": lambda: [monitor.absorb_taken(t) for t in taken],
         "assemble": lambda: [vm.recorder.ring.assemble(c, d) for t in taken for vm, c, d in t],
         "drift windows": lambda: [
             (vm.input_drift.update(p.inputs), vm.output_drift.update(p.outputs))
