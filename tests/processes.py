@@ -49,27 +49,39 @@ def start_gateway(
     home: Path, *extra: str, env: dict[str, str] | None = None, log_dir: Path | None = None
 ) -> GatewayProcess:
     """Start `lockgate serve` on `home` and wait until it is ready (or fail with its output).
-    Its log goes to `log_dir`, by default the home (which must then exist already)."""
-    http, grpc, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
-    cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
-    cmd += ["--http", http, "--grpc", grpc, "--admin", admin, *extra]
-    log = (log_dir or home) / f"gateway-{http.rsplit(':', 1)[1]}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    gw = GatewayProcess(proc, http, grpc, admin, log)
+    Its log goes to `log_dir`, by default the home (which must then exist already). A port
+    taken by another process between `free_port` and the gateway's bind is not the test's
+    failure: the gateway is started again on other ports."""
+    for _ in range(3):
+        http, grpc, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+        cmd = [sys.executable, "-m", "lockgate.cli", "serve", "--home", str(home)]
+        cmd += ["--http", http, "--grpc", grpc, "--admin", admin, *extra]
+        log = (log_dir or home) / f"gateway-{http.rsplit(':', 1)[1]}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+        gw = GatewayProcess(proc, http, grpc, admin, log)
+        if _ready(gw):
+            return gw
+    raise AssertionError(f"gateway found its ports taken three times:\n{gw.output()}")
+
+
+def _ready(gw: GatewayProcess) -> bool:
+    """True once the gateway answers ready; False if it exited because a port was taken."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if gw.proc.poll() is not None:
+            if "cannot listen on" in gw.output():
+                return False
             raise AssertionError(f"gateway exited:\n{gw.output()}")
         try:
             if httpx.get(f"{gw.base}/v2/health/ready", timeout=1).status_code == 200:
-                return gw
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    proc.kill()
+    gw.proc.kill()
     raise AssertionError("gateway did not become ready")
 
 

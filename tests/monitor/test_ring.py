@@ -4,6 +4,8 @@ not fit before the drain comes are dropped whole and counted."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -228,6 +230,22 @@ def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
     ring.release(columns)
     _record(ring, 4, [1])
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], [4])
+
+
+def test_values_beyond_float32_become_infinite_without_a_warning() -> None:
+    ring = PredictionRing(8, *SLOTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ring.append(
+            feeds={"x": np.array([[1e300, -1e300]])},
+            outputs={"y": np.array([[2.0]])},
+            metas=[("a", 0, 0, 0)],
+            rows=[1],
+            enqueued_ns=[0],
+            times=(0, 0, 0.0),
+        )
+        piece = _take(ring)
+    assert piece.inputs.tolist() == [[np.inf, -np.inf]] and ring.dropped == 0
 
 
 @pytest.mark.parametrize("seed", range(5))

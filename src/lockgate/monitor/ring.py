@@ -319,38 +319,43 @@ class PredictionRing:
         stop = cols.rows
         lengths = [len(a) for a in cols.arrays_per_request()]
         try:
-            for from_outputs, name, view, width in cols.targets:
-                parts = [(run[1] if from_outputs else run[0])[name] for run in runs]
-                values = parts[0] if len(parts) == 1 else _joined(parts)
-                if values.size == (stop - start) * width:
-                    shape = (stop - start,) if width == 1 else (stop - start, width)
-                    view[start:stop] = values.reshape(shape)
-                else:  # some run's tensor has an unexpected size: run by run
-                    row = start
-                    for run, part in zip(runs, parts, strict=True):
-                        self._place(view, row, row + run[7], width, part)
-                        row += run[7]
-            if self.summaries:
-                for i, (_, lo, hi) in enumerate(self.summaries):
-                    self._place_summary(cols.inputs, lo, hi, start, runs, i)
-            ids, routes, received, clients = zip(
-                *[meta for run in runs for meta in run[2]], strict=True
-            )
-            cols.ids += ids
-            cols.routes.extend(routes)
-            cols.clients.extend(clients)
-            cols.received_ns.extend(received)
-            cols.enqueued_ns.extend([ns for run in runs for ns in run[4]])
-            cols.request_rows.extend([rows for run in runs for rows in run[3]])
-            started, done, ts = zip(*[run[5] for run in runs], strict=True)
-            cols.started_ns.extend(started)
-            cols.done_ns.extend(done)
-            cols.ts.extend(ts)
-            cols.batch_requests.extend([len(run[2]) for run in runs])
+            with np.errstate(over="ignore"):  # beyond float32: inf, as the statistics expect
+                self._columns_of(cols, start, stop, runs)
         except Exception:
             cols.truncate(lengths, start)
             self._drop(stop - start)
             raise
+
+    def _columns_of(self, cols: Columns, start: int, stop: int, runs: list[_Run]) -> None:
+        """`_copy`'s writes: the monitored tensors, the summaries, the per-request values."""
+        for from_outputs, name, view, width in cols.targets:
+            parts = [(run[1] if from_outputs else run[0])[name] for run in runs]
+            values = parts[0] if len(parts) == 1 else _joined(parts)
+            if values.size == (stop - start) * width:
+                shape = (stop - start,) if width == 1 else (stop - start, width)
+                view[start:stop] = values.reshape(shape)
+            else:  # some run's tensor has an unexpected size: run by run
+                row = start
+                for run, part in zip(runs, parts, strict=True):
+                    self._place(view, row, row + run[7], width, part)
+                    row += run[7]
+        if self.summaries:
+            for i, (_, lo, hi) in enumerate(self.summaries):
+                self._place_summary(cols.inputs, lo, hi, start, runs, i)
+        ids, routes, received, clients = zip(
+            *[meta for run in runs for meta in run[2]], strict=True
+        )
+        cols.ids += ids
+        cols.routes.extend(routes)
+        cols.clients.extend(clients)
+        cols.received_ns.extend(received)
+        cols.enqueued_ns.extend([ns for run in runs for ns in run[4]])
+        cols.request_rows.extend([rows for run in runs for rows in run[3]])
+        started, done, ts = zip(*[run[5] for run in runs], strict=True)
+        cols.started_ns.extend(started)
+        cols.done_ns.extend(done)
+        cols.ts.extend(ts)
+        cols.batch_requests.extend([len(run[2]) for run in runs])
 
     def _place(self, view: Array, start: int, stop: int, width: int, values: Array) -> None:
         total = stop - start
