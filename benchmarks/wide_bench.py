@@ -3,7 +3,7 @@ a global average pool: `image_model` of tests/onnx_models.py) served by two lock
 side by side in one run, the monitor on (its image summarised per row: mean, std, L2 norm, 8
 projections) and off (`--no-monitor`), loaded in alternating wrk runs with binary-extension
 requests of one image. The ratio of the medians is the figure, with the gateways' CPU time per
-answered request (steadier on a shared machine); it goes, dated with the command, to results.md.
+answered request; it goes, dated with the command, to results.md.
 
     .venv/bin/python benchmarks/wide_bench.py [--duration 4] [--rounds 11] [--conns 16]
 """
@@ -144,8 +144,7 @@ def run(bench: Bench, args: argparse.Namespace) -> list[str]:
         f"The gateway's CPU time per answered request (all its threads), on / off: median of "
         f"the paired rounds' ratios **{cpu_paired[len(cpu_paired) // 2]:.3f}** (range "
         f"{cpu_paired[0]:.3f}-{cpu_paired[-1]:.3f}; on {sorted(cpu['on'])[len(cpu['on']) // 2]:.0f}"
-        f" us, off {sorted(cpu['off'])[len(cpu['off']) // 2]:.0f} us): what monitoring costs "
-        "in work, which other load on the machine disturbs far less than throughput.",
+        f" us, off {sorted(cpu['off'])[len(cpu['off']) // 2]:.0f} us).",
         "",
         f"In-process, deriving one image's 11 features costs {derive:.0f} us in the model "
         f"thread; recording it (the copy to the ring) {cost:.0f} us on the event loop: "
