@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lockgate.config import MonitorConfig
 from lockgate.control.registry import Registry
@@ -170,6 +171,13 @@ def test_a_killed_monitor_process_is_replaced_and_every_row_is_counted(
         rows, dropped = _rows(gw)
         assert monitor.restarts == 1
         assert rows + dropped == 30 and rows >= 20  # the first ten were seen before the kill
+        metrics = httpx.get(f"http://{gw.admin}/metrics").text
+        restarts = next(
+            family
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "lockgate_monitor_process_restarts"
+        )
+        assert [sample.value for sample in restarts.samples] == [1.0]
         recent = httpx.get(f"http://{gw.admin}/v1/models/classifier/versions/2/recent").json()
         assert recent["rows"][-1]["id"] == "after-9"
         client.close()

@@ -95,6 +95,7 @@ def full_snapshot() -> Any:
         },
         processes=2,
         restarts=1,
+        monitor_restarts=1,
     )
     for obj in (snap, version, drift):
         _check_complete(obj)

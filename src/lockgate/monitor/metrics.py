@@ -147,6 +147,13 @@ class GatewayCollector(Collector):
         )
         restarts.add_metric([], snap.restarts)
         yield restarts
+        monitor_restarts = CounterMetricFamily(
+            "lockgate_monitor_process_restarts",
+            "Monitor processes (--monitor-process) started again after one died or stopped "
+            "answering",
+        )
+        monitor_restarts.add_metric([], snap.monitor_restarts)
+        yield monitor_restarts
         revision = GaugeMetricFamily(
             "lockgate_state_revision", "Applied state revision (the lowest of all workers)"
         )

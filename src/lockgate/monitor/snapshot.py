@@ -174,6 +174,7 @@ class Snapshot:
     process: dict[str, float] = field(default_factory=dict)
     processes: int = 1  # running processes whose figures these are (0: counts of exited ones)
     restarts: int = 0  # worker processes restarted after a crash
+    monitor_restarts: int = 0  # monitor processes started again after one died or hung
 
     def merge(self, other: Snapshot) -> None:
         """Add `other` into this snapshot (see the module doc for the non-additive values).
@@ -197,6 +198,7 @@ class Snapshot:
             self.process[name] = self.process.get(name, 0.0) + value
         self.processes += other.processes
         self.restarts += other.restarts
+        self.monitor_restarts += other.monitor_restarts
 
     def counters(self) -> Snapshot:
         """The additive part only: what a process that has exited still contributes to the
@@ -238,6 +240,7 @@ class Snapshot:
             "process": dict(self.process),
             "processes": self.processes,
             "restarts": self.restarts,
+            "monitor_restarts": self.monitor_restarts,
         }
         return bytes(msgpack.packb(doc, use_bin_type=True))
 
@@ -263,6 +266,7 @@ class Snapshot:
             process={k: float(v) for k, v in doc["process"].items()},
             processes=int(doc["processes"]),
             restarts=int(doc["restarts"]),
+            monitor_restarts=int(doc.get("monitor_restarts", 0)),
         )
 
 

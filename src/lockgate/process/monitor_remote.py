@@ -304,6 +304,7 @@ class MonitorProcess:
             if f.generation == generation and part.processes:
                 f.seen = part
             snap.feedback_unknown += part.feedback_unknown + f.base.feedback_unknown
+            snap.monitor_restarts += self.restarts
             for name, value in part.process.items():  # the child's CPU and memory count too
                 snap.process[name] = snap.process.get(name, 0.0) + value
             for key, attached in list(self.versions.items()):
