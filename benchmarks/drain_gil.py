@@ -33,6 +33,7 @@ from lockgate.serve.runner import ModelRunner
 from lockgate.types import new_request_id
 
 BATCH = 4  # requests per recorded batch, as at ~16 connections
+Loaded = tuple[VersionRecorder, ModelRunner]
 
 
 def loop_stretch() -> None:
@@ -67,6 +68,22 @@ def fill(recorder: VersionRecorder, runner: ModelRunner, rows: int) -> None:
         recorder.record({"input": x}, outputs, metas, [1] * BATCH, [now] * BATCH, now)
 
 
+def demo_monitor(home: Path, versions: int = 1) -> tuple[Monitor, list[Loaded]]:
+    """A monitor with the demo classifier's versions (2, then 1) attached, each with its
+    reference data and a loaded runner to make batches with."""
+    registry = Registry(home)
+    ensure_demo_models(registry)
+    monitor = Monitor(MonitorConfig(), home)
+    loaded: list[Loaded] = []
+    for version in ("2", "1")[:versions]:
+        info = registry.get("classifier", version)
+        runner = ModelRunner(info.spec, info.model_path, RunnerConfig(intra_op_threads=1))
+        runner.load()
+        recorder = monitor.attach(info.spec, registry.load_reference(info), runner.run)
+        loaded.append((recorder, runner))
+    return monitor, loaded
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=6500, help="rows per cycle, all versions")
@@ -74,16 +91,7 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lockgate-drain-gil-") as tmp:
-        registry = Registry(Path(tmp) / "home")
-        ensure_demo_models(registry)
-        monitor = Monitor(MonitorConfig(), Path(tmp) / "home")
-        loaded: list[tuple[VersionRecorder, ModelRunner]] = []
-        for version in ("1", "2")[: args.versions]:
-            info = registry.get("classifier", version)
-            runner = ModelRunner(info.spec, info.model_path, RunnerConfig(intra_op_threads=1))
-            runner.load()
-            recorder = monitor.attach(info.spec, registry.load_reference(info), runner.run)
-            loaded.append((recorder, runner))
+        monitor, loaded = demo_monitor(Path(tmp) / "home", args.versions)
         start = time.perf_counter()
         for _ in range(20000):
             loop_stretch()

@@ -22,13 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from drain_gil import fill
-
-from lockgate.config import MonitorConfig, RunnerConfig
-from lockgate.control.registry import Registry
-from lockgate.demo import ensure_demo_models
-from lockgate.monitor.drain import Monitor
-from lockgate.serve.runner import ModelRunner
+from drain_gil import demo_monitor, fill
 
 EVENT = "probe_libpython:PyEval_SaveThread"
 
@@ -69,13 +63,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, home: Path) -> None:
-    registry = Registry(home)
-    ensure_demo_models(registry)
-    monitor = Monitor(MonitorConfig(), home)
-    info = registry.get("classifier", "2")
-    runner = ModelRunner(info.spec, info.model_path, RunnerConfig(intra_op_threads=1))
-    runner.load()
-    recorder = monitor.attach(info.spec, registry.load_reference(info), runner.run)
+    monitor, [(recorder, runner)] = demo_monitor(home)
 
     def cycle() -> list[tuple[object, ...]]:
         fill(recorder, runner, args.rows)

@@ -23,13 +23,7 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from drain_gil import fill
-
-from lockgate.config import MonitorConfig, RunnerConfig
-from lockgate.control.registry import Registry
-from lockgate.demo import ensure_demo_models
-from lockgate.monitor.drain import Monitor
-from lockgate.serve.runner import ModelRunner
+from drain_gil import demo_monitor, fill
 
 
 def stalls(
@@ -63,14 +57,7 @@ def main() -> int:
     parser.add_argument("--long", type=float, default=200.0, help="us: stalls to locate")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lockgate-drain-stretches-") as tmp:
-        home = Path(tmp) / "home"
-        registry = Registry(home)
-        ensure_demo_models(registry)
-        monitor = Monitor(MonitorConfig(), home)
-        info = registry.get("classifier", "2")
-        runner = ModelRunner(info.spec, info.model_path, RunnerConfig(intra_op_threads=1))
-        runner.load()
-        recorder = monitor.attach(info.spec, registry.load_reference(info), runner.run)
+        monitor, [(recorder, runner)] = demo_monitor(Path(tmp) / "home")
         per_cycle: list[list[float]] = []
         where: dict[str, list[float]] = defaultdict(list)
         for i in range(args.cycles + 3):  # the first three compile and warm everything
