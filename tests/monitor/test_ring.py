@@ -230,6 +230,21 @@ def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
     ring.release(columns)
     _record(ring, 4, [1])
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], [4])
+    # The same failure met by a large run, which is copied at once after the runs held: both
+    # the held runs and the large one are counted as dropped, and the error is raised.
+    ring.append(
+        feeds={"x": np.zeros((1, 2), np.float32)},
+        outputs={"y": np.zeros((1, 1), np.int64)},
+        metas=[("bad", 0, 0)],  # type: ignore[list-item]
+        rows=[1],
+        enqueued_ns=[0],
+        times=(0, 0, 0.0),
+    )
+    with pytest.raises(ValueError):
+        _record(ring, 5, [70])  # past HELD_ROWS
+    assert ring.dropped == 3 + 1 + 70 and ring.written == 1 + 2 + 1 + 1 + 1 + 70
+    _record(ring, 100, [2])
+    np.testing.assert_array_equal(_take(ring).inputs[:, 0], [100, 101])
 
 
 def test_values_beyond_float32_become_infinite_without_a_warning() -> None:

@@ -298,7 +298,11 @@ class PredictionRing:
             if len(self._held) >= HELD_RUNS:
                 self.flush()
         else:  # large, or a summary that did not fit: on its own, after the runs held
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the runs held are dropped and counted; so is this one
+                self._drop(total)
+                raise
             cols.rows = stop
             self._copy(cols, start, [run])
         if start <= self._half < stop and self.on_half_full is not None:
