@@ -230,16 +230,21 @@ def test_a_table_reference_cannot_describe_a_string_input() -> None:
         build_profiles(TEXT, np.zeros((10, 0)), None)
 
 
-def test_a_summarised_input_is_not_kept_after_its_run_is_recorded() -> None:
-    """Runs of small tensors may be held briefly before they are copied into the ring; a
-    version with an image or embedding input never keeps its arrays past the run."""
-    spec = _spec(TensorSpec("emb", "FP32", (-1, 768)))
+@pytest.mark.parametrize("followed", [0, 250], ids=["summarised", "left out"])
+def test_a_wide_input_is_not_kept_after_its_run_is_recorded(followed: int) -> None:
+    """Runs of small tensors may be held briefly before they are copied into the ring; an
+    embedding input, summarised or (past MAX_FEATURES columns) left out, is never kept past
+    its run."""
+    inputs = (TensorSpec("x", "FP32", (-1, followed)),) if followed else ()
+    spec = _spec(*inputs, TensorSpec("emb", "FP32", (-1, 768)))
     recorder = VersionRecorder(spec, 64)
+    assert (recorder.unfollowed != []) == bool(followed)
     emb = np.ones((2, 768), np.float32)
     alive = weakref.ref(emb)
+    feeds = {"emb": emb, **({"x": np.zeros((2, followed), np.float32)} if followed else {})}
     meta = recorder.meta("r1", "m", "1", 0)
-    recorder.record({"emb": emb}, {"y": np.zeros((2, 1), np.float32)}, [meta], [2], [0], 0)
-    del emb
+    recorder.record(feeds, {"y": np.zeros((2, 1), np.float32)}, [meta], [2], [0], 0)
+    del emb, feeds
     assert alive() is None
     cols, dropped = recorder.ring.swap()
     assert recorder.ring.assemble(cols, dropped).rows == 2

@@ -209,6 +209,18 @@ def test_held_runs_with_an_unexpected_size_among_them() -> None:
     np.testing.assert_array_equal(piece.outputs[others, 0], others * 2)
 
 
+def _record_malformed(ring: PredictionRing) -> None:
+    """A one-row run whose request record has the wrong arity: it cannot be copied."""
+    ring.append(
+        feeds={"x": np.zeros((1, 2), np.float32)},
+        outputs={"y": np.zeros((1, 1), np.int64)},
+        metas=[("bad", 0, 0)],  # type: ignore[list-item]
+        rows=[1],
+        enqueued_ns=[0],
+        times=(0, 0, 0.0),
+    )
+
+
 def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
     """A malformed run (here a request record of the wrong arity) fails the copy of the runs
     held with it: they are dropped and counted, the set stays whole, and recording goes on."""
@@ -217,14 +229,7 @@ def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
     taken, _ = ring.swap()
     ring.release(taken)
     _record(ring, 1, [2])
-    ring.append(
-        feeds={"x": np.zeros((1, 2), np.float32)},
-        outputs={"y": np.zeros((1, 1), np.int64)},
-        metas=[("bad", 0, 0)],  # type: ignore[list-item]
-        rows=[1],
-        enqueued_ns=[0],
-        times=(0, 0, 0.0),
-    )
+    _record_malformed(ring)
     columns, dropped = ring.swap()  # the copy fails here: logged, not raised
     assert dropped == 3 and columns.rows == 0 and ring.dropped == 3
     ring.release(columns)
@@ -232,14 +237,7 @@ def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
     np.testing.assert_array_equal(_take(ring).inputs[:, 0], [4])
     # The same failure met by a large run, which is copied at once after the runs held: both
     # the held runs and the large one are counted as dropped, and the error is raised.
-    ring.append(
-        feeds={"x": np.zeros((1, 2), np.float32)},
-        outputs={"y": np.zeros((1, 1), np.int64)},
-        metas=[("bad", 0, 0)],  # type: ignore[list-item]
-        rows=[1],
-        enqueued_ns=[0],
-        times=(0, 0, 0.0),
-    )
+    _record_malformed(ring)
     with pytest.raises(ValueError):
         _record(ring, 5, [70])  # past HELD_ROWS
     assert ring.dropped == 3 + 1 + 70 and ring.written == 1 + 2 + 1 + 1 + 1 + 70

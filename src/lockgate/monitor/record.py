@@ -65,10 +65,10 @@ class VersionRecorder:
                 spec.version,
                 "; ".join(self.unfollowed),
             )
-        followed = {name for name, _, _ in (*inputs.slots, *outputs)}
-        small = followed == {t.name for t in (*spec.inputs, *spec.outputs)}
+        # Runs are held briefly before they are copied only when no tensor is beyond the
+        # monitored columns (summarised or left out): nothing large is kept meanwhile.
         self.ring = PredictionRing(
-            capacity, inputs.slots, outputs, inputs.summaries, shared, hold=small
+            capacity, inputs.slots, outputs, inputs.summaries, shared, hold=not self.unfollowed
         )
         for summary, _, _ in inputs.summaries:
             if summary.kind == "wide":  # drawn now, not by concurrent model threads

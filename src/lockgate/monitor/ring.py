@@ -166,12 +166,13 @@ class Columns:
         self.ts = array("d")
         self.batch_requests = array("q")
 
-    def arrays_per_request(self) -> tuple[list[str], *tuple[array[Any], ...]]:
+    def values(self) -> tuple[list[str], *tuple[array[Any], ...]]:
+        """The per-request and per-run values: the ids, then the C arrays."""
         return (self.ids, *self._arrays())
 
     def truncate(self, lengths: list[int], rows: int) -> None:
-        """Back to `rows` rows and these `arrays_per_request` lengths (a failed copy)."""
-        for values, length in zip(self.arrays_per_request(), lengths, strict=True):
+        """Back to `rows` rows and these lengths of `values` (after a failed copy)."""
+        for values, length in zip(self.values(), lengths, strict=True):
             del values[length:]
         self.rows = rows
 
@@ -213,7 +214,7 @@ class PredictionRing:
     ) -> None:
         """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py);
         `hold`: runs may be held before they are copied (see `append`), for a version whose
-        arrays are all small: every tensor followed value by value, none summarised."""
+        arrays are all small: every tensor followed value by value."""
         self.capacity = capacity
         self.shared = shared
         self.input_slots, self.output_slots = inputs, outputs
@@ -228,7 +229,8 @@ class PredictionRing:
         self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
         self._filling = self._columns()
         self._held: list[_Run] = []  # runs placed in the filling set, not yet copied
-        self._hold_rows = HELD_ROWS if hold else 0
+        # Runs with summarised inputs are never held: their images would be kept meanwhile.
+        self._hold_rows = HELD_ROWS if hold and not self.summaries else 0
         self._spare: Columns | None = None
         self._dropped_since_take = 0
         # Called (on the event loop) when the filling set passes half its rows: time to drain.
@@ -292,12 +294,12 @@ class PredictionRing:
         if derived is None and self.summaries:
             derived = self.derive(feeds, total)  # a run made on the loop
         run = (feeds, outputs, metas, rows, enqueued_ns, times, derived, total)
-        if total <= self._hold_rows and (not derived or all(d is not None for d in derived)):
+        if total <= self._hold_rows:
             self._held.append(run)
             cols.rows = stop
             if len(self._held) >= HELD_RUNS:
                 self.flush()
-        else:  # large, or a summary that did not fit: on its own, after the runs held
+        else:  # large, or summarised: on its own, after the runs held
             try:
                 self.flush()
             except Exception:  # the runs held are dropped and counted; so is this one
@@ -321,7 +323,7 @@ class PredictionRing:
         per-request and per-run values. A run that cannot be written is dropped with all the
         runs copied with it, never left half-written."""
         stop = cols.rows
-        lengths = [len(a) for a in cols.arrays_per_request()]
+        lengths = [len(a) for a in cols.values()]
         try:
             with np.errstate(over="ignore"):  # beyond float32: inf, as the statistics expect
                 self._columns_of(cols, start, stop, runs)
@@ -336,16 +338,15 @@ class PredictionRing:
             parts = [(run[1] if from_outputs else run[0])[name] for run in runs]
             values = parts[0] if len(parts) == 1 else _joined(parts)
             if values.size == (stop - start) * width:
-                shape = (stop - start,) if width == 1 else (stop - start, width)
-                view[start:stop] = values.reshape(shape)
+                self._place(view, start, stop, width, values)
             else:  # some run's tensor has an unexpected size: run by run
                 row = start
                 for run, part in zip(runs, parts, strict=True):
                     self._place(view, row, row + run[7], width, part)
                     row += run[7]
-        if self.summaries:
-            for i, (_, lo, hi) in enumerate(self.summaries):
-                self._place_summary(cols.inputs, lo, hi, start, runs, i)
+        if self.summaries:  # then a run is copied alone
+            (derived,) = (run[6] for run in runs)
+            self._place_summaries(cols.inputs, start, stop, derived)
         ids, routes, received, clients = zip(
             *[meta for run in runs for meta in run[2]], strict=True
         )
@@ -362,6 +363,8 @@ class PredictionRing:
         cols.batch_requests.extend([len(run[2]) for run in runs])
 
     def _place(self, view: Array, start: int, stop: int, width: int, values: Array) -> None:
+        """One tensor's values into rows `start:stop` of its columns; NaN, counted, when
+        they do not fill them."""
         total = stop - start
         if values.size != total * width:
             view[start:stop] = np.nan
@@ -371,19 +374,18 @@ class PredictionRing:
         else:
             view[start:stop] = values.reshape(total, width)
 
-    def _place_summary(
-        self, matrix: Array, lo: int, hi: int, start: int, runs: list[_Run], i: int
+    def _place_summaries(
+        self, matrix: Array, start: int, stop: int, derived: Sequence[Array | None] | None
     ) -> None:
-        """The derived columns `lo:hi` of the `i`-th summarised input; NaN, counted, for a
-        run whose tensor did not fit them (never a held run)."""
-        parts = [run[6][i] for run in runs if run[6] is not None]
-        stop = start + sum(run[7] for run in runs)
-        first = parts[0]
-        if first is None:
-            matrix[start:stop, lo:hi] = np.nan
-            self.mismatched += stop - start
-        else:
-            matrix[start:stop, lo:hi] = first if len(parts) == 1 else np.concatenate(parts)  # type: ignore[arg-type]
+        """A run's summarised inputs into their columns of rows `start:stop`; NaN, counted,
+        for a tensor that did not fit them."""
+        assert derived is not None  # `append` derives what the model thread did not
+        for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
+            if columns is not None:
+                matrix[start:stop, lo:hi] = columns
+            else:
+                matrix[start:stop, lo:hi] = np.nan
+                self.mismatched += stop - start
 
     def _drop(self, rows: int) -> None:
         self.dropped += rows
