@@ -32,7 +32,9 @@ ENTRY_POINTS = {
     "exact.exact_scores",
     "rule.window_rule",
     "rule.hysteresis_step",
-    "rff.rff_update",  # joint drift
+    "rff.rff_update",  # joint drift: the profile at load
+    "rff.rff_fold",  # ... the windows closed by rows
+    "rff.rff_score",  # ... and by time
     "summary.fnv1a_buckets",  # string inputs, on the request path
     "summary.wide_summary",  # wide inputs, in the model thread
 }

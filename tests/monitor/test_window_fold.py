@@ -1,9 +1,12 @@
 """The one-call fold of a slice into drift windows (kernels/window.py) against the step-by-step
 path: each window's histogram built on its own, scored by `drift.evaluate` (exact KS and
-Wasserstein from its rows, or binned after a merge) and the alert streaks written out in numpy."""
+Wasserstein from its rows, or binned after a merge) and the alert streaks written out in numpy;
+and a monitor that builds no reports (the drain's) against one that builds them all."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Any
 
@@ -106,6 +109,7 @@ def test_fold_matches_window_by_window_scoring(seed: int) -> None:
         dataset_share=float(rng.choice([0.3, 0.5, 1.0])),
     )
     monitor = drift.DriftMonitor(profile, config, clock=lambda: 0.0)
+    quiet = drift.DriftMonitor(profile, config, clock=lambda: 0.0)  # the drain's way: no reports
     expected = StepByStep(profile, config)
     index = merges = 0
     for step in range(30):
@@ -125,7 +129,7 @@ def test_fold_matches_window_by_window_scoring(seed: int) -> None:
             expected.rows = np.empty((0, features))  # rows already held are binned too
             held = monitor.window_counts
             expected.merged += held
-            assert monitor.merge_window(foreign) == []
+            assert monitor.merge_window(foreign) == [] and quiet.merge_window(foreign) == []
             merges += 1
         want = expected.add(data.astype(np.float64) if data.dtype == np.float32 else data)
         got = monitor.update(data)
@@ -141,6 +145,9 @@ def test_fold_matches_window_by_window_scoring(seed: int) -> None:
             np.testing.assert_array_equal(report.feature_alert, on)
             assert report.dataset_alert == dataset_on
             index += 1
+        assert quiet.update(data, reports=False) == []
+        np.testing.assert_equal(dataclasses.asdict(quiet.state), dataclasses.asdict(monitor.state))
+        assert json.dumps(quiet.report()) == json.dumps(monitor.report())
     assert merges and index  # both kinds of window were closed
     state = monitor.state
     np.testing.assert_array_equal(state.feature_alert, expected.on)

@@ -341,15 +341,19 @@ class Monitor:
         vm.queue.add(queue)
         for drift, values in ((vm.input_drift, piece.inputs), (vm.output_drift, piece.outputs)):
             if drift is not None:
-                drift.update(values)
+                drift.update(values, reports=False)
         if vm.joint_drift is not None:
             vm.joint_drift.update(piece.inputs)
         column = vm.prediction_column
         if column is not None:
-            # A label is for its request's first row (single-row requests are the usual case).
-            self._recent.add(
-                vm.key, piece.request_id[first], piece.outputs[first, column], piece.ts[first]
-            )
+            # A label is for its request's first row; when every row is one (single-row
+            # requests, the usual case) no row needs picking, only the ring's column a copy.
+            ids, predictions, ts = piece.request_id, piece.outputs[:, column], piece.ts
+            if np.count_nonzero(first) == piece.rows:
+                predictions = predictions.copy()
+            else:
+                ids, predictions, ts = ids[first], predictions[first], ts[first]
+            self._recent.add(vm.key, ids, predictions, ts)
 
     # -- feedback -------------------------------------------------------------------------------
     async def submit_feedback(

@@ -234,11 +234,14 @@ class DriftMonitor(TimedWindows[WindowReport]):
         self._exact = False
         return self._close(self._clock(), "rows") if self._rows >= self.config.window_rows else []
 
-    def update(self, values: ArrayLike) -> list[WindowReport]:
+    def update(self, values: ArrayLike, reports: bool = True) -> list[WindowReport]:
         """Fold a slice ``[rows, F]`` into the window(s); returns the windows this call closed.
 
         A window past its time boundary is closed first (the new rows arrived after it); then
-        the slice is split exactly at every ``window_rows`` boundary.
+        the slice is split exactly at every ``window_rows`` boundary. `reports=False` (the
+        drain's way) returns none of the windows the slice closed and builds only the last
+        one's report, for `state` and `report`: a report costs the drain more Python, with the
+        GIL held, than its window's statistics.
         """
         table = np.asarray(values)
         if table.ndim != 2 or table.shape[1] != self.profile.n_features:
@@ -246,14 +249,17 @@ class DriftMonitor(TimedWindows[WindowReport]):
         if table.dtype not in (np.float32, np.float64):
             table = table.astype(np.float32 if table.dtype == np.float16 else np.float64)
         now = self._clock()
-        reports = self.tick(now)
+        closed = self.tick(now)
         if table.shape[0]:
-            reports += self._fold(np.ascontiguousarray(table), now)
-        return reports
+            closed += self._fold(np.ascontiguousarray(table), now, reports)
+        return closed
 
-    def _fold(self, table: NDArray[np.floating[Any]], now: float) -> list[WindowReport]:
+    def _fold(
+        self, table: NDArray[np.floating[Any]], now: float, reports: bool
+    ) -> list[WindowReport]:
         """The rows in one compiled call (:mod:`~lockgate.monitor.kernels.window`: one hand-back
-        of the GIL per slice, not several per window), then a report per window it closed."""
+        of the GIL per slice, not several per window), then a report per window it closed
+        (`reports`) or of the last one only."""
         k = wn.windows_closed(self._rows, table.shape[0], self.config.window_rows)
         f, width = self.profile.n_features, self._counts.shape[1]
         out = (
@@ -276,11 +282,21 @@ class DriftMonitor(TimedWindows[WindowReport]):
             table, self._kernel_profile, self._limits, self._sizes, window, hysteresis_all, out
         )
         self._rows, self._exact = int(state[wn.OPEN_ROWS]), bool(state[wn.EXACT])
-        return [self._report(now, *(column[i] for column in out)) for i in range(k)]
+        first = 0 if reports else max(k - 1, 0)  # the last one is kept for `state` anyway
+        built = [
+            self._report(now, self._index + i, *(column[i] for column in out))
+            for i in range(first, k)
+        ]
+        if built:
+            self._index += k
+            self._last = built[-1]
+            self._opened = self._started = now
+        return built if reports else []
 
     def _report(
         self,
         now: float,
+        index: int,
         counts: NDArray[np.int64],
         scores: NDArray[np.float64],
         rows: np.int64,
@@ -291,24 +307,16 @@ class DriftMonitor(TimedWindows[WindowReport]):
         feature_on: NDArray[np.bool_],
         dataset: NDArray[np.bool_],
     ) -> WindowReport:
-        """The report of a window the kernel closed (the fields `evaluate` and `_close` set)."""
+        """The report of the `index`-th window, which the kernel closed (the fields `evaluate`
+        and `_close` set)."""
         dataset_alerting = bool(dataset[wn.DATASET_ALERTING])
         window = window_scores(
             counts, rows, finite, scores, psi_floor, ks_floor, flags, dataset_alerting
         )
-        report = WindowReport(
-            self._index,
-            self._started,
-            now,
-            "rows",
-            window,
-            feature_on,
-            bool(dataset[wn.DATASET_ON]),
+        started = self._started if index == self._index else now  # the first one: carried
+        return WindowReport(
+            index, started, now, "rows", window, feature_on, bool(dataset[wn.DATASET_ON])
         )
-        self._index += 1
-        self._last = report
-        self._opened = self._started = now
-        return report
 
     def _close(self, now: float, closed_by: str) -> list[WindowReport]:
         self._opened = now

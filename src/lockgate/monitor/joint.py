@@ -23,7 +23,18 @@ from numpy.typing import ArrayLike
 
 from lockgate.monitor.drift import DriftConfig
 from lockgate.monitor.joint_profile import JointProfile
-from lockgate.monitor.kernels.rff import rff_update
+from lockgate.monitor.kernels.rff import (
+    ALERT_AFTER,
+    CLEAR_AFTER,
+    MIN_ROWS,
+    N_SIZES,
+    N_WINDOW_FIELDS,
+    OPEN_COMPLETE,
+    OPEN_ROWS,
+    REFERENCE_ROWS,
+    WINDOW_ROWS,
+    rff_fold,
+)
 from lockgate.monitor.windowing import Hysteresis, TimedWindows
 
 
@@ -71,49 +82,67 @@ class JointMonitor(TimedWindows[JointWindow]):
         self._index = 0
         self._alarm = Hysteresis(1)
         self._last: JointWindow | None = None
+        self._widest = int(profile.columns.max())  # the highest input column followed
+        cfg, self._sizes = self.config, np.empty(N_SIZES, np.int64)  # the kernel's sizes
+        for at, size in (
+            (WINDOW_ROWS, cfg.window_rows),
+            (MIN_ROWS, cfg.min_rows),
+            (ALERT_AFTER, cfg.alert_after),
+            (CLEAR_AFTER, cfg.clear_after),
+            (REFERENCE_ROWS, profile.rows),
+        ):
+            self._sizes[at] = size
 
     def update(self, values: ArrayLike) -> list[JointWindow]:
         """Fold a slice ``[rows, F]`` of monitored input rows into the window(s); returns the
-        windows this call closed. Split exactly at every ``window_rows`` boundary."""
+        windows this call closed. Split exactly at every ``window_rows`` boundary, in one
+        compiled call (:func:`~lockgate.monitor.kernels.rff.rff_fold`)."""
         table = np.asarray(values)
-        if table.ndim != 2 or table.shape[1] <= int(self.profile.columns.max()):
+        if table.ndim != 2 or table.shape[1] <= self._widest:
             raise ValueError("values must be 2-D with every joint column")
         if table.dtype not in (np.float32, np.float64):
             table = table.astype(np.float64)
         now = self._clock()
         closed = self.tick(now)
+        if not table.shape[0]:
+            return closed
         p = self.profile
-        start = 0
-        while start < table.shape[0]:
-            take = min(table.shape[0] - start, self.config.window_rows - self._rows)
-            chunk = table[start : start + take]
-            self._complete += rff_update(
-                chunk, p.columns, p.center, p.scale, p.omega, p.phase, self._sums
-            )
-            self._rows += take
-            start += take
-            if self._rows >= self.config.window_rows:
-                closed += self._close(now, "rows")
+        state = np.array([self._rows, self._complete], np.int64)
+        out = np.empty(((self._rows + table.shape[0]) // self.config.window_rows, N_WINDOW_FIELDS))
+        alarm = (self._alarm.on, self._alarm.hits, self._alarm.misses)
+        written = rff_fold(
+            table, p.columns, p.center, p.scale, p.omega, p.phase, p.embedding,
+            p.null_quantile, self._sizes, self._sums, state, alarm, out,
+        )  # fmt: skip
+        if out.shape[0]:  # a window closed (scored or dropped): the next one opens now
+            self._opened = now
+        self._rows, self._complete = int(state[OPEN_ROWS]), int(state[OPEN_COMPLETE])
+        for n, score, threshold, alarming, on in out[:written].tolist():
+            closed.append(self._window(int(n), score, threshold, bool(alarming), bool(on), "rows"))
         return closed
 
     def _close(self, now: float, closed_by: str) -> list[JointWindow]:
+        """Close the open window by time (`update` closes by rows, in the kernel); with too
+        few complete rows it is carried over."""
         self._opened = now
         n = self._complete
         if n < self.config.min_rows:
-            if closed_by == "rows":  # full of incomplete rows: nothing to score, start again
-                self._reset()
-            return []  # by time: carried over
+            return []
         score = self.profile.score(self._sums, n)
         threshold = self.profile.threshold(n)
         hit = np.array([score > threshold])
         self._alarm.step(hit, np.ones(1, dtype=np.bool_), self.config)
-        window = JointWindow(
-            self._index, n, score, threshold, bool(hit[0]), bool(self._alarm.on[0]), closed_by
-        )
-        self._index += 1
-        self._last = window
+        window = self._window(n, score, threshold, bool(hit[0]), bool(self._alarm.on[0]), closed_by)
         self._reset()
         return [window]
+
+    def _window(
+        self, n: int, score: float, threshold: float, alarming: bool, alarm: bool, closed_by: str
+    ) -> JointWindow:
+        window = JointWindow(self._index, n, score, threshold, alarming, alarm, closed_by)
+        self._index += 1
+        self._last = window
+        return window
 
     def _reset(self) -> None:
         self._sums[:] = 0.0

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lockgate.monitor.kernels.rff import rff_update
+from lockgate.monitor.kernels.rff import rff_score, rff_update
 
 FEATURES = 128  # D: the embedding's size (RFF kernel error ~ 1 / sqrt(D) per pair, averaged out)
 SEED = 20240519  # fixed: every worker, replica and rebuild gets the same map
@@ -105,7 +105,7 @@ class JointProfile:
         """The biased MMD^2 estimate of a window (module doc); NaN without rows."""
         if rows <= 0:
             return math.nan
-        return float(np.sum((self.embed(sums, rows) - self.embedding) ** 2))
+        return float(rff_score(np.asarray(sums, np.float64), rows, self.embedding))
 
     def to_npz_bytes(self) -> bytes:
         """Serialise (numpy ``.npz``, no pickle)."""

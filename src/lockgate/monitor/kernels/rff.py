@@ -7,6 +7,11 @@ Recht, 2007). The kernel adds ``cos(x . omega + phase)`` of every complete row i
 (the ``sqrt(2 / D)`` is left to the caller) and returns how many rows it added: the mean
 embedding of any set of slices is ``sqrt(2 / D) * sums / rows``, so workers merge by adding.
 
+``rff_fold`` folds a slice into tumbling windows in one call: it closes each window at its
+``window_rows``-th row, scores it (the MMD of :mod:`lockgate.monitor.joint_profile`), compares
+it with its threshold and steps the alarm's hysteresis, so a drain hands the GIL back once per
+slice, not once per window (docs/design/monitor-tail-cost.md).
+
 A row with a NaN or an infinite value in any joint column is skipped (its drift is the
 per-feature NaN share's business; a cosine of an infinite phase has no meaning). Standardised
 values are clipped to ``+-CLIP``: a value that far out is as far from the reference as any
@@ -23,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lockgate.monitor.kernels.jit import jit
+from lockgate.monitor.kernels.rule import hysteresis_step
 
 CLIP = 1e4
 """Standardised values are clipped to ``[-CLIP, CLIP]`` (module doc)."""
@@ -105,3 +111,81 @@ def rff_update(
             sums[i] += _cos(proj[i])
         added += 1
     return added
+
+
+# `rff_fold`'s per-window output columns, and the positions of its `sizes` and `state`.
+W_ROWS, W_SCORE, W_THRESHOLD, W_ALARMING, W_ALARM = range(5)
+N_WINDOW_FIELDS = 5
+WINDOW_ROWS, MIN_ROWS, ALERT_AFTER, CLEAR_AFTER, REFERENCE_ROWS = range(5)
+N_SIZES = 5
+OPEN_ROWS, OPEN_COMPLETE = range(2)
+
+
+@jit
+def rff_score(sums: NDArray[np.float64], rows: int, embedding: NDArray[np.float64]) -> float:
+    """The biased MMD^2 of a window of ``rows`` complete rows whose cosines add up to ``sums``:
+    the squared distance of its mean embedding from the reference's."""
+    factor = math.sqrt(2.0 / sums.shape[0]) / max(rows, 1)
+    total = 0.0
+    for i in range(sums.shape[0]):
+        d = sums[i] * factor - embedding[i]
+        total += d * d
+    return total
+
+
+@jit
+def rff_fold(
+    values: NDArray[np.floating[Any]],
+    columns: NDArray[np.int64],
+    center: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    omega: NDArray[np.float64],
+    phase: NDArray[np.float64],
+    embedding: NDArray[np.float64],
+    null_quantile: float,
+    sizes: NDArray[np.int64],
+    sums: NDArray[np.float64],
+    state: NDArray[np.int64],
+    alarm: tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]],
+    out: NDArray[np.float64],
+) -> int:
+    """Fold the rows of ``values`` into the open window (``sums``, ``state``: its rows and
+    complete rows) and close it at every ``sizes[WINDOW_ROWS]``-th row: a window with at least
+    ``sizes[MIN_ROWS]`` complete rows is scored against the threshold
+    ``null_quantile (1/n + 1/N)``, its hit steps the ``alarm`` hysteresis (on, hits, misses)
+    and its fields go to the next row of ``out[windows, N_WINDOW_FIELDS]``; one with fewer is
+    dropped unscored. Returns the windows written."""
+    window_rows = sizes[WINDOW_ROWS]
+    if window_rows < 1:
+        raise ValueError("window_rows must be at least 1")
+    hit = np.zeros(1, dtype=np.bool_)
+    seen = np.ones(1, dtype=np.bool_)
+    on, hits, misses = alarm
+    written = 0
+    start = 0
+    while start < values.shape[0]:
+        take = min(values.shape[0] - start, window_rows - state[OPEN_ROWS])
+        chunk = values[start : start + take]
+        state[OPEN_COMPLETE] += rff_update(chunk, columns, center, scale, omega, phase, sums)
+        state[OPEN_ROWS] += take
+        start += take
+        if state[OPEN_ROWS] < window_rows:
+            break
+        n = state[OPEN_COMPLETE]
+        if n >= sizes[MIN_ROWS]:
+            if written >= out.shape[0]:
+                raise ValueError("out has fewer rows than the windows closed")
+            score = rff_score(sums, n, embedding)
+            threshold = null_quantile * (1.0 / max(n, 1) + 1.0 / sizes[REFERENCE_ROWS])
+            hit[0] = score > threshold
+            hysteresis_step(on, hits, misses, hit, seen, sizes[ALERT_AFTER], sizes[CLEAR_AFTER])
+            out[written, W_ROWS] = n
+            out[written, W_SCORE] = score
+            out[written, W_THRESHOLD] = threshold
+            out[written, W_ALARMING] = hit[0]
+            out[written, W_ALARM] = on[0]
+            written += 1
+        sums[:] = 0.0
+        state[OPEN_ROWS] = 0
+        state[OPEN_COMPLETE] = 0
+    return written
