@@ -83,6 +83,10 @@ class JointMonitor(TimedWindows[JointWindow]):
         self._alarm = Hysteresis(1)
         self._last: JointWindow | None = None
         self._widest = int(profile.columns.max())  # the highest input column followed
+        self._fold_profile = (
+            profile.columns, profile.center, profile.scale, profile.omega, profile.phase,
+            profile.embedding,
+        )  # fmt: skip
         cfg, self._sizes = self.config, np.empty(N_SIZES, np.int64)  # the kernel's sizes
         for at, size in (
             (WINDOW_ROWS, cfg.window_rows),
@@ -106,13 +110,12 @@ class JointMonitor(TimedWindows[JointWindow]):
         closed = self.tick(now)
         if not table.shape[0]:
             return closed
-        p = self.profile
         state = np.array([self._rows, self._complete], np.int64)
         out = np.empty(((self._rows + table.shape[0]) // self.config.window_rows, N_WINDOW_FIELDS))
         alarm = (self._alarm.on, self._alarm.hits, self._alarm.misses)
         written = rff_fold(
-            table, p.columns, p.center, p.scale, p.omega, p.phase, p.embedding,
-            p.null_quantile, self._sizes, self._sums, state, alarm, out,
+            table, self._fold_profile, self.profile.null_quantile, self._sizes, self._sums,
+            state, alarm, out,
         )  # fmt: skip
         if out.shape[0]:  # a window closed (scored or dropped): the next one opens now
             self._opened = now

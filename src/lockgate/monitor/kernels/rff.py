@@ -133,15 +133,17 @@ def rff_score(sums: NDArray[np.float64], rows: int, embedding: NDArray[np.float6
     return total
 
 
+# What `rff_fold` reads of a joint profile: (columns, center, scale, omega, phase, embedding).
+FoldProfile = tuple[
+    NDArray[np.int64], NDArray[np.float64], NDArray[np.float64],
+    NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+]  # fmt: skip
+
+
 @jit
 def rff_fold(
     values: NDArray[np.floating[Any]],
-    columns: NDArray[np.int64],
-    center: NDArray[np.float64],
-    scale: NDArray[np.float64],
-    omega: NDArray[np.float64],
-    phase: NDArray[np.float64],
-    embedding: NDArray[np.float64],
+    profile: FoldProfile,
     null_quantile: float,
     sizes: NDArray[np.int64],
     sums: NDArray[np.float64],
@@ -155,6 +157,7 @@ def rff_fold(
     ``null_quantile (1/n + 1/N)``, its hit steps the ``alarm`` hysteresis (on, hits, misses)
     and its fields go to the next row of ``out[windows, N_WINDOW_FIELDS]``; one with fewer is
     dropped unscored. Returns the windows written."""
+    columns, center, scale, omega, phase, embedding = profile
     window_rows = sizes[WINDOW_ROWS]
     if window_rows < 1:
         raise ValueError("window_rows must be at least 1")
