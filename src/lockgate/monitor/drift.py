@@ -234,7 +234,7 @@ class DriftMonitor(TimedWindows[WindowReport]):
         self._exact = False
         return self._close(self._clock(), "rows") if self._rows >= self.config.window_rows else []
 
-    def update(self, values: ArrayLike, reports: bool = True) -> list[WindowReport]:
+    def update(self, values: ArrayLike, *, reports: bool = True) -> list[WindowReport]:
         """Fold a slice ``[rows, F]`` into the window(s); returns the windows this call closed.
 
         A window past its time boundary is closed first (the new rows arrived after it); then
