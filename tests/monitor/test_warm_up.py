@@ -35,6 +35,7 @@ ENTRY_POINTS = {
     "rff.rff_update",  # joint drift: the profile at load
     "rff.rff_fold",  # ... the windows closed by rows
     "rff.rff_score",  # ... and by time
+    "rff.rff_threshold",
     "summary.fnv1a_buckets",  # string inputs, on the request path
     "summary.wide_summary",  # wide inputs, in the model thread
 }

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lockgate.monitor.kernels.rff import rff_score, rff_update
+from lockgate.monitor.kernels.rff import rff_score, rff_threshold, rff_update
 
 FEATURES = 128  # D: the embedding's size (RFF kernel error ~ 1 / sqrt(D) per pair, averaged out)
 SEED = 20240519  # fixed: every worker, replica and rebuild gets the same map
@@ -95,11 +95,7 @@ class JointProfile:
 
     def threshold(self, rows: int) -> float:
         """The alarm threshold of a window of ``rows`` complete rows: ``q (1/n + 1/N)``."""
-        return self.null_quantile * (1.0 / max(rows, 1) + 1.0 / self.rows)
-
-    def embed(self, sums: NDArray[np.float64], rows: int) -> NDArray[np.float64]:
-        """The mean embedding of ``rows`` rows whose cosines add up to ``sums``."""
-        return np.asarray(sums) * (math.sqrt(2.0 / self.features) / max(rows, 1))
+        return float(rff_threshold(self.null_quantile, rows, self.rows))
 
     def score(self, sums: NDArray[np.float64], rows: int) -> float:
         """The biased MMD^2 estimate of a window (module doc); NaN without rows."""

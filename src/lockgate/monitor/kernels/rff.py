@@ -141,6 +141,13 @@ FoldProfile = tuple[
 
 
 @jit
+def rff_threshold(null_quantile: float, rows: int, reference_rows: int) -> float:
+    """The alarm threshold of a window of ``rows`` complete rows against a reference of
+    ``reference_rows``: ``q (1/n + 1/N)``."""
+    return null_quantile * (1.0 / max(rows, 1) + 1.0 / reference_rows)
+
+
+@jit
 def rff_fold(
     values: NDArray[np.floating[Any]],
     profile: FoldProfile,
@@ -179,7 +186,7 @@ def rff_fold(
             if written >= out.shape[0]:
                 raise ValueError("out has fewer rows than the windows closed")
             score = rff_score(sums, n, embedding)
-            threshold = null_quantile * (1.0 / max(n, 1) + 1.0 / sizes[REFERENCE_ROWS])
+            threshold = rff_threshold(null_quantile, n, sizes[REFERENCE_ROWS])
             hit[0] = score > threshold
             hysteresis_step(on, hits, misses, hit, seen, sizes[ALERT_AFTER], sizes[CLEAR_AFTER])
             out[written, W_ROWS] = n
