@@ -148,9 +148,9 @@ def run(bench: Bench, args: argparse.Namespace) -> list[str]:
         "",
         f"In-process, deriving one image's 11 features costs {derive:.0f} us in the model "
         f"thread when the image is in the cache and {cold:.0f} us when it is not (a new image "
-        f"each time, as under load: the summary reads every value); recording it (the copy to "
-        f"the ring) {cost:.0f} us on the event loop: {cost * off.rps / 1e4:.1f} % of one core "
-        "at the unmonitored throughput.",
+        f"each time, as under load: the summary reads its sample of each); recording it (the "
+        f"copy to the ring) {cost:.0f} us on the event loop: {cost * off.rps / 1e4:.1f} % of "
+        "one core at the unmonitored throughput.",
         "",
     ]
 

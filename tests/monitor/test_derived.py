@@ -4,6 +4,7 @@ length, a flood of new values) alerting while clean data does not, on fixed seed
 
 from __future__ import annotations
 
+import io
 import math
 import weakref
 import zlib
@@ -27,6 +28,7 @@ def _spec(*inputs: TensorSpec) -> ModelSpec:
 
 
 IMAGE = _spec(TensorSpec("image", "FP32", (-1, 3, 32, 32)))
+SAMPLED_IMAGE = _spec(TensorSpec("image", "FP32", (-1, 3, 48, 48)))  # wider than SAMPLE_VALUES
 EMBEDDING = _spec(TensorSpec("emb", "FP32", (-1, 768)))
 TEXT = _spec(TensorSpec("text", "BYTES", (-1, 1)))
 
@@ -56,6 +58,34 @@ def test_projection_is_rebuilt_from_the_seed_alone() -> None:
     np.testing.assert_array_equal(derived.projection(seed, "image", width).weights, p.weights)
     assert not np.array_equal(derived.projection(seed + 1, "image", width).dense(width), want)
     assert not np.array_equal(derived.projection(seed, "other", width).dense(width), want)
+
+
+def test_a_wide_row_is_read_through_256_evenly_spaced_blocks_and_projected_on_them() -> None:
+    """The documented sample of a [3, 224, 224] row, written out again: 256 blocks of 16 values,
+    the first at 0, then every (width - 16) // 255; the projection's recipe on its coordinates.
+    Summary version 1 (profiles stored before the sample) reads and projects the whole row."""
+    seed, width = 7, 3 * 224 * 224
+    step = (width - 16) // 255
+    positions = np.concatenate([np.arange(b * step, b * step + 16) for b in range(256)])
+    np.testing.assert_array_equal(derived.sample_positions(width), positions)
+    assert positions[-1] < width and np.all(np.diff(positions) > 0)
+    p = derived.projection(seed, "image", width)
+    rng = np.random.default_rng([seed, zlib.crc32(b"image"), width])
+    picks = [positions[rng.choice(4096, 256, replace=False)] for _ in range(derived.PROJECTIONS)]
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(derived.PROJECTIONS, 256))
+    want = np.zeros((width, derived.PROJECTIONS), np.float32)
+    for d in range(derived.PROJECTIONS):
+        want[picks[d], d] = signs[d] / 16.0
+    np.testing.assert_array_equal(p.dense(width), want)
+    np.testing.assert_array_equal(derived.sample_positions(width, version=1), np.arange(width))
+    whole = derived.projection(seed, "image", width, version=1)
+    assert (whole.dense(width) != 0).sum() == derived.PROJECTIONS * 388  # ceil(sqrt(width))
+    for narrow in (300, 3072, derived.SAMPLE_VALUES):  # read whole, as in version 1
+        np.testing.assert_array_equal(derived.sample_positions(narrow), np.arange(narrow))
+        np.testing.assert_array_equal(
+            derived.projection(seed, "x", narrow).dense(narrow),
+            derived.projection(seed, "x", narrow, version=1).dense(narrow),
+        )
 
 
 @pytest.mark.parametrize("width", [300, 768, 150_528])
@@ -123,7 +153,7 @@ def test_wide_and_string_inputs_become_named_derived_features() -> None:
 def test_the_ring_derives_the_features_of_each_batch() -> None:
     spec = _spec(TensorSpec("x", "FP32", (-1, 2)), TensorSpec("text", "BYTES", (-1, 1)))
     spec = _spec(*spec.inputs, TensorSpec("emb", "FP32", (-1, 768)))
-    recorder = VersionRecorder(spec, 64, seed=9)
+    recorder = VersionRecorder(spec, 64, derivation=derived.Derivation(seed=9))
     rng = np.random.default_rng(2)
     feeds = {
         "x": rng.normal(size=(3, 2)).astype(np.float32),
@@ -142,10 +172,11 @@ def test_the_ring_derives_the_features_of_each_batch() -> None:
 
 # -- drift on derived features ------------------------------------------------------------------
 def _monitor(spec: ModelSpec, reference: Any, seed: int = 4) -> tuple[DriftMonitor, Any]:
-    profiles = build_profiles(spec, reference, None, declared_layout(spec), seed=seed)
+    derivation = derived.Derivation(seed=seed)
+    profiles = build_profiles(spec, reference, None, declared_layout(spec), derivation=derivation)
     restored = VersionProfiles.from_npz_bytes(profiles.to_npz_bytes())
-    assert restored.seed == seed
-    recorder = VersionRecorder(spec, 10_000, declared_layout(spec), seed=restored.seed)
+    assert restored.derivation == derivation
+    recorder = VersionRecorder(spec, 10_000, declared_layout(spec), restored.derivation)
     assert list(restored.inputs.names) == recorder.input_features
     config = DriftConfig(window_rows=1000, window_seconds=math.inf)
     return DriftMonitor(restored.inputs, config), recorder
@@ -170,22 +201,59 @@ def _alerts(drift: DriftMonitor, recorder: VersionRecorder, feeds: dict[str, Arr
     return {names[f] for r in reports for f in np.flatnonzero(r.feature_alert)}
 
 
-def _images(rng: np.random.Generator, rows: int) -> Array:
+def _images(rng: np.random.Generator, rows: int, side: int = 32) -> Array:
     """Smooth-ish images: a per-image brightness and contrast around a shared pattern."""
-    base = np.linspace(0.2, 0.8, 3 * 32 * 32).reshape(3, 32, 32)
+    base = np.linspace(0.2, 0.8, 3 * side * side).reshape(3, side, side)
     level = rng.uniform(0.7, 1.3, size=(rows, 1, 1, 1))
-    noise = rng.normal(0, 0.05, size=(rows, 3, 32, 32))
+    noise = rng.normal(0, 0.05, size=(rows, 3, side, side))
     return np.clip(base * level + noise, 0, 1).astype(np.float32)
 
 
-def test_brighter_images_alert_and_clean_images_do_not() -> None:
+@pytest.mark.parametrize("spec", [IMAGE, SAMPLED_IMAGE], ids=["whole", "sampled"])
+def test_brighter_images_alert_and_clean_images_do_not(spec: ModelSpec) -> None:
+    side = spec.inputs[0].shape[-1]
     rng = np.random.default_rng(20)
-    reference = _images(rng, 4000).reshape(4000, -1).astype(np.float64)
-    drift, recorder = _monitor(IMAGE, reference)
-    assert _alerts(drift, recorder, {"image": _images(rng, 1000)}) == set()
-    assert _alerts(drift, recorder, {"image": _images(rng, 1000)}) == set()
-    brighter = _alerts(drift, recorder, {"image": _images(rng, 1000) * 1.2})
+    reference = _images(rng, 4000, side).reshape(4000, -1)
+    drift, recorder = _monitor(spec, reference)
+    assert _alerts(drift, recorder, {"image": _images(rng, 1000, side)}) == set()
+    assert _alerts(drift, recorder, {"image": _images(rng, 1000, side)}) == set()
+    brighter = _alerts(drift, recorder, {"image": _images(rng, 1000, side) * 1.2})
     assert {"image:mean", "image:l2"} <= brighter
+
+
+def test_profiles_stored_before_the_sample_keep_summarising_whole_rows() -> None:
+    """Profiles without a summary version were built reading every value: a gateway loading
+    them summarises the traffic so too, not through the sample; a version newer than this
+    build is refused (the registry then rebuilds the profiles from the reference)."""
+    rng = np.random.default_rng(23)
+    reference = _images(rng, 50, 48).reshape(50, -1)
+    profiles = build_profiles(SAMPLED_IMAGE, reference, None)
+    assert profiles.derivation == derived.Derivation(derived.DEFAULT_SEED, 2)
+    with np.load(io.BytesIO(profiles.to_npz_bytes())) as z:
+        stored = {k: z[k] for k in z.files if k != "summary_version"}
+    old = VersionProfiles.from_npz_bytes(_npz(stored))
+    assert old.derivation == derived.Derivation(derived.DEFAULT_SEED, 1)
+    recorder = VersionRecorder(SAMPLED_IMAGE, 64, derivation=old.derivation)
+    images = _images(rng, 5, 48)
+    got = _features(recorder, {"image": images}, 5)
+    whole = derived.Summary("image", "wide", 3 * 48 * 48, version=1).columns(images, 5)
+    np.testing.assert_array_equal(got, whole)
+    np.testing.assert_allclose(whole[:, :3], _moments(images.reshape(5, -1)), rtol=1e-6)
+    sampled = derived.Summary("image", "wide", 3 * 48 * 48).columns(images, 5)
+    assert not np.array_equal(sampled, whole)
+    with pytest.raises(ValueError, match="summary version 3"):
+        VersionProfiles.from_npz_bytes(_npz({**stored, "summary_version": np.int64(3)}))
+
+
+def _npz(arrays: dict[str, Array]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _moments(rows: Array) -> Array:
+    x = rows.astype(np.float64)
+    return np.column_stack([x.mean(1), x.std(1), np.linalg.norm(x, axis=1)]).astype(np.float32)
 
 
 def test_an_embedding_shift_of_half_a_std_alerts_and_clean_data_does_not() -> None:

@@ -36,7 +36,7 @@ class ThreadNoting(VersionRecorder):
     """The monitor's recorder, noting the thread of each `derive` call."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        super().__init__(spec, 64, seed=SEED)
+        super().__init__(spec, 64, derivation=derived.Derivation(seed=SEED))
         self.threads: list[int] = []
 
     def derive(self, feeds: dict[str, Array], rows: list[int]) -> list[Array | None]:

@@ -1,7 +1,8 @@
 """The compiled wide-input summary (`kernels.summary.wide_summary`, through `Summary.columns`)
-against numpy in float64: mean, std, L2 norm and the projection as a dense matrix product, for
-float32 and float64 rows (offset rows where float32 sums would lose the std), rows holding NaN
-and inf, no rows, zero width, and inputs of any layout, byte order or writeability."""
+against numpy in float64: mean, std, L2 norm of the row's sample (the whole row, or the values
+at `sample_positions` of a wide one) and the projection as a dense matrix product, for float32
+and float64 rows (offset rows where float32 sums would lose the std), rows holding NaN and inf,
+no rows, zero width, and inputs of any layout, byte order or writeability."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ Array = np.ndarray[Any, Any]
 COLUMNS = len(derived.WIDE_STATS) + derived.PROJECTIONS
 
 
-def reference(values: Array, dense: Array) -> Array:
-    """[rows, 11] in float64 by numpy: each projection is the sum of its own nonzero weights
-    times their coordinates (the dense product, where the row is finite)."""
+def reference(values: Array, dense: Array, positions: Array | None = None) -> Array:
+    """[rows, 11] in float64 by numpy: the moments of the values at `positions` (all of them
+    when None; the norm scaled to the row's width), each projection the sum of its own nonzero
+    weights times their coordinates (the dense product, where the row is finite)."""
     x = values.astype(np.float64)
+    sample = x if positions is None else x[:, positions]
+    scale = x.shape[1] / sample.shape[1] if sample.shape[1] else 1.0
     matrix = dense.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         projected = [
             (x[:, np.flatnonzero(matrix[:, d])] * matrix[np.flatnonzero(matrix[:, d]), d]).sum(1)
             for d in range(matrix.shape[1])
         ]
-        moments = [x.mean(axis=1), x.std(axis=1), np.linalg.norm(x, axis=1)]
+        norm = np.sqrt(np.square(sample).sum(axis=1) * scale)
+        moments = [sample.mean(axis=1), sample.std(axis=1), norm]
     return np.column_stack([*moments, *projected])
 
 
@@ -43,13 +48,22 @@ def rows_of(rng: np.random.Generator, rows: int, width: int) -> Array:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("width", [300, 3072, 150_528])
-def test_the_summary_matches_numpy_in_float64(dtype: type[np.generic], width: int) -> None:
+@pytest.mark.parametrize(
+    ("width", "version"),
+    [(300, 2), (3072, 2), (4097, 2), (150_528, 2), (150_528, 1)],
+    ids=["300", "3072", "4097-sampled", "150528-sampled", "150528-whole-v1"],
+)
+def test_the_summary_matches_numpy_in_float64(
+    dtype: type[np.generic], width: int, version: int
+) -> None:
     values = rows_of(np.random.default_rng(width), 4, width).astype(dtype)
-    s = derived.Summary("x", "wide", width, seed=3)
+    s = derived.Summary("x", "wide", width, seed=3, version=version)
     got = s.columns(values, 4)
     assert got.shape == (4, COLUMNS) and got.dtype == np.float32
-    want = reference(values, s.projection.dense(width))
+    positions = derived.sample_positions(width, version)
+    assert (positions.size < width) == (version == 2 and width > derived.SAMPLE_VALUES)
+    assert np.isin(s.projection.columns, positions).all()  # the taps lie in the sample
+    want = reference(values, s.projection.dense(width), positions)
     # float64 sums: only the final rounding to float32 remains (std: the cancellation of
     # E[x^2] - mean^2 in float64 as well, 1e-10 here)
     np.testing.assert_allclose(got[:, [0, 2]], want[:, [0, 2]], rtol=2e-7)
@@ -88,6 +102,22 @@ def test_nan_and_inf_propagate_as_in_numpy() -> None:
     assert np.isnan(got[0, 3]) and np.isfinite(got[1, 3:]).all()
     assert np.isinf(got[2, 3]) and np.isfinite(got[3, 3:]).all() and np.isnan(got[4, 4])
     assert np.isnan(got[5]).sum() == COLUMNS
+
+
+def test_a_value_outside_the_sample_reaches_nothing() -> None:
+    """A wide row's moments and projections read only its sample: a NaN elsewhere changes no
+    feature, one inside it makes the moments NaN."""
+    width = 3 * 224 * 224
+    s = derived.Summary("x", "wide", width, seed=8)
+    positions = derived.sample_positions(width)
+    outside = np.setdiff1d(np.arange(width), positions)[::997]
+    values = np.random.default_rng(5).normal(size=(2, width)).astype(np.float32)
+    clean = s.columns(values, 2)
+    values[0, outside] = np.nan
+    values[1, positions[positions.size // 2]] = np.nan
+    got = s.columns(values, 2)
+    np.testing.assert_array_equal(got[0], clean[0])
+    assert np.isnan(got[1, :3]).all()
 
 
 def test_no_rows_and_zero_width() -> None:
@@ -130,12 +160,13 @@ def test_integers_and_float16_are_summarised_as_float32() -> None:
         np.testing.assert_array_equal(s.columns(values, 3), s.columns(pixels.astype(np.float32), 3))
 
 
-def test_the_taps_are_the_dense_matrix_by_direction() -> None:
+@pytest.mark.parametrize(("version", "taps"), [(2, 256), (1, 388)])  # 1: ceil(sqrt(width))
+def test_the_taps_are_the_dense_matrix_by_direction(version: int, taps: int) -> None:
     width = 150_528
-    p = derived.projection(5, "image", width)
+    p = derived.projection(5, "image", width, version=version)
     coordinates, weights = p.taps
     dense = p.dense(width)
-    assert coordinates.shape == weights.shape == (derived.PROJECTIONS, 388)  # ceil(sqrt(width))
+    assert coordinates.shape == weights.shape == (derived.PROJECTIONS, taps)
     for d in range(derived.PROJECTIONS):
         np.testing.assert_array_equal(coordinates[d], np.flatnonzero(dense[:, d]))
         np.testing.assert_array_equal(weights[d], dense[coordinates[d], d])
@@ -147,20 +178,23 @@ def test_the_kernel_writes_only_its_rows() -> None:
     values = np.random.default_rng(4).normal(size=(3, 300)).astype(np.float32)
     out = np.full((5, COLUMNS), -7.0, np.float32)
     coordinates, weights = s.projection.taps
-    wide_summary(values, coordinates, weights, out[1:4])
+    wide_summary(values, np.zeros(1, np.int64), 300, coordinates, weights, out[1:4])
     np.testing.assert_array_equal(out[1:4], s.columns(values, 3))
     assert (out[[0, 4]] == -7.0).all()
 
 
-def test_the_kernel_refuses_mismatched_shapes_and_taps_outside_the_row() -> None:
+def test_the_kernel_refuses_mismatched_shapes_taps_outside_the_row_and_bad_blocks() -> None:
     s = derived.Summary("x", "wide", 300)
     values = np.zeros((2, 300), np.float32)
     coordinates, weights = s.projection.taps
+    out = np.empty((2, COLUMNS), np.float32)
+    whole = np.zeros(1, np.int64)
     with pytest.raises(ValueError, match="same shape"):
-        wide_summary(values, coordinates, weights[:, 1:].copy(), np.empty((2, COLUMNS), np.float32))
+        wide_summary(values, whole, 300, coordinates, weights[:, 1:].copy(), out)
     with pytest.raises(ValueError, match="rows, 3 \\+ dims"):
-        wide_summary(values, coordinates, weights, np.empty((2, COLUMNS - 1), np.float32))
+        wide_summary(values, whole, 300, coordinates, weights, out[:, 1:])
     with pytest.raises(ValueError, match="outside the row"):
-        wide_summary(
-            values[:, :100].copy(), coordinates, weights, np.empty((2, COLUMNS), np.float32)
-        )
+        wide_summary(values[:, :100].copy(), whole, 100, coordinates, weights, out)
+    for starts, block in (([0, 10], 16), ([10, 0], 4), ([290], 16), ([0], 301), ([0], -1)):
+        with pytest.raises(ValueError, match="disjoint, ascending, in the row"):
+            wide_summary(values, np.array(starts, np.int64), block, coordinates, weights, out)

@@ -27,7 +27,7 @@ import numpy as np
 
 from lockgate.config import MonitorConfig
 from lockgate.errors import not_found
-from lockgate.monitor.derived import DEFAULT_SEED
+from lockgate.monitor.derived import CURRENT_DERIVATION
 from lockgate.monitor.drift import DriftConfig, DriftMonitor
 from lockgate.monitor.joint import JointMonitor
 from lockgate.monitor.kernels.timing import first_rows_by_route
@@ -205,8 +205,8 @@ class Monitor:
         loading thread)."""
         key = (spec.name, spec.version)
         profiles = stored_or_built(spec, profiles, reference, predict, layout)
-        seed = profiles.seed if profiles is not None else DEFAULT_SEED  # wide inputs' projection
-        recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed)
+        derivation = profiles.derivation if profiles is not None else CURRENT_DERIVATION
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout, derivation)
         recorder.ring.on_half_full = self._due.set
         vm = VersionMonitor(key, recorder)
         try:

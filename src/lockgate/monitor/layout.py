@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.derived import DEFAULT_SEED, Summary
+from lockgate.monitor.derived import CURRENT_DERIVATION, Derivation, Kind, Summary
 from lockgate.types import ModelSpec, TensorSpec, numpy_dtype
 
 MAX_FEATURES = 256
@@ -84,17 +84,19 @@ class Monitored:
 def monitored(
     tensors: tuple[TensorSpec, ...],
     layout: RowLayout,
-    seed: int = DEFAULT_SEED,
+    derivation: Derivation = CURRENT_DERIVATION,
     summarise: bool = True,
 ) -> Monitored:
     """Numeric tensors are followed value by value while they fit in `MAX_FEATURES` columns;
-    with `summarise`, wider ones (and strings) become derived columns, when those fit."""
+    with `summarise`, wider ones (and strings) become derived columns, when those fit, as
+    `derivation` says."""
     m = Monitored([], [], [], [], [])
     for t in tensors:
         width, why = _width(layout.shape(t), t.datatype, layout.per_row)
         text = t.datatype == "BYTES"
         if width is not None and (text or len(m.names) + width > MAX_FEATURES):
-            summary = Summary(t.name, "text" if text else "wide", width, seed)
+            kind: Kind = "text" if text else "wide"
+            summary = Summary(t.name, kind, width, derivation.seed, derivation.version)
             if summarise and len(m.names) + len(summary.names) <= MAX_FEATURES:
                 lo = len(m.names)
                 m.summaries.append((summary, lo, lo + len(summary.names)))

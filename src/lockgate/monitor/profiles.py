@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.derived import DEFAULT_SEED, Summary
+from lockgate.monitor.derived import (
+    CURRENT_DERIVATION,
+    DEFAULT_SEED,
+    SUMMARY_VERSION,
+    Derivation,
+    Summary,
+)
 from lockgate.monitor.joint_profile import JointProfile, build_joint_profile
 from lockgate.monitor.layout import (
     Monitored,
@@ -42,7 +48,7 @@ Predict = Callable[[dict[str, Array]], dict[str, Array]]
 class VersionProfiles:
     inputs: ReferenceProfile
     outputs: ReferenceProfile | None  # None when the outputs cannot be profiled
-    seed: int = DEFAULT_SEED  # of the projections of wide inputs (lockgate.monitor.derived)
+    derivation: Derivation = CURRENT_DERIVATION  # how wide inputs were summarised (monitor.derived)
     joint: JointProfile | None = None  # joint drift of the continuous inputs (None: too few)
 
     def to_npz_bytes(self) -> bytes:
@@ -54,7 +60,8 @@ class VersionProfiles:
             k: np.frombuffer(p.to_npz_bytes(), np.uint8) for k, p in parts.items()
         }
         buf = io.BytesIO()
-        np.savez(buf, seed=np.int64(self.seed), **arrays)
+        seed, version = self.derivation.seed, self.derivation.version
+        np.savez(buf, seed=np.int64(seed), summary_version=np.int64(version), **arrays)
         return buf.getvalue()
 
     @classmethod
@@ -67,11 +74,17 @@ class VersionProfiles:
             if "outputs" in z:
                 outputs = ReferenceProfile.from_npz_bytes(z["outputs"].tobytes())
             seed = int(z["seed"]) if "seed" in z else DEFAULT_SEED
+            # profiles stored before the summary version read every value of a wide row
+            version = int(z["summary_version"]) if "summary_version" in z else 1
+            if version > SUMMARY_VERSION:
+                raise ValueError(
+                    f"summary version {version} (this build reads up to {SUMMARY_VERSION})"
+                )
             joint = None  # profiles stored before joint drift have none
             if "joint" in z:
                 joint = JointProfile.from_npz_bytes(z["joint"].tobytes())
             inputs = ReferenceProfile.from_npz_bytes(z["inputs"].tobytes())
-            return cls(inputs, outputs, seed, joint)
+            return cls(inputs, outputs, Derivation(seed, version), joint)
 
 
 def reference_tensors(
@@ -146,12 +159,12 @@ def build_profiles(
     predict: Predict | None,
     layout: RowLayout | None = None,
     categorical: Sequence[int] = (),
-    seed: int = DEFAULT_SEED,
+    derivation: Derivation = CURRENT_DERIVATION,
 ) -> VersionProfiles:
     """Profiles of a version's monitored features (:mod:`lockgate.monitor.layout`) from its
     reference: a table ``[N, values of the numeric inputs]`` or arrays by input name
-    (:func:`reference_tensors`); wide and string inputs are summarised as the ring does, with
-    projections drawn from `seed`. Outputs only when the model has one input, per row, and
+    (:func:`reference_tensors`); wide and string inputs are summarised as the ring does, as
+    `derivation` says. Outputs only when the model has one input, per row, and
     `predict` is given. `categorical` declares input features (indices among the monitored
     features) categorical; integer columns with few values are detected on both sides, and
     hashed strings are categories. ValueError when the reference does not match."""
@@ -159,20 +172,20 @@ def build_profiles(
     tensors = reference_tensors(spec, reference, layout)
     tensors = {k: v[:MAX_REFERENCE_ROWS] for k, v in tensors.items()}
     rows = next(iter(tensors.values())).shape[0] if tensors else 0
-    m = monitored(spec.inputs, layout, seed)
+    m = monitored(spec.inputs, layout, derivation)
     table = feature_table(m, tensors, rows)
     inputs = build_profile(table, m.names, categorical=sorted({*categorical, *m.categorical}))
     joint = build_joint_profile(table, m.names, ~inputs.categorical)
     output_slots, output_names, _ = feature_names(spec.outputs, layout)
     if predict is None or len(spec.inputs) != 1 or not output_names or not layout.per_row:
-        return VersionProfiles(inputs, None, seed, joint)
+        return VersionProfiles(inputs, None, derivation, joint)
     tensor = spec.inputs[0]
     if tensor.name not in tensors:
-        return VersionProfiles(inputs, None, seed, joint)
+        return VersionProfiles(inputs, None, derivation, joint)
     feed = tensors[tensor.name].reshape((rows, *tensor.shape[1:]))
     if tensor.datatype != "BYTES":
         feed = feed.astype(numpy_dtype(tensor.datatype))
     predicted = predict({tensor.name: feed})
     matrix = np.hstack([predicted[n].reshape(rows, -1) for n, _, _ in output_slots])
     outputs = build_profile(matrix.astype(np.float64), output_names)
-    return VersionProfiles(inputs, outputs, seed, joint)
+    return VersionProfiles(inputs, outputs, derivation, joint)

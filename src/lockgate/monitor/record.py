@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.monitor.derived import DEFAULT_SEED
+from lockgate.monitor.derived import CURRENT_DERIVATION, Derivation
 from lockgate.monitor.layout import (
     MAX_FEATURES,
     RowLayout,
@@ -46,15 +46,15 @@ class VersionRecorder:
         spec: ModelSpec,
         capacity: int,
         layout: RowLayout | None = None,
-        seed: int = DEFAULT_SEED,
+        derivation: Derivation = CURRENT_DERIVATION,
         shared: bool = False,
     ) -> None:
-        """`seed`: of the projections of wide inputs, the one their reference profile used;
+        """`derivation`: how wide inputs are summarised, as their reference profile was;
         `shared`: the ring's matrices in memory the monitor process maps."""
-        self.seed = seed
+        self.derivation = derivation
         self.spec = spec
         self.layout = layout if layout is not None else declared_layout(spec)
-        inputs = monitored(spec.inputs, self.layout, seed)
+        inputs = monitored(spec.inputs, self.layout, derivation)
         self.input_features = inputs.names
         outputs, self.output_features, skipped_out = feature_names(spec.outputs, self.layout)
         self.unfollowed = [*inputs.skipped, *skipped_out]  # tensors the monitor leaves out, and why

@@ -37,7 +37,7 @@ from typing import Any
 
 from lockgate.config import MonitorConfig
 from lockgate.errors import ErrorKind, LockgateError
-from lockgate.monitor.derived import DEFAULT_SEED
+from lockgate.monitor.derived import CURRENT_DERIVATION
 from lockgate.monitor.drain import FeedbackResult, drain_every
 from lockgate.monitor.layout import RowLayout
 from lockgate.monitor.profiles import Predict, VersionProfiles, stored_or_built
@@ -197,8 +197,8 @@ class MonitorProcess:
         """As Monitor.attach: profiles built here when needed (they may run the model), the
         drift monitors in the child. Blocking (called from the loading thread)."""
         profiles = stored_or_built(spec, profiles, reference, predict, layout)
-        seed = profiles.seed if profiles is not None else DEFAULT_SEED
-        recorder = VersionRecorder(spec, self.config.ring_rows, layout, seed, shared=True)
+        derivation = profiles.derivation if profiles is not None else CURRENT_DERIVATION
+        recorder = VersionRecorder(spec, self.config.ring_rows, layout, derivation, shared=True)
         recorder.ring.on_half_full = self._due.set
         npz = profiles.to_npz_bytes() if profiles is not None else None
         attached = _Attached(recorder, pickle.dumps((spec, recorder.layout, npz)))

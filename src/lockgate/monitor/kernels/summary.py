@@ -1,7 +1,8 @@
 """Per-row summaries of inputs too wide to follow value by value.
 
 - ``wide_summary``: an image or embedding row's mean, std, L2 norm and sparse random projections,
-  in one pass over the row and then its projection taps while the row is still in cache.
+  in one pass over the row's sample (the whole row, or fixed blocks of a wide one) and then its
+  projection taps, which lie in the sample, while it is in cache.
 - ``fnv1a_buckets``: a stable hash bucket per string for text inputs: FNV-1a, 64 bits, the same
   on every process, host and Python version (Python's ``hash`` of bytes is salted per process).
 """
@@ -22,15 +23,21 @@ MOMENTS = 3  # mean, std, l2: the columns before the projections in ``wide_summa
 
 
 @jit_sums
-def wide_summary(values: Array, taps: Array, weights: Array, out: Array) -> None:
+def wide_summary(
+    values: Array, starts: Array, block: int, taps: Array, weights: Array, out: Array
+) -> None:
     """``out[i]`` = (mean, std, L2 norm, projection 0 .. dims-1) of row ``values[i]`` (float32
     or float64, ``[rows, width]``), into ``out[rows, 3 + dims]`` (float32).
 
-    Sums and sums of squares accumulate in float64 (the fast-math flag ``reassoc`` lets them
-    vectorise); std is ``sqrt(max(E[x^2] - mean^2, 0))``. Projection ``d`` is the sum over
-    ``k`` of ``weights[d, k] * values[i, taps[d, k]]``: it reads only its own taps, so a NaN or
-    inf elsewhere in the row reaches the moments but not that projection (NaN comparisons are
-    false: a NaN variance stays NaN). A zero width gives a NaN mean and std, as numpy does."""
+    The moments read the row's sample: the ``block`` values from each of ``starts`` (ascending,
+    the blocks disjoint; ``[0]`` and ``width`` for the whole row). Their sums and sums of squares
+    accumulate in float64 (the fast-math flag ``reassoc`` lets them vectorise); std is
+    ``sqrt(max(E[x^2] - mean^2, 0))`` over the sample, the norm ``sqrt(sum x^2 * width / n)``
+    of its ``n`` values (the row's own when the sample is the row). Projection ``d`` is the sum
+    over ``k`` of ``weights[d, k] * values[i, taps[d, k]]``: it reads only its own taps, so a
+    NaN or inf elsewhere in the row reaches the moments (when sampled) but not that projection
+    (NaN comparisons are false: a NaN variance stays NaN). A zero width gives a NaN mean and
+    std, as numpy does."""
     rows, width = values.shape
     dims, count = taps.shape
     if weights.shape != taps.shape:
@@ -41,22 +48,30 @@ def wide_summary(values: Array, taps: Array, weights: Array, out: Array) -> None
         for k in range(count):
             if taps[d, k] < 0 or taps[d, k] >= width:
                 raise ValueError("a tap is outside the row")
+    for b in range(starts.shape[0]):  # so would a block, and overlapping ones count twice
+        low = starts[b - 1] + block if b else 0
+        if block < 0 or starts[b] < low or starts[b] + block > width:
+            raise ValueError("the sample's blocks must be disjoint, ascending, in the row")
+    sampled = starts.shape[0] * block
+    scale = width / sampled if sampled else 1.0
     for i in range(rows):
         row = values[i]
         total = 0.0
         squares = 0.0
-        for j in range(width):
-            v = np.float64(row[j])
-            total += v
-            squares += v * v
-        mean = total / width
-        variance = squares / width - mean * mean
+        for b in range(starts.shape[0]):
+            chunk = row[starts[b] : starts[b] + block]
+            for j in range(block):  # from 0: indices known non-negative, so it vectorises
+                v = np.float64(chunk[j])
+                total += v
+                squares += v * v
+        mean = total / sampled
+        variance = squares / sampled - mean * mean
         if variance < 0.0:  # rounding; a NaN variance stays NaN
             variance = 0.0
         out[i, 0] = mean
         out[i, 1] = np.sqrt(variance)
-        out[i, 2] = np.sqrt(squares)
-        for d in range(dims):  # the row is still in cache: gather this direction's taps
+        out[i, 2] = np.sqrt(squares * scale)
+        for d in range(dims):  # the sample is in cache: gather this direction's taps
             projected = 0.0
             for k in range(count):
                 projected += weights[d, k] * np.float64(row[taps[d, k]])
