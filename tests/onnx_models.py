@@ -32,6 +32,20 @@ def scale_model(path: Path, features: int = 4, elem: int = TensorProto.FLOAT) ->
     return _save(graph, path)
 
 
+def pixel_model(path: Path, width: int) -> Path:
+    """y[N, 1] = the mean of x[N, width] (UINT8, as exported image models take pixels)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["f"], ["y"], keepdims=1, axes=[1]),
+        ],
+        "pixels",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+    )
+    return _save(graph, path)
+
+
 def slow_model(
     path: Path,
     width: int = 1024,

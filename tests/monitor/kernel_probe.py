@@ -26,6 +26,7 @@ from tests.waiting import wait_until
 WINDOW_ROWS = 200
 ROWS = 300
 WIDE64 = 300  # values per row of the FP64 model's input: summarised
+PIXELS = 3 * 48 * 48  # values per row of the UINT8 model's input: summarised through a sample
 
 
 def readings() -> dict[str, Any]:
@@ -76,6 +77,7 @@ def main(home: Path) -> None:
             wide: list[tuple[str, str, Callable[[int], Any]]] = [
                 ("image", "FP32", lambda n: images(rng, n)),
                 ("wide64", "FP64", lambda n: rng.normal(size=(n, WIDE64))),
+                ("pixels", "UINT8", lambda n: rng.integers(0, 256, (n, PIXELS), dtype=np.uint8)),
             ]
             for model, datatype, values in wide:  # summarised in the model thread
                 infer(client, model, [_tensor("x", datatype, values(3))])

@@ -1,8 +1,8 @@
 """The monitor's kernels are compiled before a gateway reports ready: started on an empty Numba
 cache, a real gateway has compiled every kernel the drain and the request path call, and serving
-and draining traffic (windows closed by rows and by time, a string input, wide FP32 and FP64
-inputs sent as JSON and as binary data) compiles nothing more. A second start on the same cache
-reads every kernel from it and compiles nothing."""
+and draining traffic (windows closed by rows and by time, a string input, wide FP32, FP64 and
+UINT8 inputs sent as JSON and as binary data) compiles nothing more. A second start on the same
+cache reads every kernel from it and compiles nothing."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 from lockgate.control.registry import Registry
 from tests import onnx_models
-from tests.monitor.kernel_probe import WIDE64
+from tests.monitor.kernel_probe import PIXELS, WIDE64
 from tests.monitor.test_gateway_wide import SHAPE, WORDS, images, multi_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,8 @@ def test_kernels_are_compiled_before_ready_and_read_from_the_cache_later(tmp_pat
     registry.register(image, "image", reference=images(rng, 100).reshape(100, -1))
     wide64 = onnx_models.scale_model(tmp_path / "wide64.onnx", WIDE64, TensorProto.DOUBLE)
     registry.register(wide64, "wide64", reference=rng.normal(size=(100, WIDE64)))
+    pixels = onnx_models.pixel_model(tmp_path / "pixels.onnx", PIXELS)
+    registry.register(pixels, "pixels", reference=rng.integers(0, 256, size=(100, PIXELS)))
     assert not cache.exists()
 
     cold = probe(home, cache)

@@ -151,8 +151,10 @@ def test_layout_byte_order_and_writeability_do_not_change_the_result() -> None:
         np.testing.assert_array_equal(s.columns(readonly, 5), want)
 
 
-def test_integers_and_float16_are_summarised_as_float32() -> None:
-    width = 3 * 32 * 32
+@pytest.mark.parametrize("width", [3 * 32 * 32, 3 * 96 * 96], ids=["whole", "sampled"])
+def test_integers_and_float16_are_summarised_as_float32(width: int) -> None:
+    """uint8 pixels go to the kernel as they are (no converted copy of the whole row), the
+    other types as float32: the same features either way."""
     s = derived.Summary("image", "wide", width, seed=6)
     pixels = np.random.default_rng(3).integers(0, 256, size=(3, width))
     for dtype in (np.uint8, np.int64, np.float16):

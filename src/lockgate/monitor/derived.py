@@ -177,10 +177,10 @@ class Summary:
         return self._wide(values.reshape(rows, self.width))
 
     def _wide(self, values: Array) -> Array:
-        """One compiled pass per row (`wide_summary`): float32 and float64 as they come (a copy
-        only when not C-contiguous); integers and float16 as float32 (exact), wider or
-        non-native floats as float64."""
-        if values.dtype != np.float32 and values.dtype != np.float64:
+        """One compiled pass per row (`wide_summary`): float32, float64 and uint8 (pixels) as
+        they come, so only the sample is read (a copy only when not C-contiguous); other
+        integers and float16 as float32 (exact), wider or non-native floats as float64."""
+        if values.dtype not in _AS_THEY_COME:
             wide = values.dtype.kind == "f" and values.dtype.itemsize >= 8
             values = values.astype(np.float64 if wide else np.float32)
         values = np.ascontiguousarray(values)
@@ -189,6 +189,9 @@ class Summary:
         starts, block = self.sample
         wide_summary(values, starts, block, taps, weights, out)
         return out
+
+
+_AS_THEY_COME = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint8))
 
 
 def text_columns(values: Array) -> Array:

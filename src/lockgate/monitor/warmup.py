@@ -7,12 +7,13 @@ request in flight and the `/metrics` scrapes waiting for the lock. Numba's on-di
 a new container or a fresh install starts with an empty cache.
 
 So start-up runs the real code paths once on a throwaway monitor: two synthetic versions (a numeric
-one with an output profile and joint drift, and one with summarised inputs: a string, and wide FP32
-and FP64 ones, recorded both writeable and read-only as binary requests decode them) are attached
-with reference data, a few hundred rows are recorded through their rings and drained, and their
-windows are closed by rows (in the drain's compiled fold) and by time (scored from Python). The
-kernels are called by the very code the drain and the request path run, so they see the same
-argument types (array dtypes, layouts, read-only profile arrays) and nothing compiles later.
+one with an output profile and joint drift, and one with summarised inputs: a string, and wide
+FP32, FP64 and UINT8 ones, recorded both writeable and read-only as binary requests decode them)
+are attached with reference data, a few hundred rows are recorded through their rings and
+drained, and their windows are closed by rows (in the drain's compiled fold) and by time (scored
+from Python). The kernels are called by the very code the drain and the request path run, so
+they see the same argument types (array dtypes, layouts, read-only profile arrays) and nothing
+compiles later.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ _SUMMARISED = ModelSpec(
         TensorSpec("x", "FP32", (-1, 2)),
         TensorSpec("image", "FP32", (-1, WIDE)),
         TensorSpec("embedding", "FP64", (-1, WIDE)),
+        TensorSpec("pixels", "UINT8", (-1, WIDE)),
     ),
     (TensorSpec("y", "FP32", (-1, 1)),),
 )
@@ -165,6 +167,7 @@ def _summarised_rows(rng: np.random.Generator, rows: int) -> dict[str, Array]:
         "x": rng.normal(size=(rows, 2)),
         "image": rng.uniform(0, 1, size=(rows, WIDE)),
         "embedding": rng.normal(size=(rows, WIDE)),
+        "pixels": rng.integers(0, 256, size=(rows, WIDE), dtype=np.uint8),
     }
 
 

@@ -26,8 +26,8 @@ MOMENTS = 3  # mean, std, l2: the columns before the projections in ``wide_summa
 def wide_summary(
     values: Array, starts: Array, block: int, taps: Array, weights: Array, out: Array
 ) -> None:
-    """``out[i]`` = (mean, std, L2 norm, projection 0 .. dims-1) of row ``values[i]`` (float32
-    or float64, ``[rows, width]``), into ``out[rows, 3 + dims]`` (float32).
+    """``out[i]`` = (mean, std, L2 norm, projection 0 .. dims-1) of row ``values[i]`` (float32,
+    float64 or uint8, ``[rows, width]``), into ``out[rows, 3 + dims]`` (float32).
 
     The moments read the row's sample: the ``block`` values from each of ``starts`` (ascending,
     the blocks disjoint; ``[0]`` and ``width`` for the whole row). Their sums and sums of squares
