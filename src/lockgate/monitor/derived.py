@@ -12,11 +12,11 @@ A row wider than `SAMPLE_VALUES` is read through a fixed sample: `SAMPLE_BLOCKS`
 `BLOCK` consecutive values, evenly spaced over the row (`sample_blocks`). Its moments are those of
 the sample (the norm scaled to the row's width) and its projection taps lie in it, so an image
 costs a few hundred cache lines instead of all of its own: a [3, 224, 224] FP32 image read from
-memory, as under load each new one is, costs about 15 us instead of about 75 us for all 600 KB,
-which matters when the model itself reads it only once. The sample is fixed per width, so the
-reference and the traffic are summarised alike; a brightness or contrast change moves it as it
-moves the whole row. Profiles stored with summary version 1 (before the sample) keep reading
-every value (`Summary.version`).
+memory, as under load each new one is, costs about a quarter of reading all 600 KB (30 against
+120 us in `benchmarks/wide_bench.py`), which matters when the model itself reads it only once.
+The sample is fixed per width, so the reference and the traffic are summarised alike; a
+brightness or contrast change moves it as it moves the whole row. Profiles stored with summary
+version 1 (before the sample) keep reading every value (`Summary.version`).
 
 The projection is a very sparse random projection (Li, Hastie and Church, 2006): each of its
 `PROJECTIONS` directions has `taps` nonzero weights +-1/sqrt(taps) on distinct coordinates of
