@@ -103,7 +103,7 @@ def test_wide_summary_statistics_match_numpy(dtype: type[np.generic]) -> None:
     raw = rng.uniform(0, 255, size=(6, 3, 32, 32))
     raw[0] = 0.0  # a black image: std exactly 0
     values = raw.astype(dtype)
-    s = derived.Summary("image", "wide", 3 * 32 * 32, seed=5)
+    s = derived.Summary("image", "wide", 3 * 32 * 32, derived.Derivation(5))
     got = s.columns(values, 6)
     exact = values.reshape(6, -1).astype(np.float64)
     assert s.names[:4] == ["image:mean", "image:std", "image:l2", "image:proj0"]
@@ -166,7 +166,7 @@ def test_the_ring_derives_the_features_of_each_batch() -> None:
     inputs = recorder.ring.assemble(cols, dropped).inputs
     np.testing.assert_array_equal(inputs[:, :2], feeds["x"])
     np.testing.assert_array_equal(inputs[:, 2:5], derived.text_columns(feeds["text"]))
-    emb = derived.Summary("emb", "wide", 768, seed=9).columns(feeds["emb"], 3)
+    emb = derived.Summary("emb", "wide", 768, derived.Derivation(9)).columns(feeds["emb"], 3)
     np.testing.assert_array_equal(inputs[:, 5:], emb)
 
 
@@ -236,7 +236,7 @@ def test_profiles_stored_before_the_sample_keep_summarising_whole_rows() -> None
     recorder = VersionRecorder(SAMPLED_IMAGE, 64, derivation=old.derivation)
     images = _images(rng, 5, 48)
     got = _features(recorder, {"image": images}, 5)
-    whole = derived.Summary("image", "wide", 3 * 48 * 48, version=1).columns(images, 5)
+    whole = derived.Summary("image", "wide", 3 * 48 * 48, old.derivation).columns(images, 5)
     np.testing.assert_array_equal(got, whole)
     np.testing.assert_allclose(whole[:, :3], _moments(images.reshape(5, -1)), rtol=1e-6)
     sampled = derived.Summary("image", "wide", 3 * 48 * 48).columns(images, 5)

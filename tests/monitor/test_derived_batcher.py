@@ -75,7 +75,7 @@ def ring_inputs(recorder: VersionRecorder) -> Array:
 
 
 def summary() -> derived.Summary:
-    return derived.Summary("x", "wide", WIDTH, seed=SEED)
+    return derived.Summary("x", "wide", WIDTH, derived.Derivation(SEED))
 
 
 async def test_the_ring_holds_the_summaries_made_in_the_model_thread(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_the_summary_matches_numpy_in_float64(
     dtype: type[np.generic], width: int, version: int
 ) -> None:
     values = rows_of(np.random.default_rng(width), 4, width).astype(dtype)
-    s = derived.Summary("x", "wide", width, seed=3, version=version)
+    s = derived.Summary("x", "wide", width, derived.Derivation(3, version))
     got = s.columns(values, 4)
     assert got.shape == (4, COLUMNS) and got.dtype == np.float32
     positions = derived.sample_positions(width, version)
@@ -80,7 +80,7 @@ def test_nan_and_inf_propagate_as_in_numpy() -> None:
     """Moments see the whole row; a projection only its own taps: a NaN or inf elsewhere does
     not reach it. NaN stays NaN (never clamped to a std of 0), inf - inf is NaN."""
     width = 3072
-    s = derived.Summary("x", "wide", width, seed=8)
+    s = derived.Summary("x", "wide", width, derived.Derivation(8))
     coordinates, weights = s.projection.taps
     untapped = np.setdiff1d(np.arange(width), coordinates.ravel())[0]
     tapped = coordinates[0, 5]  # a coordinate of direction 0
@@ -108,7 +108,7 @@ def test_a_value_outside_the_sample_reaches_nothing() -> None:
     """A wide row's moments and projections read only its sample: a NaN elsewhere changes no
     feature, one inside it makes the moments NaN."""
     width = 3 * 224 * 224
-    s = derived.Summary("x", "wide", width, seed=8)
+    s = derived.Summary("x", "wide", width, derived.Derivation(8))
     positions = derived.sample_positions(width)
     outside = np.setdiff1d(np.arange(width), positions)[::997]
     values = np.random.default_rng(5).normal(size=(2, width)).astype(np.float32)
@@ -135,7 +135,7 @@ def test_no_rows_and_zero_width() -> None:
 
 def test_layout_byte_order_and_writeability_do_not_change_the_result() -> None:
     width = 768
-    s = derived.Summary("emb", "wide", width, seed=4)
+    s = derived.Summary("emb", "wide", width, derived.Derivation(4))
     wide = np.random.default_rng(2).normal(size=(5, 2 * width))
     for dtype in (np.float32, np.float64):
         values = np.ascontiguousarray(wide[:, ::2], dtype=dtype)
@@ -155,7 +155,7 @@ def test_layout_byte_order_and_writeability_do_not_change_the_result() -> None:
 def test_integers_and_float16_are_summarised_as_float32(width: int) -> None:
     """uint8 pixels go to the kernel as they are (no converted copy of the whole row), the
     other types as float32: the same features either way."""
-    s = derived.Summary("image", "wide", width, seed=6)
+    s = derived.Summary("image", "wide", width, derived.Derivation(6))
     pixels = np.random.default_rng(3).integers(0, 256, size=(3, width))
     for dtype in (np.uint8, np.int64, np.float16):
         values = pixels.astype(dtype)

@@ -16,7 +16,7 @@ memory, as under load each new one is, costs about a quarter of reading all 600 
 120 us in `benchmarks/wide_bench.py`), which matters when the model itself reads it only once.
 The sample is fixed per width, so the reference and the traffic are summarised alike; a
 brightness or contrast change moves it as it moves the whole row. Profiles stored with summary
-version 1 (before the sample) keep reading every value (`Summary.version`).
+version 1 (before the sample) keep reading every value (`Derivation.version`).
 
 The projection is a very sparse random projection (Li, Hastie and Church, 2006): each of its
 `PROJECTIONS` directions has `taps` nonzero weights +-1/sqrt(taps) on distinct coordinates of
@@ -145,8 +145,7 @@ class Summary:
     tensor: str
     kind: Kind
     width: int  # values per monitored row
-    seed: int = DEFAULT_SEED
-    version: int = SUMMARY_VERSION  # of the profiles this summary feeds (`SUMMARY_VERSION`)
+    derivation: Derivation = CURRENT_DERIVATION  # that of the profiles this summary feeds
 
     @property
     def names(self) -> list[str]:
@@ -162,12 +161,13 @@ class Summary:
 
     @cached_property
     def projection(self) -> Projection:
-        return projection(self.seed, self.tensor, self.width, version=self.version)
+        d = self.derivation
+        return projection(d.seed, self.tensor, self.width, version=d.version)
 
     @cached_property
     def sample(self) -> tuple[Array, int]:
         """(block starts, block length) of the values a row's moments read."""
-        return sample_blocks(self.width, self.version)
+        return sample_blocks(self.width, self.derivation.version)
 
     def columns(self, values: Array, rows: int) -> Array:
         """The derived features ``[rows, len(names)]`` (float32) of a batch whose values hold

@@ -96,7 +96,7 @@ def monitored(
         text = t.datatype == "BYTES"
         if width is not None and (text or len(m.names) + width > MAX_FEATURES):
             kind: Kind = "text" if text else "wide"
-            summary = Summary(t.name, kind, width, derivation.seed, derivation.version)
+            summary = Summary(t.name, kind, width, derivation)
             if summarise and len(m.names) + len(summary.names) <= MAX_FEATURES:
                 lo = len(m.names)
                 m.summaries.append((summary, lo, lo + len(summary.names)))

@@ -51,7 +51,6 @@ class VersionRecorder:
     ) -> None:
         """`derivation`: how wide inputs are summarised, as their reference profile was;
         `shared`: the ring's matrices in memory the monitor process maps."""
-        self.derivation = derivation
         self.spec = spec
         self.layout = layout if layout is not None else declared_layout(spec)
         inputs = monitored(spec.inputs, self.layout, derivation)

@@ -35,9 +35,9 @@ def wide_summary(
     ``sqrt(max(E[x^2] - mean^2, 0))`` over the sample, the norm ``sqrt(sum x^2 * width / n)``
     of its ``n`` values (the row's own when the sample is the row). Projection ``d`` is the sum
     over ``k`` of ``weights[d, k] * values[i, taps[d, k]]``: it reads only its own taps, so a
-    NaN or inf elsewhere in the row reaches the moments (when sampled) but not that projection
-    (NaN comparisons are false: a NaN variance stays NaN). A zero width gives a NaN mean and
-    std, as numpy does."""
+    NaN or inf elsewhere in the sample reaches the moments but not that projection, and one
+    outside the sample neither (NaN comparisons are false: a NaN variance stays NaN). A zero
+    width gives a NaN mean and std, as numpy does."""
     rows, width = values.shape
     dims, count = taps.shape
     if weights.shape != taps.shape:
