@@ -69,7 +69,6 @@ class VersionRecorder:
         self.ring = PredictionRing(
             capacity, inputs.slots, outputs, inputs.summaries, shared, hold=not self.unfollowed
         )
-        self._codes = self.ring.known_codes
         for summary, _, _ in inputs.summaries:
             if summary.kind == "wide":  # drawn now, not by concurrent model threads
                 _ = summary.projection
@@ -89,11 +88,8 @@ class VersionRecorder:
     def meta(
         self, request_id: str, endpoint: str, variant: str, received_ns: int, client: str = ""
     ) -> RequestMeta:
-        """A request's record for the ring (on every request: one dict probe)."""
-        codes = self._codes.get((endpoint, variant, client))
-        if codes is None:  # once per endpoint, variant and client
-            codes = self.ring.codes(endpoint, variant, client)
-        return (request_id, codes[0], received_ns, codes[1])
+        route, client_code = self.ring.codes(endpoint, variant, client)
+        return (request_id, route, received_ns, client_code)
 
     def derive(self, feeds: dict[str, Array], rows: list[int]) -> list[Array | None]:
         """The summarised inputs' columns of a run whose requests had `rows` rows (in the

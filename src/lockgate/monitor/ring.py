@@ -227,8 +227,7 @@ class PredictionRing:
         self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
         self.routes: list[tuple[str, str]] = []  # (endpoint, variant) by route code
         self.clients: list[str] = [""]  # client names by code; 0: no API keys configured
-        # `codes` of every (endpoint, variant, client) seen: the request path reads it directly.
-        self.known_codes: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
         self._filling = self._columns()
         self._held: list[_Run] = []  # runs placed in the filling set, not yet copied
         # Runs with summarised inputs are never held: their images would be kept meanwhile.
@@ -247,10 +246,10 @@ class PredictionRing:
     def codes(self, endpoint: str, variant: str, client: str) -> tuple[int, int]:
         """The codes of (endpoint, variant) in `routes` and of `client` in `clients`, added
         when new: one dict probe per request, whatever the three are."""
-        found = self.known_codes.get((endpoint, variant, client))
+        found = self._codes.get((endpoint, variant, client))
         if found is None:  # once per endpoint, variant and client
             found = _code(self.routes, (endpoint, variant)), _code(self.clients, client)
-            self.known_codes[(endpoint, variant, client)] = found
+            self._codes[(endpoint, variant, client)] = found
         return found
 
     def derive(self, feeds: Arrays, total: int) -> list[Array | None]:
