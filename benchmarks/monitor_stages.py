@@ -1,0 +1,176 @@
+"""Monitoring's cost taken apart: gateways side by side, each running the working tree's code with
+the monitor cut short after one stage (a patched copy of src/), loaded in rotating rounds of wrk
+at 16 connections on the classifier (HTTP JSON, one row a request). Per variant: the medians of
+each round's throughput and p99 ratios to the unmonitored gateway of the same round, and the
+event loop thread's user CPU per answered request (/proc, the gateway's main thread).
+
+    .venv/bin/python benchmarks/monitor_stages.py [--rounds 30] [--duration 3]
+        [--variants idle,recorded,held,copied,on] [--out FILE]
+
+The stages, each with everything above it (docs/design/monitor-tail-cost.md):
+
+- idle: monitoring on (rings attached, kernels compiled, the drain running), nothing recorded;
+- recorded: the request's record made, the batcher's lists built, `record` returning at once;
+- placed: each run placed in the ring and let go at once, never copied; the drain idle;
+- held: runs held 32 at a time, then let go uncopied; the drain idle;
+- copied: the whole recording; the drain takes the rows and processes nothing;
+- on: monitoring as shipped; process: the same with `--monitor-process`.
+
+Variants of the same code differ by up to 0.02 from one run to the next at 30 rounds: read
+smaller differences as noise. The table goes to stdout and, dated with the command, to `--out`
+(benchmarks/results.md by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from grpc_paired import start
+from loadgen import Result, wrk
+from serve_bench import FEATURES, HERE, Bench, code_version, json_body, record
+
+CONNS = 16
+SRC = HERE.parent / "src" / "lockgate"
+
+# (file under src/lockgate, text, replacement): each must match exactly once, so a change of the
+# code these cut into stops the run instead of measuring something else.
+Patch = tuple[str, str, str]
+NOTHING_RECORDED: list[Patch] = [
+    ("serve/batch.py", "        self.observer = observer\n", "        self.observer = None\n"),
+    (
+        "serve/dataplane.py",
+        "        if loaded.recorder is not None:\n            meta = loaded.recorder.meta(",
+        "        if False:\n            meta = loaded.recorder.meta(",
+    ),
+]
+RECORD_RETURNS: Patch = (
+    "monitor/record.py",
+    '        None to derive it here (a run made on the loop)."""\n',
+    '        None to derive it here (a run made on the loop)."""\n        return\n',
+)
+HELD_UNCOPIED: Patch = (
+    "monitor/ring.py",
+    "            cols = self._filling\n"
+    "            self._copy(cols, cols.rows - sum(run[7] for run in held), held)\n",
+    "            del held\n",
+)
+ONE_RUN_HELD: Patch = ("monitor/ring.py", "\nHELD_RUNS = 32\n", "\nHELD_RUNS = 1\n")
+DRAIN_IDLE: Patch = (
+    "monitor/drain.py",
+    '        thread, or the monitor process, runs it."""\n',
+    '        thread, or the monitor process, runs it."""\n        return\n',
+)
+VARIANTS: dict[str, tuple[list[Patch], list[str]]] = {
+    "idle": (NOTHING_RECORDED, []),
+    "recorded": ([RECORD_RETURNS], []),
+    "placed": ([HELD_UNCOPIED, ONE_RUN_HELD, DRAIN_IDLE], []),
+    "held": ([HELD_UNCOPIED, DRAIN_IDLE], []),
+    "copied": ([DRAIN_IDLE], []),
+    "on": ([], []),
+    "process": ([], ["--monitor-process"]),
+}
+
+
+def patched(into: Path, patches: list[Patch]) -> Path:
+    """A copy of src/ with `patches` applied (the working tree itself when there are none)."""
+    if not patches:
+        return SRC.parent
+    shutil.copytree(SRC.parent, into / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name, text, replacement in patches:
+        path = into / "src" / "lockgate" / name
+        code = path.read_text()
+        if code.count(text) != 1:
+            raise SystemExit(f"{name} changed: the patch for this variant no longer applies")
+        path.write_text(code.replace(text, replacement))
+    return into / "src"
+
+
+def loop_cpu(pid: int) -> float:
+    """User CPU seconds of the gateway's main thread, which runs its event loop."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(bench: Bench, labels: list[str], rounds: int, duration: float) -> dict[str, list]:
+    """`rounds` rounds of one wrk run per gateway, the order rotating (and reversed every other
+    round) so that a machine getting busier or quieter weighs on every side alike."""
+    ports = {}
+    for label in labels:
+        patches, flags = VARIANTS.get(label, ([], ["--no-monitor"]))
+        src = patched(bench.tmp / label, patches)
+        ports[label] = start(bench, label, src, 1, *flags)
+    url = {k: f"http://127.0.0.1:{p['http']}/v2/models/classifier/infer" for k, p in ports.items()}
+    body = json_body(FEATURES["classifier"])
+    for label in labels:
+        wrk(bench.tmp, url[label], body, CONNS, 2.0)  # warm
+    runs: dict[str, list[tuple[Result, float]]] = {label: [] for label in labels}
+    for i in range(rounds):
+        order = labels[i % len(labels) :] + labels[: i % len(labels)]
+        for label in order if i % 2 == 0 else order[::-1]:
+            pid = bench.procs[label].pid
+            before = loop_cpu(pid)
+            result = wrk(bench.tmp, url[label], body, CONNS, duration)
+            runs[label].append((result, (loop_cpu(pid) - before) / max(result.ok, 1) * 1e6))
+        print(f"round {i + 1}/{rounds}", flush=True)
+    return runs
+
+
+def table(runs: dict[str, list], args: argparse.Namespace) -> list[str]:
+    base = runs["off"]
+    out = [
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — monitoring's cost by stage",
+        "",
+        f"`benchmarks/monitor_stages.py --rounds {args.rounds} --duration {args.duration:g} "
+        f"--variants {','.join(args.variants)}`; code {code_version()}; wrk, {CONNS} connections, "
+        "classifier, HTTP JSON; medians of the per-round ratios to monitoring off; load "
+        f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end.",
+        "",
+        "| variant | req/s | throughput / off | p99 / off | loop CPU us/req | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, results in runs.items():
+        pairs = [(r, b) for (r, _), (b, _) in zip(results, base, strict=True)]
+        rps = statistics.median(r.rps / b.rps for r, b in pairs)
+        p99 = statistics.median(r.p99_us / b.p99_us for r, b in pairs)
+        out.append(
+            f"| {label} | {statistics.median(r.rps for r, _ in results):,.0f} | {rps:.3f} "
+            f"| {p99:.3f} | {statistics.median(c for _, c in results):.1f} "
+            f"| {sum(r.errors for r, _ in results)} |"
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=["idle", "recorded", "held", "copied", "on"],
+        help=f"comma-separated, of: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    args = parser.parse_args()
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown or not shutil.which("wrk"):
+        sys.exit(f"unknown variants {sorted(unknown)}" if unknown else "wrk is not installed")
+    bench = Bench(argparse.Namespace(intra_op_threads=1))
+    try:
+        runs = measure(bench, ["off", *args.variants], args.rounds, args.duration)
+    finally:
+        bench.close()
+    lines = table(runs, args)
+    print("\n".join(lines))
+    record(args.out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
