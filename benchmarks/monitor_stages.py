@@ -1,8 +1,10 @@
 """Monitoring's cost taken apart: gateways side by side, each running the working tree's code with
 the monitor cut short after one stage (a patched copy of src/), loaded in rotating rounds of wrk
 at 16 connections on the classifier (HTTP JSON, one row a request). Per variant: the medians of
-each round's throughput and p99 ratios to the unmonitored gateway of the same round, and the
-event loop thread's user CPU per answered request (/proc, the gateway's main thread).
+each round's throughput and p99 ratios to the unmonitored gateway of the same round, the
+gateway's CPU per answered request (its threads, not a monitor process's; and the event loop's
+alone) and the
+requests per model run (`grpc_paired.measured`).
 
     .venv/bin/python benchmarks/monitor_stages.py [--rounds 30] [--duration 3]
         [--variants idle,recorded,held,copied,on] [--out FILE]
@@ -31,8 +33,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from grpc_paired import start
-from loadgen import Result, wrk
+from grpc_paired import measured, start
+from loadgen import Result
 from serve_bench import FEATURES, HERE, Bench, code_version, json_body, record
 
 CONNS = 16
@@ -91,13 +93,11 @@ def patched(into: Path, patches: list[Patch]) -> Path:
     return into / "src"
 
 
-def loop_cpu(pid: int) -> float:
-    """User CPU seconds of the gateway's main thread, which runs its event loop."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+# Per run: wrk's figures, CPU us per request (process, event loop), requests per model run.
+Run = tuple[Result, float, float, float]
 
 
-def measure(bench: Bench, labels: list[str], rounds: int, duration: float) -> dict[str, list]:
+def measure(bench: Bench, labels: list[str], rounds: int, duration: float) -> dict[str, list[Run]]:
     """`rounds` rounds of one wrk run per gateway, the order rotating (and reversed every other
     round) so that a machine getting busier or quieter weighs on every side alike."""
     ports = {}
@@ -105,23 +105,20 @@ def measure(bench: Bench, labels: list[str], rounds: int, duration: float) -> di
         patches, flags = VARIANTS.get(label, ([], ["--no-monitor"]))
         src = patched(bench.tmp / label, patches)
         ports[label] = start(bench, label, src, 1, *flags)
-    url = {k: f"http://127.0.0.1:{p['http']}/v2/models/classifier/infer" for k, p in ports.items()}
     body = json_body(FEATURES["classifier"])
-    for label in labels:
-        wrk(bench.tmp, url[label], body, CONNS, 2.0)  # warm
-    runs: dict[str, list[tuple[Result, float]]] = {label: [] for label in labels}
+    for label in labels:  # warm
+        measured(bench, label, ports[label], "classifier", body, 2.0, True, CONNS)
+    runs: dict[str, list[Run]] = {label: [] for label in labels}
     for i in range(rounds):
         order = labels[i % len(labels) :] + labels[: i % len(labels)]
         for label in order if i % 2 == 0 else order[::-1]:
-            pid = bench.procs[label].pid
-            before = loop_cpu(pid)
-            result = wrk(bench.tmp, url[label], body, CONNS, duration)
-            runs[label].append((result, (loop_cpu(pid) - before) / max(result.ok, 1) * 1e6))
+            run = measured(bench, label, ports[label], "classifier", body, duration, True, CONNS)
+            runs[label].append(run)
         print(f"round {i + 1}/{rounds}", flush=True)
     return runs
 
 
-def table(runs: dict[str, list], args: argparse.Namespace) -> list[str]:
+def table(runs: dict[str, list[Run]], args: argparse.Namespace) -> list[str]:
     base = runs["off"]
     out = [
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — monitoring's cost by stage",
@@ -131,17 +128,18 @@ def table(runs: dict[str, list], args: argparse.Namespace) -> list[str]:
         "classifier, HTTP JSON; medians of the per-round ratios to monitoring off; load "
         f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end.",
         "",
-        "| variant | req/s | throughput / off | p99 / off | loop CPU us/req | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | req/s | throughput / off | p99 / off | CPU us/req (loop) | requests/run "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, results in runs.items():
-        pairs = [(r, b) for (r, _), (b, _) in zip(results, base, strict=True)]
-        rps = statistics.median(r.rps / b.rps for r, b in pairs)
-        p99 = statistics.median(r.p99_us / b.p99_us for r, b in pairs)
+        pairs = [(r[0], b[0]) for r, b in zip(results, base, strict=True)]
+        cpu, loop, per_run = (statistics.median(r[i] for r in results) for i in (1, 2, 3))
         out.append(
-            f"| {label} | {statistics.median(r.rps for r, _ in results):,.0f} | {rps:.3f} "
-            f"| {p99:.3f} | {statistics.median(c for _, c in results):.1f} "
-            f"| {sum(r.errors for r, _ in results)} |"
+            f"| {label} | {statistics.median(r.rps for r, _ in pairs):,.0f} "
+            f"| {statistics.median(r.rps / b.rps for r, b in pairs):.3f} "
+            f"| {statistics.median(r.p99_us / b.p99_us for r, b in pairs):.3f} "
+            f"| {cpu:.1f} ({loop:.1f}) | {per_run:.1f} | {sum(r.errors for r, _ in pairs)} |"
         )
     return out
 
