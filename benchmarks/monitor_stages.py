@@ -3,8 +3,7 @@ the monitor cut short after one stage (a patched copy of src/), loaded in rotati
 at 16 connections on the classifier (HTTP JSON, one row a request). Per variant: the medians of
 each round's throughput and p99 ratios to the unmonitored gateway of the same round, the
 gateway's CPU per answered request (its threads, not a monitor process's; and the event loop's
-alone) and the
-requests per model run (`grpc_paired.measured`).
+alone) and the requests per model run (`grpc_paired.measured`).
 
     .venv/bin/python benchmarks/monitor_stages.py [--rounds 30] [--duration 3]
         [--variants idle,recorded,held,copied,on] [--out FILE]
