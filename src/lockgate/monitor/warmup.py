@@ -2,9 +2,9 @@
 
 A kernel compiles on its first call with each new argument type signature, holding the GIL (and,
 from the drain, the monitor's lock) for seconds: left to the first drain, that stalls every
-request in flight and the `/metrics` scrapes waiting for the lock. Numba's on-disk cache
-(``cache=True``, :mod:`lockgate.monitor.kernels.jit`) saves the compiling on later starts, but
-a new container or a fresh install starts with an empty cache.
+request in flight and the `/metrics` scrapes waiting for the lock. The on-disk cache
+(:mod:`lockgate.monitor.kernels.cache`, shared safely by the gateway's processes) saves the
+compiling on later starts, but a new container or a fresh install starts with an empty cache.
 
 So start-up runs the real code paths once on a throwaway monitor: two synthetic versions (a numeric
 one with an output profile and joint drift, and one with summarised inputs: a string, and wide

@@ -1,7 +1,8 @@
 """The one Numba decorator every monitor kernel uses, so compile options live in one place.
 
-- ``cache=True``: compiled machine code is written next to the sources (``__pycache__``), so a
-  restarted worker loads kernels in milliseconds instead of recompiling for seconds.
+- cached: compiled machine code is written next to the sources (``__pycache__``), so a
+  restarted worker loads kernels in milliseconds instead of recompiling for seconds; through
+  :class:`~lockgate.monitor.kernels.cache.LockedCache`, as the gateway's processes share it.
 - ``nogil=True``: the drain thread runs kernels without holding the GIL, so the event loop and
   the onnxruntime threads keep running while a slice is folded into the statistics.
 - ``error_model="numpy"``: float division by zero gives inf/nan like numpy instead of raising,
@@ -23,10 +24,12 @@ from typing import Any, TypeVar
 
 import numba
 
+from lockgate.monitor.kernels.cache import LockedCache
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 JIT_OPTIONS: dict[str, Any] = {
-    "cache": True,
+    "cache": False,  # numba's own on-disk cache; `_cached` puts ours in its place
     "nogil": True,
     "error_model": "numpy",
     "fastmath": False,
@@ -38,11 +41,17 @@ SUM_OPTIONS: dict[str, Any] = {**JIT_OPTIONS, "fastmath": {"reassoc", "contract"
 def jit(fn: F) -> F:
     """Compile ``fn`` in nopython mode with the project's options; typed as the identity so
     callers keep the Python signature under strict mypy."""
-    compiled: F = numba.njit(**JIT_OPTIONS)(fn)
+    compiled: F = _cached(numba.njit(**JIT_OPTIONS)(fn))
     return compiled
 
 
 def jit_sums(fn: F) -> F:
     """``jit`` for kernels whose float sums may be reordered and fused (see the module)."""
-    compiled: F = numba.njit(**SUM_OPTIONS)(fn)
+    compiled: F = _cached(numba.njit(**SUM_OPTIONS)(fn))
     return compiled
+
+
+def _cached(dispatcher: Any) -> Any:
+    """`dispatcher` with the on-disk cache numba's ``cache=True`` would give it, locked."""
+    dispatcher._cache = LockedCache(dispatcher.py_func)
+    return dispatcher
