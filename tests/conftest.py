@@ -23,6 +23,27 @@ from tests import onnx_models
 from tests.postgres import postgres_server, postgres_url, state_url  # noqa: F401
 
 
+# CPython 3.11's tracemalloc.start() and stop() swap the process's memory allocators unsynchronised
+# with threads allocating without the GIL (Numba's nogil kernels, e.g. a gateway's drain thread,
+# allocate through PyMem_RawMalloc), which then crash (python/cpython#128679, fixed from 3.12).
+# Tests that start and stop tracemalloc are marked `single_thread` and run first, before any
+# gateway's threads exist; `single_threaded` checks it.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "single_thread: runs first, while the test process has no other thread"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("single_thread") is None)  # stable
+
+
+def single_threaded() -> None:
+    """Fail (instead of risking a crash) when tracemalloc would start beside other threads."""
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    assert not others, f"tracemalloc started beside threads {others}: mark the test single_thread"
+
+
 class RunningGateway:
     """A real Gateway (uvicorn + grpc.aio on real sockets) on its own event loop thread."""
 

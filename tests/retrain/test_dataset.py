@@ -13,6 +13,7 @@ import pytest
 from lockgate.errors import ErrorKind, LockgateError
 from lockgate.monitor.predlog import FeedbackLog, PredictionLog
 from lockgate.retrain.dataset import Dataset, build_dataset, require_rows, split
+from tests.conftest import single_threaded
 
 Array = np.ndarray[Any, Any]
 T0 = 1.7e9
@@ -130,6 +131,7 @@ def test_multi_row_requests_use_their_first_row(tmp_path: Path) -> None:
     assert data.manifest["logged_rows"] == 4 and data.manifest["labelled_requests"] == 1
 
 
+@pytest.mark.single_thread  # it starts tracemalloc: see tests/conftest.py
 def test_unlabelled_traffic_is_never_held_in_memory(tmp_path: Path) -> None:
     """Busy traffic, few labels: the read keeps only labelled rows, chunk by chunk, so its peak
     memory is a fraction of what the window holds."""
@@ -153,6 +155,7 @@ def test_unlabelled_traffic_is_never_held_in_memory(tmp_path: Path) -> None:
     plog.flush()
     for c in range(0, chunks, 4):
         label(flog, T0 + 100, f"id{c * rows_per_chunk + 7}", 1.0)
+    single_threaded()
     tracemalloc.start()
     data = build_dataset(plog, flog, "m", ["1"], T0, T0 + 100, 1000)
     peak = tracemalloc.get_traced_memory()[1]

@@ -31,6 +31,7 @@ from lockgate.serve.transport.limits import MAX_RANK
 from lockgate.serve.transport.tensors import DATATYPES, element_count, numpy_dtype
 from lockgate.types import InferRequest, ModelSpec, TensorSpec
 from lockgate.web import STATUS as HTTP_STATUS
+from tests.conftest import single_threaded
 from tests.serve.transport.strategies import (
     CONTENT_TYPES,
     HUGE,
@@ -41,6 +42,7 @@ from tests.serve.transport.strategies import (
     specs,
 )
 
+pytestmark = pytest.mark.single_thread
 MEMORY_BOUND = 64 * 2**20
 DECODER_ERRORS = {ErrorKind.INVALID, ErrorKind.TOO_LARGE, ErrorKind.UNSUPPORTED_MEDIA}
 LIMITS = st.sampled_from([2**26, 2**26, 64, 1])  # --max-request-elements: default, small, tiny
@@ -49,7 +51,9 @@ T = TypeVar("T")
 
 def decode(call: Callable[[], T]) -> T | LockgateError:
     """One decode: its result or a client error (anything else fails the test), and its peak
-    memory under the bound (traced during the decode only: tracing everything is slow)."""
+    memory under the bound (traced during the decode only: tracing everything is slow; the
+    module runs first, alone in the process: see tests/conftest.py)."""
+    single_threaded()
     tracemalloc.start()
     try:
         out: T | LockgateError = call()
