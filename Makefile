@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= lockgate-home
+# C sources the install compiles (setup.py): a change reinstalls
+NATIVE := src/lockgate/monitor/_ringwrite.c
 
 .PHONY: demo test lint typecheck pytest proto docs bench clean
 
@@ -10,11 +12,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-demo: pyproject.toml setup.py $(NATIVE) | $(BIN)/python
+	tools/ensure-compiler.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml setup.py $(NATIVE) | $(BIN)/python
+	tools/ensure-compiler.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

@@ -6,16 +6,15 @@ gateway's CPU per answered request (its threads, not a monitor process's; and th
 alone) and the requests per model run (`grpc_paired.measured`).
 
     .venv/bin/python benchmarks/monitor_stages.py [--rounds 30] [--duration 3]
-        [--variants idle,recorded,held,copied,on] [--out FILE]
+        [--variants idle,recorded,copied,on] [--against SRC] [--out FILE]
 
 The stages, each with everything above it (docs/design/monitor-tail-cost.md):
 
 - idle: monitoring on (rings attached, kernels compiled, the drain running), nothing recorded;
 - recorded: the request's record made, the batcher's lists built, `record` returning at once;
-- placed: each run placed in the ring and let go at once, never copied; the drain idle;
-- held: runs held 32 at a time, then let go uncopied; the drain idle;
-- copied: the whole recording; the drain takes the rows and processes nothing;
-- on: monitoring as shipped; process: the same with `--monitor-process`.
+- copied: the whole recording (the ring's writer); the drain takes the rows and processes nothing;
+- on: monitoring as shipped; process: the same with `--monitor-process`;
+- against: monitoring on, running the code of another checkout's src/ (`--against`).
 
 Variants of the same code differ by up to 0.02 from one run to the next at 30 rounds: read
 smaller differences as noise. The table goes to stdout and, dated with the command, to `--out`
@@ -55,13 +54,6 @@ RECORD_RETURNS: Patch = (
     '        None to derive it here (a run made on the loop)."""\n',
     '        None to derive it here (a run made on the loop)."""\n        return\n',
 )
-HELD_UNCOPIED: Patch = (
-    "monitor/ring.py",
-    "            cols = self._filling\n"
-    "            self._copy(cols, cols.rows - sum(run[7] for run in held), held)\n",
-    "            del held\n",
-)
-ONE_RUN_HELD: Patch = ("monitor/ring.py", "\nHELD_RUNS = 32\n", "\nHELD_RUNS = 1\n")
 DRAIN_IDLE: Patch = (
     "monitor/drain.py",
     '        thread, or the monitor process, runs it."""\n',
@@ -70,11 +62,10 @@ DRAIN_IDLE: Patch = (
 VARIANTS: dict[str, tuple[list[Patch], list[str]]] = {
     "idle": (NOTHING_RECORDED, []),
     "recorded": ([RECORD_RETURNS], []),
-    "placed": ([HELD_UNCOPIED, ONE_RUN_HELD, DRAIN_IDLE], []),
-    "held": ([HELD_UNCOPIED, DRAIN_IDLE], []),
     "copied": ([DRAIN_IDLE], []),
     "on": ([], []),
     "process": ([], ["--monitor-process"]),
+    "against": ([], []),  # another checkout's src/, see --against
 }
 
 
@@ -96,13 +87,15 @@ def patched(into: Path, patches: list[Patch]) -> Path:
 Run = tuple[Result, float, float, float]
 
 
-def measure(bench: Bench, labels: list[str], rounds: int, duration: float) -> dict[str, list[Run]]:
+def measure(
+    bench: Bench, labels: list[str], rounds: int, duration: float, against: Path | None = None
+) -> dict[str, list[Run]]:
     """`rounds` rounds of one wrk run per gateway, the order rotating (and reversed every other
     round) so that a machine getting busier or quieter weighs on every side alike."""
     ports = {}
     for label in labels:
         patches, flags = VARIANTS.get(label, ([], ["--no-monitor"]))
-        src = patched(bench.tmp / label, patches)
+        src = against if label == "against" and against else patched(bench.tmp / label, patches)
         ports[label] = start(bench, label, src, 1, *flags)
     body = json_body(FEATURES["classifier"])
     for label in labels:  # warm
@@ -123,7 +116,8 @@ def table(runs: dict[str, list[Run]], args: argparse.Namespace) -> list[str]:
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — monitoring's cost by stage",
         "",
         f"`benchmarks/monitor_stages.py --rounds {args.rounds} --duration {args.duration:g} "
-        f"--variants {','.join(args.variants)}`; code {code_version()}; wrk, {CONNS} connections, "
+        f"--variants {','.join(args.variants)}`; code {code_version()}"
+        f"{f', against {args.against}' if args.against else ''}; wrk, {CONNS} connections, "
         "classifier, HTTP JSON; medians of the per-round ratios to monitoring off; load "
         f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end.",
         "",
@@ -150,17 +144,24 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         type=lambda s: s.split(","),
-        default=["idle", "recorded", "held", "copied", "on"],
+        default=["idle", "recorded", "copied", "on"],
         help=f"comma-separated, of: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--against", type=Path, help="another checkout's src/, measured as variant `against`"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
+    if args.against and "against" not in args.variants:
+        args.variants.append("against")
+    if "against" in args.variants and not (args.against and (args.against / "lockgate").is_dir()):
+        sys.exit("--against needs a src/ directory holding lockgate")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown or not shutil.which("wrk"):
         sys.exit(f"unknown variants {sorted(unknown)}" if unknown else "wrk is not installed")
     bench = Bench(argparse.Namespace(intra_op_threads=1))
     try:
-        runs = measure(bench, ["off", *args.variants], args.rounds, args.duration)
+        runs = measure(bench, ["off", *args.variants], args.rounds, args.duration, args.against)
     finally:
         bench.close()
     lines = table(runs, args)

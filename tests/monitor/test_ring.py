@@ -1,6 +1,7 @@
 """The ring between the request path and the drain, against a plain list of rows: every row
 assembled exactly once, in order, with its own request's id, route and timings; runs that do
-not fit before the drain comes are dropped whole and counted."""
+not fit before the drain comes are dropped whole and counted; every tensor type cast as numpy
+casts it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lockgate.monitor.ring import (
-    HELD_RUNS,
     ID_BYTES,
     PredictionRing,
     RequestMeta,
@@ -57,17 +57,15 @@ def _take(ring: PredictionRing) -> RingSlice:
     ops=st.lists(
         st.one_of(
             st.lists(st.integers(1, 6), min_size=1, max_size=4),
-            st.lists(st.integers(1, 40), min_size=1, max_size=3),  # some past HELD_ROWS
+            st.lists(st.integers(1, 40), min_size=1, max_size=3),
             st.just([]),
         ),
-        max_size=3 * HELD_RUNS,
+        max_size=100,
     ),
-    hold=st.booleans(),
 )
-def test_ring_matches_a_list(capacity: int, ops: list[list[int]], hold: bool) -> None:
-    """A non-empty op records one run of requests with those row counts; [] drains. Runs
-    held and copied together (`hold`) or one by one give the same rows."""
-    ring = PredictionRing(capacity, *SLOTS, hold=hold)
+def test_ring_matches_a_list(capacity: int, ops: list[list[int]]) -> None:
+    """A non-empty op records one run of requests with those row counts; [] drains."""
+    ring = PredictionRing(capacity, *SLOTS)
     pending: list[int] = []  # rows the drain should see next
     written = seen = dropped = 0
     for op in [*ops, []]:
@@ -182,13 +180,12 @@ def test_a_tensor_of_an_unexpected_size_is_recorded_as_nan_and_counted() -> None
     np.testing.assert_array_equal(piece.outputs[:, 0], [0, 7, 8, 2])
 
 
-def test_held_runs_with_an_unexpected_size_among_them() -> None:
-    """Runs are copied many at a time; one whose tensor has an unexpected size is still NaN
-    alone, wherever it falls among them."""
+def test_one_run_of_an_unexpected_size_among_many() -> None:
+    """The run whose tensor has an unexpected size is NaN alone, wherever it falls."""
     ring = PredictionRing(1000, *SLOTS)
     first = 0
-    for i in range(2 * HELD_RUNS + 3):
-        if i == HELD_RUNS + 5:
+    for i in range(70):
+        if i == 37:
             ring.append(
                 feeds={"x": np.zeros((1, 3), np.float32)},  # three values where two are monitored
                 outputs={"y": np.array([[-1]], np.int64)},
@@ -221,28 +218,67 @@ def _record_malformed(ring: PredictionRing) -> None:
     )
 
 
-def test_runs_that_cannot_be_copied_are_dropped_and_counted() -> None:
-    """A malformed run (here a request record of the wrong arity) fails the copy of the runs
-    held with it: they are dropped and counted, the set stays whole, and recording goes on."""
+def test_a_run_that_cannot_be_copied_is_dropped_alone_and_counted() -> None:
+    """A malformed run (here a request record of the wrong arity) raises, is counted as
+    dropped and leaves nothing of itself in the set; the runs around it are kept."""
     ring = PredictionRing(100, *SLOTS)
-    _record(ring, 0, [1])
-    taken, _ = ring.swap()
-    ring.release(taken)
-    _record(ring, 1, [2])
-    _record_malformed(ring)
-    columns, dropped = ring.swap()  # the copy fails here: logged, not raised
-    assert dropped == 3 and columns.rows == 0 and ring.dropped == 3
-    ring.release(columns)
-    _record(ring, 4, [1])
-    np.testing.assert_array_equal(_take(ring).inputs[:, 0], [4])
-    # The same failure met by a large run, which is copied at once after the runs held: both
-    # the held runs and the large one are counted as dropped, and the error is raised.
-    _record_malformed(ring)
-    with pytest.raises(ValueError):
-        _record(ring, 5, [70])  # past HELD_ROWS
-    assert ring.dropped == 3 + 1 + 70 and ring.written == 1 + 2 + 1 + 1 + 1 + 70
-    _record(ring, 100, [2])
-    np.testing.assert_array_equal(_take(ring).inputs[:, 0], [100, 101])
+    _record(ring, 0, [1, 2])
+    with pytest.raises(TypeError):
+        _record_malformed(ring)
+    _record(ring, 3, [1])
+    with pytest.raises(KeyError):  # a monitored tensor missing from the run
+        ring.append({}, {"y": np.zeros((1, 1))}, [("m", 0, 0, 0)], [1], [0], (0, 0, 0.0))
+    with pytest.raises(ValueError):  # values that are not numbers
+        ring.append(
+            {"x": np.array([["a", "b"]])}, {"y": np.zeros((1, 1))}, [("s", 0, 0, 0)], [1], [0],
+            (0, 0, 0.0),
+        )  # fmt: skip
+    piece = _take(ring)
+    assert ring.dropped == 3 and ring.written == 7
+    assert piece.request_id.tolist() == [b"r0", b"r1", b"r1", b"r3"]
+    np.testing.assert_array_equal(piece.inputs[:, 0], [0, 1, 2, 3])
+
+
+CAST = [
+    np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8,
+    np.uint16, np.uint32, np.uint64, np.bool_, ">f4", ">i8", "<f8",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", CAST, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "fortran"])
+def test_every_tensor_type_is_cast_as_numpy_casts_it(dtype: object, layout: str) -> None:
+    """Whatever a model returns or a client sends (the writer's own casts, and numpy's for what
+    it leaves to numpy: float16, other byte orders, views that are not C-contiguous)."""
+    rng = np.random.default_rng(7)
+    dt = np.dtype(dtype)  # type: ignore[call-overload]
+    if dt.kind == "f":
+        raw = rng.normal(0, 1e3, size=(5, 4)) * rng.choice([1, 1e40, 1e-50], size=(5, 4))
+        raw[0, :2] = [np.nan, np.inf]
+    elif dt.kind == "b":
+        raw = rng.random((5, 4)) < 0.5
+    else:
+        native = dt.newbyteorder("=")
+        info = np.iinfo(native)
+        raw = rng.integers(info.min, info.max, size=(5, 4), dtype=native, endpoint=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.asarray(raw).astype(dt)
+    x = {"contiguous": values[:, :2], "strided": values[:, ::2], "fortran": values[:, :2]}[layout]
+    if layout == "contiguous":
+        x = np.ascontiguousarray(x)
+    elif layout == "fortran":
+        x = np.asfortranarray(x)
+    y = values[:, 2:3].copy()
+    ring = PredictionRing(16, *SLOTS)
+    metas: list[RequestMeta] = [(f"r{i}", 0, 0, 0) for i in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ring.append({"x": x}, {"y": y}, metas, [1] * 5, [0] * 5, (0, 0, 0.0))
+    piece = _take(ring)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(piece.inputs, x.astype(np.float32))
+        np.testing.assert_array_equal(piece.outputs, y.astype(np.float32))
+    assert ring.dropped == 0 and ring.mismatched == 0
 
 
 def test_values_beyond_float32_become_infinite_without_a_warning() -> None:
@@ -332,3 +368,35 @@ def test_a_shared_set_assembles_the_same_in_another_process_view() -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), name)
     assert got.rows == 9 and got.inputs[5].tolist() == [5.0, -5.0]
     ring.release(columns)
+
+
+def test_requests_without_rows_and_numpy_integers() -> None:
+    """A request of no rows batched with others keeps its place among the requests; row
+    counts and times given as numpy integers are taken as the same integers."""
+    ring = PredictionRing(8, *SLOTS)
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    metas: list[RequestMeta] = [("e", 1, 10, 0), ("a", 2, np.int64(20), 1), ("z", 0, 30, 0)]  # type: ignore[list-item]
+    rows = [0, np.int64(2), 0]
+    ring.append({"x": x}, {"y": np.ones((2, 1))}, metas, rows, [0, 0, 0], (40, 50, 1.0))  # type: ignore[arg-type]
+    columns, _ = ring.swap()
+    assert columns.ids == ["e", "a", "z"] and columns.request_values()[4].tolist() == [0, 2, 0]
+    piece = ring.assemble(columns, 0)
+    assert piece.request_id.tolist() == [b"a", b"a"] and piece.route.tolist() == [2, 2]
+    np.testing.assert_array_equal(piece.inputs, x)
+
+
+def test_a_set_full_of_requests_or_runs_drops_the_run() -> None:
+    """Capacity bounds the requests and the runs of a set as well as its rows."""
+    ring = PredictionRing(4, *SLOTS)
+    metas: list[RequestMeta] = [(f"r{i}", 0, 0, 0) for i in range(5)]
+    x = np.zeros((1, 2), np.float32)
+    # five requests, one row among them: fits in rows, not in requests
+    ring.append({"x": x}, {"y": np.zeros((1, 1))}, metas, [1, 0, 0, 0, 0], [0] * 5, (0, 0, 0.0))
+    assert ring.dropped == 1 and ring.pending_rows == 0
+    for _ in range(5):
+        ring.append({"x": x}, {"y": np.zeros((1, 1))}, metas[:1], [1], [0], (0, 0, 0.0))
+    assert ring.dropped == 2 and ring.pending_rows == 4
+    ring = PredictionRing(4, *SLOTS)
+    with pytest.raises(ValueError):  # negative rows: a caller's bug, the run dropped
+        ring.append({"x": x}, {"y": x[:, :1]}, metas[:2], [-1, 2], [0, 0], (0, 0, 0.0))
+    assert ring.dropped == 1 and ring.pending_rows == 0

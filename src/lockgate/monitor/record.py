@@ -64,11 +64,7 @@ class VersionRecorder:
                 spec.version,
                 "; ".join(self.unfollowed),
             )
-        # Runs are held briefly before they are copied only when no tensor is beyond the
-        # monitored columns (summarised or left out): nothing large is kept meanwhile.
-        self.ring = PredictionRing(
-            capacity, inputs.slots, outputs, inputs.summaries, shared, hold=not self.unfollowed
-        )
+        self.ring = PredictionRing(capacity, inputs.slots, outputs, inputs.summaries, shared)
         for summary, _, _ in inputs.summaries:
             if summary.kind == "wide":  # drawn now, not by concurrent model threads
                 _ = summary.projection
@@ -112,16 +108,14 @@ class VersionRecorder:
         """On the event loop: copy a run into the ring; `derived`: `derive` of this run, or
         None to derive it here (a run made on the loop)."""
         times = (started_ns, time.perf_counter_ns(), time.time())
-        rows = self._monitored_rows(feeds, rows)
-        total = sum(rows)
-        if total:  # else an empty request: nothing to monitor
-            self.ring.append(feeds, outputs, metas, rows, enqueued_ns, times, derived, total)
+        self.ring.append(feeds, outputs, metas, self._monitored_rows(feeds, rows), enqueued_ns,
+                         times, derived)  # fmt: skip
 
     def _monitored_rows(self, feeds: dict[str, Array], rows: list[int]) -> list[int]:
         """Monitored rows per request, from the batcher's (a request's rows, or 1 for a
         version that runs each request alone)."""
-        if self._rows_from is not None and len(rows) == 1:
-            return [int(feeds[self._rows_from].shape[0])]
         if self._rows_from is None:
             return [1] * len(rows)  # one monitored row per request
+        if len(rows) == 1:
+            return [int(feeds[self._rows_from].shape[0])]
         return rows

@@ -1,32 +1,29 @@
 """The hand-over between the request path and the monitor's drain, per model version.
 
-Each finished run takes its rows in preallocated columns at once (so capacity and drops are
-exact), and is held, with references to its arrays, until `HELD_RUNS` of them are copied in
-together: one numpy copy per monitored tensor and C-level appends of the requests' ids,
-routes and timings, for many runs. Copying run by run cost the event loop several times as
-much (a numpy assignment per tensor per run, with cold caches each time); held for the drain
-instead, the requests' arrays would die in the drain thread, under the GIL, and cost more
-still. A summarised input (:mod:`lockgate.monitor.derived`) is derived from the run by
-`derive`, a few vectorised calls whatever its rows, in the model thread that ran it (the
-batcher calls it there, see serve/batch.py); only a run on the event loop anyway (an inline
-one) is derived by `append` itself. There are two sets of columns: the request path fills one
-while the drain reads the other, and the drain's `swap` (on the event loop: the runs held,
-then O(1)) exchanges them. A set holds `capacity` rows; runs that do not fit before the drain
-comes are dropped and counted, never silently lost.
+Each finished run is copied into preallocated columns at once, by one call of a small C writer
+(`_ringwrite.c`): the monitored tensors cast to float32 into their columns, the requests' ids,
+routes and timings and the run's times into preallocated arrays, whole or not at all. In Python
+the same copy took a dozen numpy and array calls a run, or runs held and copied in groups, and
+cost the event loop several microseconds a request (docs/design/monitor-tail-cost.md). A
+summarised input (:mod:`lockgate.monitor.derived`) is derived from the run by `derive`, a few
+vectorised calls whatever its rows, in the model thread that ran it (the batcher calls it there,
+see serve/batch.py); only a run on the event loop anyway (an inline one) is derived by `append`
+itself. There are two sets of columns: the request path fills one while the drain reads the
+other, and the drain's `swap` (on the event loop, O(1)) exchanges them. A set holds `capacity`
+rows; runs that do not fit before the drain comes are dropped and counted, never silently lost.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from lockgate.monitor._ringwrite import REQUEST_FIELDS, RUN_FIELDS, UNSUPPORTED, Writer
 from lockgate.monitor.derived import Summary
 from lockgate.monitor.kernels.timing import request_rows
 from lockgate.monitor.shm import SharedHandle, shared_matrices
@@ -106,98 +103,85 @@ def concat_slices(*pieces: RingSlice) -> RingSlice:
     return RingSlice(**columns, dropped=sum(p.dropped for p in pieces))
 
 
-# Runs of at most HELD_ROWS rows are held and copied into the ring HELD_RUNS at a time.
-HELD_RUNS = 32
-HELD_ROWS = 64
-# A run as `PredictionRing.append` takes it: feeds, outputs, metas, rows, enqueued_ns, times,
-# derived columns, total rows.
-_Run = tuple[Arrays, Arrays, list[RequestMeta], list[int], list[int], tuple[int, int, float],
-             Sequence["Array | None"] | None, int]  # fmt: skip
-
 Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
 Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, its columns)
+# What the writer copies for each monitored tensor: (where from: FROM_INPUTS, FROM_OUTPUTS or
+# FROM_DERIVED, the tensor's name or its index among the derived, matrix: 0 inputs or
+# 1 outputs, first column, width).
+Target = tuple[int, "str | int", int, int, int]
+FROM_INPUTS, FROM_OUTPUTS, FROM_DERIVED = 0, 1, 2
+# Rows of `Columns.requests` (one column per request) and `Columns.runs` (one per model run).
+ROUTE, CLIENT, RECEIVED_NS, ENQUEUED_NS, REQUEST_ROWS = range(REQUEST_FIELDS)
+STARTED_NS, DONE_NS, RUN_REQUESTS = range(RUN_FIELDS)
 
 
 class Columns:
-    """One set of ring columns: per-row matrices preallocated, per-request and per-batch
-    values in growable C arrays (appending to them is one C call per batch). `targets`: where
-    each monitored tensor goes, as (from the outputs?, tensor, view of its columns, values per
-    row); a view of one column is 1-D and a view of whole rows is the matrix itself, the
-    cheapest slices to assign to."""
+    """One set of ring columns, all preallocated: the rows' input and output matrices (float32),
+    the requests' values (`requests`, int64 [REQUEST_FIELDS, capacity]: route and client codes,
+    arrival and queue times, rows), the runs' (`runs`: start, end, requests; `run_ts`: unix
+    seconds) and the requests' ids. `writer` fills them, one C call per run."""
 
     def __init__(
-        self,
-        capacity: int,
-        widths: tuple[int, int],
-        slots: tuple[Slots, Slots],
-        shared: bool = False,
+        self, matrices: tuple[Array, Array], targets: Sequence[Target], handle: SharedHandle | None
     ) -> None:
+        self.inputs, self.outputs = matrices
+        self.handle = handle  # the matrices' memory file, when the monitor process maps them
+        capacity = self.inputs.shape[0]
+        self.requests = np.empty((REQUEST_FIELDS, capacity), np.int64)
+        self.runs = np.empty((RUN_FIELDS, capacity), np.int64)
+        self.run_ts = np.empty(capacity, np.float64)
+        self.ids: list[str] = []
+        self.writer = Writer(
+            self.inputs, self.outputs, targets, self.requests, self.runs, self.run_ts, self.ids
+        )
+
+    @classmethod
+    def allocate(
+        cls, capacity: int, widths: tuple[int, int], targets: Sequence[Target], shared: bool
+    ) -> Columns:
         """`shared`: the matrices live in a memory file the monitor process maps (`handle`)."""
-        self.handle: SharedHandle | None = None
         if shared:
-            self.inputs, self.outputs, self.handle = shared_matrices(capacity, widths)
-        else:
-            self.inputs = np.empty((capacity, widths[0]), np.float32)
-            self.outputs = np.empty((capacity, widths[1]), np.float32)
-        self.targets: list[tuple[bool, str, Array, int]] = []
-        for from_outputs, matrix, side in (
-            (False, self.inputs, slots[0]),
-            (True, self.outputs, slots[1]),
-        ):
-            for name, lo, hi in side:
-                if hi - lo == 1:
-                    view = matrix[:, lo]
-                elif lo == 0 and hi == matrix.shape[1]:
-                    view = matrix
-                else:
-                    view = matrix[:, lo:hi]
-                self.targets.append((from_outputs, name, view, hi - lo))
-        self.clear()
+            inputs, outputs, handle = shared_matrices(capacity, widths)
+            return cls((inputs, outputs), targets, handle)
+        matrices = (np.empty((capacity, widths[0]), np.float32),
+                    np.empty((capacity, widths[1]), np.float32))  # fmt: skip
+        return cls(matrices, targets, None)
+
+    @property
+    def rows(self) -> int:
+        return int(self.writer.rows)
+
+    def request_values(self) -> Array:
+        """The requests' values written so far, ``[REQUEST_FIELDS, requests]`` (a view)."""
+        return self.requests[:, : self.writer.requests]
+
+    def run_values(self) -> tuple[Array, Array]:
+        """The runs' values and unix seconds written so far (views)."""
+        return self.runs[:, : self.writer.runs], self.run_ts[: self.writer.runs]
 
     def clear(self) -> None:
-        self.rows = 0
-        self.ids: list[str] = []  # per request
-        self.routes = array("q")
-        self.clients = array("q")
-        self.received_ns = array("q")
-        self.enqueued_ns = array("q")
-        self.request_rows = array("q")
-        self.started_ns = array("q")  # per batch
-        self.done_ns = array("q")
-        self.ts = array("d")
-        self.batch_requests = array("q")
-
-    def values(self) -> tuple[list[str], *tuple[array[Any], ...]]:
-        """The per-request and per-run values: the ids, then the C arrays."""
-        return (self.ids, *self._arrays())
-
-    def truncate(self, lengths: list[int], rows: int) -> None:
-        """Back to `rows` rows and these lengths of `values` (after a failed copy)."""
-        for values, length in zip(self.values(), lengths, strict=True):
-            del values[length:]
-        self.rows = rows
+        self.ids.clear()  # in place: the writer appends to this list
+        w = self.writer
+        w.rows = w.requests = w.runs = w.mismatched = 0
 
     def wire(self) -> list[Any]:
-        """The per-request and per-batch values as bytes, for the monitor process (copies
-        of C arrays, on the event loop: no per-request work)."""
-        return [self.rows, self.ids, *(bytes(a) for a in self._arrays())]
-
-    def _arrays(self) -> tuple[array[Any], ...]:
-        return (
-            self.routes, self.clients, self.received_ns, self.enqueued_ns, self.request_rows,
-            self.started_ns, self.done_ns, self.ts, self.batch_requests,
-        )  # fmt: skip
+        """The requests' and runs' values as bytes, for the monitor process (copies on the
+        event loop: no per-request work)."""
+        runs, ts = self.run_values()
+        return [self.rows, self.ids, self.request_values().tobytes(), runs.tobytes(), ts.tobytes()]
 
     @classmethod
     def received(cls, matrices: tuple[Array, Array], doc: list[Any]) -> Columns:
         """A set another process filled: its matrices (mapped) and `wire` of its values."""
-        cols = cls.__new__(cls)
-        cols.inputs, cols.outputs = matrices
-        cols.targets, cols.handle = [], None
-        cols.clear()
-        cols.rows, cols.ids = int(doc[0]), list(doc[1])
-        for values, data in zip(cols._arrays(), doc[2:], strict=True):
-            values.frombytes(data)
+        cols = cls(matrices, (), None)
+        cols.ids += doc[1]
+        requests = np.frombuffer(doc[2], np.int64).reshape(REQUEST_FIELDS, -1)
+        runs = np.frombuffer(doc[3], np.int64).reshape(RUN_FIELDS, -1)
+        cols.requests[:, : requests.shape[1]] = requests
+        cols.runs[:, : runs.shape[1]] = runs
+        cols.run_ts[: runs.shape[1]] = np.frombuffer(doc[4], np.float64)
+        w = cols.writer
+        w.rows, w.requests, w.runs = int(doc[0]), requests.shape[1], runs.shape[1]
         return cols
 
 
@@ -211,32 +195,36 @@ class PredictionRing:
         outputs: Slots,
         summaries: Summaries = (),
         shared: bool = False,
-        hold: bool = True,
     ) -> None:
-        """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py);
-        `hold`: runs may be held before they are copied (see `append`), for a version whose
-        arrays are all small: every tensor followed value by value."""
+        """`shared`: column matrices in memory the monitor process maps (see monitor/shm.py)."""
         self.capacity = capacity
         self.shared = shared
         self.input_slots, self.output_slots = inputs, outputs
         self.summaries = tuple(summaries)  # inputs summarised into derived input columns
         widths = [hi for _, _, hi in summaries]
         self.widths = (max(_width(inputs), *widths, 0), _width(outputs))
-        self.written = 0  # rows ever recorded
+        self.targets: list[Target] = [
+            *((FROM_INPUTS, name, 0, lo, hi - lo) for name, lo, hi in inputs),
+            *((FROM_OUTPUTS, name, 1, lo, hi - lo) for name, lo, hi in outputs),
+            *((FROM_DERIVED, i, 0, lo, hi - lo) for i, (_, lo, hi) in enumerate(summaries)),
+        ]
+        self.written = 0  # rows ever recorded, dropped ones included
         self.dropped = 0  # rows ever dropped before the drain took them
-        self.mismatched = 0  # rows recorded as NaN for a tensor of an unexpected size
+        self._mismatched = 0  # of the sets taken: see `mismatched`
         self.routes: list[tuple[str, str]] = []  # (endpoint, variant) by route code
         self.clients: list[str] = [""]  # client names by code; 0: no API keys configured
         self._codes: dict[tuple[str, str, str], tuple[int, int]] = {}  # see `codes`
         self._filling = self._columns()
-        self._held: list[_Run] = []  # runs placed in the filling set, not yet copied
-        # Runs with summarised inputs are never held: their images would be kept meanwhile.
-        self._hold_rows = HELD_ROWS if hold and not self.summaries else 0
         self._spare: Columns | None = None
         self._dropped_since_take = 0
         # Called (on the event loop) when the filling set passes half its rows: time to drain.
         self.on_half_full: Callable[[], None] | None = None
         self._half = capacity // 2
+
+    @property
+    def mismatched(self) -> int:
+        """Rows ever recorded as NaN for a tensor of an unexpected size."""
+        return self._mismatched + int(self._filling.writer.mismatched)
 
     @property
     def pending_rows(self) -> int:
@@ -270,145 +258,64 @@ class PredictionRing:
         rows: list[int],
         enqueued_ns: list[int],
         times: tuple[int, int, float],
-        derived: Sequence[Array | None] | None = None,
-        total: int | None = None,
+        derived: list[Array | None] | None = None,
     ) -> None:
-        """Take one model run (on the request path): `times` is (started_ns, done_ns, unix
-        seconds); `derived`: `derive` of this run, made in the model thread (None: derived
-        here); `total`: sum(rows), when the caller has it. A run that does not fit is dropped
+        """Copy one model run into the filling set (on the request path): `times` is
+        (started_ns, done_ns, unix seconds); `derived`: `derive` of this run, made in the model
+        thread (None: derived here). A run that does not fit, or cannot be copied, is dropped
         whole and counted. A monitored tensor whose values do not fill its columns for this
         run's rows (a shape the load-time run did not show) is recorded as NaN and counted in
-        `mismatched`.
-
-        Small runs are held and copied `HELD_RUNS` at a time (see `flush`): one numpy copy per
-        tensor for many runs costs the loop far less than one per run, and the runs held are
-        a few kilobytes. Their rows are placed at once, so capacity, drops and `pending_rows`
-        are exact whatever is held."""
-        if total is None:
-            total = sum(rows)
-        self.written += total
-        cols = self._filling
-        start, stop = cols.rows, cols.rows + total
-        if stop > self.capacity:
-            self._drop(total)
-            return
+        `mismatched`."""
         if derived is None and self.summaries:
+            total = sum(rows)
+            if not total:
+                return
             derived = self.derive(feeds, total)  # a run made on the loop
-        run = (feeds, outputs, metas, rows, enqueued_ns, times, derived, total)
-        if total <= self._hold_rows:
-            self._held.append(run)
-            cols.rows = stop
-            if len(self._held) >= HELD_RUNS:
-                self.flush()
-        else:  # large, or summarised: on its own, after the runs held
-            try:
-                self.flush()
-            except Exception:  # the runs held are dropped and counted; so is this one
-                self._drop(total)
-                raise
-            cols.rows = stop
-            self._copy(cols, start, [run])
-        if start <= self._half < stop and self.on_half_full is not None:
-            self.on_half_full()
-
-    def flush(self) -> None:
-        """Copy the runs held into the filling set (on the event loop; `swap` calls it)."""
-        if self._held:
-            held, self._held = self._held, []
-            cols = self._filling
-            self._copy(cols, cols.rows - sum(run[7] for run in held), held)
-
-    def _copy(self, cols: Columns, start: int, runs: list[_Run]) -> None:
-        """Write runs placed from row `start` on: per tensor one copy of all their values
-        (a run's tensor that does not fill its columns: NaN, counted), then the
-        per-request and per-run values. A run that cannot be written is dropped with all the
-        runs copied with it, never left half-written."""
-        stop = cols.rows
-        lengths = [len(a) for a in cols.values()]
+        writer = self._filling.writer
         try:
-            with np.errstate(over="ignore"):  # beyond float32: inf, as the statistics expect
-                self._columns_of(cols, start, stop, runs)
-        except Exception:
-            cols.truncate(lengths, start)
-            self._drop(stop - start)
+            written = writer.write(feeds, outputs, derived, metas, rows, enqueued_ns, *times)
+            if written == UNSUPPORTED:  # some tensor's type or layout: numpy casts it first
+                feeds, outputs = self._as_float32(feeds, outputs)
+                written = writer.write(feeds, outputs, derived, metas, rows, enqueued_ns, *times)
+        except Exception:  # nothing was written: the run is dropped and counted
+            self._drop(sum(rows))
             raise
+        if written > 0:
+            self.written += written
+            if writer.rows > self._half >= writer.rows - written and self.on_half_full:
+                self.on_half_full()
+        elif written < 0:  # FULL (or, after numpy's cast, still UNSUPPORTED)
+            self._drop(sum(rows))
 
-    def _columns_of(self, cols: Columns, start: int, stop: int, runs: list[_Run]) -> None:
-        """`_copy`'s writes: the monitored tensors, the summaries, the per-request values."""
-        for from_outputs, name, view, width in cols.targets:
-            parts = [(run[1] if from_outputs else run[0])[name] for run in runs]
-            values = parts[0] if len(parts) == 1 else _joined(parts)
-            if values.size == (stop - start) * width:
-                self._place(view, start, stop, width, values)
-            else:  # some run's tensor has an unexpected size: run by run
-                row = start
-                for run, part in zip(runs, parts, strict=True):
-                    self._place(view, row, row + run[7], width, part)
-                    row += run[7]
-        if self.summaries:  # then a run is copied alone
-            (derived,) = (run[6] for run in runs)
-            self._place_summaries(cols.inputs, start, stop, derived)
-        # Each column through a new C array and one block copy: `extend` takes a tuple value by
-        # value through the iterator protocol, at twice the cost.
-        metas = chain.from_iterable([run[2] for run in runs])
-        ids, routes, received, clients = zip(*metas, strict=True)
-        cols.ids += ids
-        cols.routes += array("q", routes)
-        cols.clients += array("q", clients)
-        cols.received_ns += array("q", received)
-        cols.enqueued_ns += array("q", list(chain.from_iterable([run[4] for run in runs])))
-        cols.request_rows += array("q", list(chain.from_iterable([run[3] for run in runs])))
-        started, done, ts = zip(*[run[5] for run in runs], strict=True)
-        cols.started_ns += array("q", started)
-        cols.done_ns += array("q", done)
-        cols.ts += array("d", ts)
-        cols.batch_requests += array("q", [len(run[2]) for run in runs])
-
-    def _place(self, view: Array, start: int, stop: int, width: int, values: Array) -> None:
-        """One tensor's values into rows `start:stop` of its columns; NaN, counted, when
-        they do not fill them."""
-        total = stop - start
-        if values.size != total * width:
-            view[start:stop] = np.nan
-            self.mismatched += total
-        elif width == 1:
-            view[start:stop] = values.reshape(total)
-        else:
-            view[start:stop] = values.reshape(total, width)
-
-    def _place_summaries(
-        self, matrix: Array, start: int, stop: int, derived: Sequence[Array | None] | None
-    ) -> None:
-        """A run's summarised inputs into their columns of rows `start:stop`; NaN, counted,
-        for a tensor that did not fit them."""
-        assert derived is not None  # `append` derives what the model thread did not
-        for (_, lo, hi), columns in zip(self.summaries, derived, strict=True):
-            if columns is not None:
-                matrix[start:stop, lo:hi] = columns
-            else:
-                matrix[start:stop, lo:hi] = np.nan
-                self.mismatched += stop - start
+    def _as_float32(self, feeds: Arrays, outputs: Arrays) -> tuple[Arrays, Arrays]:
+        """The monitored tensors as C-contiguous float32, cast by numpy (float16, non-native
+        byte order, strided views, objects holding numbers; beyond float32: inf)."""
+        converted: tuple[Arrays, Arrays] = (dict(feeds), dict(outputs))
+        with np.errstate(over="ignore"):
+            for source, name, _, _, _ in self.targets:
+                tensors = converted[source] if source != FROM_DERIVED else None
+                if tensors is not None and isinstance(name, str) and name in tensors:
+                    tensors[name] = np.ascontiguousarray(tensors[name], np.float32)
+        return converted
 
     def _drop(self, rows: int) -> None:
+        self.written += rows
         self.dropped += rows
         self._dropped_since_take += rows
 
     def swap(self) -> tuple[Columns, int]:
         """Hand the filled columns to the drain and start filling the spare set (on the event
-        loop: O(1) but for the runs held). Give them back with `release` once they are read."""
-        try:
-            self.flush()
-        except Exception:  # the runs held are counted as dropped; the drain goes on
-            log.exception("recording runs for the monitor failed")
+        loop: O(1)). Give them back with `release` once they are read."""
         taken, dropped = self._filling, self._dropped_since_take
+        self._mismatched += int(taken.writer.mismatched)
+        taken.writer.mismatched = 0
         spare, self._spare = self._spare, None
         self._filling = spare if spare is not None else self._columns()
         self._dropped_since_take = 0
         return taken, dropped
 
     def _columns(self) -> Columns:
-        slots = (self.input_slots, self.output_slots)
-        return Columns(self.capacity, self.widths, slots, self.shared)
+        return Columns.allocate(self.capacity, self.widths, self.targets, self.shared)
 
     def release(self, taken: Columns) -> None:
         """Columns the drain has finished with become the spare set (call on the event loop)."""
@@ -419,14 +326,15 @@ class PredictionRing:
         """Per-row columns of one taken set: one compiled call and the ids, whatever its size
         (:mod:`~lockgate.monitor.kernels.timing`). The matrices are views of the set's memory
         (valid until it is released)."""
-        counts = _int64s(cols.request_rows)
+        req = cols.request_values()
+        runs, run_ts = cols.run_values()
+        counts = req[REQUEST_ROWS]
         ts, latency, queue, route, first = request_rows(
-            (_int64s(cols.started_ns), _int64s(cols.done_ns), _float64s(cols.ts),
-             _int64s(cols.batch_requests)),
-            (_int64s(cols.received_ns), _int64s(cols.enqueued_ns), counts, _int64s(cols.routes)),
-        )  # fmt: skip
+            (runs[STARTED_NS], runs[DONE_NS], run_ts, runs[RUN_REQUESTS]),
+            (req[RECEIVED_NS], req[ENQUEUED_NS], counts, req[ROUTE]),
+        )
         ids = id_keys(cols.ids)
-        clients = np.array(cols.clients, np.int16)
+        clients = req[CLIENT].astype(np.int16)
         per_row = ts.shape[0] != ids.shape[0]  # some request has several rows
         return RingSlice(
             ts=ts,
@@ -442,29 +350,11 @@ class PredictionRing:
         )
 
 
-def _joined(parts: list[Array]) -> Array:
-    """The values of several runs' arrays one after the other (flat when their shapes
-    differ beyond the leading dimension)."""
-    try:
-        return np.concatenate(parts)
-    except ValueError:
-        return np.concatenate(parts, axis=None)
-
-
 def _code(table: list[Any], value: Any) -> int:
     """`value`'s index in `table`, appended when absent (tables hold a few entries)."""
     if value not in table:
         table.append(value)
     return table.index(value)
-
-
-def _int64s(values: array[int]) -> Array:
-    """A C array's values without a copy (the set is not appended to while it is read)."""
-    return np.frombuffer(values, np.int64) if len(values) else np.zeros(0, np.int64)
-
-
-def _float64s(values: array[float]) -> Array:
-    return np.frombuffer(values, np.float64) if len(values) else np.zeros(0, np.float64)
 
 
 def _width(slots: Slots) -> int:

@@ -1,0 +1,45 @@
+"""The ring's writer, compiled from _ringwrite.c: one call per model run copies it into a set of
+ring columns (see monitor/ring.py)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray[Any, Any]
+
+FULL: int  # `write`: the run does not fit in what is left of the set
+UNSUPPORTED: int  # `write`: a tensor the writer cannot read (cast it to float32 first)
+REQUEST_FIELDS: int  # rows of the requests' values
+RUN_FIELDS: int  # rows of the runs' values
+
+class Writer:
+    rows: int
+    requests: int
+    runs: int
+    mismatched: int
+    capacity: int
+    ids: list[str]
+    def __init__(
+        self,
+        inputs: Array,
+        outputs: Array,
+        targets: Sequence[tuple[int, str | int, int, int, int]],
+        requests: Array,
+        runs: Array,
+        ts: Array,
+        ids: list[str],
+    ) -> None: ...
+    def write(
+        self,
+        feeds: dict[str, Array],
+        outputs: dict[str, Array],
+        derived: Sequence[Array | None] | None,
+        metas: list[tuple[str, int, int, int]],
+        rows: list[int],
+        enqueued_ns: list[int],
+        started_ns: int,
+        done_ns: int,
+        ts: float,
+        /,
+    ) -> int: ...
