@@ -400,3 +400,22 @@ def test_a_set_full_of_requests_or_runs_drops_the_run() -> None:
     with pytest.raises(ValueError):  # negative rows: a caller's bug, the run dropped
         ring.append({"x": x}, {"y": x[:, :1]}, metas[:2], [-1, 2], [0, 0], (0, 0, 0.0))
     assert ring.dropped == 1 and ring.pending_rows == 0
+
+
+def test_a_writers_counts_are_set_only_within_its_capacity() -> None:
+    """The writer indexes its arrays by its counts without bounds checks, so they are read-only
+    and `restore` (a set filled by another process) refuses counts outside the set."""
+    ring = PredictionRing(4, *SLOTS)
+    _record(ring, 0, [1, 2])
+    columns, _ = ring.swap()
+    writer = columns.writer
+    with pytest.raises(AttributeError):
+        writer.rows = 100  # type: ignore[misc]
+    for counts in ((5, 1, 1), (1, 5, 1), (1, 1, 5), (-1, 1, 1)):
+        with pytest.raises(ValueError, match="outside a set of 4 rows"):
+            writer.restore(*counts)
+    assert (writer.rows, writer.requests, writer.runs) == (3, 2, 1)  # unchanged
+    writer.restore(4, 4, 4)
+    assert (writer.rows, writer.requests, writer.runs) == (4, 4, 4)
+    ring.release(columns)
+    assert (writer.rows, writer.requests, writer.runs, writer.mismatched) == (0, 0, 0, 0)

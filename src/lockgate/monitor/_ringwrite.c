@@ -348,18 +348,46 @@ static PyObject *Writer_write(Writer *self, PyObject *const *args, Py_ssize_t na
     return PyLong_FromSsize_t(total);
 }
 
+static PyObject *Writer_clear(Writer *self, PyObject *Py_UNUSED(ignored)) {
+    self->rows = self->n_requests = self->n_runs = self->mismatched = 0;
+    Py_RETURN_NONE;
+}
+
+/* restore(rows, requests, runs): the counts of a set another process filled (the arrays
+ * already hold its values). Checked, since `write` indexes past them without bounds checks. */
+static PyObject *Writer_restore(Writer *self, PyObject *args) {
+    Py_ssize_t rows, requests, runs;
+    if (!PyArg_ParseTuple(args, "nnn", &rows, &requests, &runs)) return NULL;
+    Py_ssize_t cap = self->capacity;
+    if (rows < 0 || rows > cap || requests < 0 || requests > cap || runs < 0 || runs > cap) {
+        PyErr_Format(PyExc_ValueError, "counts (%zd, %zd, %zd) outside a set of %zd rows", rows,
+                     requests, runs, cap);
+        return NULL;
+    }
+    self->rows = rows;
+    self->n_requests = requests;
+    self->n_runs = runs;
+    self->mismatched = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Writer_methods[] = {
     {"write", (PyCFunction)(void (*)(void))Writer_write, METH_FASTCALL,
      "write(feeds, outputs, derived, metas, rows, enqueued_ns, started_ns, done_ns, ts) -> "
      "the rows written, FULL or UNSUPPORTED"},
+    {"clear", (PyCFunction)Writer_clear, METH_NOARGS, "clear(): nothing written (the ids' list "
+     "is the caller's to clear)"},
+    {"restore", (PyCFunction)Writer_restore, METH_VARARGS,
+     "restore(rows, requests, runs): the counts of a set filled elsewhere"},
     {NULL, NULL, 0, NULL},
 };
 
+/* Read-only: `write` trusts them as indices, so only `clear` and `restore` set them. */
 static PyMemberDef Writer_members[] = {
-    {"rows", T_PYSSIZET, offsetof(Writer, rows), 0, "rows written"},
-    {"requests", T_PYSSIZET, offsetof(Writer, n_requests), 0, "requests written"},
-    {"runs", T_PYSSIZET, offsetof(Writer, n_runs), 0, "runs written"},
-    {"mismatched", T_PYSSIZET, offsetof(Writer, mismatched), 0,
+    {"rows", T_PYSSIZET, offsetof(Writer, rows), READONLY, "rows written"},
+    {"requests", T_PYSSIZET, offsetof(Writer, n_requests), READONLY, "requests written"},
+    {"runs", T_PYSSIZET, offsetof(Writer, n_runs), READONLY, "runs written"},
+    {"mismatched", T_PYSSIZET, offsetof(Writer, mismatched), READONLY,
      "rows written as NaN for a tensor that did not fill its columns"},
     {"capacity", T_PYSSIZET, offsetof(Writer, capacity), READONLY, "rows a set holds"},
     {"ids", T_OBJECT, offsetof(Writer, ids), READONLY, "the requests' ids"},

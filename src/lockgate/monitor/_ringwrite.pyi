@@ -14,12 +14,18 @@ REQUEST_FIELDS: int  # rows of the requests' values
 RUN_FIELDS: int  # rows of the runs' values
 
 class Writer:
-    rows: int
-    requests: int
-    runs: int
-    mismatched: int
-    capacity: int
-    ids: list[str]
+    @property
+    def rows(self) -> int: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def runs(self) -> int: ...
+    @property
+    def mismatched(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def ids(self) -> list[str]: ...
     def __init__(
         self,
         inputs: Array,
@@ -30,6 +36,8 @@ class Writer:
         ts: Array,
         ids: list[str],
     ) -> None: ...
+    def clear(self) -> None: ...
+    def restore(self, rows: int, requests: int, runs: int, /) -> None: ...
     def write(
         self,
         feeds: dict[str, Array],

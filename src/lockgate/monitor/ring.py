@@ -161,8 +161,7 @@ class Columns:
 
     def clear(self) -> None:
         self.ids.clear()  # in place: the writer appends to this list
-        w = self.writer
-        w.rows = w.requests = w.runs = w.mismatched = 0
+        self.writer.clear()
 
     def wire(self) -> list[Any]:
         """The requests' and runs' values as bytes, for the monitor process (copies on the
@@ -180,8 +179,7 @@ class Columns:
         cols.requests[:, : requests.shape[1]] = requests
         cols.runs[:, : runs.shape[1]] = runs
         cols.run_ts[: runs.shape[1]] = np.frombuffer(doc[4], np.float64)
-        w = cols.writer
-        w.rows, w.requests, w.runs = int(doc[0]), requests.shape[1], runs.shape[1]
+        cols.writer.restore(int(doc[0]), requests.shape[1], runs.shape[1])
         return cols
 
 
@@ -307,8 +305,7 @@ class PredictionRing:
         """Hand the filled columns to the drain and start filling the spare set (on the event
         loop: O(1)). Give them back with `release` once they are read."""
         taken, dropped = self._filling, self._dropped_since_take
-        self._mismatched += int(taken.writer.mismatched)
-        taken.writer.mismatched = 0
+        self._mismatched += int(taken.writer.mismatched)  # the set's count ends at `release`
         spare, self._spare = self._spare, None
         self._filling = spare if spare is not None else self._columns()
         self._dropped_since_take = 0
