@@ -170,9 +170,10 @@ def layout_tree() -> dict[str, str]:
 
 
 def source_tree() -> set[str]:
-    """Every module and package under src/lockgate (a package's __init__ is the package)."""
+    """Every module and package under src/lockgate (a package's __init__ is the package; a C
+    source is a module)."""
     out = set()
-    for file in SRC.rglob("*.py"):
+    for file in [*SRC.rglob("*.py"), *SRC.rglob("*.c")]:
         parts = file.relative_to(SRC).parts
         if parts[0] in GENERATED_PACKAGES and len(parts) > 1:
             continue

@@ -108,8 +108,8 @@ class VersionRecorder:
         """On the event loop: copy a run into the ring; `derived`: `derive` of this run, or
         None to derive it here (a run made on the loop)."""
         times = (started_ns, time.perf_counter_ns(), time.time())
-        self.ring.append(feeds, outputs, metas, self._monitored_rows(feeds, rows), enqueued_ns,
-                         times, derived)  # fmt: skip
+        monitored = self._monitored_rows(feeds, rows)
+        self.ring.append(feeds, outputs, metas, monitored, enqueued_ns, times, derived)
 
     def _monitored_rows(self, feeds: dict[str, Array], rows: list[int]) -> list[int]:
         """Monitored rows per request, from the batcher's (a request's rows, or 1 for a
