@@ -1,14 +1,14 @@
-"""The kernels' on-disk cache is safe for several processes: signatures compiled by processes at
-once are all saved and each is read back as itself, a process saves only while no other reads
-or writes the cache, and an entry holding another signature's code (what numba's own cache can
+"""The kernels' on-disk cache is safe for several processes: a process saves only while no other
+reads or writes the cache (which keeps two processes from taking the same data file for
+different signatures), and an entry holding another signature's code (what numba's own cache can
 be left with after such a race) is compiled anew instead of run. Real processes on a real cache
-directory; the expected values are computed by numpy."""
+directory; the expected values are computed by numpy. (Processes racing to save rarely collide
+in a test-sized run, so the lock is checked directly: the saver is seen waiting for it.)"""
 
 from __future__ import annotations
 
 import fcntl
 import json
-import multiprocessing
 import os
 import pickle
 import subprocess
@@ -35,7 +35,6 @@ def weigh(x):
         total += x[i] * 2.0
     return total + x.itemsize
 """
-DTYPES = ("f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
 
 
 def expected(dtype: str) -> float:
@@ -81,39 +80,10 @@ def run_fresh(where: Path, cache: Path, dtypes: tuple[str, ...]) -> dict[str, An
     return result
 
 
-def compile_at_once(where: Path, dtypes: list[str], barrier: Any) -> None:
-    """A process that compiles `dtypes` in its order once every process is ready."""
-    barrier.wait()
-    weigh_all(where, dtypes)
-
-
 @pytest.fixture
 def kernel(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "kernel_module.py").write_text(KERNEL)
     return tmp_path, tmp_path / "numba-cache"
-
-
-def test_processes_compiling_at_once_leave_every_signature_cached_as_itself(
-    kernel: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    where, cache = kernel
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))  # the spawned processes inherit it
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(4)
-    rng = np.random.default_rng(0)
-    orders = [list(rng.permutation(DTYPES)) for _ in range(4)]
-    workers = [
-        context.Process(target=compile_at_once, args=(where, order, barrier)) for order in orders
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=300)
-        assert worker.exitcode == 0
-
-    fresh = run_fresh(where, cache, DTYPES)
-    assert fresh["results"] == {d: expected(d) for d in DTYPES}
-    assert (fresh["hits"], fresh["misses"]) == (len(DTYPES), 0)  # every save kept
 
 
 def test_a_save_waits_while_another_process_holds_the_cache(kernel: tuple[Path, Path]) -> None:
@@ -126,8 +96,8 @@ def test_a_save_waits_while_another_process_holds_the_cache(kernel: tuple[Path, 
         fcntl.flock(lock, fcntl.LOCK_SH)  # a reader: the process may load, not save
         saver = start_fresh(where, cache, ("f8",))
         try:
-            waiting = wait_for_lock_waiter(saver)
-            assert waiting, saver.communicate(timeout=300)
+            waiting = lock_waited_for(saver)
+            assert waiting == "WRITE", saver.communicate(timeout=300)  # the exclusive lock
             assert len(overloads(index)) == 1  # compiled, and waiting to save
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -145,16 +115,16 @@ def overloads(index: Path) -> dict[Any, str]:
     return dict(entries)
 
 
-def wait_for_lock_waiter(process: subprocess.Popen[str]) -> bool:
-    """Whether `process` comes to wait for a file lock (Linux lists waiters in /proc/locks with
-    "->"), polled until it does or ends."""
+def lock_waited_for(process: subprocess.Popen[str]) -> str | None:
+    """The kind of file lock (READ or WRITE) `process` comes to wait for, polled until it does
+    or ends (Linux lists waiters in /proc/locks: "N: -> FLOCK ADVISORY WRITE pid ...")."""
     while process.poll() is None:
         for line in Path("/proc/locks").read_text().splitlines():
             fields = line.split()
-            if "->" in fields and str(process.pid) in fields:
-                return True
+            if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(process.pid):
+                return fields[4]
         time.sleep(0.01)
-    return False
+    return None
 
 
 def test_an_entry_holding_another_signatures_code_is_compiled_anew(

@@ -385,8 +385,9 @@ def test_requests_without_rows_and_numpy_integers() -> None:
     np.testing.assert_array_equal(piece.inputs, x)
 
 
-def test_a_set_full_of_requests_or_runs_drops_the_run() -> None:
-    """Capacity bounds the requests and the runs of a set as well as its rows."""
+def test_a_set_full_of_requests_drops_the_run() -> None:
+    """Capacity bounds the requests of a set as well as its rows (requests of no rows take no
+    row; a run is written only with a row, so runs never outnumber rows)."""
     ring = PredictionRing(4, *SLOTS)
     metas: list[RequestMeta] = [(f"r{i}", 0, 0, 0) for i in range(5)]
     x = np.zeros((1, 2), np.float32)

@@ -407,6 +407,19 @@ static PyTypeObject WriterType = {
     .tp_members = Writer_members,
 };
 
+/* The layout the callers share, exported so that Python reads it from here alone. */
+static const struct {
+    const char *name;
+    int value;
+} CONSTANTS[] = {
+    {"FULL", FULL}, {"UNSUPPORTED", UNSUPPORTED},
+    {"FROM_INPUTS", FROM_INPUTS}, {"FROM_OUTPUTS", FROM_OUTPUTS}, {"FROM_DERIVED", FROM_DERIVED},
+    {"ROUTE", ROUTE}, {"CLIENT", CLIENT}, {"RECEIVED_NS", RECEIVED}, {"ENQUEUED_NS", ENQUEUED},
+    {"REQUEST_ROWS", ROWS}, {"REQUEST_FIELDS", REQUEST_FIELDS},
+    {"STARTED_NS", STARTED}, {"DONE_NS", DONE}, {"RUN_REQUESTS", RUN_REQUESTS},
+    {"RUN_FIELDS", RUN_FIELDS},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "lockgate.monitor._ringwrite",
@@ -419,13 +432,11 @@ PyMODINIT_FUNC PyInit__ringwrite(void) {
     if (PyType_Ready(&WriterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
-        PyModule_AddIntConstant(m, "FULL", FULL) < 0 ||
-        PyModule_AddIntConstant(m, "UNSUPPORTED", UNSUPPORTED) < 0 ||
-        PyModule_AddIntConstant(m, "REQUEST_FIELDS", REQUEST_FIELDS) < 0 ||
-        PyModule_AddIntConstant(m, "RUN_FIELDS", RUN_FIELDS) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
+    if (PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) goto fail;
+    for (size_t i = 0; i < sizeof(CONSTANTS) / sizeof(CONSTANTS[0]); i++)
+        if (PyModule_AddIntConstant(m, CONSTANTS[i].name, CONSTANTS[i].value) < 0) goto fail;
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

@@ -10,8 +10,22 @@ Array = np.ndarray[Any, Any]
 
 FULL: int  # `write`: the run does not fit in what is left of the set
 UNSUPPORTED: int  # `write`: a tensor the writer cannot read (cast it to float32 first)
-REQUEST_FIELDS: int  # rows of the requests' values
-RUN_FIELDS: int  # rows of the runs' values
+# Where a target's values come from: a feed, an output, or a derived (summarised) input.
+FROM_INPUTS: int
+FROM_OUTPUTS: int
+FROM_DERIVED: int
+# Rows of the requests' values (one column per request), and their count.
+ROUTE: int
+CLIENT: int
+RECEIVED_NS: int
+ENQUEUED_NS: int
+REQUEST_ROWS: int
+REQUEST_FIELDS: int
+# Rows of the runs' values (one column per model run), and their count.
+STARTED_NS: int
+DONE_NS: int
+RUN_REQUESTS: int
+RUN_FIELDS: int
 
 class Writer:
     @property

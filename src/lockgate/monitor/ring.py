@@ -16,19 +16,32 @@ rows; runs that do not fit before the drain comes are dropped and counted, never
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lockgate.monitor._ringwrite import REQUEST_FIELDS, RUN_FIELDS, UNSUPPORTED, Writer
+from lockgate.monitor._ringwrite import (
+    CLIENT,
+    DONE_NS,
+    ENQUEUED_NS,
+    FROM_DERIVED,
+    FROM_INPUTS,
+    FROM_OUTPUTS,
+    RECEIVED_NS,
+    REQUEST_FIELDS,
+    REQUEST_ROWS,
+    ROUTE,
+    RUN_FIELDS,
+    RUN_REQUESTS,
+    STARTED_NS,
+    UNSUPPORTED,
+    Writer,
+)
 from lockgate.monitor.derived import Summary
 from lockgate.monitor.kernels.timing import request_rows
 from lockgate.monitor.shm import SharedHandle, shared_matrices
-
-log = logging.getLogger(__name__)
 
 ID_BYTES = 32  # request ids are stored as their first 32 bytes, or a digest when longer
 
@@ -107,12 +120,9 @@ Slots = list[tuple[str, int, int]]  # (tensor name, first column, end column)
 Summaries = Sequence[tuple[Summary, int, int]]  # (how a tensor is summarised, its columns)
 # What the writer copies for each monitored tensor: (where from: FROM_INPUTS, FROM_OUTPUTS or
 # FROM_DERIVED, the tensor's name or its index among the derived, matrix: 0 inputs or
-# 1 outputs, first column, width).
+# 1 outputs, first column, width). The rows of `Columns.requests` and `Columns.runs` are the
+# writer's too (ROUTE ... REQUEST_ROWS, STARTED_NS ... RUN_REQUESTS).
 Target = tuple[int, "str | int", int, int, int]
-FROM_INPUTS, FROM_OUTPUTS, FROM_DERIVED = 0, 1, 2
-# Rows of `Columns.requests` (one column per request) and `Columns.runs` (one per model run).
-ROUTE, CLIENT, RECEIVED_NS, ENQUEUED_NS, REQUEST_ROWS = range(REQUEST_FIELDS)
-STARTED_NS, DONE_NS, RUN_REQUESTS = range(RUN_FIELDS)
 
 
 class Columns:
@@ -290,10 +300,11 @@ class PredictionRing:
         byte order, strided views, objects holding numbers; beyond float32: inf)."""
         converted: tuple[Arrays, Arrays] = (dict(feeds), dict(outputs))
         with np.errstate(over="ignore"):
-            for source, name, _, _, _ in self.targets:
-                tensors = converted[source] if source != FROM_DERIVED else None
-                if tensors is not None and isinstance(name, str) and name in tensors:
-                    tensors[name] = np.ascontiguousarray(tensors[name], np.float32)
+            sides = (self.input_slots, self.output_slots)
+            for tensors, slots in zip(converted, sides, strict=True):
+                for name, _, _ in slots:
+                    if name in tensors:
+                        tensors[name] = np.ascontiguousarray(tensors[name], np.float32)
         return converted
 
     def _drop(self, rows: int) -> None:
