@@ -13,12 +13,14 @@ The stages, each with everything above it (docs/design/monitor-tail-cost.md):
 - idle: monitoring on (rings attached, kernels compiled, the drain running), nothing recorded;
 - recorded: the request's record made, the batcher's lists built, `record` returning at once;
 - copied: the whole recording (the ring's writer); the drain takes the rows and processes nothing;
-- on: monitoring as shipped; process: the same with `--monitor-process`;
+- on: monitoring as shipped; process: the same with `--monitor-process`; drain1, drain2: the
+  same draining every 1 or 2 seconds (`--drain-interval`) instead of every 0.5;
 - against: monitoring on, running the code of another checkout's src/ (`--against`).
 
-Variants of the same code differ by up to 0.02 from one run to the next at 30 rounds: read
-smaller differences as noise. The table goes to stdout and, dated with the command, to `--out`
-(benchmarks/results.md by default).
+The same code's ratios differ from one run of 30 rounds to the next by up to 0.02 on a quiet
+fast host, and by up to 0.04 in throughput and 0.10 in p99 on a slower, noisier one (a nested
+virtual machine): read smaller differences as noise. The table goes to stdout and, dated with
+the command, to `--out` (benchmarks/results.md by default).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ VARIANTS: dict[str, tuple[list[Patch], list[str]]] = {
     "copied": ([DRAIN_IDLE], []),
     "on": ([], []),
     "process": ([], ["--monitor-process"]),
+    "drain1": ([], ["--drain-interval", "1"]),
+    "drain2": ([], ["--drain-interval", "2"]),
     "against": ([], []),  # another checkout's src/, see --against
 }
 

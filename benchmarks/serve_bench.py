@@ -10,7 +10,8 @@ earlier runs stay).
 
 `--only monitor` measures what monitoring costs the tail: lockgate with the monitor on against
 lockgate with it off at 16 connections, in rounds of one run each (the order alternating), and
-reports the on/off ratios of p99 and throughput per round, their median and their spread.
+reports the on/off ratios of p99 and throughput per round, their median with a 95% bootstrap
+interval, and their spread.
 """
 
 from __future__ import annotations
