@@ -33,9 +33,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from grpc_paired import measured, start
 from loadgen import Result
-from serve_bench import FEATURES, HERE, Bench, code_version, json_body, record
+from serve_bench import FEATURES, HERE, Bench, code_version, json_body, median_interval, record
 
 CONNS = 16
 SRC = HERE.parent / "src" / "lockgate"
@@ -125,20 +126,27 @@ def table(runs: dict[str, list[Run]], args: argparse.Namespace) -> list[str]:
         "classifier, HTTP JSON; medians of the per-round ratios to monitoring off; load "
         f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end.",
         "",
-        "| variant | req/s | throughput / off | p99 / off | CPU us/req (loop) | requests/run "
+        "| variant | req/s | throughput / off (95% interval) | p99 / off (95% interval) "
+        "| CPU us/req (loop) | requests/run "
         "| errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, results in runs.items():
         pairs = [(r[0], b[0]) for r, b in zip(results, base, strict=True)]
         cpu, loop, per_run = (statistics.median(r[i] for r in results) for i in (1, 2, 3))
+        rps = np.array([r.rps / b.rps for r, b in pairs])
+        p99 = np.array([r.p99_us / b.p99_us for r, b in pairs])
         out.append(
             f"| {label} | {statistics.median(r.rps for r, _ in pairs):,.0f} "
-            f"| {statistics.median(r.rps / b.rps for r, b in pairs):.3f} "
-            f"| {statistics.median(r.p99_us / b.p99_us for r, b in pairs):.3f} "
+            f"| {_with_interval(rps)} | {_with_interval(p99)} "
             f"| {cpu:.1f} ({loop:.1f}) | {per_run:.1f} | {sum(r.errors for r, _ in pairs)} |"
         )
     return out
+
+
+def _with_interval(ratios: np.ndarray) -> str:
+    low, high = median_interval(ratios)
+    return f"{np.median(ratios):.3f} ({low:.3f}-{high:.3f})"
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,11 +389,19 @@ def monitor_table(pairs: list[Pair]) -> list[str]:
     return out
 
 
-def median_interval(x: np.ndarray, resamples: int = 10_000) -> tuple[float, float]:
-    """A 95% bootstrap interval of the median of `x` (seeded): how far a run of as many
-    rounds on the same machine could put it, i.e. whether the verdict is decided."""
-    picks = np.random.default_rng(0).integers(0, len(x), (resamples, len(x)))
-    low, high = np.percentile(np.median(x[picks], axis=1), (2.5, 97.5))
+def median_interval(x: np.ndarray) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of `x` (see `bootstrap_interval`)."""
+    return bootstrap_interval(len(x), lambda picks: np.median(x[picks], axis=1))
+
+
+def bootstrap_interval(
+    rounds: int, statistic: Callable[[np.ndarray], np.ndarray], resamples: int = 10_000
+) -> tuple[float, float]:
+    """A 95% bootstrap interval (seeded) of a statistic of a run's rounds: how far a run of as
+    many rounds on the same machine could put it, i.e. whether its verdict is decided.
+    `statistic` maps a [resamples, rounds] matrix of round indices to one value per row."""
+    picks = np.random.default_rng(0).integers(0, rounds, (resamples, rounds))
+    low, high = np.percentile(statistic(picks), (2.5, 97.5))
     return float(low), float(high)
 
 
